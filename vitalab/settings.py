@@ -1,0 +1,119 @@
+"""One settings object, built at start-up from the environment (prefix ``VITALAB_``).
+
+Nothing here connects to anything or reads the environment at import time: call :func:`load_settings`
+in the entry point and hand the object down.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from vitalab.errors import ConfigError
+
+DEFAULT_MQTT_PORT = 1883
+DEFAULT_MQTTS_PORT = 8883
+
+
+@dataclass(frozen=True, slots=True)
+class MqttTarget:
+    """A broker address parsed from ``mqtt://user:pass@host:port`` or ``mqtts://...`` (TLS)."""
+
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> MqttTarget:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ConfigError("mqtt_url", f"scheme must be mqtt:// or mqtts://, got {parts.scheme!r}")
+        if not parts.hostname:
+            raise ConfigError("mqtt_url", "no host in URL")
+        tls = parts.scheme in ("mqtts", "ssl")
+        try:
+            port = parts.port or (DEFAULT_MQTTS_PORT if tls else DEFAULT_MQTT_PORT)
+        except ValueError as exc:
+            raise ConfigError("mqtt_url", str(exc)) from exc
+        return cls(
+            host=parts.hostname,
+            port=port,
+            tls=tls,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )
+
+    def ssl_context(self, ca_file: Path | None = None) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+
+    def url(self) -> str:
+        """The URL without the password, for logs and banners."""
+        user = f"{self.username}@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
+
+
+class Settings(BaseSettings):
+    """Every knob vitalab has. Environment variables are ``VITALAB_<FIELD>`` (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_prefix="VITALAB_", env_file=None, extra="ignore", frozen=True)
+
+    # --- where things are -------------------------------------------------------------------------
+    database_url: str | None = Field(
+        default=None, description="PostgreSQL/TimescaleDB URL; unset: embedded PostgreSQL in data_dir"
+    )
+    mqtt_url: str | None = Field(default=None, description="Broker URL; unset: in-process broker")
+    mqtt_ca_file: Path | None = Field(default=None, description="CA bundle for mqtts:// brokers")
+    timescale: Literal["auto", "require", "off"] = Field(
+        default="auto", description="use TimescaleDB when the server has it (auto), insist, or never"
+    )
+    site: str = Field(default="demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    data_dir: Path = Field(default=Path.home() / ".local" / "share" / "vitalab")
+
+    # --- embedded services --------------------------------------------------------------------------
+    embedded_mqtt_port: int = Field(default=1883, ge=0, le=65535, description="0 picks a free port")
+
+    # --- API -----------------------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=0, le=65535)
+
+    # --- wire validation -----------------------------------------------------------------------------
+    max_payload_bytes: int = Field(default=256 * 1024, ge=256)
+    max_future_s: float = Field(default=300.0, ge=0, description="accept device clocks this far ahead")
+    max_past_s: float = Field(default=400 * 86400.0, ge=0, description="reject samples older than this")
+
+    # --- ingest --------------------------------------------------------------------------------------
+    ingest_client_id: str = "vitalab-ingest"
+    ingest_share_group: str | None = Field(
+        default="ingest", description="MQTT 5 shared-subscription group; empty for a plain subscription"
+    )
+    ingest_batch_rows: int = Field(default=5000, ge=1)
+    ingest_batch_age_ms: int = Field(default=200, ge=1)
+    ingest_unknown_devices: Literal["register", "quarantine"] = "register"
+    dead_letter_max_bytes: int = Field(default=16 * 1024, ge=0)
+
+    # --- simulator (used by `vitalab up` and `vitalab simulate`) --------------------------------------
+    sim_devices: int = Field(default=8, ge=0)
+    sim_seed: int = 7
+
+    @field_validator("ingest_share_group", mode="after")
+    @classmethod
+    def _empty_is_none(cls, v: str | None) -> str | None:
+        return v or None
+
+    def mqtt_target(self) -> MqttTarget | None:
+        return MqttTarget.parse(self.mqtt_url) if self.mqtt_url else None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment; keyword overrides win (used by the CLI and tests)."""
+    return Settings(**overrides)  # type: ignore[arg-type]
