@@ -92,6 +92,7 @@ class Settings(BaseSettings):
     max_past_s: float = Field(default=400 * 86400.0, ge=0, description="reject samples older than this")
 
     # --- ingest --------------------------------------------------------------------------------------
+    mqtt_protocol: Literal["5", "3.1.1"] = "5"
     ingest_client_id: str = "vitalab-ingest"
     ingest_share_group: str | None = Field(
         default="ingest", description="MQTT 5 shared-subscription group; empty for a plain subscription"
@@ -99,6 +100,10 @@ class Settings(BaseSettings):
     ingest_batch_rows: int = Field(default=5000, ge=1)
     ingest_batch_age_ms: int = Field(default=200, ge=1)
     ingest_unknown_devices: Literal["register", "quarantine"] = "register"
+    ingest_receive_maximum: int = Field(
+        default=5000, ge=1, le=65535, description="un-acked messages in flight (MQTT 5 receive maximum)"
+    )
+    ingest_metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus /metrics")
     dead_letter_max_bytes: int = Field(default=16 * 1024, ge=0)
 
     # --- simulator (used by `vitalab up` and `vitalab simulate`) --------------------------------------

@@ -29,6 +29,8 @@ CREATE TABLE devices (
     quarantined   boolean NOT NULL DEFAULT false,
     online        boolean,
     training      text,
+    errors        text[] NOT NULL DEFAULT '{}',
+    state_at      timestamptz,                -- device time of the newest state message applied
     first_seen    timestamptz NOT NULL DEFAULT now(),
     last_seen     timestamptz
 );

@@ -1,0 +1,1 @@
+"""Sessions and vitality metrics with NumPy (issue 5)."""

@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI) for operators, researchers and integrators."""

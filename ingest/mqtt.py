@@ -1,0 +1,187 @@
+"""The MQTT source of the ingester: QoS 1, a persistent session, and acknowledgement after commit.
+
+aiomqtt acknowledges a message as soon as it is handed over, which would lose it if the ingester died
+before the commit. paho-mqtt can delay the PUBACK (``manual_ack=True``); this module is the one place that
+uses that. paho's network thread hands messages to the event loop; the caller acks each
+:class:`Inbound` once its rows are committed. Memory stays bounded because the broker never has more than
+``receive_maximum`` (MQTT 5; ``max_inflight_messages`` in Mosquitto for 3.1.1) un-acked messages out to us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Literal, Self
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from ingest.errors import BrokerUnavailable
+from vitalab.settings import MqttTarget
+
+logger = logging.getLogger(__name__)
+
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    mid: int
+    generation: int
+    """Connection the message came on; an ack is only meaningful on the same connection."""
+    received_at: float
+    """time.time() when paho handed it over."""
+
+
+class MqttSource:
+    """One subscriber connection. ``async with MqttSource(...) as src: msg = await src.get()``."""
+
+    def __init__(
+        self,
+        target: MqttTarget,
+        *,
+        client_id: str,
+        filters: Sequence[str],
+        protocol: Literal["5", "3.1.1"] = "5",
+        receive_maximum: int = 5000,
+        keepalive_s: int = 30,
+        connect_timeout_s: float = 10.0,
+        ca_file: str | None = None,
+    ) -> None:
+        self._target = target
+        self._filters = list(filters)
+        self._v5 = protocol == "5"
+        self._receive_maximum = receive_maximum
+        self._keepalive = keepalive_s
+        self._connect_timeout = connect_timeout_s
+        self._queue: asyncio.Queue[Inbound] = asyncio.Queue()
+        self._generation = 0
+        self._connected = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
+            clean_session=None if self._v5 else False,
+            manual_ack=True,
+        )
+        if target.username:
+            self._client.username_pw_set(target.username, target.password)
+        ctx = target.ssl_context()
+        if ctx is not None:
+            if ca_file:
+                ctx.load_verify_locations(ca_file)
+            self._client.tls_set_context(ctx)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    # --- paho network thread --------------------------------------------------------------------------
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            logger.warning("broker refused connection: %s", reason)
+            return
+        self._generation += 1
+        client.subscribe([(f, 1) for f in self._filters])
+        logger.info(
+            "connected to %s (session present: %s, generation %d)",
+            self._target.url(), flags.session_present, self._generation,
+        )
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._connected.set)
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._connected.clear)
+        if reason.is_failure:
+            logger.warning("disconnected from %s: %s; paho reconnects", self._target.url(), reason)
+
+    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        item = Inbound(msg.topic, msg.payload, msg.qos, msg.retain, msg.mid, self._generation, time.time())
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    # --- event loop -----------------------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        self._loop = asyncio.get_running_loop()
+        props = None
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = SESSION_NEVER_EXPIRES
+            props.ReceiveMaximum = self._receive_maximum
+        try:
+            self._client.connect_async(
+                self._target.host,
+                self._target.port,
+                keepalive=self._keepalive,
+                clean_start=False if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+                properties=props,
+            )
+        except (OSError, ValueError) as exc:
+            raise BrokerUnavailable(self._target.url(), str(exc)) from exc
+        self._client.loop_start()
+        try:
+            await asyncio.wait_for(self._connected.wait(), self._connect_timeout)
+        except TimeoutError:
+            self._client.loop_stop()
+            raise BrokerUnavailable(self._target.url(), f"no CONNACK within {self._connect_timeout} s") from None
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._client.disconnect()
+        await asyncio.to_thread(self._client.loop_stop)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def backlog(self) -> int:
+        """Messages received and not yet taken by the caller."""
+        return self._queue.qsize()
+
+    async def get(self) -> Inbound:
+        return await self._queue.get()
+
+    def get_nowait(self) -> Inbound | None:
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
+    def ack(self, msg: Inbound) -> bool:
+        """Acknowledge a message whose effects are committed. False if it can no longer be acked (it came
+        on an earlier connection; the broker redelivers it and the write is idempotent)."""
+        if msg.qos == 0:
+            return True
+        if msg.generation != self._generation:
+            return False
+        return self._client.ack(msg.mid, msg.qos) == paho.MQTT_ERR_SUCCESS

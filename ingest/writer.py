@@ -1,0 +1,157 @@
+"""Writing a :class:`~ingest.batch.Batch` to PostgreSQL in one transaction.
+
+Samples and RR intervals go by binary COPY into per-connection staging tables and from there into the
+hypertables with ``ON CONFLICT DO NOTHING``: the row identity (device, t) makes every write idempotent,
+so redelivered messages, resending devices and several ingesters never create a second row.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import msgspec
+from psycopg import AsyncConnection, sql
+
+from ingest.batch import DEAD_LETTER_COLUMNS, RR_COLUMNS, SAMPLE_COLUMNS, Batch, state_detail
+
+logger = logging.getLogger(__name__)
+
+_SAMPLE_TYPES = ["text", "timestamptz", "text", "int8", "timestamptz"] + [
+    "float8" if c == "distance_m" else "float4" for c in SAMPLE_COLUMNS[5:]
+]
+_RR_TYPES = ["text", "timestamptz", "int2", "float4"]
+_DL_TYPES = ["timestamptz", "text", "text", "text", "text", "text", "bytea", "int4"]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    samples_inserted: int
+    samples_duplicate: int
+    rr_inserted: int
+    dead_letters: int
+
+
+def _cols(names: tuple[str, ...]) -> sql.Composed:
+    return sql.SQL(", ").join(map(sql.Identifier, names))
+
+
+_STAGE_DDL = [
+    sql.SQL(
+        "CREATE TEMP TABLE IF NOT EXISTS stage_samples ON COMMIT DELETE ROWS AS "
+        "SELECT {} FROM samples WITH NO DATA"
+    ).format(_cols(SAMPLE_COLUMNS)),
+    sql.SQL(
+        "CREATE TEMP TABLE IF NOT EXISTS stage_rr ON COMMIT DELETE ROWS AS SELECT {} FROM rr_intervals WITH NO DATA"
+    ).format(_cols(RR_COLUMNS)),
+]
+_COPY_SAMPLES = sql.SQL("COPY stage_samples ({}) FROM STDIN (FORMAT BINARY)").format(_cols(SAMPLE_COLUMNS))
+_COPY_RR = sql.SQL("COPY stage_rr ({}) FROM STDIN (FORMAT BINARY)").format(_cols(RR_COLUMNS))
+_COPY_DEAD = sql.SQL("COPY dead_letters ({}) FROM STDIN (FORMAT BINARY)").format(_cols(DEAD_LETTER_COLUMNS))
+_MERGE_SAMPLES = sql.SQL(
+    "INSERT INTO samples ({c}) SELECT {c} FROM stage_samples ON CONFLICT (device_id, t) DO NOTHING"
+).format(c=_cols(SAMPLE_COLUMNS))
+_MERGE_RR = sql.SQL(
+    "INSERT INTO rr_intervals ({c}) SELECT {c} FROM stage_rr ON CONFLICT (device_id, t, idx) DO NOTHING"
+).format(c=_cols(RR_COLUMNS))
+
+_UPSERT_SITES = "INSERT INTO sites (site_id) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING"
+_UPSERT_SEEN = """
+INSERT INTO devices AS d (device_id, site_id, last_seen)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[])
+ON CONFLICT (device_id) DO UPDATE SET last_seen = GREATEST(d.last_seen, EXCLUDED.last_seen)
+"""
+_UPSERT_META = """
+WITH up AS (
+    INSERT INTO devices AS d (device_id, site_id, kind, vendor, model, firmware, transport, features)
+    VALUES (%(device)s, %(site)s, %(kind)s, %(vendor)s, %(model)s, %(firmware)s, %(transport)s, %(features)s)
+    ON CONFLICT (device_id) DO UPDATE SET
+        kind = EXCLUDED.kind, vendor = EXCLUDED.vendor, model = EXCLUDED.model,
+        firmware = EXCLUDED.firmware, transport = EXCLUDED.transport, features = EXCLUDED.features
+    WHERE (d.kind, d.vendor, d.model, d.firmware, d.transport, d.features)
+          IS DISTINCT FROM (EXCLUDED.kind, EXCLUDED.vendor, EXCLUDED.model, EXCLUDED.firmware,
+                            EXCLUDED.transport, EXCLUDED.features)
+    RETURNING device_id
+)
+INSERT INTO device_events (device_id, t, kind, detail)
+SELECT device_id, now(), 'meta', %(detail)s::jsonb FROM up
+ON CONFLICT DO NOTHING
+"""
+_STATE_EVENT = """
+INSERT INTO device_events (device_id, t, kind, detail) VALUES (%s, %s, %s, %s::jsonb)
+ON CONFLICT DO NOTHING
+"""
+_STATE_APPLY = """
+INSERT INTO devices AS d (device_id, site_id, online, training, errors, state_at)
+VALUES (%s, %s, %s, %s, %s, %s)
+ON CONFLICT (device_id) DO UPDATE SET
+    online = EXCLUDED.online, training = EXCLUDED.training, errors = EXCLUDED.errors, state_at = EXCLUDED.state_at
+WHERE d.state_at IS NULL OR d.state_at < EXCLUDED.state_at
+"""
+_UPSERT_GATEWAY = """
+INSERT INTO gateways AS g (gateway_id, site_id, online, last_seen) VALUES (%s, %s, %s, %s)
+ON CONFLICT (gateway_id) DO UPDATE SET online = EXCLUDED.online, last_seen = EXCLUDED.last_seen
+WHERE g.last_seen IS NULL OR g.last_seen <= EXCLUDED.last_seen
+"""
+
+
+async def prepare(conn: AsyncConnection) -> None:
+    """Create this connection's staging tables (once per connection)."""
+    async with conn.cursor() as cur:
+        for ddl in _STAGE_DDL:
+            await cur.execute(ddl)
+    await conn.commit()
+
+
+async def write_batch(conn: AsyncConnection, batch: Batch) -> WriteResult:
+    """Write everything in ``batch`` in one transaction; the caller acks its messages afterwards."""
+    inserted = dup = rr_inserted = 0
+    async with conn.transaction(), conn.cursor() as cur:
+        sites = sorted(batch.sites())
+        if sites:
+            await cur.execute(_UPSERT_SITES, (sites,))
+        for device, (site, meta) in sorted(batch.metas.items()):
+            await cur.execute(
+                _UPSERT_META,
+                {
+                    "device": device, "site": site, "kind": meta.kind, "vendor": meta.vendor,
+                    "model": meta.model, "firmware": meta.firmware, "transport": meta.transport,
+                    "features": meta.features, "detail": msgspec.json.encode(meta).decode(),
+                },
+            )
+        if batch.seen:
+            # sorted: concurrent ingesters then take row locks in the same order and cannot deadlock
+            seen = sorted(batch.seen.items())
+            await cur.execute(
+                _UPSERT_SEEN, ([d for d, _ in seen], [s for _, (s, _) in seen], [t for _, (_, t) in seen])
+            )
+        for site, state in sorted(batch.states, key=lambda x: (x[1].device, x[1].t)):
+            detail = state_detail(state).decode()
+            kind = "state" if state.online else "offline"
+            await cur.execute(_STATE_EVENT, (state.device, state.t, kind, detail))
+            await cur.execute(
+                _STATE_APPLY, (state.device, site, state.online, state.training, state.errors, state.t)
+            )
+        for gw, (site, status, received) in sorted(batch.gateways.items()):
+            await cur.execute(_UPSERT_GATEWAY, (gw, site, status.online, status.t or received))
+        if batch.samples:
+            async with cur.copy(_COPY_SAMPLES) as copy:
+                copy.set_types(_SAMPLE_TYPES)
+                for row in batch.samples:
+                    await copy.write_row(row)
+            await cur.execute(_MERGE_SAMPLES)
+            inserted = max(cur.rowcount, 0)
+            dup = len(batch.samples) - inserted
+        if batch.rr:
+            async with cur.copy(_COPY_RR) as copy:
+                copy.set_types(_RR_TYPES)
+                for row in batch.rr:
+                    await copy.write_row(row)
+            await cur.execute(_MERGE_RR)
+            rr_inserted = max(cur.rowcount, 0)
+        if batch.dead:
+            async with cur.copy(_COPY_DEAD) as copy:
+                copy.set_types(_DL_TYPES)
+                for dl in batch.dead:
+                    await copy.write_row(dl.row())
+    return WriteResult(inserted, dup, rr_inserted, len(batch.dead))

@@ -1,0 +1,1 @@
+"""Simulated gym members and equipment that stand in for every device."""

@@ -1,0 +1,114 @@
+"""A simulated gym: machines, the members on them, and the samples they produce.
+
+Deterministic from a seed: the same seed, start time and duration give the same samples.
+Each device speaks the wire contract directly (a connected machine); raw-frame devices come with the
+gateway (see ``gateway``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import numpy as np
+
+from simulators.people import Heart, Member
+from vitalab.wire import DeviceKind, DeviceMeta, Sample
+
+MIX: tuple[DeviceKind, ...] = ("bike", "treadmill", "rower", "hr_strap")
+VENDORS: dict[DeviceKind, tuple[str, str]] = {
+    "bike": ("vitalab-sim", "SimBike 1"),
+    "treadmill": ("vitalab-sim", "SimRun 2"),
+    "rower": ("vitalab-sim", "SimRow 1"),
+    "cross_trainer": ("vitalab-sim", "SimCross 1"),
+    "hr_strap": ("vitalab-sim", "SimStrap HRM"),
+    "power_meter": ("vitalab-sim", "SimPower"),
+}
+
+
+def intensity_at(elapsed_s: float, plan: str) -> float:
+    """Fraction of heart-rate reserve a workout asks for at ``elapsed_s``: 5 min warm-up, then the plan."""
+    if elapsed_s < 300:
+        return 0.25 + 0.25 * elapsed_s / 300
+    if plan == "intervals":
+        return 0.8 if int((elapsed_s - 300) // 120) % 2 == 0 else 0.45
+    return 0.6
+
+
+@dataclass(slots=True)
+class SimDevice:
+    device_id: str
+    kind: DeviceKind
+    member: Member
+    plan: str
+    rng: np.random.Generator
+    heart: Heart = field(init=False)
+    elapsed_s: float = 0.0
+    distance_m: float = 0.0
+    energy_kcal: float = 0.0
+    seq: int = 0
+
+    def __post_init__(self) -> None:
+        self.heart = Heart(self.member, self.rng)
+
+    def meta(self) -> DeviceMeta:
+        vendor, model = VENDORS[self.kind]
+        return DeviceMeta(v=1, device=self.device_id, kind=self.kind, vendor=vendor, model=model,
+                          firmware="1.0.0", transport="sim")
+
+    def step(self, t: datetime, dt_s: float = 1.0) -> Sample:
+        m, rng = self.member, self.rng
+        x = intensity_at(self.elapsed_s, self.plan)
+        hr, rr = self.heart.step(x, dt_s)
+        self.elapsed_s += dt_s
+        power = max(0.0, m.ftp_w * (0.35 + 0.75 * x) + float(rng.normal(0, 6)))
+        self.energy_kcal += power * dt_s / 4184 / 0.24  # mechanical work at ~24 % gross efficiency
+        common = {"t": t, "elapsed_s": round(self.elapsed_s, 1), "energy_kcal": round(self.energy_kcal, 1)}
+        if self.kind == "bike":
+            speed = 3.6 * (power / 4.5) ** (1 / 3) * 2.2  # crude virtual road speed
+            self.distance_m += speed / 3.6 * dt_s
+            return Sample(**common, power_w=round(power), cadence_rpm=round(85 + 10 * x + rng.normal(0, 2), 1),
+                          speed_kmh=round(speed, 2), distance_m=round(self.distance_m), hr_bpm=hr,
+                          resistance_level=round(10 + 20 * x))
+        if self.kind == "treadmill":
+            speed = round(6.0 + 8.0 * x, 1)
+            self.distance_m += speed / 3.6 * dt_s
+            return Sample(**common, speed_kmh=speed, incline_pct=1.0, distance_m=round(self.distance_m),
+                          hr_bpm=hr, met=round(speed * 1.0 + 1.0, 1))
+        if self.kind == "rower":
+            pace = 500 * (2.8 / max(power, 20.0)) ** (1 / 3)  # Concept2: P = 2.8 / (pace/500)^3
+            self.distance_m += 500 / pace * dt_s
+            return Sample(**common, power_w=round(power), stroke_rate_spm=round(20 + 12 * x),
+                          pace_s_per_500m=round(pace, 1), distance_m=round(self.distance_m), hr_bpm=hr)
+        if self.kind == "cross_trainer":
+            return Sample(**common, power_w=round(power), cadence_rpm=round(55 + 20 * x, 1), hr_bpm=hr)
+        if self.kind == "power_meter":
+            return Sample(t=t, power_w=round(power), cadence_rpm=round(88 + rng.normal(0, 2), 1))
+        return Sample(t=t, hr_bpm=round(hr), rr_ms=rr or None)
+
+
+@dataclass(slots=True)
+class Fleet:
+    site: str
+    devices: list[SimDevice]
+
+    @classmethod
+    def build(cls, site: str, n_devices: int, *, seed: int = 7, mix: tuple[DeviceKind, ...] = MIX) -> Fleet:
+        rng = np.random.default_rng(seed)
+        devices = []
+        for i in range(n_devices):
+            kind = mix[i % len(mix)]
+            member = Member.random(f"m{i:04d}", rng)
+            plan = "intervals" if rng.random() < 0.4 else "steady"
+            child = np.random.default_rng(rng.integers(2**63))
+            devices.append(SimDevice(f"{kind.replace('_', '-')}-{i + 1:03d}", kind, member, plan, child))
+        return cls(site, devices)
+
+    def tick(self, t: datetime, dt_s: float = 1.0) -> list[tuple[SimDevice, Sample]]:
+        return [(d, d.step(t, dt_s)) for d in self.devices]
+
+    def history(self, start: datetime, seconds: int, rate_hz: float = 1.0) -> list[list[tuple[SimDevice, Sample]]]:
+        """Backfill: the ticks of ``seconds`` of device time from ``start``, as fast as they can be made."""
+        dt = 1.0 / rate_hz
+        return [self.tick(start + timedelta(seconds=i * dt), dt) for i in range(math.ceil(seconds * rate_hz))]

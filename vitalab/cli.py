@@ -1,0 +1,122 @@
+"""The ``vitalab`` command line. Settings come from ``VITALAB_*`` environment variables; options override."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vitalab.settings import Settings, load_settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="vitalab: smart-gym telemetry for living labs")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+app.add_typer(db_app, name="db")
+
+LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
+
+
+def _setup(log_level: str) -> Settings:
+    logging.basicConfig(
+        level=log_level.upper(),
+        format='{"t":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}',
+        stream=sys.stderr,
+    )
+    try:
+        return load_settings()
+    except ValueError as exc:  # pydantic ValidationError: a bad VITALAB_* variable
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _database_url(settings: Settings) -> str:
+    if not settings.database_url:
+        typer.echo("VITALAB_DATABASE_URL is not set (only `vitalab up` runs an embedded database)", err=True)
+        raise typer.Exit(2)
+    return settings.database_url
+
+
+@app.command()
+def up(log_level: LogLevel = "warning") -> None:
+    """Run the whole platform: database, broker, ingester, API and a simulated gym.
+
+    With VITALAB_DATABASE_URL / VITALAB_MQTT_URL unset, PostgreSQL and the broker are embedded.
+    """
+    from vitalab.platform import run_platform
+
+    settings = _setup(log_level)
+    asyncio.run(run_platform(settings))
+
+
+@db_app.command("migrate")
+def db_migrate(log_level: LogLevel = "info") -> None:
+    """Apply the schema migrations (idempotent)."""
+    from vitalab.db import migrate
+
+    settings = _setup(log_level)
+    report = migrate(_database_url(settings), timescale=settings.timescale)
+    typer.echo(json.dumps({"applied": report.applied, "timescale": report.timescale_version}))
+
+
+@app.command()
+def ingest(log_level: LogLevel = "info") -> None:
+    """Run an ingester against VITALAB_MQTT_URL and VITALAB_DATABASE_URL."""
+    from vitalab.platform import run_ingest
+
+    settings = _setup(log_level)
+    asyncio.run(run_ingest(settings, _database_url(settings)))
+
+
+@app.command()
+def api(log_level: LogLevel = "info") -> None:
+    """Serve the HTTP API on VITALAB_API_HOST:VITALAB_API_PORT."""
+    import uvicorn
+
+    from api.main import create_app
+
+    settings = _setup(log_level)
+    uvicorn.run(create_app(settings, _database_url(settings)), host=settings.api_host, port=settings.api_port)
+
+
+@app.command()
+def simulate(
+    devices: Annotated[int | None, typer.Option(help="fleet size (default VITALAB_SIM_DEVICES)")] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed (default VITALAB_SIM_SEED)")] = None,
+    duration: Annotated[float | None, typer.Option(help="seconds to run (default: until Ctrl-C)")] = None,
+    backfill: Annotated[int, typer.Option(help="publish this many seconds of history first, fast")] = 0,
+    samples_per_message: Annotated[int, typer.Option(min=1)] = 1,
+    log_level: LogLevel = "info",
+) -> None:
+    """Publish a simulated gym to VITALAB_MQTT_URL."""
+    from vitalab.platform import run_simulator
+
+    settings = _setup(log_level)
+    asyncio.run(
+        run_simulator(
+            settings,
+            devices=settings.sim_devices if devices is None else devices,
+            seed=settings.sim_seed if seed is None else seed,
+            duration_s=duration,
+            backfill_s=backfill,
+            samples_per_message=samples_per_message,
+        )
+    )
+
+
+@app.command()
+def schema(
+    out_dir: Annotated[Path, typer.Option(help="where to write the documents")] = Path("docs"),
+) -> None:
+    """Write the JSON Schema of the payloads and the AsyncAPI document of the topic tree."""
+    from vitalab.wire.schema import write_documents
+
+    for path in write_documents(out_dir):
+        typer.echo(str(path))
+
+
+def main() -> None:
+    app()

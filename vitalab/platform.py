@@ -1,0 +1,146 @@
+"""`vitalab up`: the whole platform in one process, on embedded services unless external ones are set."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Iterator
+
+import uvicorn
+
+from api.main import create_app
+from ingest.service import open_ingester
+from simulators.fleet import Fleet
+from simulators.publisher import FleetPublisher, gateway_client
+from vitalab.db import migrate
+from vitalab.embedded import embedded_broker, embedded_postgres
+from vitalab.settings import MqttTarget, Settings
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def database(settings: Settings) -> AsyncIterator[str]:
+    """The configured database, or the embedded one; migrated to the newest schema."""
+    async with contextlib.AsyncExitStack() as stack:
+        url = settings.database_url or await stack.enter_async_context(embedded_postgres(settings.data_dir))
+        report = await asyncio.to_thread(migrate, url, timescale=settings.timescale)
+        logger.info("schema ready (applied %s; TimescaleDB: %s)", report.applied or "nothing", report.timescale)
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def broker(settings: Settings) -> AsyncIterator[tuple[MqttTarget, bool]]:
+    """The configured broker, or an in-process one. Yields (target, embedded)."""
+    target = settings.mqtt_target()
+    if target is not None:
+        yield target, False
+        return
+    async with embedded_broker(settings.embedded_mqtt_port) as t:
+        yield t, True
+
+
+class _Api(uvicorn.Server):
+    """uvicorn without its own signal handling: `vitalab up` owns Ctrl-C and stops everything in order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _banner(settings: Settings, db_url: str, target: MqttTarget, embedded_mqtt: bool, api_url: str) -> str:
+    db = "embedded PostgreSQL, data in " + str(settings.data_dir / "postgres") if not settings.database_url else db_url
+    mqtt = f"{target.url()} ({'in-process broker' if embedded_mqtt else 'external'})"
+    return "\n".join(
+        [
+            "vitalab is up",
+            f"  API        {api_url}  (try {api_url}/v1/samples/latest, docs at {api_url}/docs)",
+            f"  MQTT       {mqtt}",
+            f"  database   {db}",
+            f"  simulator  {settings.sim_devices} devices at site '{settings.site}', 1 Hz",
+            "Ctrl-C stops everything; committed data stays.",
+        ]
+    )
+
+
+async def run_platform(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with database(settings) as db_url, broker(settings) as (target, embedded_mqtt):
+        if embedded_mqtt:
+            settings = settings.model_copy(update={"ingest_share_group": None, "mqtt_protocol": "3.1.1"})
+        app = create_app(settings, db_url)
+        server = _Api(uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning"))
+        async with open_ingester(settings, target, db_url) as ingester:
+            fleet = Fleet.build(settings.site, settings.sim_devices, seed=settings.sim_seed)
+            client = gateway_client(target, "sim-gw", settings.site, protocol=settings.mqtt_protocol)
+            async with client, asyncio.TaskGroup() as tg:
+                publisher = FleetPublisher(client, fleet, "sim-gw")
+                await publisher.announce()
+                ingest_task = tg.create_task(ingester.run(), name="ingest")
+                api_task = tg.create_task(server.serve(), name="api")
+                sim_task = tg.create_task(publisher.run_realtime(), name="simulator")
+                while not server.started:
+                    await asyncio.sleep(0.05)
+                api_url = f"http://{settings.api_host}:{settings.api_port}"
+                print(_banner(settings, db_url, target, embedded_mqtt, api_url), file=sys.stderr, flush=True)
+                if ready is not None:
+                    ready.set()
+                await stop.wait()
+                print("stopping...", file=sys.stderr, flush=True)
+                sim_task.cancel()
+                await asyncio.sleep(0.5)  # let the last published messages reach the ingester
+                ingest_task.cancel()  # writes and acks the batch in hand before it stops
+                server.should_exit = True
+                await api_task
+    print("vitalab stopped", file=sys.stderr, flush=True)
+
+
+def _require_broker(settings: Settings) -> MqttTarget:
+    target = settings.mqtt_target()
+    if target is None:
+        raise SystemExit("VITALAB_MQTT_URL is not set (only `vitalab up` runs an embedded broker)")
+    return target
+
+
+async def run_ingest(settings: Settings, database_url: str) -> None:
+    """`vitalab ingest`: one ingester until SIGINT/SIGTERM; the batch in hand is committed and acked."""
+    target = _require_broker(settings)
+    await asyncio.to_thread(migrate, database_url, timescale=settings.timescale)
+    loop = asyncio.get_running_loop()
+    async with open_ingester(settings, target, database_url) as ingester:
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await ingester.run()
+
+
+async def run_simulator(
+    settings: Settings,
+    *,
+    devices: int,
+    seed: int,
+    duration_s: float | None,
+    backfill_s: int,
+    samples_per_message: int,
+) -> None:
+    """`vitalab simulate`: a fleet publishing to the configured broker."""
+    from simulators.publisher import history_start
+
+    target = _require_broker(settings)
+    fleet = Fleet.build(settings.site, devices, seed=seed)
+    async with gateway_client(target, "sim-gw", settings.site, protocol=settings.mqtt_protocol) as client:
+        publisher = FleetPublisher(client, fleet, "sim-gw")
+        await publisher.announce()
+        if backfill_s:
+            await publisher.backfill(history_start(backfill_s), backfill_s, samples_per_message)
+        if duration_s is None or duration_s > 0:
+            await publisher.run_realtime(samples_per_message=samples_per_message, duration_s=duration_s)
+    logger.info("published %d samples in %d messages", publisher.log.total_samples, publisher.log.messages)
