@@ -39,7 +39,14 @@ UnknownDevicePolicy = Literal["register", "quarantine"]
 SAMPLE_COLUMNS: tuple[str, ...] = ("device_id", "t", "site_id", "seq", "received_at", *METRIC_FIELDS)
 RR_COLUMNS: tuple[str, ...] = ("device_id", "t", "idx", "rr_ms")
 DEAD_LETTER_COLUMNS: tuple[str, ...] = (
-    "received_at", "topic", "reason", "detail", "path", "device_id", "payload", "payload_size",
+    "received_at",
+    "topic",
+    "reason",
+    "detail",
+    "path",
+    "device_id",
+    "payload",
+    "payload_size",
 )
 
 
@@ -56,8 +63,14 @@ class DeadLetter:
 
     def row(self) -> tuple[Any, ...]:
         return (
-            self.received_at, self.topic, self.reason, self.detail, self.path,
-            self.device_id, self.payload, self.payload_size,
+            self.received_at,
+            self.topic,
+            self.reason,
+            self.detail,
+            self.path,
+            self.device_id,
+            self.payload,
+            self.payload_size,
         )
 
 
@@ -96,7 +109,7 @@ class Batch:
 class Router:
     """Decodes messages into a batch with the receiver's limits and unknown-device policy."""
 
-    limits: WireLimits = WireLimits()
+    limits: WireLimits = field(default_factory=WireLimits)
     dead_letter_max_bytes: int = 16 * 1024
     unknown_devices: UnknownDevicePolicy = "register"
 
@@ -116,7 +129,9 @@ class Router:
                     and known_devices is not None
                     and device not in known_devices
                 ):
-                    self._dead(batch, msg, received, "unknown_device", "device is not registered", None, device)
+                    self._dead(
+                        batch, msg, received, "unknown_device", "device is not registered", None, device
+                    )
                     return
                 self._telemetry(batch, msg, received, topic.site, device)
             elif topic.kind is TopicKind.META:
@@ -134,7 +149,15 @@ class Router:
                 self._same_device(status.gateway, device)
                 batch.gateways[device] = (topic.site, status, received)
             else:
-                self._dead(batch, msg, received, "unexpected_topic", f"ingest does not take {topic.kind}", None, device)
+                self._dead(
+                    batch,
+                    msg,
+                    received,
+                    "unexpected_topic",
+                    f"ingest does not take {topic.kind}",
+                    None,
+                    device,
+                )
         except WireError as exc:
             self._dead(batch, msg, received, exc.reason, exc.detail, exc.path, device)
 
@@ -147,7 +170,9 @@ class Router:
         decoded = decode_telemetry(msg.payload, topic_device=device, now=received, limits=self.limits)
         for rej in decoded.rejected:
             batch.samples_rejected += 1
-            self._dead(batch, msg, received, rej.error.reason, rej.error.detail, rej.error.path, device, rej.raw)
+            self._dead(
+                batch, msg, received, rej.error.reason, rej.error.detail, rej.error.path, device, rej.raw
+            )
         if not decoded.samples:
             return
         newest = _add_samples(batch, decoded.samples, device, site, decoded.seq, received)

@@ -17,8 +17,16 @@ class IngestMetrics:
         s(self, "messages", Counter("vitalab_ingest_messages", "MQTT messages taken", ["kind"], registry=r))
         s(self, "samples", Counter("vitalab_ingest_samples", "valid samples received", registry=r))
         s(self, "inserted", Counter("vitalab_ingest_samples_inserted", "new sample rows", registry=r))
-        s(self, "duplicates", Counter("vitalab_ingest_samples_duplicate", "samples already stored", registry=r))
-        s(self, "dead_letters", Counter("vitalab_ingest_dead_letters", "dead letters", ["reason"], registry=r))
+        s(
+            self,
+            "duplicates",
+            Counter("vitalab_ingest_samples_duplicate", "samples already stored", registry=r),
+        )
+        s(
+            self,
+            "dead_letters",
+            Counter("vitalab_ingest_dead_letters", "dead letters", ["reason"], registry=r),
+        )
         s(self, "batches", Counter("vitalab_ingest_batches", "committed batches", registry=r))
         s(self, "db_errors", Counter("vitalab_ingest_db_errors", "failed batch writes (retried)", registry=r))
         s(
@@ -32,7 +40,11 @@ class IngestMetrics:
             ),
         )
         s(self, "queue_depth", Gauge("vitalab_ingest_queue_depth", "received, not yet batched", registry=r))
-        s(self, "lag_seconds", Gauge("vitalab_ingest_lag_seconds", "commit time - newest sample time", registry=r))
+        s(
+            self,
+            "lag_seconds",
+            Gauge("vitalab_ingest_lag_seconds", "commit time - newest sample time", registry=r),
+        )
 
     messages: Counter = field(init=False)
     samples: Counter = field(init=False)

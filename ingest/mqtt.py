@@ -104,7 +104,9 @@ class MqttSource:
         client.subscribe([(f, 1) for f in self._filters])
         logger.info(
             "connected to %s (session present: %s, generation %d)",
-            self._target.url(), flags.session_present, self._generation,
+            self._target.url(),
+            flags.session_present,
+            self._generation,
         )
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._connected.set)
@@ -123,7 +125,8 @@ class MqttSource:
             logger.warning("disconnected from %s: %s; paho reconnects", self._target.url(), reason)
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
-        item = Inbound(msg.topic, msg.payload, msg.qos, msg.retain, msg.mid, self._generation, time.time())
+        payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
+        item = Inbound(msg.topic, payload, msg.qos, msg.retain, msg.mid, self._generation, time.time())
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
 
@@ -132,7 +135,7 @@ class MqttSource:
         self._loop = asyncio.get_running_loop()
         props = None
         if self._v5:
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = SESSION_NEVER_EXPIRES
             props.ReceiveMaximum = self._receive_maximum
         try:
@@ -150,7 +153,9 @@ class MqttSource:
             await asyncio.wait_for(self._connected.wait(), self._connect_timeout)
         except TimeoutError:
             self._client.loop_stop()
-            raise BrokerUnavailable(self._target.url(), f"no CONNACK within {self._connect_timeout} s") from None
+            raise BrokerUnavailable(
+                self._target.url(), f"no CONNACK within {self._connect_timeout} s"
+            ) from None
         return self
 
     async def __aexit__(

@@ -212,7 +212,9 @@ async def open_ingester(settings: Settings, target: MqttTarget, database_url: st
         )
         server = None
         if settings.ingest_metrics_port is not None:
-            server, _thread = start_http_server(settings.ingest_metrics_port, registry=ingester.metrics.registry)
+            server, _thread = start_http_server(
+                settings.ingest_metrics_port, registry=ingester.metrics.registry
+            )
         try:
             yield ingester
         finally:

@@ -42,7 +42,8 @@ _STAGE_DDL = [
         "SELECT {} FROM samples WITH NO DATA"
     ).format(_cols(SAMPLE_COLUMNS)),
     sql.SQL(
-        "CREATE TEMP TABLE IF NOT EXISTS stage_rr ON COMMIT DELETE ROWS AS SELECT {} FROM rr_intervals WITH NO DATA"
+        "CREATE TEMP TABLE IF NOT EXISTS stage_rr ON COMMIT DELETE ROWS AS "
+        "SELECT {} FROM rr_intervals WITH NO DATA"
     ).format(_cols(RR_COLUMNS)),
 ]
 _COPY_SAMPLES = sql.SQL("COPY stage_samples ({}) FROM STDIN (FORMAT BINARY)").format(_cols(SAMPLE_COLUMNS))
@@ -85,7 +86,8 @@ _STATE_APPLY = """
 INSERT INTO devices AS d (device_id, site_id, online, training, errors, state_at)
 VALUES (%s, %s, %s, %s, %s, %s)
 ON CONFLICT (device_id) DO UPDATE SET
-    online = EXCLUDED.online, training = EXCLUDED.training, errors = EXCLUDED.errors, state_at = EXCLUDED.state_at
+    online = EXCLUDED.online, training = EXCLUDED.training, errors = EXCLUDED.errors,
+    state_at = EXCLUDED.state_at
 WHERE d.state_at IS NULL OR d.state_at < EXCLUDED.state_at
 """
 _UPSERT_GATEWAY = """
@@ -114,9 +116,15 @@ async def write_batch(conn: AsyncConnection, batch: Batch) -> WriteResult:
             await cur.execute(
                 _UPSERT_META,
                 {
-                    "device": device, "site": site, "kind": meta.kind, "vendor": meta.vendor,
-                    "model": meta.model, "firmware": meta.firmware, "transport": meta.transport,
-                    "features": meta.features, "detail": msgspec.json.encode(meta).decode(),
+                    "device": device,
+                    "site": site,
+                    "kind": meta.kind,
+                    "vendor": meta.vendor,
+                    "model": meta.model,
+                    "firmware": meta.firmware,
+                    "transport": meta.transport,
+                    "features": meta.features,
+                    "detail": msgspec.json.encode(meta).decode(),
                 },
             )
         if batch.seen:

@@ -54,8 +54,15 @@ class SimDevice:
 
     def meta(self) -> DeviceMeta:
         vendor, model = VENDORS[self.kind]
-        return DeviceMeta(v=1, device=self.device_id, kind=self.kind, vendor=vendor, model=model,
-                          firmware="1.0.0", transport="sim")
+        return DeviceMeta(
+            v=1,
+            device=self.device_id,
+            kind=self.kind,
+            vendor=vendor,
+            model=model,
+            firmware="1.0.0",
+            transport="sim",
+        )
 
     def step(self, t: datetime, dt_s: float = 1.0) -> Sample:
         m, rng = self.member, self.rng
@@ -64,25 +71,56 @@ class SimDevice:
         self.elapsed_s += dt_s
         power = max(0.0, m.ftp_w * (0.35 + 0.75 * x) + float(rng.normal(0, 6)))
         self.energy_kcal += power * dt_s / 4184 / 0.24  # mechanical work at ~24 % gross efficiency
-        common = {"t": t, "elapsed_s": round(self.elapsed_s, 1), "energy_kcal": round(self.energy_kcal, 1)}
+        elapsed, kcal = round(self.elapsed_s, 1), round(self.energy_kcal, 1)
         if self.kind == "bike":
             speed = 3.6 * (power / 4.5) ** (1 / 3) * 2.2  # crude virtual road speed
             self.distance_m += speed / 3.6 * dt_s
-            return Sample(**common, power_w=round(power), cadence_rpm=round(85 + 10 * x + rng.normal(0, 2), 1),
-                          speed_kmh=round(speed, 2), distance_m=round(self.distance_m), hr_bpm=hr,
-                          resistance_level=round(10 + 20 * x))
+            return Sample(
+                t=t,
+                elapsed_s=elapsed,
+                energy_kcal=kcal,
+                power_w=round(power),
+                cadence_rpm=round(85 + 10 * x + rng.normal(0, 2), 1),
+                speed_kmh=round(speed, 2),
+                distance_m=round(self.distance_m),
+                hr_bpm=hr,
+                resistance_level=round(10 + 20 * x),
+            )
         if self.kind == "treadmill":
             speed = round(6.0 + 8.0 * x, 1)
             self.distance_m += speed / 3.6 * dt_s
-            return Sample(**common, speed_kmh=speed, incline_pct=1.0, distance_m=round(self.distance_m),
-                          hr_bpm=hr, met=round(speed * 1.0 + 1.0, 1))
+            return Sample(
+                t=t,
+                elapsed_s=elapsed,
+                energy_kcal=kcal,
+                speed_kmh=speed,
+                incline_pct=1.0,
+                distance_m=round(self.distance_m),
+                hr_bpm=hr,
+                met=round(speed * 1.0 + 1.0, 1),
+            )
         if self.kind == "rower":
             pace = 500 * (2.8 / max(power, 20.0)) ** (1 / 3)  # Concept2: P = 2.8 / (pace/500)^3
             self.distance_m += 500 / pace * dt_s
-            return Sample(**common, power_w=round(power), stroke_rate_spm=round(20 + 12 * x),
-                          pace_s_per_500m=round(pace, 1), distance_m=round(self.distance_m), hr_bpm=hr)
+            return Sample(
+                t=t,
+                elapsed_s=elapsed,
+                energy_kcal=kcal,
+                power_w=round(power),
+                stroke_rate_spm=round(20 + 12 * x),
+                pace_s_per_500m=round(pace, 1),
+                distance_m=round(self.distance_m),
+                hr_bpm=hr,
+            )
         if self.kind == "cross_trainer":
-            return Sample(**common, power_w=round(power), cadence_rpm=round(55 + 20 * x, 1), hr_bpm=hr)
+            return Sample(
+                t=t,
+                elapsed_s=elapsed,
+                energy_kcal=kcal,
+                power_w=round(power),
+                cadence_rpm=round(55 + 20 * x, 1),
+                hr_bpm=hr,
+            )
         if self.kind == "power_meter":
             return Sample(t=t, power_w=round(power), cadence_rpm=round(88 + rng.normal(0, 2), 1))
         return Sample(t=t, hr_bpm=round(hr), rr_ms=rr or None)
@@ -108,7 +146,9 @@ class Fleet:
     def tick(self, t: datetime, dt_s: float = 1.0) -> list[tuple[SimDevice, Sample]]:
         return [(d, d.step(t, dt_s)) for d in self.devices]
 
-    def history(self, start: datetime, seconds: int, rate_hz: float = 1.0) -> list[list[tuple[SimDevice, Sample]]]:
+    def history(
+        self, start: datetime, seconds: int, rate_hz: float = 1.0
+    ) -> list[list[tuple[SimDevice, Sample]]]:
         """Backfill: the ticks of ``seconds`` of device time from ``start``, as fast as they can be made."""
         dt = 1.0 / rate_hz
         return [self.tick(start + timedelta(seconds=i * dt), dt) for i in range(math.ceil(seconds * rate_hz))]

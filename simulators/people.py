@@ -36,7 +36,9 @@ class Member:
         hr_max = 211 - 0.64 * age + float(rng.normal(0, 6))  # HUNT (Nes 2013) with individual spread
         hr_rest = float(np.clip(64 - 5 * fitness + rng.normal(0, 4), 42, 90))
         ftp_per_kg = float(np.clip(2.6 + 0.5 * fitness - 0.01 * (age - 35), 1.2, 4.8))
-        return cls(member_id, age, sex, round(weight, 1), round(hr_rest), round(hr_max), round(ftp_per_kg * weight))
+        return cls(
+            member_id, age, sex, round(weight, 1), round(hr_rest), round(hr_max), round(ftp_per_kg * weight)
+        )
 
 
 class Heart:
@@ -58,7 +60,9 @@ class Heart:
         """
         m = self.member
         target = m.hr_rest_bpm + float(np.clip(intensity, 0.0, 1.0)) * (m.hr_max_bpm - m.hr_rest_bpm)
-        self._drift = min(self._drift + 0.004 * intensity * dt_s, 8.0) if intensity > 0.4 else self._drift * 0.99
+        self._drift = (
+            min(self._drift + 0.004 * intensity * dt_s, 8.0) if intensity > 0.4 else self._drift * 0.99
+        )
         tau = 30.0 if target > self.hr_bpm else 60.0
         self.hr_bpm += (target + self._drift - self.hr_bpm) * (1 - math.exp(-dt_s / tau))
         self.hr_bpm = float(np.clip(self.hr_bpm + self._rng.normal(0, 0.3), 35, m.hr_max_bpm))

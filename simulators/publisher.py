@@ -53,7 +53,9 @@ def now_ms() -> datetime:
 
 
 class FleetPublisher:
-    def __init__(self, client: aiomqtt.Client, fleet: Fleet, gateway_id: str, log: PublishLog | None = None) -> None:
+    def __init__(
+        self, client: aiomqtt.Client, fleet: Fleet, gateway_id: str, log: PublishLog | None = None
+    ) -> None:
         self._client = client
         self.fleet = fleet
         self.gateway_id = gateway_id
@@ -63,16 +65,26 @@ class FleetPublisher:
         site = self.fleet.site
         await self._client.publish(
             gateway_status_topic(site, self.gateway_id),
-            encode(GatewayStatus(v=1, gateway=self.gateway_id, online=True, t=now_ms(),
-                                 devices=[d.device_id for d in self.fleet.devices])),
-            qos=1, retain=True,
+            encode(
+                GatewayStatus(
+                    v=1,
+                    gateway=self.gateway_id,
+                    online=True,
+                    t=now_ms(),
+                    devices=[d.device_id for d in self.fleet.devices],
+                )
+            ),
+            qos=1,
+            retain=True,
         )
         for d in self.fleet.devices:
-            await self._client.publish(device_topic(site, d.device_id, TopicKind.META), encode(d.meta()),
-                                       qos=1, retain=True)
+            await self._client.publish(
+                device_topic(site, d.device_id, TopicKind.META), encode(d.meta()), qos=1, retain=True
+            )
             state = DeviceState(v=1, device=d.device_id, t=now_ms(), online=True, training="manual")
-            await self._client.publish(device_topic(site, d.device_id, TopicKind.STATE), encode(state),
-                                       qos=1, retain=True)
+            await self._client.publish(
+                device_topic(site, d.device_id, TopicKind.STATE), encode(state), qos=1, retain=True
+            )
 
     async def publish(self, device: SimDevice, samples: Sequence[Sample]) -> None:
         msg = TelemetryMessage(v=1, device=device.device_id, seq=device.seq, samples=list(samples))

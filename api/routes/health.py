@@ -14,7 +14,9 @@ async def health(pool: PoolDep, response: Response) -> Health:
     """200 when the database answers, 503 otherwise."""
     try:
         async with pool.connection(timeout=2.0) as conn:
-            cur = await conn.execute("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')")
+            cur = await conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')"
+            )
             row = await cur.fetchone()
     except (psycopg.Error, TimeoutError):
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE

@@ -68,7 +68,9 @@ def _enable_timescale(conn: psycopg.Connection, mode: TimescaleMode) -> str | No
     """Return the TimescaleDB version in use, or None to stay on plain PostgreSQL."""
     if mode == "off":
         return None
-    row = conn.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
+    row = conn.execute(
+        "SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'"
+    ).fetchone()
     if row is None:
         if mode == "require":
             raise MigrationError(0, "timescaledb", "the timescaledb extension is not installed on the server")
@@ -77,7 +79,9 @@ def _enable_timescale(conn: psycopg.Connection, mode: TimescaleMode) -> str | No
     if preload is None or "timescaledb" not in str(preload[0]):
         # CREATE EXTENSION would fail and drop the connection: TimescaleDB must be preloaded
         if mode == "require":
-            raise MigrationError(0, "timescaledb", "timescaledb is installed but not in shared_preload_libraries")
+            raise MigrationError(
+                0, "timescaledb", "timescaledb is installed but not in shared_preload_libraries"
+            )
         logger.info("timescaledb is installed but not preloaded; using plain PostgreSQL")
         return None
     try:
@@ -122,7 +126,7 @@ def migrate(conninfo: str, *, timescale: TimescaleMode = "auto") -> MigrationRep
                     continue
                 try:
                     with conn.transaction():
-                        conn.execute(sql.SQL(mig.sql))  # type: ignore[arg-type]  # our own files, not input
+                        conn.execute(sql.SQL(mig.sql))  # our own files, never input
                         conn.execute(
                             "INSERT INTO schema_migrations (version, flavor, name, checksum) "
                             "VALUES (%s, %s, %s, %s)",

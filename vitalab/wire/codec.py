@@ -135,7 +135,9 @@ def decode_telemetry(
             raise MalformedPayload(str(exc)) from None
         return _decode_per_sample(payload, topic_device=topic_device, now=now, limits=limits)
     if msg.device != topic_device:
-        raise DeviceMismatch(f"payload device {msg.device!r} on the topic of {topic_device!r}", path="$.device")
+        raise DeviceMismatch(
+            f"payload device {msg.device!r} on the topic of {topic_device!r}", path="$.device"
+        )
     lo, hi = now - limits.max_past, now + limits.max_future
     if all(lo <= s.t <= hi for s in msg.samples):
         return DecodedTelemetry(msg.device, msg.seq, msg.samples)
@@ -156,7 +158,9 @@ def _decode_per_sample(
 ) -> DecodedTelemetry:
     env = _decode_strict(payload, _ENVELOPE, limits)
     if env.device != topic_device:
-        raise DeviceMismatch(f"payload device {env.device!r} on the topic of {topic_device!r}", path="$.device")
+        raise DeviceMismatch(
+            f"payload device {env.device!r} on the topic of {topic_device!r}", path="$.device"
+        )
     kept: list[Sample] = []
     rejected: list[RejectedSample] = []
     for i, raw in enumerate(env.samples):

@@ -110,8 +110,16 @@ class DeviceMeta(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=
 
 
 TrainingStatus = Literal[
-    "idle", "warm_up", "low_interval", "high_interval", "recovery", "cool_down", "manual",
-    "pre_workout", "post_workout", "other",
+    "idle",
+    "warm_up",
+    "low_interval",
+    "high_interval",
+    "recovery",
+    "cool_down",
+    "manual",
+    "pre_workout",
+    "post_workout",
+    "other",
 ]
 
 

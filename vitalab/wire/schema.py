@@ -50,14 +50,25 @@ def asyncapi() -> dict[str, Any]:
         list(PAYLOADS.values()), ref_template="#/components/schemas/{name}"
     )
     channels = {
-        "telemetry": _channel("telemetry", "dev", "device", "TelemetryMessage",
-                              "Normalised samples, several per message. QoS 1, not retained."),
+        "telemetry": _channel(
+            "telemetry",
+            "dev",
+            "device",
+            "TelemetryMessage",
+            "Normalised samples, several per message. QoS 1, not retained.",
+        ),
         "meta": _channel("meta", "dev", "device", "DeviceMeta", "What the device is. QoS 1, retained."),
-        "state": _channel("state", "dev", "device", "DeviceState",
-                          "Online, training status, error codes. QoS 1, retained."),
+        "state": _channel(
+            "state", "dev", "device", "DeviceState", "Online, training status, error codes. QoS 1, retained."
+        ),
         "raw": _channel("raw", "dev", "device", "RawFrame", "Undecoded BLE/ANT+ frames. QoS 0."),
-        "gatewayStatus": _channel("status", "gw", "gateway", "GatewayStatus",
-                                  "Birth (online) and LWT (offline) of a gateway. QoS 1, retained."),
+        "gatewayStatus": _channel(
+            "status",
+            "gw",
+            "gateway",
+            "GatewayStatus",
+            "Birth (online) and LWT (offline) of a gateway. QoS 1, retained.",
+        ),
     }
     qos = {"telemetry": 1, "meta": 1, "state": 1, "raw": 0, "gatewayStatus": 1}
     retain = {"telemetry": False, "meta": True, "state": True, "raw": False, "gatewayStatus": True}

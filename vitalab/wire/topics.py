@@ -84,7 +84,7 @@ def parse_topic(topic: str) -> Topic:
         raise TopicError(f"unknown topic kind {kind_s!r} in {topic!r}") from None
     if (middle == "gw") != (kind is TopicKind.GATEWAY_STATUS) or middle not in ("gw", "dev"):
         raise TopicError(f"{topic!r}: kind {kind_s!r} does not belong under {middle!r}")
-    return Topic(kind, _check_id("site", site), _check_id(middle == "gw" and "gateway" or "device", source))
+    return Topic(kind, _check_id("site", site), _check_id("gateway" if middle == "gw" else "device", source))
 
 
 def subscription(kind: TopicKind, *, site: str = "+", share_group: str | None = None) -> str:
