@@ -40,6 +40,7 @@ DEFAULT_MAX_PAYLOAD_BYTES: Final = 256 * 1024
 _T = TypeVar("_T")
 
 _PATH = re.compile(r" - at `(\$[^`]*)`$")
+_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
 _BOUND = re.compile(r"Expected `[a-z]+` (<=|>=|<|>) ")
 
 
@@ -67,13 +68,17 @@ class DecodedTelemetry:
     rejected: list[RejectedSample] = field(default_factory=list)
 
 
-def _classify(exc: msgspec.ValidationError, prefix: str = "") -> WireError:
+def _classify(exc: msgspec.ValidationError, prefix: str = "$") -> WireError:
+    """Map msgspec's message to our error class and a full JSON path (``$.samples[3].hr_bpm``)."""
     text = str(exc)
+    path = prefix
     m = _PATH.search(text)
-    path = None
     if m:
-        path = prefix + m.group(1)[1:] if prefix else m.group(1)
+        path = prefix + m.group(1)[1:]
         text = text[: m.start()]
+    f = _FIELD.search(text)
+    if f:
+        path = f"{path}.{f.group(1)}"
     if _BOUND.match(text) or text.startswith("Number out of range"):
         return ImplausibleValue(text, path=path)
     return SchemaViolation(text, path=path)

@@ -1,0 +1,253 @@
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vitalab.wire import (
+    DeviceMismatch,
+    ImplausibleValue,
+    MalformedPayload,
+    PayloadTooLarge,
+    Sample,
+    SchemaViolation,
+    TelemetryMessage,
+    TimestampOutOfRange,
+    TopicError,
+    TopicKind,
+    UnsupportedVersion,
+    WireError,
+    WireLimits,
+    decode_meta,
+    decode_telemetry,
+    device_topic,
+    encode,
+    parse_topic,
+    subscription,
+    telemetry_topic,
+)
+from vitalab.wire.schema import asyncapi, json_schemas, render
+
+NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+TS = "2026-11-25T09:59:59.500Z"
+
+
+def msg(samples: list[dict[str, object]], **env: object) -> bytes:
+    body: dict[str, object] = {"v": 1, "device": "bike-07", "seq": 1234, "samples": samples}
+    body.update(env)
+    # json.dumps writes an overflowing float as the non-JSON token Infinity; send what a device would
+    return json.dumps(body).replace("Infinity", "1e999").encode()
+
+
+def decode(payload: bytes, limits: WireLimits = WireLimits()):  # type: ignore[no-untyped-def]
+    return decode_telemetry(payload, topic_device="bike-07", now=NOW, limits=limits)
+
+
+def test_the_documented_example_decodes_to_typed_samples() -> None:
+    payload = msg([{"t": TS, "power_w": 182, "cadence_rpm": 88.5, "hr_bpm": 141, "rr_ms": [421, 425]}])
+    out = decode(payload)
+    assert out.device == "bike-07"
+    assert out.seq == 1234
+    assert out.rejected == []
+    (s,) = out.samples
+    assert s.t == datetime(2026, 11, 25, 9, 59, 59, 500000, tzinfo=UTC)
+    assert (s.power_w, s.cadence_rpm, s.hr_bpm, s.rr_ms) == (182.0, 88.5, 141.0, [421.0, 425.0])
+    assert s.speed_kmh is None
+
+
+def test_encode_decode_round_trip() -> None:
+    original = TelemetryMessage(
+        v=1,
+        device="bike-07",
+        seq=5,
+        samples=[Sample(t=NOW - timedelta(seconds=i), hr_bpm=120 + i, rr_ms=[500.0]) for i in range(3)],
+    )
+    out = decode(encode(original))
+    assert out.samples == original.samples
+    assert out.seq == 5
+
+
+@pytest.mark.parametrize(
+    ("sample", "error", "path"),
+    [
+        ({"t": TS, "hr_bpm": 400}, ImplausibleValue, "$.samples[1].hr_bpm"),
+        ({"t": TS, "power_w": -5}, ImplausibleValue, "$.samples[1].power_w"),
+        ({"t": TS, "speed_kmh": 1e999}, ImplausibleValue, "$.samples[1].speed_kmh"),  # overflows to inf
+        ({"t": TS, "rr_ms": [800, 50]}, ImplausibleValue, "$.samples[1].rr_ms[1]"),
+        ({"t": TS, "hr_bpm": "fast"}, SchemaViolation, "$.samples[1].hr_bpm"),
+        ({"t": TS, "heart": 120}, SchemaViolation, "$.samples[1]"),
+        ({"hr_bpm": 120}, SchemaViolation, "$.samples[1]"),
+        ({"t": "2026-11-25T09:59:59", "hr_bpm": 120}, SchemaViolation, "$.samples[1].t"),  # no zone
+        ({"t": "2026-11-25T10:30:00Z"}, TimestampOutOfRange, "$.samples[1].t"),  # 30 min ahead
+        ({"t": "2020-01-01T00:00:00Z"}, TimestampOutOfRange, "$.samples[1].t"),
+    ],
+)
+def test_a_bad_sample_is_rejected_with_its_path_and_its_neighbours_are_kept(
+    sample: dict[str, object], error: type[WireError], path: str
+) -> None:
+    good = [{"t": "2026-11-25T09:59:58Z", "hr_bpm": 120}, {"t": "2026-11-25T09:59:59Z", "hr_bpm": 121}]
+    out = decode(msg([good[0], sample, good[1]]))
+    assert [s.hr_bpm for s in out.samples] == [120.0, 121.0]
+    (rej,) = out.rejected
+    assert rej.index == 1
+    assert type(rej.error) is error
+    assert rej.error.path is not None
+    assert rej.error.path.startswith(path)
+    if error is not TimestampOutOfRange and "speed_kmh" not in sample:
+        assert json.loads(rej.raw) == sample  # the dead letter keeps the sample as it came
+
+
+def test_nan_literal_is_malformed() -> None:
+    with pytest.raises(MalformedPayload):
+        decode(b'{"v":1,"device":"bike-07","seq":1,"samples":[{"t":"' + TS.encode() + b'","hr_bpm":NaN}]}')
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        (b"", MalformedPayload),
+        (b"\xff\xfe garbage", MalformedPayload),
+        (b'{"v":1,"device":"bike-07"', MalformedPayload),
+        (b"[1, 2]", SchemaViolation),
+        (msg([{"t": TS}], v=2), UnsupportedVersion),
+        (msg([{"t": TS}], v="1"), UnsupportedVersion),
+        (msg([{"t": TS}], device="bike-08"), DeviceMismatch),
+        (msg([{"t": TS}], device="bike/07"), SchemaViolation),
+        (msg([{"t": TS}], seq=-1), ImplausibleValue),
+        (msg([]), SchemaViolation),
+        (msg([{"t": TS}], extra=1), SchemaViolation),
+    ],
+)
+def test_unusable_messages_raise_typed_errors(payload: bytes, error: type[WireError]) -> None:
+    with pytest.raises(error) as info:
+        decode(payload)
+    assert info.value.reason
+    assert str(info.value).startswith(info.value.reason)
+
+
+def test_payload_size_is_capped_before_decoding() -> None:
+    payload = msg([{"t": TS, "hr_bpm": 100}] * 200)
+    with pytest.raises(PayloadTooLarge) as info:
+        decode(payload, WireLimits(max_payload_bytes=1000))
+    assert info.value.size == len(payload)
+    assert info.value.limit == 1000
+
+
+def test_unsupported_version_names_the_version() -> None:
+    with pytest.raises(UnsupportedVersion) as info:
+        decode(msg([{"t": TS}], v=7))
+    assert info.value.version == 7
+    assert info.value.path == "$.v"
+
+
+def test_meta_is_strict() -> None:
+    meta = decode_meta(b'{"v":1,"device":"bike-07","kind":"bike","vendor":"Acme","transport":"ble"}')
+    assert (meta.kind, meta.vendor, meta.transport, meta.features) == ("bike", "Acme", "ble", [])
+    with pytest.raises(SchemaViolation):
+        decode_meta(b'{"v":1,"device":"bike-07","kind":"spaceship"}')
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600))
+def test_arbitrary_bytes_raise_only_wire_errors(payload: bytes) -> None:
+    try:
+        decode(payload)
+    except WireError:
+        pass
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=12), kids, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["t", "hr_bpm", "power_w", "rr_ms", "speed_kmh", "x"]), json_values, max_size=4
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_arbitrary_samples_are_kept_or_rejected_one_by_one(samples: list[dict[str, object]]) -> None:
+    out = decode(msg(samples))
+    assert len(out.samples) + len(out.rejected) == len(samples)
+
+
+# --- topics --------------------------------------------------------------------------------------------
+
+
+def test_topic_tree_round_trips() -> None:
+    topic = telemetry_topic("gym-a", "bike-07")
+    assert topic == "vitalab/v1/gym-a/dev/bike-07/telemetry"
+    parsed = parse_topic(topic)
+    assert (parsed.kind, parsed.site, parsed.source) == (TopicKind.TELEMETRY, "gym-a", "bike-07")
+    assert str(parsed) == topic
+    gw = parse_topic("vitalab/v1/gym-a/gw/gw-1/status")
+    assert (gw.kind, gw.source) == (TopicKind.GATEWAY_STATUS, "gw-1")
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "vitalab/v1/gym-a/dev/bike-07",
+        "vitalab/v2/gym-a/dev/bike-07/telemetry",
+        "vitalab/v1/gym-a/dev/bike-07/firmware",
+        "vitalab/v1/gym-a/gw/bike-07/telemetry",
+        "vitalab/v1/gym-a/dev/gw-1/status",
+        "vitalab/v1/gym a/dev/bike-07/telemetry",
+        "vitalab/v1/gym-a/dev//telemetry",
+    ],
+)
+def test_topics_outside_the_tree_are_rejected(topic: str) -> None:
+    with pytest.raises(TopicError):
+        parse_topic(topic)
+
+
+def test_ids_with_wildcards_cannot_make_topics() -> None:
+    with pytest.raises(TopicError):
+        device_topic("gym-a", "bike/#", TopicKind.STATE)
+
+
+def test_shared_subscription_filter() -> None:
+    assert subscription(TopicKind.TELEMETRY, share_group="ingest") == "$share/ingest/vitalab/v1/+/dev/+/telemetry"
+    assert subscription(TopicKind.GATEWAY_STATUS, site="gym-a") == "vitalab/v1/gym-a/gw/+/status"
+
+
+# --- generated documents -------------------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def test_committed_schema_documents_match_the_code() -> None:
+    """`vitalab schema` regenerates docs/; a stale committed copy fails here."""
+    assert (DOCS / "payloads.schema.json").read_text() == render(json_schemas())
+    assert (DOCS / "asyncapi.json").read_text() == render(asyncapi())
+
+
+def test_json_schema_carries_units_and_bounds() -> None:
+    sample = json_schemas()["$defs"]["Sample"]
+    hr = sample["properties"]["hr_bpm"]["anyOf"][0]
+    assert (hr["minimum"], hr["maximum"]) == (20, 250)
+    assert sample["additionalProperties"] is False
+    assert sample["required"] == ["t"]
+
+
+def test_asyncapi_describes_every_topic_kind() -> None:
+    doc = asyncapi()
+    addresses = {c["address"] for c in doc["channels"].values()}
+    assert "vitalab/v1/{site}/dev/{device}/telemetry" in addresses
+    assert "vitalab/v1/{site}/gw/{gateway}/status" in addresses
+    for message in doc["components"]["messages"].values():
+        ref = message["payload"]["$ref"].rsplit("/", 1)[1]
+        assert ref in doc["components"]["schemas"]
+    assert msgspec.json.decode(render(doc))["asyncapi"] == "3.0.0"
