@@ -81,8 +81,8 @@ class Mosquitto:
             MOSQUITTO_CONF.read_text()
             + f"\nlistener {self.port} 127.0.0.1\npersistence_location {self.workdir}/\n"
         )
-        log = (self.workdir / "mosquitto.log").open("ab")
-        self.proc = subprocess.Popen([self.binary, "-c", str(conf)], stdout=log, stderr=log)
+        with (self.workdir / "mosquitto.log").open("ab") as log:
+            self.proc = subprocess.Popen([self.binary, "-c", str(conf)], stdout=log, stderr=log)
         try:
             wait_for_port(self.port)
         except TimeoutError:
@@ -102,7 +102,9 @@ class Mosquitto:
 
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    binary = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
     if binary is None:
         missing("mosquitto is not installed (apt-get install mosquitto)")
     assert binary is not None
@@ -182,7 +184,9 @@ def database_url(empty_database: str) -> str:
 def timescale_server() -> str:
     url = os.environ.get("VITALAB_TEST_TIMESCALE_URL")
     if not url:
-        pytest.skip("TimescaleDB path not tested: set VITALAB_TEST_TIMESCALE_URL to a server with timescaledb")
+        pytest.skip(
+            "TimescaleDB path not tested: set VITALAB_TEST_TIMESCALE_URL to a server with timescaledb"
+        )
     err = _reachable(url)
     if err:
         pytest.fail(f"VITALAB_TEST_TIMESCALE_URL is set but unreachable: {err}")

@@ -10,8 +10,19 @@ from vitalab.db import migrator
 from vitalab.errors import MigrationError
 
 TABLES = {
-    "sites", "gateways", "devices", "participants", "device_assignments", "studies", "study_enrolments",
-    "sessions", "samples", "rr_intervals", "device_events", "dead_letters", "schema_migrations",
+    "sites",
+    "gateways",
+    "devices",
+    "participants",
+    "device_assignments",
+    "studies",
+    "study_enrolments",
+    "sessions",
+    "samples",
+    "rr_intervals",
+    "device_events",
+    "dead_letters",
+    "schema_migrations",
 }
 
 
@@ -36,12 +47,18 @@ def test_migrate_creates_schema_v1_and_is_idempotent(empty_database: str) -> Non
 
 def test_samples_identity_is_device_and_time(database_url: str) -> None:
     with psycopg.connect(database_url) as conn:
-        conn.execute("INSERT INTO samples (device_id, t, site_id, hr_bpm) VALUES ('d', '2026-01-01Z', 's', 60)")
+        conn.execute(
+            "INSERT INTO samples (device_id, t, site_id, hr_bpm) VALUES ('d', '2026-01-01Z', 's', 60)"
+        )
         with pytest.raises(psycopg.errors.UniqueViolation):
-            conn.execute("INSERT INTO samples (device_id, t, site_id, hr_bpm) VALUES ('d', '2026-01-01Z', 's', 61)")
+            conn.execute(
+                "INSERT INTO samples (device_id, t, site_id, hr_bpm) VALUES ('d', '2026-01-01Z', 's', 61)"
+            )
 
 
-def test_an_edited_applied_migration_is_an_error(empty_database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_edited_applied_migration_is_an_error(
+    empty_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     migrate(empty_database, timescale="off")
     edited = [dataclasses.replace(m, sql=m.sql + "\n-- edited") for m in discover()]
     monkeypatch.setattr(migrator, "discover", lambda: edited)
@@ -71,7 +88,9 @@ def test_timescale_path_makes_hypertables(timescale_server: str) -> None:
         assert report.applied == ["0001_schema_v1", "0001_schema_v1.timescale"]
         assert migrate(url, timescale="require").applied == []
         with psycopg.connect(url) as conn:
-            hyper = {r[0] for r in conn.execute("SELECT hypertable_name FROM timescaledb_information.hypertables")}
+            hyper = {
+                r[0] for r in conn.execute("SELECT hypertable_name FROM timescaledb_information.hypertables")
+            }
             assert hyper == {"samples", "rr_intervals", "device_events", "dead_letters"}
             # the same queries work: identity still holds on the hypertable
             conn.execute("INSERT INTO samples (device_id, t, site_id) VALUES ('d', '2026-01-01Z', 's')")

@@ -219,7 +219,10 @@ def test_ids_with_wildcards_cannot_make_topics() -> None:
 
 
 def test_shared_subscription_filter() -> None:
-    assert subscription(TopicKind.TELEMETRY, share_group="ingest") == "$share/ingest/vitalab/v1/+/dev/+/telemetry"
+    assert (
+        subscription(TopicKind.TELEMETRY, share_group="ingest")
+        == "$share/ingest/vitalab/v1/+/dev/+/telemetry"
+    )
     assert subscription(TopicKind.GATEWAY_STATUS, site="gym-a") == "vitalab/v1/gym-a/gw/+/status"
 
 

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+
+import psycopg
+
+from ingest.service import Ingester, open_ingester
+from vitalab.settings import MqttTarget, Settings, load_settings
+
+
+def make_settings(**overrides: object) -> Settings:
+    base: dict[str, object] = {"database_url": None, "mqtt_url": None, "ingest_batch_age_ms": 50}
+    base.update(overrides)
+    return load_settings(**base)
+
+
+async def scalar(url: str, query: str, *params: object) -> object:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cur = await conn.execute(query, params or None)
+        row = await cur.fetchone()
+        return row[0] if row else None
+
+
+async def wait_until(
+    check: Callable[[], object], *, timeout_s: float = 20.0, what: str = "condition"
+) -> None:
+    """Poll an async ``check`` until it returns truthy."""
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        last = await check()  # type: ignore[misc]
+        if last:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")
+
+
+async def count(url: str, table: str, where: str = "TRUE") -> int:
+    value = await scalar(url, f"SELECT count(*) FROM {table} WHERE {where}")
+    assert isinstance(value, int)
+    return value
+
+
+@contextlib.asynccontextmanager
+async def running_ingester(
+    settings: Settings, target: MqttTarget, database_url: str
+) -> AsyncIterator[object]:
+    """An ingester running in the background for the duration of the block."""
+    async with open_ingester(settings, target, database_url) as ingester:
+        task = asyncio.create_task(ingester.run())
+        try:
+            yield ingester
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@contextlib.asynccontextmanager
+async def running_api(settings: Settings, database_url: str) -> AsyncIterator[str]:
+    """The real API served by uvicorn on a free loopback port; yields its base URL."""
+    import uvicorn
+
+    from api.main import create_app
+    from tests.conftest import free_port
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings, database_url), host="127.0.0.1", port=port, log_level="warning")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110  (uvicorn exposes a flag, not an event)
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task

@@ -1,0 +1,3 @@
+from vitalab.cli import main
+
+main()
