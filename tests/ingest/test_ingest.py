@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from tests.conftest import Mosquitto
-from tests.support.helpers import count, running_ingester, scalar, make_settings, wait_until
+from tests.support.helpers import count, make_settings, running_ingester, scalar, wait_until
 from vitalab.wire import DeviceMeta, DeviceState, Sample, TelemetryMessage, TopicKind, device_topic, encode
 
 pytestmark = pytest.mark.asyncio
@@ -173,7 +173,8 @@ async def test_meta_and_state_update_the_registry(mosquitto: Mosquitto, database
         )
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
         cur = await conn.execute(
-            "SELECT kind, vendor, model, firmware, transport, online, training FROM devices WHERE device_id = 'row-01'"
+            "SELECT kind, vendor, model, firmware, transport, online, training FROM devices "
+            "WHERE device_id = 'row-01'"
         )
         # the older state is recorded as an event but does not overwrite the newer one
         assert await cur.fetchone() == ("rower", "Acme", "R1", "2.1", "ble", True, "warm_up")

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 import psycopg
 
-from ingest.service import Ingester, open_ingester
+from ingest.service import open_ingester
 from vitalab.settings import MqttTarget, Settings, load_settings
 
 
@@ -72,7 +72,7 @@ async def running_api(settings: Settings, database_url: str) -> AsyncIterator[st
         uvicorn.Config(create_app(settings, database_url), host="127.0.0.1", port=port, log_level="warning")
     )
     task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110  (uvicorn exposes a flag, not an event)
+    while not server.started:
         if task.done():
             task.result()
         await asyncio.sleep(0.02)
