@@ -45,8 +45,8 @@ async def test_fleet_to_api_every_sample_exactly_once(mosquitto: Mosquitto, data
                 r = await http.get(f"/v1/devices/{dev.device_id}/samples", params={"limit": 10_000})
                 assert r.status_code == 200
                 got = [s["t"] for s in r.json()]
-                sent = [t.isoformat().replace("+00:00", "Z") for t in log.samples[dev.device_id]]
-                assert got == sent, dev.device_id  # all of them, once, in time order
+                want = [t.isoformat().replace("+00:00", "Z") for t in log.samples[dev.device_id]]
+                assert got == want, dev.device_id  # all of them, once, in time order
             latest = (await http.get("/v1/samples/latest", params={"site": "e2e-gym"})).json()
             assert len(latest) == 12
             for row in latest:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 import psycopg
 
-from ingest.service import open_ingester
+from ingest.service import Ingester, open_ingester
 from vitalab.settings import MqttTarget, Settings, load_settings
 
 
@@ -47,7 +47,7 @@ async def count(url: str, table: str, where: str = "TRUE") -> int:
 @contextlib.asynccontextmanager
 async def running_ingester(
     settings: Settings, target: MqttTarget, database_url: str
-) -> AsyncIterator[object]:
+) -> AsyncIterator[Ingester]:
     """An ingester running in the background for the duration of the block."""
     async with open_ingester(settings, target, database_url) as ingester:
         task = asyncio.create_task(ingester.run())
