@@ -1,0 +1,222 @@
+"""Structural facts about docker-compose.yml, Dockerfile and .dockerignore that no Docker engine checks here.
+
+The MQTT credentials and the mosquitto/simulator health checks are exercised against a real broker in
+test_mosquitto_config.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO / "docker-compose.yml"
+
+VITALAB_SERVICES = {"migrate", "ingest-1", "ingest-2", "api", "simulator"}
+ONE_SHOT = {"migrate"}
+HEALTH_CONDITIONS = {"service_healthy", "service_completed_successfully"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    with COMPOSE_FILE.open() as fh:
+        data: dict[str, Any] = yaml.safe_load(fh)
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    result: dict[str, dict[str, Any]] = compose["services"]
+    return result
+
+
+def _env(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    assert isinstance(env, dict), "use the mapping form of `environment` (it merges with the anchor)"
+    return env
+
+
+def _depends_on(service: dict[str, Any]) -> dict[str, Any]:
+    deps = service.get("depends_on") or {}
+    assert isinstance(deps, dict), "use the long form of depends_on, with a condition"
+    return deps
+
+
+def test_compose_spec_shape(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
+    assert "version" not in compose, "the Compose spec has no `version:` key"
+    assert set(services) == {"timescaledb", "mosquitto"} | VITALAB_SERVICES
+    declared = set(compose.get("volumes") or {})
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if not source.startswith((".", "/")):
+                assert source in declared, f"{name}: named volume {source} is not declared"
+
+
+def _strings(node: object) -> list[str]:
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [s for key, value in node.items() for s in _strings(key) + _strings(value)]
+    if isinstance(node, list):
+        return [s for item in node for s in _strings(item)]
+    return []
+
+
+def test_dollar_signs_are_escaped(compose: dict[str, Any]) -> None:
+    """Compose interpolates `$X`/`${X}` in values; a literal `$` (e.g. `$SYS`) must be written `$$`."""
+    interpolation = re.compile(r"\$\$|\$\{[A-Za-z_][A-Za-z0-9_]*(:?[-?+][^}]*)?\}")
+    for value in _strings(compose):
+        assert "$" not in interpolation.sub("", value), f"unescaped `$` (write `$$`): {value!r}"
+
+
+def test_shared_env_anchor(services: dict[str, dict[str, Any]]) -> None:
+    assert re.search(r"^x-vitalab-env: &vitalab-env$", COMPOSE_FILE.read_text(), re.MULTILINE)
+    for name in VITALAB_SERVICES:
+        env = _env(services[name])
+        assert env["VITALAB_TIMESCALE"] == "require", name
+        assert env["VITALAB_SITE"] == "demo", name
+        assert urlsplit(env["VITALAB_DATABASE_URL"]).hostname == "timescaledb", name
+        assert all(isinstance(value, str) for value in env.values()), f"{name}: quote env values"
+
+
+def test_vitalab_services_share_one_image(services: dict[str, dict[str, Any]]) -> None:
+    images = {services[name].get("image") for name in VITALAB_SERVICES}
+    assert len(images) == 1
+    assert None not in images
+    for name in VITALAB_SERVICES:
+        assert services[name]["build"] == ".", name
+
+
+def test_commands(services: dict[str, dict[str, Any]]) -> None:
+    assert services["migrate"]["command"] == ["db", "migrate"]
+    assert services["ingest-1"]["command"] == ["ingest"]
+    assert services["ingest-2"]["command"] == ["ingest"]
+    assert services["api"]["command"] == ["api"]
+    assert services["simulator"]["command"] == ["simulate"]
+
+
+def test_ingesters_share_one_subscription(services: dict[str, dict[str, Any]]) -> None:
+    one, two = _env(services["ingest-1"]), _env(services["ingest-2"])
+    assert one["VITALAB_INGEST_SHARE_GROUP"] == two["VITALAB_INGEST_SHARE_GROUP"] == "ingest"
+    assert one["VITALAB_INGEST_CLIENT_ID"] != two["VITALAB_INGEST_CLIENT_ID"]
+    assert one["VITALAB_MQTT_URL"] == two["VITALAB_MQTT_URL"]
+    assert urlsplit(one["VITALAB_MQTT_URL"]).username == "ingest"
+    assert one["VITALAB_MQTT_PROTOCOL"] == two["VITALAB_MQTT_PROTOCOL"] == "5"  # shared subs are MQTT 5
+    for env in (one, two):
+        port = env["VITALAB_INGEST_METRICS_PORT"]
+        assert port == "9100"
+    for name in ("ingest-1", "ingest-2"):
+        assert services[name]["restart"] == "unless-stopped"
+        assert "http://127.0.0.1:9100/metrics" in services[name]["healthcheck"]["test"][-1]
+        deps = _depends_on(services[name])
+        assert deps["migrate"]["condition"] == "service_completed_successfully"
+        assert deps["mosquitto"]["condition"] == "service_healthy"
+
+
+def test_dependencies_wait_for_health_or_completion(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        for dependency, spec in _depends_on(service).items():
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+            condition = spec.get("condition")
+            assert condition in HEALTH_CONDITIONS, f"{name} -> {dependency}: condition {condition!r}"
+            if condition == "service_healthy":
+                assert "healthcheck" in services[dependency], f"{dependency} has no healthcheck"
+            else:
+                assert dependency in ONE_SHOT, f"{dependency} never completes"
+    assert _depends_on(services["migrate"]) == {"timescaledb": {"condition": "service_healthy"}}
+
+
+def test_long_running_services_have_healthchecks(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        if name in ONE_SHOT:
+            assert service.get("restart", "no") == "no", f"{name} is one-shot and must not restart"
+            continue
+        assert service.get("restart") == "unless-stopped", name
+        check = service.get("healthcheck")
+        assert check, f"{name} has no healthcheck"
+        assert not check.get("disable", False), name
+        assert check["test"][0] in ("CMD", "CMD-SHELL"), name
+        if check["test"][:3] == ["CMD", "python", "-c"]:
+            compile(check["test"][3], f"{name}-healthcheck", "exec")
+
+
+def test_api(services: dict[str, dict[str, Any]]) -> None:
+    api = services["api"]
+    env = _env(api)
+    assert env["VITALAB_API_HOST"] == "0.0.0.0"
+    assert env["VITALAB_API_PORT"] == "8000"
+    assert "8000:8000" in api["ports"]
+    assert "http://127.0.0.1:8000/health" in api["healthcheck"]["test"][-1]
+    deps = _depends_on(api)
+    assert deps["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_timescaledb(services: dict[str, dict[str, Any]]) -> None:
+    db = services["timescaledb"]
+    assert re.fullmatch(r"timescale/timescaledb:(2\.\d+\.\d+|latest)-pg15", db["image"])
+    env = _env(db)
+    url = urlsplit(_env(services["migrate"])["VITALAB_DATABASE_URL"])
+    assert (url.username, url.password, url.path.lstrip("/")) == (
+        env["POSTGRES_USER"],
+        env["POSTGRES_PASSWORD"],
+        env["POSTGRES_DB"],
+    )
+    assert url.port == 5432
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in db["volumes"])
+    assert "pg_isready" in json.dumps(db["healthcheck"]["test"])
+
+
+def test_mosquitto(services: dict[str, dict[str, Any]]) -> None:
+    broker = services["mosquitto"]
+    assert broker["image"] == "eclipse-mosquitto:2"
+    assert "1883:1883" in broker["ports"]
+    mounts = {}
+    for volume in broker["volumes"]:
+        source, target, *mode = volume.split(":")
+        mounts[target] = (source, mode)
+    for name in ("mosquitto.conf", "acl", "passwd"):
+        source, mode = mounts[f"/mosquitto/config/{name}"]
+        assert source == f"./deploy/mosquitto/{name}"
+        assert mode == ["ro"]
+        assert (REPO / source).is_file()
+    source, _ = mounts["/mosquitto/data"]
+    assert not source.startswith((".", "/")), "persistence belongs in a named volume"
+    test = broker["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "mosquitto_sub"]
+    assert test[test.index("-u") + 1] == "monitor"
+
+
+def test_simulator_uses_own_credentials(services: dict[str, dict[str, Any]]) -> None:
+    env = _env(services["simulator"])
+    assert urlsplit(env["VITALAB_MQTT_URL"]).username == "simulator"
+    assert int(env["VITALAB_SIM_DEVICES"]) > 0
+
+
+def test_dockerfile() -> None:
+    text = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", text, re.MULTILINE)
+    assert "pip install --no-cache-dir" in text
+    users = re.findall(r"^USER (\S+)", text, re.MULTILINE)
+    assert users, "no USER: the image would run as root"
+    assert users[-1] not in ("root", "0")
+    assert re.search(r'^ENTRYPOINT \["vitalab"\]$', text, re.MULTILINE)
+
+
+def test_dockerignore_keeps_what_the_wheel_build_needs() -> None:
+    patterns = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines() if line.strip()}
+    patterns = {p for p in patterns if not p.startswith("#")}
+    assert {".git", "venv", ".venv"} <= patterns
+    with (REPO / "pyproject.toml").open("rb") as fh:
+        packages = tomllib.load(fh)["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
+    for needed in ("pyproject.toml", "README.md", *packages):
+        assert needed not in patterns, needed
+        assert f"/{needed}" not in patterns, needed
+    assert not any(p in ("*", "**") for p in patterns)
