@@ -10,12 +10,14 @@ import time
 from pathlib import Path
 
 import httpx
+import psycopg
 
-from tests.conftest import free_port
+from tests.conftest import Mosquitto, free_port
 
 
-def _start(data_dir: Path, port: int) -> subprocess.Popen[str]:
+def _start(data_dir: Path, port: int, **extra: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VITALAB_")}
+    env.update(extra)
     env.update(
         VITALAB_DATA_DIR=str(data_dir),
         VITALAB_API_PORT=str(port),
@@ -90,3 +92,21 @@ def test_up_runs_the_platform_and_keeps_data(tmp_path: Path) -> None:
         assert bike["t"] in stamps
     finally:
         _stop(proc)
+
+
+def test_up_uses_external_services_when_configured(
+    tmp_path: Path, mosquitto: Mosquitto, empty_database: str
+) -> None:
+    """With VITALAB_DATABASE_URL and VITALAB_MQTT_URL set, nothing is embedded: Mosquitto (MQTT 5, shared
+    subscription) and the given database carry the data."""
+    port = free_port()
+    proc = _start(tmp_path, port, VITALAB_DATABASE_URL=empty_database, VITALAB_MQTT_URL=mosquitto.url)
+    try:
+        _wait_for_samples(f"http://127.0.0.1:{port}", proc)
+    finally:
+        out = _stop(proc)
+    assert f"mqtt://127.0.0.1:{mosquitto.port} (external)" in out
+    assert not (tmp_path / "postgres").exists()  # no embedded database was made
+    with psycopg.connect(empty_database) as conn:
+        (n,) = conn.execute("SELECT count(*) FROM samples").fetchone() or (0,)
+    assert n >= 4
