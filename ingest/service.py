@@ -85,6 +85,11 @@ class Ingester:
         self._known_at = 0.0
         self.committed_batches = 0
 
+    @property
+    def backlog(self) -> int:
+        """Messages received from the broker and not yet taken into a batch."""
+        return self._source.backlog
+
     async def run(self) -> None:
         """Run until cancelled. On cancellation the batch in hand is written and acked first."""
         try:
