@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -74,6 +74,7 @@ class Ingester:
         router: Router,
         config: IngestConfig = IngestConfig(),
         metrics: IngestMetrics | None = None,
+        on_commit: Callable[[Batch, WriteResult], None] | None = None,
     ) -> None:
         self._source = source
         self._dsn = database_url
@@ -84,6 +85,7 @@ class Ingester:
         self._known: set[str] | None = None
         self._known_at = 0.0
         self.committed_batches = 0
+        self._on_commit = on_commit
 
     @property
     def backlog(self) -> int:
@@ -181,6 +183,8 @@ class Ingester:
             self._source.ack(msg)
         self.committed_batches += 1
         self._record(batch, result, elapsed)
+        if self._on_commit is not None:
+            self._on_commit(batch, result)
         return result
 
     def _record(self, batch: Batch, result: WriteResult, elapsed: float) -> None:

@@ -4,6 +4,7 @@ and two ingesters on one shared subscription. Real Mosquitto, real PostgreSQL.""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import subprocess
@@ -71,10 +72,8 @@ async def test_kill_9_and_restart_loses_nothing_and_duplicates_nothing(
         base = await count(database_url, "samples")
         sender = publish_paced(pub, work.messages, rate_per_s=800)
         for fraction in (0.25, 0.6):
-            await wait_until(
-                lambda f=fraction: _at_least(database_url, base + int(f * len(work.expected))),
-                what="progress",
-            )
+            goal = base + int(fraction * len(work.expected))
+            await wait_until(functools.partial(_at_least, database_url, goal), what="progress")
             killed_ingesters[-1].send_signal(signal.SIGKILL)
             killed_ingesters[-1].wait()
             await asyncio.sleep(0.3)
