@@ -57,10 +57,10 @@ def up(log_level: LogLevel = "warning") -> None:
 @db_app.command("migrate")
 def db_migrate(log_level: LogLevel = "info") -> None:
     """Apply the schema migrations (idempotent)."""
-    from vitalab.db import migrate
+    from vitalab.db import prepare
 
     settings = _setup(log_level)
-    report = migrate(_database_url(settings), timescale=settings.timescale)
+    report = prepare(_database_url(settings), settings)
     typer.echo(json.dumps({"applied": report.applied, "timescale": report.timescale_version}))
 
 

@@ -15,7 +15,7 @@ from api.main import create_app
 from ingest.service import open_ingester
 from simulators.fleet import Fleet
 from simulators.publisher import FleetPublisher, gateway_client
-from vitalab.db import migrate
+from vitalab.db import prepare
 from vitalab.embedded import embedded_broker, embedded_postgres
 from vitalab.settings import MqttTarget, Settings
 
@@ -31,7 +31,7 @@ async def database(settings: Settings) -> AsyncIterator[str]:
             url = settings.database_url
         else:
             url = await stack.enter_async_context(embedded_postgres(settings.data_dir))
-        report = await asyncio.to_thread(migrate, url, timescale=settings.timescale)
+        report = await asyncio.to_thread(prepare, url, settings)
         logger.info(
             "schema ready (applied %s; TimescaleDB: %s)", report.applied or "nothing", report.timescale
         )
@@ -123,7 +123,7 @@ def _require_broker(settings: Settings) -> MqttTarget:
 async def run_ingest(settings: Settings, database_url: str) -> None:
     """`vitalab ingest`: one ingester until SIGINT/SIGTERM; the batch in hand is committed and acked."""
     target = _require_broker(settings)
-    await asyncio.to_thread(migrate, database_url, timescale=settings.timescale)
+    await asyncio.to_thread(prepare, database_url, settings)
     loop = asyncio.get_running_loop()
     async with open_ingester(settings, target, database_url) as ingester:
         task = asyncio.current_task()

@@ -76,6 +76,13 @@ class Settings(BaseSettings):
     timescale: Literal["auto", "require", "off"] = Field(
         default="auto", description="use TimescaleDB when the server has it (auto), insist, or never"
     )
+    compress_after_days: int | None = Field(default=7, ge=1, description="TimescaleDB columnstore age")
+    retention_days: int | None = Field(
+        default=None,
+        ge=8,  # must outlive the 7-day refresh window of the hourly aggregate, or refreshes would erase it
+        description="drop raw samples older than this (TimescaleDB); unset keeps them forever",
+    )
+    dead_letter_retention_days: int | None = Field(default=90, ge=1)
     site: str = Field(default="demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     data_dir: Path = Field(default=Path.home() / ".local" / "share" / "vitalab")
 
