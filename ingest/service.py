@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import psycopg
-from prometheus_client import start_http_server
 
 from ingest.batch import Batch, Router
+from ingest.health import HealthServer
 from ingest.metrics import IngestMetrics
 from ingest.mqtt import MqttSource
 from ingest.writer import WriteResult, prepare, write_batch
@@ -86,6 +86,13 @@ class Ingester:
         self._known_at = 0.0
         self.committed_batches = 0
         self._on_commit = on_commit
+        self.db_ok = True
+        """False while the last attempt to write failed."""
+        self.last_commit_at: float | None = None
+
+    @property
+    def mqtt_connected(self) -> bool:
+        return self._source.connected
 
     @property
     def backlog(self) -> int:
@@ -156,6 +163,7 @@ class Ingester:
             try:
                 return await self._connection()
             except psycopg.OperationalError as exc:
+                self.db_ok = False
                 self.metrics.db_errors.inc()
                 logger.warning("database unavailable (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
@@ -172,6 +180,7 @@ class Ingester:
                 result = await write_batch(conn, batch)
                 break
             except psycopg.OperationalError as exc:
+                self.db_ok = False
                 self.metrics.db_errors.inc()
                 logger.warning("batch write failed (%s); retrying in %.1f s", exc, delay)
                 with contextlib.suppress(psycopg.Error):
@@ -179,6 +188,8 @@ class Ingester:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._config.retry_max_s)
         elapsed = time.perf_counter() - t0
+        self.db_ok = True
+        self.last_commit_at = time.time()
         for msg in batch.acks:
             self._source.ack(msg)
         self.committed_batches += 1
@@ -221,11 +232,11 @@ async def open_ingester(settings: Settings, target: MqttTarget, database_url: st
         )
         server = None
         if settings.ingest_metrics_port is not None:
-            server, _thread = start_http_server(
-                settings.ingest_metrics_port, registry=ingester.metrics.registry
-            )
+            server = HealthServer(ingester, settings.ingest_metrics_port)
+            server.start()
+            logger.info("health and metrics on :%d (/health, /metrics)", server.port)
         try:
             yield ingester
         finally:
             if server is not None:
-                server.shutdown()
+                server.stop()

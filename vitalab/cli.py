@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from vitalab import logs
 from vitalab.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -23,11 +22,7 @@ LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning
 
 
 def _setup(log_level: str) -> Settings:
-    logging.basicConfig(
-        level=log_level.upper(),
-        format='{"t":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}',
-        stream=sys.stderr,
-    )
+    logs.configure(log_level)
     try:
         return load_settings()
     except ValueError as exc:  # pydantic ValidationError: a bad VITALAB_* variable

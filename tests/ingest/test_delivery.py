@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from ingest.health import health
 from simulators.loadgen import LoadPublisher
 from tests.conftest import Mosquitto
 from tests.support.helpers import count, make_settings, running_ingester, wait_until
@@ -198,9 +199,10 @@ async def test_database_restart_mid_stream_loses_nothing_and_memory_stays_bounde
             sender = publish_paced(pub, work.messages, rate_per_s=500)
             await wait_until(lambda: _at_least(pg.url, len(work.expected) // 4), what="progress")
             await asyncio.to_thread(pg.stop)
-            backlog = []
+            backlog, statuses = [], []
             for _ in range(30):  # 1.5 s with the database down: the ingester must not hoard messages
                 backlog.append(ingester.backlog)
+                statuses.append(health(ingester)[0])
                 await asyncio.sleep(0.05)
             await asyncio.to_thread(pg.start)
             await asyncio.to_thread(sender.join)
@@ -209,6 +211,8 @@ async def test_database_restart_mid_stream_loses_nothing_and_memory_stays_bounde
                 lambda: _at_least(pg.url, len(work.expected) + 1), timeout_s=60, what="every sample"
             )
     assert max(backlog) <= window  # bounded by the MQTT 5 receive maximum, not by what was published
+    assert statuses[-1] == 503  # /health says so while the database is down
+    assert recovered == 200  # and recovers by itself
     assert ingester.metrics.registry.get_sample_value("vitalab_ingest_db_errors_total")
     assert work.expected <= stored(pg.url)
     assert await count(pg.url, "samples") == len(work.expected) + 1  # + the probe

@@ -182,3 +182,78 @@ async def test_meta_and_state_update_the_registry(mosquitto: Mosquitto, database
         events = await cur.fetchall()
     assert sorted(kind for kind, _ in events) == ["meta", "offline", "state"]
     assert {kind: t for kind, t in events}["offline"] == older.t
+
+
+async def test_late_and_out_of_order_samples_are_stored_in_place(
+    mosquitto: Mosquitto, database_url: str
+) -> None:
+    start = now_s() - timedelta(days=3)
+    async with running_ingester(
+        make_settings(ingest_client_id="ingest-late"), mosquitto.target, database_url
+    ):
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port) as pub:
+            topic = device_topic(SITE, "bike-05", TopicKind.TELEMETRY)
+            await pub.publish(
+                topic, telemetry("bike-05", 2, start + timedelta(seconds=20), 10, hr_bpm=140), qos=1
+            )
+            await pub.publish(topic, telemetry("bike-05", 0, start, 10, hr_bpm=100), qos=1)  # late, older
+            await pub.publish(
+                topic, telemetry("bike-05", 1, start + timedelta(seconds=10), 10, hr_bpm=120), qos=1
+            )
+        await wait_until(lambda: _equals(count(database_url, "samples"), 30), what="30 samples")
+    hrs = await scalar(database_url, "SELECT array_agg(hr_bpm ORDER BY t) FROM samples")
+    assert hrs == [100.0] * 10 + [120.0] * 10 + [140.0] * 10
+    last_seen = await scalar(database_url, "SELECT last_seen FROM devices WHERE device_id = 'bike-05'")
+    assert last_seen == start + timedelta(seconds=29)  # the newest sample, not the last message
+
+
+async def test_quarantine_policy_dead_letters_unknown_devices(
+    mosquitto: Mosquitto, database_url: str
+) -> None:
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        await conn.execute("INSERT INTO sites (site_id) VALUES (%s)", (SITE,))
+        await conn.execute(
+            "INSERT INTO devices (device_id, site_id, kind) VALUES ('bike-known', %s, 'bike')", (SITE,)
+        )
+        await conn.commit()
+    settings = make_settings(ingest_client_id="ingest-q", ingest_unknown_devices="quarantine")
+    start = now_s()
+    async with running_ingester(settings, mosquitto.target, database_url):
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port) as pub:
+            for dev in ("bike-known", "bike-stranger"):
+                await pub.publish(
+                    device_topic(SITE, dev, TopicKind.TELEMETRY), telemetry(dev, 0, start, 3), qos=1
+                )
+        await wait_until(lambda: count(database_url, "dead_letters"), what="dead letter")
+        await wait_until(lambda: _equals(count(database_url, "samples"), 3), what="known device's samples")
+    assert await scalar(database_url, "SELECT reason FROM dead_letters") == "unknown_device"
+    assert await scalar(database_url, "SELECT device_id FROM dead_letters") == "bike-stranger"
+    assert await count(database_url, "devices", "device_id = 'bike-stranger'") == 0
+
+
+async def test_health_and_metrics_endpoint(mosquitto: Mosquitto, database_url: str) -> None:
+    import httpx
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    settings = make_settings(ingest_client_id="ingest-h", ingest_metrics_port=port)
+    async with running_ingester(settings, mosquitto.target, database_url):
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port) as pub:
+            topic = device_topic(SITE, "bike-06", TopicKind.TELEMETRY)
+            await pub.publish(topic, telemetry("bike-06", 0, now_s(), 4, hr_bpm=100), qos=1)
+            await pub.publish(topic, b"not json", qos=1)
+        await wait_until(lambda: count(database_url, "dead_letters"), what="dead letter")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            health = await http.get("/health")
+            metrics = (await http.get("/metrics")).text
+            missing = await http.get("/nope")
+    assert health.status_code == 200
+    body = health.json()
+    assert body["status"] == "ok"
+    assert body["mqtt_connected"] is True
+    assert body["batches"] >= 1
+    assert 'vitalab_ingest_dead_letters_total{reason="malformed"} 1.0' in metrics
+    assert "vitalab_ingest_samples_inserted_total 4.0" in metrics
+    assert "vitalab_ingest_commit_seconds_bucket" in metrics
+    assert missing.status_code == 404
