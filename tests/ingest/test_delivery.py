@@ -210,6 +210,7 @@ async def test_database_restart_mid_stream_loses_nothing_and_memory_stays_bounde
             await wait_until(
                 lambda: _at_least(pg.url, len(work.expected) + 1), timeout_s=60, what="every sample"
             )
+            recovered = health(ingester)[0]
     assert max(backlog) <= window  # bounded by the MQTT 5 receive maximum, not by what was published
     assert statuses[-1] == 503  # /health says so while the database is down
     assert recovered == 200  # and recovers by itself
