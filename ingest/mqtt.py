@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -65,7 +67,12 @@ class MqttSource:
         self._receive_maximum = receive_maximum
         self._keepalive = keepalive_s
         self._connect_timeout = connect_timeout_s
-        self._queue: asyncio.Queue[Inbound] = asyncio.Queue()
+        # paho's thread appends; the event loop pops. The loop is woken (a syscall) only when it waits.
+        self._buf: deque[Inbound] = deque()
+        self._ready = asyncio.Event()
+        self._waiting = False
+        self._wake_pending = False
+        self._wake_lock = threading.Lock()
         self._generation = 0
         self._connected = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -126,9 +133,21 @@ class MqttSource:
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
-        item = Inbound(msg.topic, payload, msg.qos, msg.retain, msg.mid, self._generation, time.time())
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        self._buf.append(
+            Inbound(msg.topic, payload, msg.qos, msg.retain, msg.mid, self._generation, time.time())
+        )
+        if self._waiting:  # read after the append: see get()
+            with self._wake_lock:
+                if self._wake_pending:
+                    return
+                self._wake_pending = True
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        with self._wake_lock:
+            self._wake_pending = False
+        self._ready.set()
 
     # --- event loop -----------------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -171,16 +190,24 @@ class MqttSource:
     @property
     def backlog(self) -> int:
         """Messages received and not yet taken by the caller."""
-        return self._queue.qsize()
+        return len(self._buf)
 
     async def get(self) -> Inbound:
-        return await self._queue.get()
+        while True:
+            if self._buf:
+                return self._buf.popleft()
+            # announce the wait first, then look again: a message appended before the announcement is
+            # seen by the second look, one appended after it makes paho's thread wake us
+            self._ready.clear()
+            self._waiting = True
+            try:
+                if not self._buf:
+                    await self._ready.wait()
+            finally:
+                self._waiting = False
 
     def get_nowait(self) -> Inbound | None:
-        try:
-            return self._queue.get_nowait()
-        except asyncio.QueueEmpty:
-            return None
+        return self._buf.popleft() if self._buf else None
 
     def ack(self, msg: Inbound) -> bool:
         """Acknowledge a message whose effects are committed. False if it can no longer be acked (it came
