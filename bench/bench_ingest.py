@@ -254,6 +254,98 @@ def _truncate(url: str) -> None:
         conn.execute("TRUNCATE samples, rr_intervals, devices CASCADE")
 
 
+def prefill(target: MqttTarget, n: int, k: int) -> None:
+    """Publish n messages and wait for the broker to take them all (queued for a persistent session)."""
+    proc, go, times = start_publisher(target, n, k, 0.0)
+    go.set()
+    times.recv()
+    proc.join()
+
+
+def bare_drain(target: MqttTarget, n: int, k: int) -> float:
+    """Broker limit without the publisher: a bare paho QoS 1 subscriber empties a queue of n messages."""
+    got = 0
+    done = threading.Event()
+
+    def on_message(c: paho.Client, u: object, m: paho.MQTTMessage) -> None:
+        nonlocal got
+        got += 1
+        if got >= n:
+            done.set()
+
+    def client() -> paho.Client:
+        c = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id="bench-drain", protocol=paho.MQTTv311, clean_session=False
+        )
+        c.on_message = on_message
+        return c
+
+    sub = client()
+    sub.connect(target.host, target.port)
+    sub.subscribe("vitalab/v1/+/dev/+/telemetry", qos=1)
+    sub.loop_start()
+    time.sleep(0.3)
+    sub.disconnect()
+    sub.loop_stop()
+    prefill(target, n, k)
+    sub = client()
+    sub.on_message = on_message
+    t0 = time.perf_counter()
+    sub.connect(target.host, target.port)
+    sub.loop_start()
+    done.wait(300)
+    elapsed = time.perf_counter() - t0
+    sub.disconnect()
+    sub.loop_stop()
+    return got / elapsed
+
+
+async def ingest_drain(target: MqttTarget, url: str, n: int, k: int) -> float:
+    """The ingester empties a queue of n messages into PostgreSQL: its own ceiling, no publisher running."""
+    settings = load_settings(
+        database_url=url,
+        ingest_client_id=f"bench-drain-{uuid.uuid4().hex[:6]}",
+        ingest_batch_rows=10_000,
+        ingest_batch_age_ms=100,
+        ingest_receive_maximum=20_000,
+    )
+
+    def source() -> MqttSource:
+        return MqttSource(
+            target,
+            client_id=settings.ingest_client_id,
+            filters=subscriptions(None),
+            receive_maximum=settings.ingest_receive_maximum,
+        )
+
+    async with source():
+        await asyncio.sleep(0.3)  # the persistent session now holds the subscription
+    await asyncio.to_thread(prefill, target, n, k)
+    committed = 0
+    last = 0.0
+
+    def on_commit(batch: Batch, result: WriteResult) -> None:
+        nonlocal committed, last
+        committed += result.samples_inserted
+        last = time.perf_counter()
+
+    async with source() as src:
+        t0 = time.perf_counter()
+        ingester = Ingester(
+            src,
+            url,
+            router=router_from_settings(settings),
+            config=IngestConfig.from_settings(settings),
+            on_commit=on_commit,
+        )
+        task = asyncio.create_task(ingester.run())
+        while committed < n * k and time.perf_counter() - t0 < 600:  # noqa: ASYNC110  (polls a counter)
+            await asyncio.sleep(0.02)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return committed / (last - t0)
+
+
 def pct(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=100)[int(p) - 1] if len(values) > 1 else float("nan")
 
@@ -275,6 +367,22 @@ def main() -> None:
     try:
         migrate(url, timescale="off")
         print(f"machine: {os.cpu_count()} cores; broker, publisher, database and ingester all on it")
+        print(
+            "\nA. draining a backlog queued in the broker (no publisher running): the ingester's own ceiling"
+        )
+        print(
+            f"{'samples/msg':>11} {'bare paho QoS1 msg/s':>21} {'ingest msg/s':>13} {'ingest samples/s':>17}"
+            "  vs bare subscriber"
+        )
+        for k in (1, 10):
+            n = args.messages if k == 1 else args.messages // 2
+            bare = bare_drain(target, n, k)
+            drained = asyncio.run(ingest_drain(target, url, n, k))
+            _truncate(url)
+            print(
+                f"{k:>11} {bare:>21,.0f} {drained / k:>13,.0f} {drained:>17,.0f}  {drained / k / bare:6.0%}"
+            )
+        print("\nB. live: a publisher process sends while the ingester commits")
         print(
             f"{'samples/msg':>11} {'broker QoS1 msg/s':>18} {'COPY rows/s':>12} {'ingest msg/s':>13} "
             f"{'ingest samples/s':>17} {'p50 ms':>7} {'p99 ms':>7}  vs broker / vs COPY"
