@@ -72,12 +72,11 @@ def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes], MqttTarget]
     raise RuntimeError("mosquitto did not start")
 
 
-def payloads(n_messages: int, k: int) -> list[tuple[str, bytes]]:
-    """Message i is device i % DEVICES, seq i // DEVICES; its k samples have unique timestamps. Encoded
-    before the clock starts, so the publisher only publishes (a gateway has its frames ready too)."""
+def payloads(n_messages: int, k: int, start: int = 0) -> list[tuple[str, bytes]]:
+    """Message i is device i % DEVICES, seq i // DEVICES; its k samples have unique timestamps."""
     base = datetime.now(UTC).timestamp() - 86_400
     out = []
-    for i in range(n_messages):
+    for i in range(start, start + n_messages):
         dev, seq = f"bench-{i % DEVICES:04d}", i // DEVICES
         samples = [
             Sample(t=datetime.fromtimestamp(base + seq * k + j, UTC), hr_bpm=120, power_w=200)
@@ -93,13 +92,18 @@ def payloads(n_messages: int, k: int) -> list[tuple[str, bytes]]:
 
 
 def publisher_process(target: MqttTarget, n_messages: int, k: int, rate: float, go: Any, times: Any) -> None:
-    """Publish at full speed (rate 0) or at ``rate`` msg/s; send back each message's publish time."""
-    messages = payloads(n_messages, k)
+    """Publish at full speed (rate 0: encoded before the clock starts, as a gateway has its frames ready)
+    or at ``rate`` msg/s (encoded as it goes, for long soaks); send back each message's publish time."""
+    chunk = n_messages if not rate else 10_000
     stamps = [0.0] * n_messages
     with LoadPublisher(target, f"bench-pub-{uuid.uuid4().hex[:6]}", max_inflight=2000) as pub:
+        messages = payloads(min(chunk, n_messages), k)
         go.wait()
         t0 = time.monotonic()
-        for i, (topic, payload) in enumerate(messages):
+        for i in range(n_messages):
+            if i and i % chunk == 0:
+                messages = payloads(min(chunk, n_messages - i), k, start=i)
+            topic, payload = messages[i % chunk]
             stamps[i] = time.time()
             pub.publish(topic, payload)
             if rate:
@@ -288,8 +292,9 @@ def bare_drain(target: MqttTarget, n: int, k: int) -> float:
     sub.disconnect()
     sub.loop_stop()
     prefill(target, n, k)
+    got = 0
+    done.clear()
     sub = client()
-    sub.on_message = on_message
     t0 = time.perf_counter()
     sub.connect(target.host, target.port)
     sub.loop_start()
