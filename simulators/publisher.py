@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import aiomqtt
+import msgspec
 
+from simulators.faults import FaultInjector, Outgoing
 from simulators.fleet import Fleet, SimDevice
 from vitalab.settings import MqttTarget
 from vitalab.wire import (
@@ -54,12 +56,19 @@ def now_ms() -> datetime:
 
 class FleetPublisher:
     def __init__(
-        self, client: aiomqtt.Client, fleet: Fleet, gateway_id: str, log: PublishLog | None = None
+        self,
+        client: aiomqtt.Client,
+        fleet: Fleet,
+        gateway_id: str,
+        log: PublishLog | None = None,
+        faults: FaultInjector | None = None,
     ) -> None:
         self._client = client
         self.fleet = fleet
         self.gateway_id = gateway_id
         self.log = log or PublishLog()
+        self.faults = faults
+        self._tick = 0
 
     async def announce(self) -> None:
         site = self.fleet.site
@@ -87,17 +96,53 @@ class FleetPublisher:
             )
 
     async def publish(self, device: SimDevice, samples: Sequence[Sample]) -> None:
+        faults = self.faults
+        if faults is not None:
+            skew = faults.device_skew(device.device_id)
+            samples = [faults.sample_dropout(msgspec.structs.replace(s, t=s.t + skew)) for s in samples]
         msg = TelemetryMessage(v=1, device=device.device_id, seq=device.seq, samples=list(samples))
         device.seq += 1
-        await self._client.publish(telemetry_topic(self.fleet.site, device.device_id), encode(msg), qos=1)
-        self.log.messages += 1
+        payload = encode(msg)
+        if faults is None:
+            await self._send(device.device_id, payload)
+        else:
+            out = Outgoing(device.device_id, payload, list(samples))
+            for device_id, p in faults.route(out, self._tick):
+                await self._send(device_id, p)
+            if faults.dropped(out):
+                return
         self.log.samples[device.device_id].extend(s.t for s in samples)
+
+    async def _send(self, device_id: str, payload: bytes) -> None:
+        await self._client.publish(telemetry_topic(self.fleet.site, device_id), payload, qos=1)
+        self.log.messages += 1
+
+    async def finish(self) -> None:
+        """Send what fault injection still holds back."""
+        if self.faults is not None:
+            for device_id, p in self.faults.drain():
+                await self._send(device_id, p)
+
+    async def report_errors(self) -> None:
+        """Devices that the fault injector picks report an error state (retained)."""
+        if self.faults is None:
+            return
+        for d in self.fleet.devices:
+            if self.faults.device_error():
+                state = DeviceState(v=1, device=d.device_id, t=now_ms(), online=True, errors=["E_SIM_FAULT"])
+                await self._client.publish(
+                    device_topic(self.fleet.site, d.device_id, TopicKind.STATE),
+                    encode(state),
+                    qos=1,
+                    retain=True,
+                )
 
     async def backfill(self, start: datetime, seconds: int, samples_per_message: int = 10) -> None:
         """Publish ``seconds`` of history from ``start`` as fast as the broker takes it."""
         pending: dict[str, list[Sample]] = defaultdict(list)
         by_id = {d.device_id: d for d in self.fleet.devices}
         for tick in self.fleet.history(start, seconds):
+            self._tick += 1
             for dev, sample in tick:
                 buf = pending[dev.device_id]
                 buf.append(sample)
@@ -107,6 +152,7 @@ class FleetPublisher:
         for dev_id, buf in pending.items():
             if buf:
                 await self.publish(by_id[dev_id], buf)
+        await self.finish()
 
     async def run_realtime(self, *, samples_per_message: int = 1, duration_s: float | None = None) -> None:
         """1 Hz device time following the wall clock, until cancelled or ``duration_s`` has passed."""
@@ -115,6 +161,8 @@ class FleetPublisher:
         pending: dict[str, list[Sample]] = defaultdict(list)
         tick = 0
         while duration_s is None or tick < duration_s:
+            self._tick += 1
+            await self.report_errors()
             for dev, sample in self.fleet.tick(now_ms()):
                 buf = pending[dev.device_id]
                 buf.append(sample)

@@ -133,12 +133,14 @@ async def test_broker_restart_mid_stream_loses_nothing(
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 async def test_two_ingesters_share_one_subscription_and_store_every_sample_once(
-    mosquitto: Mosquitto, database_url: str
+    mosquitto: Mosquitto, database_url: str, protocol: str
 ) -> None:
     work = Workload.build("share", devices=16, seconds=250, per_message=5)  # 800 messages, 4,000 samples
-    a = make_settings(ingest_client_id="ingest-a", ingest_share_group="ingest", ingest_batch_rows=100)
-    b = make_settings(ingest_client_id="ingest-b", ingest_share_group="ingest", ingest_batch_rows=100)
+    common = {"ingest_share_group": "ingest", "ingest_batch_rows": 100, "mqtt_protocol": protocol}
+    a = make_settings(ingest_client_id="ingest-a", **common)
+    b = make_settings(ingest_client_id="ingest-b", **common)
     async with (
         running_ingester(a, mosquitto.target, database_url) as ia,
         running_ingester(b, mosquitto.target, database_url) as ib,
