@@ -86,12 +86,27 @@ def simulate(
     duration: Annotated[float | None, typer.Option(help="seconds to run (default: until Ctrl-C)")] = None,
     backfill: Annotated[int, typer.Option(help="publish this many seconds of history first, fast")] = 0,
     samples_per_message: Annotated[int, typer.Option(min=1)] = 1,
+    faults: Annotated[
+        str,
+        typer.Option(
+            help="fault rates, e.g. 'drop=0.01,duplicate=0.02,reorder=0.01,delay=0.01,malformed=0.001,"
+            "clock_skew=0.1,dropout=0.05,device_error=0.001'"
+        ),
+    ] = "",
     log_level: LogLevel = "info",
 ) -> None:
     """Publish a simulated gym to VITALAB_MQTT_URL."""
+    from simulators.faults import FaultRates
     from vitalab.platform import run_simulator
 
     settings = _setup(log_level)
+    try:
+        rates = FaultRates(
+            **{k.strip(): float(v) for k, v in (kv.split("=") for kv in faults.split(",") if kv)}
+        )
+    except (TypeError, ValueError) as exc:
+        typer.echo(f"--faults: {exc}", err=True)
+        raise typer.Exit(2) from None
     asyncio.run(
         run_simulator(
             settings,
@@ -100,6 +115,7 @@ def simulate(
             duration_s=duration,
             backfill_s=backfill,
             samples_per_message=samples_per_message,
+            faults=rates,
         )
     )
 

@@ -13,6 +13,7 @@ import uvicorn
 
 from api.main import create_app
 from ingest.service import open_ingester
+from simulators.faults import FaultRates
 from simulators.fleet import Fleet
 from simulators.publisher import FleetPublisher, gateway_client
 from vitalab.db import prepare
@@ -142,17 +143,22 @@ async def run_simulator(
     duration_s: float | None,
     backfill_s: int,
     samples_per_message: int,
+    faults: FaultRates | None = None,
 ) -> None:
     """`vitalab simulate`: a fleet publishing to the configured broker."""
+    from simulators.faults import FaultInjector
     from simulators.publisher import history_start
 
     target = _require_broker(settings)
     fleet = Fleet.build(settings.site, devices, seed=seed)
     async with gateway_client(target, "sim-gw", settings.site, protocol=settings.mqtt_protocol) as client:
-        publisher = FleetPublisher(client, fleet, "sim-gw")
+        injector = FaultInjector(faults, seed=seed) if faults is not None and faults != FaultRates() else None
+        publisher = FleetPublisher(client, fleet, "sim-gw", faults=injector)
         await publisher.announce()
         if backfill_s:
             await publisher.backfill(history_start(backfill_s), backfill_s, samples_per_message)
         if duration_s is None or duration_s > 0:
             await publisher.run_realtime(samples_per_message=samples_per_message, duration_s=duration_s)
     logger.info("published %d samples in %d messages", publisher.log.total_samples, publisher.log.messages)
+    if injector is not None:
+        logger.info("faults injected: %s", dict(injector.log.counts))
