@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection, AsyncCursor, sql
 
 from ingest.batch import DEAD_LETTER_COLUMNS, RR_COLUMNS, SAMPLE_COLUMNS, Batch, state_detail
 
@@ -105,6 +106,15 @@ async def prepare(conn: AsyncConnection) -> None:
     await conn.commit()
 
 
+async def _copy(
+    cur: AsyncCursor[Any], statement: sql.Composed, types: list[str], rows: list[tuple[Any, ...]]
+) -> None:
+    async with cur.copy(statement) as copy:
+        copy.set_types(types)
+        for row in rows:
+            await copy.write_row(row)
+
+
 async def write_batch(conn: AsyncConnection, batch: Batch) -> WriteResult:
     """Write everything in ``batch`` in one transaction; the caller acks its messages afterwards."""
     inserted = dup = rr_inserted = 0
@@ -143,23 +153,14 @@ async def write_batch(conn: AsyncConnection, batch: Batch) -> WriteResult:
         for gw, (site, status, received) in sorted(batch.gateways.items()):
             await cur.execute(_UPSERT_GATEWAY, (gw, site, status.online, status.t or received))
         if batch.samples:
-            async with cur.copy(_COPY_SAMPLES) as copy:
-                copy.set_types(_SAMPLE_TYPES)
-                for row in batch.samples:
-                    await copy.write_row(row)
+            await _copy(cur, _COPY_SAMPLES, _SAMPLE_TYPES, batch.samples)
             await cur.execute(_MERGE_SAMPLES)
             inserted = max(cur.rowcount, 0)
             dup = len(batch.samples) - inserted
         if batch.rr:
-            async with cur.copy(_COPY_RR) as copy:
-                copy.set_types(_RR_TYPES)
-                for row in batch.rr:
-                    await copy.write_row(row)
+            await _copy(cur, _COPY_RR, _RR_TYPES, batch.rr)
             await cur.execute(_MERGE_RR)
             rr_inserted = max(cur.rowcount, 0)
         if batch.dead:
-            async with cur.copy(_COPY_DEAD) as copy:
-                copy.set_types(_DL_TYPES)
-                for dl in batch.dead:
-                    await copy.write_row(dl.row())
+            await _copy(cur, _COPY_DEAD, _DL_TYPES, [dl.row() for dl in batch.dead])
     return WriteResult(inserted, dup, rr_inserted, len(batch.dead))

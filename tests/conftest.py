@@ -8,6 +8,7 @@ instead of skipping.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -160,17 +161,24 @@ def _with_db(server_url: str, dbname: str) -> str:
     return conninfo.make_conninfo(**params)  # type: ignore[arg-type]
 
 
+@contextlib.contextmanager
+def new_database(server_url: str) -> Iterator[str]:
+    """A new, empty database on ``server_url``, dropped on exit."""
+    name = f"vitalab_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_db(server_url, name)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def empty_database(pg_server: str) -> Iterator[str]:
     """A new, empty database of its own for one test; dropped afterwards."""
-    name = f"vitalab_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield _with_db(pg_server, name)
-    finally:
-        with psycopg.connect(pg_server, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with new_database(pg_server) as url:
+        yield url
 
 
 @pytest.fixture

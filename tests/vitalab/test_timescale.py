@@ -8,7 +8,6 @@ are already compressed.
 from __future__ import annotations
 
 import math
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 from ingest.batch import Batch
 from ingest.writer import prepare as prepare_writer
 from ingest.writer import write_batch
+from tests.conftest import new_database
 from vitalab.db import prepare
 from vitalab.settings import load_settings
 
@@ -29,14 +29,8 @@ T0 = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=3)
 
 @pytest.fixture
 def ts_database(timescale_server: str) -> Iterator[str]:
-    name = f"vitalab_ts_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(timescale_server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield psycopg.conninfo.make_conninfo(timescale_server, dbname=name)
-    finally:
-        with psycopg.connect(timescale_server, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with new_database(timescale_server) as url:
+        yield url
 
 
 def jobs(url: str) -> dict[tuple[str, str], dict[str, Any]]:
