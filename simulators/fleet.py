@@ -52,6 +52,13 @@ class SimDevice:
     def __post_init__(self) -> None:
         self.heart = Heart(self.member, self.rng)
 
+    def start_session(self, member: Member, plan: str) -> None:
+        """A new member steps on: the workout counters restart and a new heart is followed."""
+        self.member = member
+        self.plan = plan
+        self.heart = Heart(member, self.rng)
+        self.elapsed_s = self.distance_m = self.energy_kcal = 0.0
+
     def meta(self) -> DeviceMeta:
         vendor, model = VENDORS[self.kind]
         return DeviceMeta(

@@ -1,0 +1,136 @@
+"""A gym day: opening hours, arrival peaks, members choosing free machines, idle machines.
+
+Members arrive as a Poisson process whose rate follows the time of day (weekday peaks before work and
+after work, a lunch bump; a flatter weekend), pick a machine kind, take a free machine of that kind (or any
+free machine, or leave when none is free), train for 20–60 minutes and leave. A machine sends samples only
+while someone is on it. Deterministic from the seed, so downstream utilisation, occupancy and session
+metrics have a known truth: :attr:`GymDay.visits`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+import numpy as np
+
+from simulators.fleet import SimDevice
+from simulators.people import Member
+from vitalab.wire import Sample
+
+# relative arrival demand per hour of the day (0–23); 1.0 is the peak hour
+WEEKDAY = (
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0.55,
+    1.0,
+    0.7,
+    0.4,
+    0.35,
+    0.4,
+    0.6,
+    0.5,
+    0.3,
+    0.3,
+    0.5,
+    0.9,
+    1.0,
+    0.85,
+    0.6,
+    0.35,
+    0.1,
+    0,
+)
+WEEKEND = (0, 0, 0, 0, 0, 0, 0, 0.2, 0.5, 0.8, 1.0, 0.9, 0.7, 0.5, 0.5, 0.6, 0.6, 0.5, 0.4, 0.2, 0.1, 0, 0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Visit:
+    member_id: str
+    device_id: str
+    start: datetime
+    end: datetime
+    plan: str
+
+
+@dataclass(slots=True)
+class GymDay:
+    day: date
+    devices: list[SimDevice]
+    members: list[Member]
+    seed: int = 0
+    open_h: int = 6
+    close_h: int = 22
+    peak_arrivals_per_h: float = 30.0
+    visits: list[Visit] = field(default_factory=list)
+    turned_away: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.open_h < self.close_h <= 24:
+            raise ValueError(f"opening hours {self.open_h}–{self.close_h} are not within a day")
+        self._plan()
+
+    def _plan(self) -> None:
+        rng = np.random.default_rng(self.seed)
+        demand = WEEKEND if self.day.weekday() >= 5 else WEEKDAY
+        midnight = datetime(self.day.year, self.day.month, self.day.day, tzinfo=UTC)
+        close = midnight + timedelta(hours=self.close_h)
+        busy_until = {d.device_id: midnight for d in self.devices}
+        member_free = {m.member_id: midnight for m in self.members}
+        kinds = sorted({d.kind for d in self.devices if d.kind != "hr_strap"})
+        machines = [d for d in self.devices if d.kind != "hr_strap"]
+        for minute in range(self.open_h * 60, self.close_h * 60 - 20):
+            now = midnight + timedelta(minutes=minute)
+            rate = self.peak_arrivals_per_h * demand[minute // 60] / 60
+            for _ in range(int(rng.poisson(rate))):
+                free_members = [m for m in self.members if member_free[m.member_id] <= now]
+                if not free_members or not machines:
+                    self.turned_away += 1
+                    continue
+                member = free_members[int(rng.integers(len(free_members)))]
+                wanted = kinds[int(rng.integers(len(kinds)))]
+                free = [d for d in machines if busy_until[d.device_id] <= now]
+                choice = [d for d in free if d.kind == wanted] or free
+                if not choice:
+                    self.turned_away += 1
+                    continue
+                machine = choice[int(rng.integers(len(choice)))]
+                end = min(now + timedelta(minutes=int(rng.integers(20, 61))), close)
+                plan = "intervals" if rng.random() < 0.4 else "steady"
+                self.visits.append(Visit(member.member_id, machine.device_id, now, end, plan))
+                busy_until[machine.device_id] = end + timedelta(minutes=2)  # wiping down the machine
+                member_free[member.member_id] = end + timedelta(hours=3)
+        self.visits.sort(key=lambda v: (v.start, v.device_id))
+
+    def ticks(self, rate_hz: float = 1.0) -> list[tuple[datetime, list[tuple[SimDevice, Sample]]]]:
+        """Every tick of the day in which at least one machine is in use, with its samples."""
+        by_id = {d.device_id: d for d in self.devices}
+        members = {m.member_id: m for m in self.members}
+        dt = 1.0 / rate_hz
+        starts = sorted(self.visits, key=lambda v: v.start)
+        active: list[Visit] = []
+        out: list[tuple[datetime, list[tuple[SimDevice, Sample]]]] = []
+        if not starts:
+            return out
+        t = starts[0].start
+        end = max(v.end for v in starts)
+        i = 0
+        while t < end:
+            while i < len(starts) and starts[i].start <= t:
+                v = starts[i]
+                by_id[v.device_id].start_session(members[v.member_id], v.plan)
+                active.append(v)
+                i += 1
+            active = [v for v in active if v.end > t]
+            if active:
+                out.append((t, [(by_id[v.device_id], by_id[v.device_id].step(t, dt)) for v in active]))
+                t += timedelta(seconds=dt)
+            elif i < len(starts):
+                t = starts[i].start  # nobody in: jump to the next arrival
+            else:
+                break
+        return out
