@@ -1,0 +1,151 @@
+"""One entry point for every frame the gateway understands, its inverse, and a JSON view for the CLI.
+
+Sources: a BLE characteristic as 4 hex digits ("2ad2", also "ble:2ad2", "0x2AD2") or an ANT+ page as
+"ant:fe:<page>" / "ant:hrm:<page>" (decimal page number). Nothing but ``DecodeError`` escapes
+``decode_frame``: every decoder checks lengths, and anything else raised inside is a bug the fuzz tests hunt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Final
+
+from gateway import ant, cycling, ftms, hrm
+from gateway.errors import DecodeError, EncodeError, UnknownSource
+
+Record = (
+    ftms.FtmsData
+    | ftms.TrainingStatus
+    | ftms.MachineStatus
+    | ftms.MachineFeature
+    | ftms.ControlPointResponse
+    | hrm.HeartRateMeasurement
+    | hrm.BodySensorLocation
+    | cycling.CyclingPower
+    | cycling.CscMeasurement
+    | ant.FePage
+    | ant.HrmPage
+)
+
+Decoder = Callable[[bytes, str | None], Record]
+
+BLE: Final[dict[str, Decoder]] = {
+    "2ad2": lambda d, m: ftms.decode_data(ftms.IndoorBikeData, d, model=m),
+    "2acd": lambda d, m: ftms.decode_data(ftms.TreadmillData, d, model=m),
+    "2ace": lambda d, m: ftms.decode_data(ftms.CrossTrainerData, d, model=m),
+    "2ad1": lambda d, m: ftms.decode_data(ftms.RowerData, d, model=m),
+    "2ad3": lambda d, m: ftms.decode_training_status(d),
+    "2ada": lambda d, m: ftms.decode_machine_status(d),
+    "2acc": lambda d, m: ftms.decode_machine_feature(d),
+    "2ad9": lambda d, m: ftms.decode_control_point(d),
+    "2a37": lambda d, m: hrm.decode_heart_rate(d),
+    "2a38": lambda d, m: hrm.decode_body_sensor_location(d),
+    "2a63": lambda d, m: cycling.decode_cycling_power(d),
+    "2a5b": lambda d, m: cycling.decode_csc(d),
+}
+ANT_FE_PAGES: Final = tuple(sorted(ant.FE_PAGES))
+ANT_HRM_PAGES: Final = tuple(ant.HRM_PAGES)
+
+
+def sources() -> tuple[str, ...]:
+    """Every source ``decode_frame`` accepts, in canonical form."""
+    return (
+        *(f"ble:{c}" for c in BLE),
+        *(f"ant:fe:{p}" for p in ANT_FE_PAGES),
+        *(f"ant:hrm:{p}" for p in ANT_HRM_PAGES),
+    )
+
+
+def canonical_source(source: str) -> str:
+    """ "2AD2", "0x2ad2", "ble:2ad2" -> "ble:2ad2"; "ANT:FE:16" -> "ant:fe:16". Raises ``UnknownSource``."""
+    text = source.strip().casefold()
+    if text.startswith("ant:"):
+        parts = text.split(":")
+        if len(parts) == 3 and parts[1] in ("fe", "hrm") and parts[2].isdigit() and len(parts[2]) <= 3:
+            return f"ant:{parts[1]}:{int(parts[2])}"
+        raise UnknownSource(source, "expected ant:fe:<page> or ant:hrm:<page>")
+    text = text.removeprefix("ble:").removeprefix("0x")
+    if text in BLE:
+        return f"ble:{text}"
+    raise UnknownSource(source, f"unknown characteristic; known: {', '.join(BLE)}")
+
+
+def decode_frame(source: str, data: bytes, *, model: str | None = None) -> Record:
+    """Decode one raw frame into its typed record. ``model`` selects quirks (see ``gateway.quirks``)."""
+    canonical = canonical_source(source)
+    payload = bytes(data)
+    if canonical.startswith("ant:fe:"):
+        return ant.decode_fe(int(canonical.rsplit(":", 1)[1]), payload)
+    if canonical.startswith("ant:hrm:"):
+        return ant.decode_hrm(int(canonical.rsplit(":", 1)[1]), payload, model=model)
+    return BLE[canonical.removeprefix("ble:")](payload, model)
+
+
+def source_of(record: Record) -> str:
+    if isinstance(record, ant.FePage | ant.HrmPage):
+        return record.source
+    return record.SOURCE
+
+
+def encode_frame(record: Record, *, model: str | None = None) -> bytes:
+    """The raw frame of a record: the inverse of ``decode_frame`` (for simulated raw-frame devices)."""
+    encoders: list[tuple[type[Any], Callable[[Any], bytes]]] = [
+        (ftms.FtmsData, lambda r: ftms.encode_data(r, model=model)),
+        (ftms.TrainingStatus, ftms.encode_training_status),
+        (ftms.MachineStatus, ftms.encode_machine_status),
+        (ftms.MachineFeature, ftms.encode_machine_feature),
+        (ftms.ControlPointResponse, ftms.encode_control_point),
+        (hrm.HeartRateMeasurement, hrm.encode_heart_rate),
+        (hrm.BodySensorLocation, hrm.encode_body_sensor_location),
+        (cycling.CyclingPower, cycling.encode_cycling_power),
+        (cycling.CscMeasurement, cycling.encode_csc),
+        (ant.FePage, ant.encode_fe),
+        (ant.HrmPage, ant.encode_hrm),
+    ]
+    for kind, encode in encoders:
+        if isinstance(record, kind):
+            return encode(record)
+    raise EncodeError(type(record).__name__, "record", "not a gateway record")
+
+
+def _json_value(value: object) -> object:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, tuple | list):
+        return [_json_value(v) for v in value]
+    return value
+
+
+# Read-only views worth printing next to the stored fields.
+EXTRA_JSON: Final[dict[type[Any], tuple[str, ...]]] = {
+    ant.FeGeneral: ("equipment",),
+    cycling.CyclingPower: ("extreme_angle_max_deg", "extreme_angle_min_deg"),
+}
+
+
+def record_to_json(record: Record) -> dict[str, Any]:
+    """A JSON-ready dict: ``record`` (type name), ``source``, then every field (bytes as hex)."""
+    out: dict[str, Any] = {"record": type(record).__name__, "source": source_of(record)}
+    for f in dataclasses.fields(record):
+        out[f.name] = _json_value(getattr(record, f.name))
+    if isinstance(record, ant.FePage):
+        out["fe_state_name"] = record.fe_state_name
+    for kind, names in EXTRA_JSON.items():
+        if isinstance(record, kind):
+            out.update({n: getattr(record, n) for n in names})
+    if isinstance(record, ftms.MachineStatus):
+        out["params"] = dict(record.params)
+    return out
+
+
+__all__ = [
+    "DecodeError",
+    "Record",
+    "canonical_source",
+    "decode_frame",
+    "encode_frame",
+    "record_to_json",
+    "source_of",
+    "sources",
+]

@@ -1,0 +1,47 @@
+"""Errors of the gateway package. Each carries fields, not only a message.
+
+A decoder given bytes raises only :class:`DecodeError` (or a subclass); an encoder given a record it cannot
+put on the wire raises only :class:`EncodeError`. Both derive from :class:`vitalab.errors.VitalabError`.
+"""
+
+from __future__ import annotations
+
+from vitalab.errors import VitalabError
+
+
+class DecodeError(VitalabError):
+    """A frame could not be decoded.
+
+    ``source`` names what was decoded ("ble:2ad2", "ant:fe:16"), ``offset`` is the byte the problem was found
+    at (``None`` when it is not about one byte) and ``detail`` says what was wrong.
+    """
+
+    def __init__(self, source: str, detail: str, offset: int | None = None) -> None:
+        where = f" at byte {offset}" if offset is not None else ""
+        super().__init__(f"{source}: {detail}{where}")
+        self.source = source
+        self.offset = offset
+        self.detail = detail
+
+
+class FrameTooShort(DecodeError):
+    """Even the mandatory part of the frame (flags, page number, heart rate ...) is not there."""
+
+
+class UnknownSource(DecodeError):
+    """No decoder for this characteristic or ANT+ page."""
+
+
+class InvalidFrame(DecodeError):
+    """Structurally impossible: reserved flags no quirk explains, bytes left over, wrong page number ..."""
+
+
+class EncodeError(VitalabError):
+    """A record cannot be encoded: a value does not fit its wire type or is missing where the wire has no
+    "not available" value."""
+
+    def __init__(self, source: str, field: str, detail: str) -> None:
+        super().__init__(f"{source}: {field}: {detail}")
+        self.source = source
+        self.field = field
+        self.detail = detail

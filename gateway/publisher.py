@@ -1,0 +1,588 @@
+"""The gateway's publishing side: store-and-forward over MQTT 5 so that neither a broker outage nor a
+gateway restart loses telemetry.
+
+Every outgoing message (telemetry, device meta and state) is first committed to a :class:`Buffer` (one
+SQLite file) and deleted from it only after the broker confirmed it with a PUBACK whose reason is below
+0x80 and, for telemetry, not 0x10 "No matching subscribers": Mosquitto 2.0 does not persist shared
+subscriptions across a restart, so until the ingesters are back a restarted broker would drop telemetry
+and say so only with 0x10 (see ``simulators/loadgen.py``). A retained message is stored by the broker even
+when nobody subscribes (Mosquitto 2.0.11 still answers 0x10), so 0x10 counts as delivered for meta and
+state.
+
+Sending: paho-mqtt on its network thread with a persistent session. One task sends the oldest buffered
+entries with at most ``max_in_flight`` (capped by the broker's Receive Maximum) awaiting their PUBACK.
+While the connection is down paho keeps the in-flight ones and resends them first on reconnect; the birth
+is published on every connect, and nothing new is sent before the birth is acknowledged, so replay keeps
+insertion order. After a PUBACK that is not a delivery (0x10, or a refusal >= 0x80) no new entry is sent:
+once every in-flight entry is answered and ``retry_s`` has passed, sending starts again from the oldest
+entry still in the buffer (go-back-N). Order is therefore kept, except that entries of the same in-flight
+window that were delivered while earlier ones were not (a subscriber came back mid-window) arrive before
+them. Receivers get every message at least once; duplicates come from resends after a lost PUBACK.
+
+Entering the context does not wait for the broker: a gateway starts, and buffers, while it is down. A
+clean exit writes the batches in progress to the buffer, publishes the retained offline status (when
+connected; the LWT says the same after an unclean end) and disconnects; entries still in flight stay
+buffered and the next run sends them again.
+
+Telemetry is batched per device (``batch_samples`` samples, or the batch is ``batch_age_s`` old) into a
+``TelemetryMessage`` whose per-device ``seq`` is reserved in the same SQLite file (it keeps growing
+across restarts; a crash can leave gaps). Samples still batching in memory are what a crash can lose.
+
+Usage::
+
+    async with GatewayPublisher(target, "gym-1", "gw-1", data_dir / "outbox.sqlite") as gw:
+        await gw.announce(metas)
+        gw.add_sample("bike-07", sample)        # never blocks
+        await gw.set_state(state)
+        await gw.wait_delivered(30)             # tests and orderly shutdown
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Self
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gateway.buffer import Buffer, Entry, Outgoing
+from vitalab.errors import VitalabError
+from vitalab.settings import MqttTarget
+from vitalab.wire import (
+    DeviceMeta,
+    DeviceState,
+    GatewayStatus,
+    Sample,
+    TelemetryMessage,
+    TopicKind,
+    device_topic,
+    encode,
+    gateway_status_topic,
+    telemetry_topic,
+)
+from vitalab.wire.payload import MAX_SAMPLES_PER_MESSAGE
+
+logger = logging.getLogger(__name__)
+
+NO_MATCHING_SUBSCRIBERS: Final = 0x10
+SESSION_EXPIRY_S: Final = 3600
+CLOSE_TIMEOUT_S: Final = 5.0
+"""How long a clean exit waits for the broker to acknowledge the offline status."""
+
+
+# --- errors (to move into gateway/errors.py) ------------------------------------------------------------
+class DeliveryTimeout(VitalabError, TimeoutError):
+    """:meth:`GatewayPublisher.wait_delivered` gave up; the messages stay buffered."""
+
+    def __init__(self, buffered: int, in_flight: int, waited_s: float) -> None:
+        super().__init__(f"{buffered} messages still buffered ({in_flight} in flight) after {waited_s:.1f} s")
+        self.buffered = buffered
+        self.in_flight = in_flight
+        self.waited_s = waited_s
+
+
+# --------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class PublisherStats:
+    published: int
+    """Messages (telemetry, meta, state) written to the buffer by this publisher."""
+    delivered: int
+    """Entries confirmed by a PUBACK that counts as delivered, and so deleted from the buffer."""
+    retried: int
+    """Entries sent again after a PUBACK that did not count as delivered."""
+    unrouted: int
+    """Telemetry PUBACKs with 0x10 "No matching subscribers" (each is retried)."""
+    refused: int
+    """PUBACKs with a failure reason (>= 0x80; each is retried)."""
+    dropped_when_full: int
+    """Oldest entries dropped because the buffer was full (see :mod:`gateway.buffer`)."""
+    buffered: int
+    """Entries in the buffer now, in flight included (entries of earlier runs included)."""
+    in_flight: int
+    """Entries sent and awaiting their PUBACK."""
+
+
+def _now_ms() -> datetime:
+    t = datetime.now(UTC)
+    return t.replace(microsecond=t.microsecond // 1000 * 1000)
+
+
+class GatewayPublisher:
+    """One gateway's MQTT connection and its store-and-forward buffer; an async context manager."""
+
+    def __init__(
+        self,
+        target: MqttTarget,
+        site: str,
+        gateway_id: str,
+        buffer_path: Path,
+        *,
+        max_buffer_entries: int = 1_000_000,
+        max_buffer_bytes: int | None = None,
+        batch_samples: int = 10,
+        batch_age_s: float = 1.0,
+        max_in_flight: int = 100,
+        retry_s: float = 0.5,
+        client_id: str | None = None,
+        keepalive_s: int = 30,
+        ca_file: Path | None = None,
+    ) -> None:
+        if not 1 <= batch_samples <= MAX_SAMPLES_PER_MESSAGE:
+            raise ValueError(f"batch_samples must be within 1..{MAX_SAMPLES_PER_MESSAGE}")
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self.site = site
+        self.gateway_id = gateway_id
+        self._status_topic = gateway_status_topic(site, gateway_id)  # validates both ids
+        self._target = target
+        self._buffer_path = buffer_path
+        self._max_entries = max_buffer_entries
+        self._max_bytes = max_buffer_bytes
+        self._batch_samples = batch_samples
+        self._batch_age_s = batch_age_s
+        self._max_in_flight = max_in_flight
+        self._retry_s = retry_s
+        self._keepalive = keepalive_s
+        self._devices: list[str] = []
+
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"vitalab-gw-{site}-{gateway_id}",
+            protocol=paho.MQTTv5,
+        )
+        if target.username:
+            self._client.username_pw_set(target.username, target.password)
+        ctx = target.ssl_context(ca_file)
+        if ctx is not None:
+            self._client.tls_set_context(ctx)
+        self._client.max_inflight_messages_set(0)  # unlimited in paho: the window below bounds it
+        self._client.max_queued_messages_set(0)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=5)
+        self._client.will_set(
+            self._status_topic,
+            encode(GatewayStatus(v=1, gateway=gateway_id, online=False)),
+            qos=1,
+            retain=True,
+        )
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_publish = self._on_publish
+        self._birth_mid: int | None = None  # paho's thread only
+
+        # event-loop state
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._buffer: Buffer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._failure: BaseException | None = None
+        self._closed = False
+        self._connected = False
+        self._gate = False  # connected and the birth acknowledged: entries may be sent
+        self._window = max_in_flight
+        self._kick = asyncio.Event()  # wakes the sender
+        self._idle = asyncio.Event()  # set when nothing is buffered or in flight
+        self._flush_wake = asyncio.Event()
+        self._write_lock = asyncio.Lock()
+        self._topics: dict[str, str] = {}
+        self._batches: dict[str, list[Sample]] = {}
+        self._batch_started: dict[str, float] = {}
+        self._sealed: list[tuple[str, str, list[Sample]]] = []  # (device, topic, samples), oldest first
+        self._in_flight: dict[int, Entry] = {}  # mid -> entry
+        self._waiters: dict[int, asyncio.Future[int]] = {}  # mid -> PUBACK reason, direct publishes
+        self._acked: list[int] = []  # entry ids delivered, to delete
+        self._cursor = 0  # id of the last entry handed to paho
+        self._max_sent = 0
+        self._retry_at: float | None = None  # not-delivered PUBACK seen: hold, then go back
+        self._retry_timer: asyncio.TimerHandle | None = None
+        self._failing = False  # a PUBACK said "not delivered" and none has said "delivered" since
+        self._published = 0
+        self._delivered = 0
+        self._retried = 0
+        self._unrouted = 0
+        self._refused = 0
+
+    # --- public API -------------------------------------------------------------------------------------
+    @property
+    def stats(self) -> PublisherStats:
+        buf = self._buffer
+        return PublisherStats(
+            published=self._published,
+            delivered=self._delivered,
+            retried=self._retried,
+            unrouted=self._unrouted,
+            refused=self._refused,
+            dropped_when_full=0 if buf is None else buf.dropped,
+            buffered=0 if buf is None else len(buf),
+            in_flight=len(self._in_flight),
+        )
+
+    @property
+    def connected(self) -> bool:
+        """Connected, and the birth acknowledged."""
+        return self._gate
+
+    def add_sample(self, device_id: str, sample: Sample) -> None:
+        """Batch one sample of a device; never blocks. Raises :class:`TopicError` for an invalid id."""
+        self._check()
+        batch = self._batches.get(device_id)
+        if batch is None:
+            if device_id not in self._topics:
+                self._topics[device_id] = telemetry_topic(self.site, device_id)
+            batch = self._batches[device_id] = []
+            self._batch_started[device_id] = self._running_loop().time()
+            self._flush_wake.set()
+        batch.append(sample)
+        if len(batch) >= self._batch_samples:
+            self._seal(device_id)
+            self._flush_wake.set()
+
+    async def flush(self) -> None:
+        """Write every batch in progress to the buffer now; durable when this returns."""
+        self._check()
+        for device in list(self._batches):
+            self._seal(device)
+        await self._write_sealed()
+
+    async def announce(self, metas: Sequence[DeviceMeta]) -> None:
+        """Buffer retained meta for these devices and add them to the birth's device list."""
+        self._check()
+        items = [
+            Outgoing(device_topic(self.site, m.device, TopicKind.META), encode(m), retain=True) for m in metas
+        ]
+        self._devices = sorted({*self._devices, *(m.device for m in metas)})
+        await self._append(items)
+        if self._gate:
+            self._client.publish(self._status_topic, self._birth(), qos=1, retain=True)
+
+    async def set_state(self, state: DeviceState) -> None:
+        """Buffer a retained device state."""
+        self._check()
+        topic = device_topic(self.site, state.device, TopicKind.STATE)
+        await self._append([Outgoing(topic, encode(state), retain=True)])
+
+    async def wait_delivered(self, timeout_s: float = 30.0) -> None:
+        """Flush, then wait until the buffer is empty and nothing is in flight.
+
+        Raises :class:`DeliveryTimeout` after ``timeout_s`` (nothing is lost: it stays buffered)."""
+        await self.flush()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            raise DeliveryTimeout(self.stats.buffered, len(self._in_flight), timeout_s) from None
+        self._check()
+
+    # --- context --------------------------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        self._loop = asyncio.get_running_loop()
+        self._buffer = await asyncio.to_thread(
+            Buffer, self._buffer_path, max_entries=self._max_entries, max_bytes=self._max_bytes
+        )
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        try:
+            # does not wait for the broker: a gateway starts, and buffers, while the broker is down
+            self._client.connect_async(
+                self._target.host,
+                self._target.port,
+                keepalive=self._keepalive,
+                clean_start=False,
+                properties=props,
+            )
+        except (OSError, ValueError):
+            await asyncio.to_thread(self._buffer.close)
+            raise
+        self._client.loop_start()
+        if len(self._buffer):
+            logger.info("%d messages left in the buffer by an earlier run are sent first", len(self._buffer))
+        self._tasks = [asyncio.create_task(self._send_loop()), asyncio.create_task(self._flush_loop())]
+        for task in self._tasks:
+            task.add_done_callback(self._task_done)
+        self._update_idle()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._buffer is not None
+        sender, flusher = self._tasks
+        self._closed = True  # no more samples; the flusher finishes the write it is in and stops
+        self._flush_wake.set()
+        with contextlib.suppress(Exception):  # a failure was taken by _task_done
+            await flusher
+        if self._failure is None:
+            for device in list(self._batches):
+                self._seal(device)
+            try:
+                await self._write_sealed()  # batched samples become durable: the next run sends them
+            except Exception:
+                logger.exception("could not buffer the last %d batches", len(self._sealed))
+        await _cancelled(sender)  # what is in flight stays buffered and is sent again by the next run
+        if self._connected:
+            status = GatewayStatus(v=1, gateway=self.gateway_id, online=False, t=_now_ms())
+            info = self._client.publish(self._status_topic, encode(status), qos=1, retain=True)
+            done = self._running_loop().create_future()
+            self._waiters[info.mid] = done
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await done
+            except TimeoutError:
+                logger.warning("no PUBACK for the offline status within %.0f s", CLOSE_TIMEOUT_S)
+        if self._acked:  # PUBACKs that came in meanwhile: fewer duplicates next time
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._buffer.ack, self._acked)
+        self._client.disconnect()
+        await asyncio.to_thread(self._client.loop_stop)
+        await asyncio.to_thread(self._buffer.close)
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+        if self._failure is not None and et is None:
+            raise self._failure
+
+    # --- paho's network thread ------------------------------------------------------------------------
+    def _to_loop(self, fn: Callable[[], object]) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(fn)
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            logger.warning("broker %s refused the connection: %s", self._target.url(), reason)
+            return
+        receive_maximum = getattr(properties, "ReceiveMaximum", None)
+        # the birth goes out before paho resends what was in flight; nothing new is sent before its PUBACK
+        self._birth_mid = client.publish(self._status_topic, self._birth(), qos=1, retain=True).mid
+        logger.info("connected to %s (session present: %s)", self._target.url(), flags.session_present)
+        self._to_loop(functools.partial(self._connected_cb, receive_maximum))
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            logger.warning("disconnected from %s: %s; reconnecting", self._target.url(), reason)
+        self._to_loop(self._disconnected_cb)
+
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if mid == self._birth_mid:
+            self._birth_mid = None
+            if reason.is_failure:
+                logger.warning("the broker refused the birth on %s: %s", self._status_topic, reason)
+            self._to_loop(self._birth_acked)
+        else:
+            self._to_loop(functools.partial(self._on_puback, mid, int(reason.value)))
+
+    def _birth(self) -> bytes:
+        return encode(
+            GatewayStatus(v=1, gateway=self.gateway_id, online=True, t=_now_ms(), devices=list(self._devices))
+        )
+
+    # --- event loop: connection and PUBACKs -------------------------------------------------------------
+    def _connected_cb(self, receive_maximum: object) -> None:
+        self._connected = True
+        if isinstance(receive_maximum, int) and receive_maximum > 0:
+            self._window = min(self._max_in_flight, receive_maximum)
+
+    def _disconnected_cb(self) -> None:
+        self._connected = False
+        self._gate = False
+
+    def _birth_acked(self) -> None:
+        if self._connected:
+            self._gate = True
+            self._kick.set()
+
+    def _on_puback(self, mid: int, reason: int) -> None:
+        waiter = self._waiters.pop(mid, None)
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(reason)
+            return
+        entry = self._in_flight.pop(mid, None)
+        if entry is None:  # a direct publish (birth), or a duplicate PUBACK
+            return
+        if reason < 0x80 and (reason != NO_MATCHING_SUBSCRIBERS or entry.retain):
+            self._acked.append(entry.id)
+            self._delivered += 1
+            self._failing = False
+        else:
+            if reason == NO_MATCHING_SUBSCRIBERS:
+                self._unrouted += 1
+            else:
+                self._refused += 1
+            if not self._failing:  # once until something is delivered again, not once per retry
+                self._failing = True
+                logger.log(
+                    logging.WARNING if reason >= 0x80 else logging.INFO,
+                    "PUBACK 0x%02x for %s: not delivered; holding new messages and retrying every %.1f s",
+                    reason,
+                    entry.topic,
+                    self._retry_s,
+                )
+            if self._retry_at is None:
+                self._retry_at = self._running_loop().time() + self._retry_s
+        self._kick.set()
+
+    def _retry_due(self) -> None:
+        self._retry_timer = None
+        self._kick.set()
+
+    # --- event loop: sending ----------------------------------------------------------------------------
+    async def _send_loop(self) -> None:
+        loop = self._running_loop()
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            buf = self._buf()
+            if self._acked:
+                ids, self._acked = self._acked, []
+                await asyncio.to_thread(buf.ack, ids)
+            if self._retry_at is not None and not self._in_flight:
+                delay = self._retry_at - loop.time()
+                if delay <= 0:
+                    self._retry_at = None
+                    self._cursor = 0  # go back to the oldest entry still buffered
+                elif self._retry_timer is None:
+                    self._retry_timer = loop.call_later(delay, self._retry_due)
+            if self._gate and self._retry_at is None:
+                await self._fill(buf)
+            self._update_idle()
+
+    async def _fill(self, buf: Buffer) -> None:
+        while self._gate and self._retry_at is None:
+            room = self._window - len(self._in_flight)
+            if room <= 0:
+                return
+            entries = await asyncio.to_thread(buf.peek, room, after=self._cursor)
+            for e in entries:  # if the connection dropped meanwhile, paho holds them until it is back
+                info = self._client.publish(e.topic, e.payload, qos=1, retain=e.retain)
+                if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+                    logger.warning("paho did not take %s (%s); retrying", e.topic, paho.error_string(info.rc))
+                    self._retry_at = self._running_loop().time() + self._retry_s
+                    return
+                self._in_flight[info.mid] = e
+                self._cursor = e.id
+                if e.id <= self._max_sent:
+                    self._retried += 1
+                else:
+                    self._max_sent = e.id
+            if len(entries) < room:
+                return
+
+    def _update_idle(self) -> None:
+        if not self._in_flight and not self._acked and not self._sealed and len(self._buf()) == 0:
+            self._idle.set()
+        else:
+            self._idle.clear()
+
+    # --- event loop: batching ---------------------------------------------------------------------------
+    def _seal(self, device: str) -> None:
+        self._sealed.append((device, self._topics[device], self._batches.pop(device)))
+        del self._batch_started[device]
+
+    async def _flush_loop(self) -> None:
+        loop = self._running_loop()
+        while not self._closed:
+            oldest = min(self._batch_started.values(), default=None)
+            timeout = None if oldest is None else max(0.0, oldest + self._batch_age_s - loop.time())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._flush_wake.wait()
+            self._flush_wake.clear()
+            now = loop.time()
+            for device, started in list(self._batch_started.items()):
+                if now - started >= self._batch_age_s:
+                    self._seal(device)
+            await self._write_sealed()
+
+    async def _write_sealed(self) -> None:
+        async with self._write_lock:  # one writer: seq and buffer order follow the order of sealing
+            batches, self._sealed = self._sealed, []
+            if batches:
+                await asyncio.to_thread(self._write_telemetry, self._buf(), batches)
+                self._appended(len(batches))
+
+    @staticmethod
+    def _write_telemetry(buf: Buffer, batches: list[tuple[str, str, list[Sample]]]) -> None:
+        seqs = buf.reserve_seqs(Counter(device for device, _, _ in batches))
+        items: list[Outgoing] = []
+        for device, topic, samples in batches:
+            msg = TelemetryMessage(v=1, device=device, seq=seqs[device], samples=samples)
+            seqs[device] += 1
+            items.append(Outgoing(topic, encode(msg)))
+        buf.append_many(items)
+
+    async def _append(self, items: list[Outgoing]) -> None:
+        async with self._write_lock:
+            await asyncio.to_thread(self._buf().append_many, items)
+            self._appended(len(items))
+
+    def _appended(self, n: int) -> None:
+        self._published += n
+        self._idle.clear()
+        self._kick.set()
+
+    # --- helpers ----------------------------------------------------------------------------------------
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("use GatewayPublisher as `async with GatewayPublisher(...) as gw:`")
+        return self._loop
+
+    def _buf(self) -> Buffer:
+        if self._buffer is None:
+            raise RuntimeError("use GatewayPublisher as `async with GatewayPublisher(...) as gw:`")
+        return self._buffer
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._closed or self._loop is None:
+            raise RuntimeError("the publisher is not open")
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            logger.error("gateway publisher task failed", exc_info=exc)
+            self._failure = exc
+            self._idle.set()  # wake wait_delivered(), which raises the failure
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    if task.done():  # a failure was taken by _task_done
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
