@@ -37,3 +37,23 @@ class MetricParameterError(AnalyticsError):
         self.parameter = parameter
         self.value = value
         self.detail = detail
+
+
+class SessionInputError(AnalyticsError):
+    """Session assembly or a per-participant/per-site function got malformed input (helper-4's modules).
+
+    ``field`` names the offending array or parameter, ``detail`` says what is wrong."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}")
+        self.field = field
+        self.detail = detail
+
+
+class AnalyticsJobError(AnalyticsError):
+    """The incremental analytics job could not run (``stage`` names the step, ``detail`` why)."""
+
+    def __init__(self, stage: str, detail: str) -> None:
+        super().__init__(f"analytics job, {stage}: {detail}")
+        self.stage = stage
+        self.detail = detail
