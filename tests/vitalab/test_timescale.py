@@ -14,12 +14,13 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from ingest.batch import Batch
 from ingest.writer import prepare as prepare_writer
 from ingest.writer import write_batch
 from tests.conftest import new_database
-from vitalab.db import prepare
+from vitalab.db import discover, prepare
 from vitalab.settings import load_settings
 
 pytestmark = pytest.mark.timescale
@@ -44,26 +45,52 @@ def jobs(url: str) -> dict[tuple[str, str], dict[str, Any]]:
 def test_migrate_builds_hypertables_aggregates_and_policies(ts_database: str) -> None:
     report = prepare(ts_database, load_settings(timescale="require"))
     assert report.timescale
-    assert report.applied == [
-        "0001_schema_v1",
-        "0001_schema_v1.timescale",
-        "0002_aggregates",
-        "0002_aggregates.timescale",
-    ]
+    # every file, base and TimescaleDB flavour, in version order; each base file before its extras
+    assert report.applied == [m.label for m in discover()]
+    assert report.applied.index("0001_schema_v1") < report.applied.index("0001_schema_v1.timescale")
+    assert report.applied.index("0002_aggregates") < report.applied.index("0002_aggregates.timescale")
     with psycopg.connect(ts_database) as conn:
-        hyper = {
-            r[0] for r in conn.execute("SELECT hypertable_name FROM timescaledb_information.hypertables")
+        chunk_interval: dict[str, timedelta] = dict(
+            conn.execute(
+                "SELECT hypertable_name, time_interval FROM timescaledb_information.dimensions "
+                "WHERE hypertable_schema = 'public'"
+            ).fetchall()
+        )
+        caggs: dict[str, bool] = dict(
+            conn.execute(
+                "SELECT view_name, materialized_only FROM timescaledb_information.continuous_aggregates"
+            ).fetchall()
+        )
+        columnstore = {
+            (t, a): (seg, order)
+            for t, a, seg, order in conn.execute(
+                "SELECT hypertable_name, attname, segmentby_column_index, orderby_column_index "
+                "FROM timescaledb_information.compression_settings"
+            )
         }
-        caggs = {
-            r[0] for r in conn.execute("SELECT view_name FROM timescaledb_information.continuous_aggregates")
-        }
-    assert {"samples", "rr_intervals", "device_events", "dead_letters"} <= hyper
-    assert caggs == {"samples_1m", "site_samples_1h"}
+    assert chunk_interval == {
+        "samples": timedelta(days=1),
+        "rr_intervals": timedelta(days=1),
+        "device_events": timedelta(days=7),
+        "dead_letters": timedelta(days=7),
+    }
+    assert caggs == {"samples_1m": False, "site_samples_1h": False}  # real-time aggregation on
+    assert columnstore == {
+        ("samples", "device_id"): (1, None),
+        ("samples", "t"): (None, 1),
+        ("rr_intervals", "device_id"): (1, None),
+        ("rr_intervals", "t"): (None, 1),
+        ("rr_intervals", "idx"): (None, 2),
+    }
     j = jobs(ts_database)
     assert j[("policy_compression", "samples")]["compress_after"] == "7 days"
     assert j[("policy_compression", "rr_intervals")]["compress_after"] == "7 days"
     assert j[("policy_retention", "dead_letters")]["drop_after"] == "90 days"
     assert ("policy_retention", "samples") not in j  # raw data is kept unless retention is configured
+    refresh = j[("policy_refresh_continuous_aggregate", "samples_1m")]
+    assert (refresh["start_offset"], refresh["end_offset"]) == ("2 days", "00:01:00")
+    refresh = j[("policy_refresh_continuous_aggregate", "site_samples_1h")]
+    assert (refresh["start_offset"], refresh["end_offset"]) == ("7 days", "01:00:00")
     assert sum(1 for p, _ in j if p == "policy_refresh_continuous_aggregate") == 2
 
     again = prepare(
@@ -74,6 +101,59 @@ def test_migrate_builds_hypertables_aggregates_and_policies(ts_database: str) ->
     assert j[("policy_compression", "samples")]["compress_after"] == "2 days"
     assert j[("policy_retention", "samples")]["drop_after"] == "400 days"
     assert sum(1 for p, h in j if (p, h) == ("policy_compression", "samples")) == 1
+
+
+def test_policies_compress_and_drop_what_the_settings_say(ts_database: str) -> None:
+    prepare(ts_database, load_settings(timescale="require", retention_days=10, compress_after_days=2))
+    now = datetime.now(UTC).replace(microsecond=0)
+    with psycopg.connect(ts_database, autocommit=True) as conn:
+        # the background scheduler would run the same jobs at its own time: pause it, run them here
+        conn.execute("SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs")
+        conn.execute("INSERT INTO sites (site_id) VALUES ('gym-a')")
+        for age in (timedelta(days=20), timedelta(days=5), timedelta(hours=1)):
+            conn.execute(
+                "INSERT INTO samples (device_id, t, site_id, hr_bpm) "
+                "SELECT 'dev-1', %s + make_interval(secs => g), 'gym-a', 100 FROM generate_series(0, 59) g",
+                (now - age,),
+            )
+        run = conn.execute(
+            "SELECT job_id, proc_name FROM timescaledb_information.jobs "
+            "WHERE hypertable_name IN ('samples', 'samples_1m', 'site_samples_1h') ORDER BY job_id"
+        ).fetchall()
+        assert sorted(p for _, p in run) == [
+            "policy_compression",
+            "policy_refresh_continuous_aggregate",
+            "policy_refresh_continuous_aggregate",
+            "policy_retention",
+        ]
+        for job_id, _ in run:
+            conn.execute("CALL run_job(%s)", (job_id,))
+        chunks = conn.execute(
+            "SELECT range_end, is_compressed FROM timescaledb_information.chunks "
+            "WHERE hypertable_name = 'samples' ORDER BY range_start"
+        ).fetchall()
+        ages = conn.execute(
+            "SELECT min(t), count(*) FROM samples WHERE t < %s", (now - timedelta(days=2),)
+        ).fetchone()
+        mat = conn.execute(
+            "SELECT materialization_hypertable_schema, materialization_hypertable_name "
+            "FROM timescaledb_information.continuous_aggregates WHERE view_name = 'samples_1m'"
+        ).fetchone()
+        assert mat is not None
+        # what the refresh policy materialized (the view itself would add the rest in real time)
+        materialized = conn.execute(
+            sql.SQL("SELECT min(bucket), count(*) FROM {}").format(sql.Identifier(*mat))
+        ).fetchone()
+    # 20 days old: dropped (retention 10 days); 5 days: columnstore (after 2 days); 1 hour: rowstore
+    assert [compressed for _, compressed in chunks] == [True, False]
+    assert chunks[0][0] <= now - timedelta(days=2)
+    assert ages is not None
+    assert ages[1] == 60
+    assert ages[0] >= now - timedelta(days=10)
+    # the minute refresh covers the last 2 days only: the recent minute(s), not the 5-day-old ones
+    assert materialized is not None
+    assert materialized[1] in (1, 2)
+    assert materialized[0] >= now - timedelta(hours=1, minutes=1)
 
 
 def _load(url: str) -> None:
