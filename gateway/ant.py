@@ -27,7 +27,7 @@ from fractions import Fraction
 from typing import Any, ClassVar, Final
 
 from gateway.errors import EncodeError, FrameTooShort, InvalidFrame, UnknownSource
-from gateway.fields import Kind, Value, kind_range, read_int, write_int
+from gateway.fields import SIZE, Kind, Value, kind_range, read_int, write_int
 
 PAYLOAD: Final = 8
 RR_MS_PER_TICK: Final = Fraction(1000, 1024)
@@ -46,27 +46,43 @@ class Bits:
     sentinel: int | None = None
 
     @property
+    def size(self) -> int:
+        return SIZE[self.kind]
+
+    @property
+    def signed(self) -> bool:
+        """A whole signed field (``s16``): read and written as two's complement, never masked."""
+        return self.kind.startswith("s") and self.width is None
+
+    @property
     def mask(self) -> int:
-        return kind_range(self.kind)[1] if self.width is None else (1 << self.width) - 1
+        return (1 << 8 * self.size) - 1 if self.width is None else (1 << self.width) - 1
 
     def decode(self, data: bytes) -> Value | None:
-        raw = read_int(data, self.offset, self.kind) >> self.shift & self.mask
+        raw = read_int(data, self.offset, self.kind)
+        if not self.signed:
+            raw = raw >> self.shift & self.mask
         if raw == self.sentinel:
             return None
         return raw if self.resolution == 1 else float(raw * self.resolution)
 
     def encode_into(self, out: bytearray, value: Value | None, source: str) -> None:
+        lo, hi = kind_range(self.kind) if self.signed else (0, self.mask)
         if value is None:
             if self.sentinel is None:
                 raise EncodeError(source, self.name, "no value, and the page has no 'invalid' value")
             raw = self.sentinel
         else:
             raw = round(Fraction(value) / self.resolution)
-            if not 0 <= raw <= self.mask or raw == self.sentinel:
-                raise EncodeError(source, self.name, f"{value} does not fit {self.mask.bit_length()} bits")
-        current = read_int(bytes(out), self.offset, self.kind)
+            if not lo <= raw <= hi or raw == self.sentinel:
+                raise EncodeError(source, self.name, f"{value} does not fit {self.kind} ({lo}..{hi})")
+        end = self.offset + self.size
+        if self.signed:
+            out[self.offset : end] = write_int(raw, self.kind)
+            return
+        current = int.from_bytes(out[self.offset : end], "little")
         current = current & ~(self.mask << self.shift) | raw << self.shift
-        out[self.offset : self.offset + len(write_int(0, self.kind))] = write_int(current, self.kind)
+        out[self.offset : end] = current.to_bytes(self.size, "little")
 
 
 FE_STATE_BITS: Final = (
@@ -88,13 +104,18 @@ FE_STATES: Final = {1: "asleep", 2: "ready", 3: "in_use", 4: "finished"}
 
 @dataclass(frozen=True, kw_only=True)
 class FePage:
-    """Common byte 7 of every FE data page: page-specific capability/flag nibble, FE state, lap toggle."""
+    """Common byte 7 of every FE data page: page-specific capability/flag nibble, FE state, lap toggle.
+
+    ``reserved`` holds the page's bytes no field covers (bytes 1-2 of page 17, 1-3 of page 19, ...), as
+    received, so a page re-encodes to the same 8 bytes; empty means the profile's 0xFF.
+    """
 
     PAGE: ClassVar[int]
     FIELDS: ClassVar[tuple[Bits, ...]]
     capabilities: int = 0
     fe_state: int = 0
     lap_toggle: int = 0
+    reserved: bytes = b""
 
     @property
     def source(self) -> str:
@@ -236,6 +257,12 @@ def _payload(source: str, data: bytes) -> bytes:
     return data
 
 
+def reserved_offsets(cls: type[FePage]) -> tuple[int, ...]:
+    """Byte offsets 1-6 of a page that none of its fields covers."""
+    covered = {b.offset + i for b in cls.FIELDS for i in range(b.size)}
+    return tuple(i for i in range(1, PAYLOAD - 1) if i not in covered)
+
+
 def decode_fe(page: int, data: bytes) -> FePage:
     source = f"ant:fe:{page}"
     cls = FE_PAGES.get(page)
@@ -245,11 +272,18 @@ def decode_fe(page: int, data: bytes) -> FePage:
     if data[0] != page:
         raise InvalidFrame(source, f"byte 0 says page {data[0]}", 0)
     values: dict[str, Any] = {b.name: b.decode(data) for b in (*FE_STATE_BITS, *cls.FIELDS)}
-    return cls(**values)
+    return cls(**values, reserved=bytes(data[i] for i in reserved_offsets(cls)))
 
 
 def encode_fe(record: FePage) -> bytes:
     out = bytearray((record.PAGE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x00))
+    offsets = reserved_offsets(type(record))
+    if record.reserved:
+        if len(record.reserved) != len(offsets):
+            got = len(record.reserved)
+            raise EncodeError(record.source, "reserved", f"{len(offsets)} reserved bytes, got {got}")
+        for i, byte in zip(offsets, record.reserved, strict=True):
+            out[i] = byte
     for bits in (*record.FIELDS, *FE_STATE_BITS):
         bits.encode_into(out, getattr(record, bits.name), record.source)
     return bytes(out)

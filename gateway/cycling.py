@@ -14,6 +14,7 @@ from typing import ClassVar, Final
 
 from gateway.errors import EncodeError, FrameTooShort, InvalidFrame
 from gateway.fields import (
+    Decoded,
     FieldGroup,
     FieldSpec,
     FlagLayout,
@@ -82,6 +83,7 @@ class CyclingPower:
     accumulated_energy_kj: Opt = None
     truncated: bool = False
     missing: tuple[str, ...] = ()
+    trailing: bytes = b""  # the start of the first field that did not fit (truncated frames only)
 
     @property
     def extreme_angle_max_deg(self) -> int | None:
@@ -104,12 +106,20 @@ class CscMeasurement:
     crank_event_s: Opt = None
     truncated: bool = False
     missing: tuple[str, ...] = ()
+    trailing: bytes = b""  # the start of the first field that did not fit (truncated frames only)
 
 
 def _check(layout: FlagLayout, flags: int, data: bytes) -> None:
     reserved = flags & layout.reserved_mask
     if reserved:
         raise InvalidFrame(layout.source, f"reserved flag bits {reserved:#x} set", 0)
+
+
+def _rest(layout: FlagLayout, found: Decoded, data: bytes) -> bytes:
+    """Bytes after the last decoded field: allowed only as the cut start of a field that did not fit."""
+    if found.end < len(data) and not found.truncated:
+        raise InvalidFrame(layout.source, f"{len(data) - found.end} bytes after the last field", found.end)
+    return data[found.end :]
 
 
 def decode_cycling_power(data: bytes) -> CyclingPower:
@@ -119,15 +129,12 @@ def decode_cycling_power(data: bytes) -> CyclingPower:
     if len(data) < 4:
         raise FrameTooShort(CPM_LAYOUT.source, "instantaneous power is mandatory", len(data))
     found = read_fields(CPM_LAYOUT, data, flags, start=4)
-    if found.end < len(data):
-        raise InvalidFrame(
-            CPM_LAYOUT.source, f"{len(data) - found.end} bytes after the last field", found.end
-        )
     return CyclingPower(
         flags=flags,
         power_w=read_int(data, 2, "s16"),
         truncated=found.truncated,
         missing=found.missing,
+        trailing=_rest(CPM_LAYOUT, found, data),
         **found.values,
     )
 
@@ -140,7 +147,7 @@ def encode_cycling_power(record: CyclingPower) -> bytes:
         raise EncodeError(CPM_LAYOUT.source, "flags", f"{record.flags:#x} does not fit u16")
     values = {name: getattr(record, name) for name in CPM_LAYOUT.field_names}
     body = write_fields(CPM_LAYOUT, record.flags, values, record.missing)
-    return write_int(record.flags, "u16") + write_int(record.power_w, "s16") + body
+    return write_int(record.flags, "u16") + write_int(record.power_w, "s16") + body + record.trailing
 
 
 def decode_csc(data: bytes) -> CscMeasurement:
@@ -148,18 +155,21 @@ def decode_csc(data: bytes) -> CscMeasurement:
     flags = read_flags(CSC_LAYOUT, data)
     _check(CSC_LAYOUT, flags, data)
     found = read_fields(CSC_LAYOUT, data, flags)
-    if found.end < len(data):
-        raise InvalidFrame(
-            CSC_LAYOUT.source, f"{len(data) - found.end} bytes after the last field", found.end
-        )
-    return CscMeasurement(flags=flags, truncated=found.truncated, missing=found.missing, **found.values)
+    return CscMeasurement(
+        flags=flags,
+        truncated=found.truncated,
+        missing=found.missing,
+        trailing=_rest(CSC_LAYOUT, found, data),
+        **found.values,
+    )
 
 
 def encode_csc(record: CscMeasurement) -> bytes:
     if not 0 <= record.flags <= 0xFF:
         raise EncodeError(CSC_LAYOUT.source, "flags", f"{record.flags:#x} does not fit u8")
     values = {name: getattr(record, name) for name in CSC_LAYOUT.field_names}
-    return write_int(record.flags, "u8") + write_fields(CSC_LAYOUT, record.flags, values, record.missing)
+    body = write_fields(CSC_LAYOUT, record.flags, values, record.missing)
+    return write_int(record.flags, "u8") + body + record.trailing
 
 
 class RevolutionTracker:

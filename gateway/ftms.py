@@ -149,8 +149,8 @@ Opt = Value | None
 class FtmsData:
     """Common part of the four data characteristics. ``more_data`` is flag bit 0 (set on the non-final
     parts of a split record), ``missing`` lists flagged fields that did not fit, ``quirks`` names the model
-    quirks applied and anything unusual found, ``trailing`` holds bytes a quirk allowed after the last
-    field."""
+    quirks applied and anything unusual found, ``trailing`` holds the bytes after the last decoded field:
+    the start of the first field that did not fit (a truncated frame), or extra bytes a quirk allows."""
 
     SOURCE: ClassVar[str]
     LAYOUT: ClassVar[FlagLayout]
@@ -261,7 +261,8 @@ def decode_data(cls: type[D], data: bytes, *, model: str | None = None) -> D:
         notes.append(f"reserved_flags:{reserved:#x}")
     found = read_fields(layout, data, flags | applied.force_bits)
     extra = len(data) - found.end
-    if extra > applied.trailing_bytes:
+    # A truncated frame ends inside the first field that did not fit: those bytes are not "extra".
+    if extra > applied.trailing_bytes and not found.truncated:
         raise InvalidFrame(cls.SOURCE, f"{extra} bytes after the last flagged field", found.end)
     values: dict[str, Any] = dict(found.values)
     for name in applied.zero_is_unavailable:

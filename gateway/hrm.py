@@ -52,6 +52,7 @@ class HeartRateMeasurement:
     truncated: bool = False
     missing: tuple[str, ...] = ()
     quirks: tuple[str, ...] = ()
+    trailing: bytes = b""  # a cut field of a truncated frame, or the odd last byte of the RR list
 
 
 def decode_heart_rate(data: bytes) -> HeartRateMeasurement:
@@ -67,8 +68,10 @@ def decode_heart_rate(data: bytes) -> HeartRateMeasurement:
     notes: list[str] = []
     rest = data[found.end :]
     rr: tuple[float, ...] = ()
+    trailing = rest
     if flags & RR_BIT and not missing:
         rr = tuple(float(read_int(rest, i, "u16") * RR_MS_PER_TICK) for i in range(0, len(rest) - 1, 2))
+        trailing = rest[len(rest) - len(rest) % 2 :]
         if len(rest) % 2:
             notes.append("odd_rr_byte")
             missing.append("rr_ms")
@@ -76,7 +79,7 @@ def decode_heart_rate(data: bytes) -> HeartRateMeasurement:
             missing.append("rr_ms")
     elif flags & RR_BIT:
         missing.append("rr_ms")
-    elif rest:
+    elif rest and not missing:
         raise InvalidFrame(SOURCE, f"{len(rest)} bytes after the last flagged field", found.end)
     hr = found.values["hr_bpm"]
     energy = found.values.get("energy_expended_kj")
@@ -89,6 +92,7 @@ def decode_heart_rate(data: bytes) -> HeartRateMeasurement:
         truncated=bool(missing),
         missing=tuple(missing),
         quirks=tuple(notes),
+        trailing=trailing,
     )
 
 
@@ -103,7 +107,7 @@ def encode_heart_rate(record: HeartRateMeasurement) -> bytes:
             if not 0 <= raw <= 0xFFFF:
                 raise EncodeError(SOURCE, "rr_ms", f"{ms} ms does not fit u16 in 1/1024 s")
             out += write_int(raw, "u16")
-    return out
+    return out + record.trailing
 
 
 # --- Body Sensor Location 0x2A38 --------------------------------------------------------------------------

@@ -38,13 +38,22 @@ CADENCE_WITHOUT_FLAG = Quirk(
     name="cadence_without_flag",
     sources=frozenset({BIKE}),
     force_bits=1 << 2,
-    seen="reported in ftms.md, not verified: the bike sends Instantaneous Cadence without setting flag bit 2",
+    seen=(
+        "TrackMyIndoorWorkout/TrackMyIndoorWorkout lib/devices/device_descriptors/"
+        "life_fitness_bike_descriptor.dart and test/life_fitness_indoor_bike_test.dart @0ac2ac0 "
+        "(issue #462): Life Fitness bikes send Instantaneous Cadence without flag bit 2 (flags 0x09fa, "
+        "26 bytes); verified in tests/data/captures"
+    ),
 )
 TRAILING_BYTE = Quirk(
     name="trailing_byte",
     sources=frozenset({BIKE, TREADMILL, ROWER, CROSS_TRAINER}),
     trailing_bytes=1,
-    seen="reported in ftms.md, not verified: one extra byte after the last flagged field",
+    seen=(
+        "TrackMyIndoorWorkout/TrackMyIndoorWorkout#525 and test/concept2_old_ftms_test.dart @0ac2ac0: a "
+        "Concept2 PM console sends 20 bytes where its flags (0x0aff) account for 19; verified in "
+        "tests/data/captures"
+    ),
 )
 TREADMILL_BIT13_STEPS = Quirk(
     name="bit13_step_count",
@@ -74,7 +83,8 @@ RESERVED_FLAG_EXTRA_BYTES = Quirk(
     trailing_bytes=4,
     seen=(
         "TrackMyIndoorWorkout/TrackMyIndoorWorkout#320: Technogym Aquafeel sets a reserved flag bit "
-        "and sends 15 bytes instead of 11 (4 extra bytes)"
+        "and sends 15 bytes instead of 11 (4 extra bytes); test/technogym_skillrow_test.dart @0ac2ac0 holds "
+        "the frames (flags 0x2102); verified in tests/data/captures"
     ),
 )
 SPEED_ZERO_UNAVAILABLE = Quirk(
@@ -96,6 +106,9 @@ MODELS: Final[dict[str, tuple[Quirk, ...]]] = {
     "resistance-x10": (RESISTANCE_X10,),
     # Named equipment, each with its public report.
     "technogym aquafeel": (RESERVED_FLAG_EXTRA_BYTES,),
+    "technogym skillrow": (RESERVED_FLAG_EXTRA_BYTES,),
+    "life fitness bike": (CADENCE_WITHOUT_FLAG,),
+    "concept2 pm old ftms": (TRAILING_BYTE,),
     "life fitness elliptical": (SPEED_ZERO_UNAVAILABLE,),
 }
 
