@@ -19,6 +19,11 @@ duplicates, never loss of acknowledged data), and a recently reserved ``seq`` ma
 ``synchronous="FULL"`` fsyncs every commit and loses nothing committed, at the cost of one fsync per
 append.
 
+**Dead frames.** The gateway keeps the frames it could not decode in the same file (table
+``dead_frames``: time, device, source, the bytes, the reason), the newest :data:`MAX_DEAD_FRAMES` of them:
+a local dead-letter log for whoever debugs a device (``vitalab gateway`` never sends them upstream: the
+ingester takes decoded telemetry only).
+
 **Concurrency.** One :class:`Buffer` is safe to use from several threads (one connection, serialised by
 a lock; the publisher calls it through :func:`asyncio.to_thread`). The file is locked exclusively while it
 is open (SQLite ``locking_mode=EXCLUSIVE``): a second process, or a second :class:`Buffer`, opening the
@@ -33,6 +38,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
@@ -53,7 +59,17 @@ CREATE TABLE IF NOT EXISTS seq (
     device TEXT PRIMARY KEY,
     next   INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead_frames (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    t       TEXT    NOT NULL,
+    device  TEXT,
+    source  TEXT    NOT NULL,
+    data    BLOB    NOT NULL,
+    reason  TEXT    NOT NULL
+);
 """
+MAX_DEAD_FRAMES = 10_000
+"""Dead frames kept (the newest); older ones are deleted as new ones come."""
 _LOCK_WAIT_S = 0.5
 _IN_CHUNK = 500  # ids per DELETE ... IN (...): below SQLite's host-parameter limit
 
@@ -83,6 +99,17 @@ class Entry:
     topic: str
     payload: bytes
     retain: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DeadFrame:
+    """A frame the gateway could not decode (or a raw-topic payload it could not read)."""
+
+    t: datetime
+    device: str | None
+    source: str
+    data: bytes
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,3 +327,30 @@ class Buffer:
         with self._lock:
             row = self._db.execute("SELECT next FROM seq WHERE device = ?", (device,)).fetchone()
         return 0 if row is None else int(row[0])
+
+    # --- dead frames --------------------------------------------------------------------------------
+    def add_dead_frames(self, frames: Sequence[DeadFrame]) -> None:
+        """Keep undecodable frames (one transaction); only the newest :data:`MAX_DEAD_FRAMES` stay."""
+        if not frames:
+            return
+        with self._lock, self._tx():
+            self._db.executemany(
+                "INSERT INTO dead_frames (t, device, source, data, reason) VALUES (?, ?, ?, ?, ?)",
+                [(f.t.isoformat(), f.device, f.source, f.data, f.reason) for f in frames],
+            )
+            self._db.execute(
+                "DELETE FROM dead_frames WHERE id <= (SELECT max(id) FROM dead_frames) - ?",
+                (MAX_DEAD_FRAMES,),
+            )
+
+    def dead_frames(self, limit: int = 100) -> list[DeadFrame]:
+        """The newest dead frames, newest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT t, device, source, data, reason FROM dead_frames ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [DeadFrame(datetime.fromisoformat(r[0]), r[1], r[2], bytes(r[3]), r[4]) for r in rows]
+
+    def count_dead_frames(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM dead_frames").fetchone()[0])

@@ -45,3 +45,24 @@ class EncodeError(VitalabError):
         self.source = source
         self.field = field
         self.detail = detail
+
+
+class TransportUnavailable(VitalabError):
+    """A transport's optional library is not installed (``extra`` names the pip extra that brings it)."""
+
+    def __init__(self, transport: str, extra: str, detail: str) -> None:
+        super().__init__(f"the {transport} transport needs `pip install 'vitalab[{extra}]'` ({detail})")
+        self.transport = transport
+        self.extra = extra
+        self.detail = detail
+
+
+class DeviceListError(VitalabError):
+    """The gateway's device list file is unreadable or an entry is invalid (``index`` counts from 0)."""
+
+    def __init__(self, path: str, index: int | None, detail: str) -> None:
+        where = f" entry {index}" if index is not None else ""
+        super().__init__(f"{path}{where}: {detail}")
+        self.path = path
+        self.index = index
+        self.detail = detail

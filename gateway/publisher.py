@@ -43,13 +43,14 @@ import asyncio
 import contextlib
 import functools
 import logging
+import socket
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self
+from typing import Final, Literal, Self
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -57,7 +58,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.buffer import Buffer, Entry, Outgoing
+from gateway.buffer import Buffer, DeadFrame, Entry, Outgoing
 from vitalab.errors import VitalabError
 from vitalab.settings import MqttTarget
 from vitalab.wire import (
@@ -138,6 +139,7 @@ class GatewayPublisher:
         client_id: str | None = None,
         keepalive_s: int = 30,
         ca_file: Path | None = None,
+        protocol: Literal["5", "3.1.1"] = "5",
     ) -> None:
         if not 1 <= batch_samples <= MAX_SAMPLES_PER_MESSAGE:
             raise ValueError(f"batch_samples must be within 1..{MAX_SAMPLES_PER_MESSAGE}")
@@ -157,10 +159,12 @@ class GatewayPublisher:
         self._keepalive = keepalive_s
         self._devices: list[str] = []
 
+        self._v5 = protocol == "5"
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id or f"vitalab-gw-{site}-{gateway_id}",
-            protocol=paho.MQTTv5,
+            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
+            clean_session=None if self._v5 else False,  # 3.1.1: a persistent session, like MQTT 5's below
         )
         if target.username:
             self._client.username_pw_set(target.username, target.password)
@@ -271,6 +275,31 @@ class GatewayPublisher:
         topic = device_topic(self.site, state.device, TopicKind.STATE)
         await self._append([Outgoing(topic, encode(state), retain=True)])
 
+    async def set_states(self, states: Sequence[DeviceState]) -> None:
+        """Buffer several retained device states in one transaction."""
+        self._check()
+        if states:
+            await self._append(
+                [
+                    Outgoing(device_topic(self.site, s.device, TopicKind.STATE), encode(s), retain=True)
+                    for s in states
+                ]
+            )
+
+    async def record_dead_frames(self, frames: Sequence[DeadFrame]) -> None:
+        """Keep frames the gateway could not decode in the buffer file's local dead-letter table."""
+        self._check()
+        if frames:
+            await asyncio.to_thread(self._buf().add_dead_frames, frames)
+
+    def drop_connection(self) -> None:
+        """Fault injection: cut the TCP connection as a network failure would (no DISCONNECT, so the broker
+        publishes the LWT); paho reconnects by itself and resends what was in flight."""
+        sock = self._client.socket()
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     async def wait_delivered(self, timeout_s: float = 30.0) -> None:
         """Flush, then wait until the buffer is empty and nothing is in flight.
 
@@ -289,15 +318,17 @@ class GatewayPublisher:
         self._buffer = await asyncio.to_thread(
             Buffer, self._buffer_path, max_entries=self._max_entries, max_bytes=self._max_bytes
         )
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        props: Properties | None = None
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = SESSION_EXPIRY_S
         try:
             # does not wait for the broker: a gateway starts, and buffers, while the broker is down
             self._client.connect_async(
                 self._target.host,
                 self._target.port,
                 keepalive=self._keepalive,
-                clean_start=False,
+                clean_start=False if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
                 properties=props,
             )
         except (OSError, ValueError):

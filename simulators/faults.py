@@ -2,7 +2,10 @@
 every injection is logged so that a test can tell exactly which valid samples the platform must keep.
 
 Faults act on outgoing telemetry messages (drop, duplicate, reorder, delay, malformed extra message) and on
-devices (clock skew, sensor dropouts, error states).
+devices (clock skew, sensor dropouts, error states). For raw-frame devices (:mod:`simulators.rawdev`)
+``drop`` and ``malformed`` act on single BLE/ANT+ notifications instead (logged as ``frame_drop`` and
+``malformed_frame``), and two more apply: disconnect/reconnect storms of many devices at once, and the
+gateway's own MQTT connection dropping (``uplink_storm``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,13 @@ class FaultRates:
     """A sample loses its heart rate (strap contact lost)."""
     device_error: float = 0.0
     """Per device and tick: the device reports an error state."""
+    storm: float = 0.0
+    """Per tick: a disconnect/reconnect storm: ``storm_share`` of the raw-frame devices drop their radio
+    link at once and come back ``storm_ticks`` ticks later (what they measured meanwhile is lost)."""
+    storm_share: float = 0.3
+    storm_ticks: int = 5
+    uplink_storm: float = 0.0
+    """Per tick: the gateway's MQTT connection drops (it reconnects and resends; nothing may be lost)."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -47,10 +57,15 @@ class FaultRates:
             "clock_skew",
             "dropout",
             "device_error",
+            "storm",
+            "storm_share",
+            "uplink_storm",
         ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"fault rate {name}={value} is not within [0, 1]")
+        if self.storm_ticks < 1:
+            raise ValueError(f"storm_ticks={self.storm_ticks} must be at least 1")
 
 
 MALFORMED: tuple[bytes, ...] = (
@@ -93,6 +108,46 @@ class FaultInjector:
 
     def _hit(self, rate: float) -> bool:
         return rate > 0 and bool(self._rng.random() < rate)
+
+    @property
+    def rng(self) -> np.random.Generator:
+        return self._rng
+
+    # --- raw-frame devices ----------------------------------------------------------------------------
+    def hit_dropout(self) -> bool:
+        """A heart-rate sensor loses contact for a tick."""
+        hit = self._hit(self.rates.dropout)
+        if hit:
+            self.log.note("dropout")
+        return hit
+
+    def frame_fate(self) -> str:
+        """``"drop"`` (lost on the radio), ``"malformed"`` (corrupted) or ``"ok"`` for one notification."""
+        if self._hit(self.rates.drop):
+            self.log.note("frame_drop")
+            return "drop"
+        if self._hit(self.rates.malformed):
+            self.log.note("malformed_frame")
+            return "malformed"
+        return "ok"
+
+    def storm(self, connected: list[str]) -> list[str]:
+        """The devices a storm takes down this tick (none most ticks)."""
+        if not connected or not self._hit(self.rates.storm):
+            return []
+        n = max(1, round(self.rates.storm_share * len(connected)))
+        picked = sorted(
+            str(d) for d in self._rng.choice(connected, size=min(n, len(connected)), replace=False)
+        )
+        self.log.note("storm")
+        self.log.note("storm_disconnect", len(picked))
+        return picked
+
+    def uplink_storm(self) -> bool:
+        hit = self._hit(self.rates.uplink_storm)
+        if hit:
+            self.log.note("uplink_storm")
+        return hit
 
     def device_skew(self, device_id: str) -> timedelta:
         """A constant clock error for a device, drawn once."""

@@ -1,8 +1,9 @@
 """A simulated gym: machines, the members on them, and the samples they produce.
 
 Deterministic from a seed: the same seed, start time and duration give the same samples.
-Each device speaks the wire contract directly (a connected machine); raw-frame devices come with the
-gateway (see ``gateway``).
+Each device speaks the wire contract directly (a connected machine); :mod:`simulators.rawdev` wraps the
+same devices into raw-frame ones (BLE/ANT+ notifications for the gateway). Workouts come from
+:mod:`simulators.workouts`: steady, intervals, and classes that a group starts together.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ from datetime import datetime, timedelta
 import numpy as np
 
 from simulators.people import Heart, Member
+from simulators.workouts import workout
 from vitalab.wire import DeviceKind, DeviceMeta, Sample
 
 MIX: tuple[DeviceKind, ...] = ("bike", "treadmill", "rower", "hr_strap")
+MIX_ALL: tuple[DeviceKind, ...] = ("bike", "treadmill", "rower", "cross_trainer", "hr_strap", "power_meter")
+"""Every kind of device, in the order a fleet cycles through them."""
+MACHINES: frozenset[DeviceKind] = frozenset({"bike", "treadmill", "rower", "cross_trainer"})
 VENDORS: dict[DeviceKind, tuple[str, str]] = {
     "bike": ("vitalab-sim", "SimBike 1"),
     "treadmill": ("vitalab-sim", "SimRun 2"),
@@ -28,12 +33,9 @@ VENDORS: dict[DeviceKind, tuple[str, str]] = {
 
 
 def intensity_at(elapsed_s: float, plan: str) -> float:
-    """Fraction of heart-rate reserve a workout asks for at ``elapsed_s``: 5 min warm-up, then the plan."""
-    if elapsed_s < 300:
-        return 0.25 + 0.25 * elapsed_s / 300
-    if plan == "intervals":
-        return 0.8 if int((elapsed_s - 300) // 120) % 2 == 0 else 0.45
-    return 0.6
+    """Fraction of heart-rate reserve the workout ``plan`` asks for at ``elapsed_s`` (see
+    :mod:`simulators.workouts`)."""
+    return workout(plan).at(elapsed_s)[1]
 
 
 @dataclass(slots=True)
@@ -139,13 +141,33 @@ class Fleet:
     devices: list[SimDevice]
 
     @classmethod
-    def build(cls, site: str, n_devices: int, *, seed: int = 7, mix: tuple[DeviceKind, ...] = MIX) -> Fleet:
+    def build(
+        cls,
+        site: str,
+        n_devices: int,
+        *,
+        seed: int = 7,
+        mix: tuple[DeviceKind, ...] = MIX,
+        class_share: float = 0.0,
+        class_workout: str = "spin45",
+    ) -> Fleet:
+        """``n_devices`` devices cycling through ``mix``. A ``class_share`` of the machines (every
+        1/share-th one) follow the class ``class_workout`` together from the first tick; the others ride
+        steady (60 %) or intervals (40 %)."""
+        if not 0.0 <= class_share <= 1.0:
+            raise ValueError(f"class_share={class_share} is not within [0, 1]")
+        workout(class_workout)  # known?
         rng = np.random.default_rng(seed)
         devices = []
+        machines = 0
         for i in range(n_devices):
             kind = mix[i % len(mix)]
             member = Member.random(f"m{i:04d}", rng)
             plan = "intervals" if rng.random() < 0.4 else "steady"
+            if kind in MACHINES:
+                machines += 1
+                if int(machines * class_share) > int((machines - 1) * class_share):
+                    plan = class_workout
             child = np.random.default_rng(rng.integers(2**63))
             devices.append(SimDevice(f"{kind.replace('_', '-')}-{i + 1:03d}", kind, member, plan, child))
         return cls(site, devices)

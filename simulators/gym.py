@@ -2,9 +2,11 @@
 
 Members arrive as a Poisson process whose rate follows the time of day (weekday peaks before work and
 after work, a lunch bump; a flatter weekend), pick a machine kind, take a free machine of that kind (or any
-free machine, or leave when none is free), train for 20–60 minutes and leave. A machine sends samples only
-while someone is on it. Deterministic from the seed, so downstream utilisation, occupancy and session
-metrics have a known truth: :attr:`GymDay.visits`.
+free machine, or leave when none is free), train for 20–60 minutes and leave. Classes (``classes``: start
+minute of the day and workout) take up to ``class_size`` free members and free machines of the class's kinds
+at the same minute; they all start the class workout together and finish together. A machine sends
+samples only while someone is on it. Deterministic from the seed, so downstream utilisation, occupancy
+and session metrics have a known truth: :attr:`GymDay.visits`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 
 from simulators.fleet import SimDevice
 from simulators.people import Member
+from simulators.workouts import workout
 from vitalab.wire import Sample
 
 # relative arrival demand per hour of the day (0–23); 1.0 is the peak hour
@@ -46,6 +49,12 @@ WEEKDAY = (
     0,
 )
 WEEKEND = (0, 0, 0, 0, 0, 0, 0, 0.2, 0.5, 0.8, 1.0, 0.9, 0.7, 0.5, 0.5, 0.6, 0.6, 0.5, 0.4, 0.2, 0.1, 0, 0, 0)
+CLASS_KINDS: dict[str, tuple[str, ...]] = {"spin45": ("bike",), "hiit30": ("rower", "cross_trainer")}
+DEFAULT_CLASSES: tuple[tuple[int, str], ...] = (
+    (7 * 60, "spin45"),
+    (12 * 60 + 15, "hiit30"),
+    (18 * 60, "spin45"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +75,9 @@ class GymDay:
     open_h: int = 6
     close_h: int = 22
     peak_arrivals_per_h: float = 30.0
+    classes: tuple[tuple[int, str], ...] = DEFAULT_CLASSES
+    """(start minute of the day, class workout); a class outside the opening hours is not held."""
+    class_size: int = 8
     visits: list[Visit] = field(default_factory=list)
     turned_away: int = 0
 
@@ -83,8 +95,11 @@ class GymDay:
         member_free = {m.member_id: midnight for m in self.members}
         kinds = sorted({d.kind for d in self.devices if d.kind != "hr_strap"})
         machines = [d for d in self.devices if d.kind != "hr_strap"]
+        classes = dict(self.classes)
         for minute in range(self.open_h * 60, self.close_h * 60 - 20):
             now = midnight + timedelta(minutes=minute)
+            if minute in classes:
+                self._hold_class(classes[minute], now, close, rng, machines, busy_until, member_free)
             rate = self.peak_arrivals_per_h * demand[minute // 60] / 60
             for _ in range(int(rng.poisson(rate))):
                 free_members = [m for m in self.members if member_free[m.member_id] <= now]
@@ -105,6 +120,31 @@ class GymDay:
                 busy_until[machine.device_id] = end + timedelta(minutes=2)  # wiping down the machine
                 member_free[member.member_id] = end + timedelta(hours=3)
         self.visits.sort(key=lambda v: (v.start, v.device_id))
+
+    def _hold_class(
+        self,
+        name: str,
+        now: datetime,
+        close: datetime,
+        rng: np.random.Generator,
+        machines: list[SimDevice],
+        busy_until: dict[str, datetime],
+        member_free: dict[str, datetime],
+    ) -> None:
+        duration = workout(name).duration_s
+        if duration is None or now + timedelta(seconds=duration) > close:
+            return
+        end = now + timedelta(seconds=duration)
+        kinds = CLASS_KINDS.get(name, ("bike",))
+        free = [d for d in machines if d.kind in kinds and busy_until[d.device_id] <= now]
+        members = [m for m in self.members if member_free[m.member_id] <= now]
+        n = min(self.class_size, len(free), len(members))
+        for i in rng.permutation(len(members))[:n]:
+            machine = free.pop(int(rng.integers(len(free))))
+            member = members[int(i)]
+            self.visits.append(Visit(member.member_id, machine.device_id, now, end, name))
+            busy_until[machine.device_id] = end + timedelta(minutes=2)
+            member_free[member.member_id] = end + timedelta(hours=3)
 
     def ticks(self, rate_hz: float = 1.0) -> list[tuple[datetime, list[tuple[SimDevice, Sample]]]]:
         """Every tick of the day in which at least one machine is in use, with its samples."""

@@ -41,6 +41,11 @@ class Member:
         )
 
 
+def _clip(x: float, lo: float, hi: float) -> float:
+    """``np.clip`` for one float (same result, a hundredth of the cost)."""
+    return min(max(x, lo), hi)
+
+
 class Heart:
     """Heart rate and RR intervals of one member, stepped in seconds of device time."""
 
@@ -59,22 +64,22 @@ class Heart:
         Returns the HR displayed at the end of the step and the RR intervals (ms) of the beats in it.
         """
         m = self.member
-        target = m.hr_rest_bpm + float(np.clip(intensity, 0.0, 1.0)) * (m.hr_max_bpm - m.hr_rest_bpm)
+        target = m.hr_rest_bpm + _clip(intensity, 0.0, 1.0) * (m.hr_max_bpm - m.hr_rest_bpm)
         self._drift = (
             min(self._drift + 0.004 * intensity * dt_s, 8.0) if intensity > 0.4 else self._drift * 0.99
         )
         tau = 30.0 if target > self.hr_bpm else 60.0
         self.hr_bpm += (target + self._drift - self.hr_bpm) * (1 - math.exp(-dt_s / tau))
-        self.hr_bpm = float(np.clip(self.hr_bpm + self._rng.normal(0, 0.3), 35, m.hr_max_bpm))
+        self.hr_bpm = _clip(self.hr_bpm + float(self._rng.normal(0, 0.3)), 35, m.hr_max_bpm)
         reserve = (self.hr_bpm - m.hr_rest_bpm) / max(m.hr_max_bpm - m.hr_rest_bpm, 1.0)
-        hrv = 0.05 * (1.0 - 0.8 * float(np.clip(reserve, 0, 1)))  # relative RSA amplitude
+        hrv = 0.05 * (1.0 - 0.8 * _clip(reserve, 0, 1))  # relative RSA amplitude
         end = self._clock_s + dt_s
         rr: list[float] = []
         while self._next_beat_s <= end:
             rr.append(round((self._next_beat_s - self._last_beat_s) * 1000.0, 1))
             self._last_beat_s = self._next_beat_s
             rsa = 1 + hrv * math.sin(2 * math.pi * 0.25 * self._last_beat_s)
-            interval_s = 60.0 / self.hr_bpm * rsa * (1 + self._rng.normal(0, hrv / 3))
-            self._next_beat_s += float(np.clip(interval_s, 0.25, 2.0))
+            interval_s = 60.0 / self.hr_bpm * rsa * (1 + float(self._rng.normal(0, hrv / 3)))
+            self._next_beat_s += _clip(interval_s, 0.25, 2.0)
         self._clock_s = end
         return round(self.hr_bpm, 1), rr

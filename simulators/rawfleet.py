@@ -1,0 +1,167 @@
+"""A fleet of raw-frame devices and the in-process transport that feeds their frames to a gateway.
+
+:class:`RawFleet` wraps a :class:`simulators.fleet.Fleet` (the same members, hearts and workouts) into
+:class:`simulators.rawdev.RawDevice` s, a share of them on ANT+, and steps them tick by tick under the fault
+injector: frame drops and corruption, heart-rate dropouts, device errors, disconnect/reconnect storms.
+What a correct gateway must make of it is recorded in :attr:`RawFleet.expected` ((device, t) -> the
+sample, exact when the tick was complete) and the fault log (``FaultInjector.log``: counts, and ``lost``:
+the (device, t) that can leave no row).
+
+:class:`SimTransport` is a ``gateway.transport.Transport``: it yields one batch of events per tick, in real
+time (``speed=1``), accelerated (``speed=N``: N seconds of device time per second) or as fast as the
+gateway takes it (``speed=None``, backfill: not ``live``, so the gateway paces it by its backlog).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from gateway.transport import Event, Frame, Link
+from simulators.faults import FaultInjector
+from simulators.fleet import Fleet
+from simulators.rawdev import RawDevice, Tick
+from vitalab.wire import Sample
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class RawFleet:
+    fleet: Fleet
+    ant_share: float = 0.25
+    faults: FaultInjector | None = None
+    record: bool = True
+    """Keep :attr:`expected` (tests); off for long runs and benchmarks."""
+    devices: list[RawDevice] = field(init=False)
+    expected: dict[str, dict[datetime, Sample]] = field(init=False, default_factory=dict)
+    partial: set[tuple[str, datetime]] = field(init=False, default_factory=set)
+    """(device, t) whose sample is expected but lost some of its frames (fields may be missing)."""
+    frames_sent: int = 0
+    malformed_sent: dict[str, int] = field(init=False, default_factory=dict)
+    _down: dict[str, int] = field(init=False, default_factory=dict)  # device -> ticks until it is back
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ant_share <= 1.0:
+            raise ValueError(f"ant_share={self.ant_share} is not within [0, 1]")
+        self.devices = []
+        per_kind: dict[str, int] = {}
+        for d in self.fleet.devices:  # every 1/ant_share-th device of each kind speaks ANT+
+            k = per_kind[d.kind] = per_kind.get(d.kind, 0) + 1
+            ant = d.kind != "power_meter" and int(k * self.ant_share) > int((k - 1) * self.ant_share)
+            self.devices.append(RawDevice(d, "ant" if ant else "ble"))
+
+    @property
+    def site(self) -> str:
+        return self.fleet.site
+
+    def infos(self) -> list[Event]:
+        return [d.info() for d in self.devices]
+
+    def tick(self, t: datetime, dt_s: float = 1.0) -> list[Event]:
+        """Step every device once; the events a gateway receives for this tick."""
+        out: list[Event] = []
+        faults = self.faults
+        if faults is not None:
+            for device_id in faults.storm(
+                [d.device_id for d in self.devices if d.device_id not in self._down]
+            ):
+                self._down[device_id] = faults.rates.storm_ticks
+                out.append(Link(device_id, False, t))
+        for dev in self.devices:
+            down = self._down.get(dev.device_id)
+            tick = dev.tick(t, faults, dt_s, linked=down is None)
+            if down is not None:  # the member goes on training; the radio link is gone
+                self._lost(dev.device_id, t)
+                if down <= 1:
+                    del self._down[dev.device_id]
+                    out.append(Link(dev.device_id, True, t))
+                else:
+                    self._down[dev.device_id] = down - 1
+                continue
+            out.extend(tick.frames)
+            self._account(dev.device_id, t, tick)
+        return out
+
+    def _account(self, device_id: str, t: datetime, tick: Tick) -> None:
+        self.frames_sent += len(tick.frames)
+        if tick.malformed:
+            self.malformed_sent[device_id] = self.malformed_sent.get(device_id, 0) + tick.malformed
+        if tick.expected is None:
+            self._lost(device_id, t)
+            return
+        if self.record:
+            self.expected.setdefault(device_id, {})[t] = tick.expected
+            if not tick.complete:
+                self.partial.add((device_id, t))
+
+    def _lost(self, device_id: str, t: datetime) -> None:
+        if self.faults is not None and self.record:
+            self.faults.log.lost.add((device_id, t))
+
+    def finish(self, t: datetime) -> list[Event]:
+        """End of the run: machines stop (machine status, post-workout), devices still down come back."""
+        out: list[Event] = [Link(d, True, t) for d in sorted(self._down)]
+        self._down.clear()
+        for dev in self.devices:
+            frames: list[Frame] = dev.finish(t)
+            self.frames_sent += len(frames)
+            out.extend(frames)
+        return out
+
+    def expected_rows(self) -> set[tuple[str, datetime]]:
+        return {(d, t) for d, samples in self.expected.items() for t in samples}
+
+
+class SimTransport:
+    """Feeds a :class:`RawFleet` to a gateway in-process (a ``gateway.transport.Transport``)."""
+
+    name = "sim"
+
+    def __init__(
+        self,
+        fleet: RawFleet,
+        start: datetime,
+        seconds: float | None,
+        *,
+        speed: float | None = 1.0,
+        rate_hz: float = 1.0,
+        on_uplink_storm: Callable[[], None] | None = None,
+    ) -> None:
+        if speed is not None and speed <= 0:
+            raise ValueError("speed must be positive (None: as fast as the gateway takes it)")
+        if seconds is None and speed != 1.0:
+            raise ValueError("only a real-time run may be open-ended")
+        self.fleet = fleet
+        self.start = start
+        self.seconds = seconds
+        self.speed = speed
+        self.live = speed is not None
+        self.dt_s = 1.0 / rate_hz
+        self.on_uplink_storm = on_uplink_storm
+        self.ticks = 0
+        self.end: datetime | None = None
+
+    async def events(self) -> AsyncIterator[Sequence[Event]]:
+        loop = asyncio.get_running_loop()
+        yield self.fleet.infos()
+        t0 = loop.time()
+        faults = self.fleet.faults
+        n = None if self.seconds is None else round(self.seconds / self.dt_s)
+        i = 0
+        while n is None or i < n:
+            t = self.start + timedelta(seconds=i * self.dt_s)
+            if faults is not None and self.on_uplink_storm is not None and faults.uplink_storm():
+                self.on_uplink_storm()
+            yield self.fleet.tick(t, self.dt_s)
+            i += 1
+            self.ticks = i
+            if self.speed is not None:
+                await asyncio.sleep(max(0.0, t0 + i * self.dt_s / self.speed - loop.time()))
+            else:
+                await asyncio.sleep(0)
+        self.end = self.start + timedelta(seconds=i * self.dt_s)
+        yield self.fleet.finish(self.end)
