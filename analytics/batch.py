@@ -356,3 +356,28 @@ def _check_array(name: str, values: object, dtype: type[np.generic], length: int
 def _session_of(offsets: I64, row: int) -> int:
     """Index of the session owning sample ``row``."""
     return int(np.searchsorted(offsets, row, side="right")) - 1
+
+
+def segment_searchsorted(sorted_values: F64, offsets: I64, segments: NDArray[np.intp], queries: F64) -> I64:
+    """For each query ``q`` in segment ``s``: the global row of the last value ``<= q`` within that segment,
+    ``-1`` when there is none (``sorted_values`` ascending within every segment, e.g. ``t_s``).
+
+    A vectorised bisection over all queries at once (``log2`` of the longest segment iterations), so a few
+    thousand look-ups cost microseconds and need no global sort key.
+    """
+    lo = offsets[segments].astype(np.int64)  # invariant: rows < lo are <= q (or outside), rows >= hi are > q
+    hi = offsets[segments + 1].astype(np.int64)
+    start = lo.copy()
+    while True:
+        active = lo < hi
+        if not active.any():
+            break
+        mid = (lo + hi) // 2
+        mid_c = np.where(active, mid, 0)
+        le = np.zeros(lo.shape[0], dtype=bool)
+        if sorted_values.shape[0]:
+            le = sorted_values[np.minimum(mid_c, sorted_values.shape[0] - 1)] <= queries
+        lo = np.where(active & le, mid + 1, lo)
+        hi = np.where(active & ~le, mid, hi)
+    found = lo - 1
+    return np.where(found >= start, found, -1)

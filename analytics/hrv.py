@@ -1,0 +1,391 @@
+"""Heart-rate variability per session from RR intervals: cleaning, time domain, frequency domain.
+
+Units: RR/NN intervals and their differences in ms, powers in ms², frequencies in Hz.
+
+RR cleaning (the pipeline of hrv-analysis 1.0.6 ``get_nn_intervals``, vectorised across sessions)
+    1. range: an RR outside ``[300, 2000]`` ms (or NaN) is an artifact;
+    2. artifacts are replaced by linear interpolation over the beat index between the nearest accepted
+       beats of the same session (leading/trailing artifacts take the nearest accepted value);
+    3. ectopic beats, Malik et al. 1989 (20 % rule): beat ``j`` is ectopic when
+       ``|RR_{j-1} − RR_j| > 0.2·RR_{j-1}``; the beat after an ectopic one is not tested (within a run of
+       consecutive failing comparisons every second beat is flagged, as in hrv-analysis);
+    4. ectopic beats are replaced by linear interpolation as in step 2.
+    ``rr_corrected_pct`` = 100 · (range artifacts + ectopic beats) / beats. HRV values are NaN when more than
+    ``MAX_CORRECTED_PCT`` (20 %) of the beats were corrected.
+
+Time domain (Task Force 1996), on the corrected NN series of N beats, ``ΔNN_j = NN_j − NN_{j−1}``:
+    MeanNN = mean(NN); SDNN = std(NN, ddof=1); RMSSD = √(Σ ΔNN² / (N−1)); SDSD = std(ΔNN, ddof=1);
+    pNN50 = 100 · #{|ΔNN| > 50 ms} / (N−1). SDNN needs N ≥ 2, RMSSD/pNN50 N ≥ 2, SDSD N ≥ 3.
+    Peers differ: neurokit2 0.2.13 divides pNN50 by N; hrv-analysis 1.0.6 uses ddof=0 for SDSD.
+
+Frequency domain (Task Force 1996; the resampling and Welch settings of Kubios / hrv-analysis):
+    beat times ``t_k = Σ_{j≤k} NN_j / 1000 − NN_0 / 1000`` (first beat at 0 s); the NN series is resampled at
+    ``fs = 4`` Hz on ``t = 0, 1/fs, …`` (< the last beat time) with a cubic spline with not-a-knot ends
+    (identical to ``scipy.interpolate.CubicSpline``); Welch PSD with a periodic Hann window of
+    ``nperseg = 1024`` samples (256 s), 50 % overlap, constant detrend per segment, ``nfft = nperseg``,
+    one-sided density scaling (``scipy.signal.welch`` conventions), segments averaged by mean. Band powers
+    are trapezoids over the PSD bins with ``lo ≤ f < hi``: VLF [0.0033, 0.04), LF [0.04, 0.15),
+    HF [0.15, 0.40) Hz; LF/HF = LF / HF; total = VLF + LF + HF. A session needs ``nperseg`` resampled points
+    (256 s of beats) for a spectrum; shorter ones get NaN.
+
+Vectorisation: cleaning and time domain are segment reductions over all beats of all sessions; the
+spline of every session in a chunk of sessions is one tridiagonal solve (``scipy.linalg.solve_banded``) whose
+couplings between sessions are zero, and every Welch window of every session in the chunk is one row of a
+2-D array transformed by one ``rfft``. Chunks (``CHUNK_BEATS`` beats) bound the memory, not the speed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.fft import rfft
+from scipy.linalg import solve_banded
+
+from analytics.batch import segment_count, segment_mean, segment_sum
+from analytics.errors import MetricParameterError
+
+F64 = NDArray[np.float64]
+I64 = NDArray[np.int64]
+Bands = tuple[tuple[float, float], tuple[float, float], tuple[float, float]]
+
+RR_MIN_MS: Final[float] = 300.0
+RR_MAX_MS: Final[float] = 2000.0
+MALIK_FRACTION: Final[float] = 0.2
+MAX_CORRECTED_PCT: Final[float] = 20.0
+NN50_MS: Final[float] = 50.0
+RESAMPLE_HZ: Final[float] = 4.0
+NPERSEG: Final[int] = 1024
+BANDS_HZ: Final[Bands] = ((0.0033, 0.04), (0.04, 0.15), (0.15, 0.40))
+CHUNK_BEATS: Final[int] = 2_000_000
+
+
+# ------------------------------------------------------------------------------------------------ cleaning
+
+
+def _session_starts(offsets: I64, total: int) -> NDArray[np.bool_]:
+    starts = np.zeros(total, dtype=bool)
+    first = offsets[:-1][np.diff(offsets) > 0]
+    starts[first] = True
+    return starts
+
+
+def interpolate_gaps(values: F64, good: NDArray[np.bool_], offsets: I64) -> F64:
+    """Replace ``~good`` entries by linear interpolation over the index between the nearest good entries of
+    the same segment; before the first / after the last good entry the nearest good value is held; a
+    segment without good entries becomes NaN (pandas ``Series.interpolate('linear')`` semantics)."""
+    total = values.shape[0]
+    if total == 0:
+        return values.copy()
+    idx = np.arange(total, dtype=np.int64)
+    seg_start = np.repeat(offsets[:-1], np.diff(offsets))
+    seg_end = np.repeat(offsets[1:], np.diff(offsets))
+    prev = np.maximum.accumulate(np.where(good, idx, -1))
+    nxt = np.minimum.accumulate(np.where(good, idx, total)[::-1])[::-1]
+    has_prev = prev >= seg_start
+    has_next = nxt < seg_end
+    p = np.where(has_prev, prev, 0)
+    q = np.where(has_next, nxt, 0)
+    vp = values[p]
+    vq = values[q]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope = (vq - vp) / (q - p)
+        inner = slope * (idx - p) + vp
+    out = np.where(has_prev & has_next, inner, np.where(has_prev, vp, np.where(has_next, vq, np.nan)))
+    return np.where(good, values, out)
+
+
+def malik_flags(values: F64, offsets: I64, fraction: float = MALIK_FRACTION) -> NDArray[np.bool_]:
+    """Ectopic beats by the Malik rule with hrv-analysis's skip-after-outlier (see the module docstring)."""
+    total = values.shape[0]
+    fails = np.zeros(total, dtype=bool)
+    if total > 1:
+        prev = values[:-1]
+        with np.errstate(invalid="ignore"):
+            fails[1:] = ~(np.abs(prev - values[1:]) <= fraction * prev)
+        fails &= ~_session_starts(offsets, total)
+    # within a run of consecutive failing comparisons, flags alternate starting with the run's first beat
+    idx = np.arange(total, dtype=np.int64)
+    run_start = fails.copy()
+    run_start[1:] &= ~fails[:-1]
+    last_start = np.maximum.accumulate(np.where(run_start, idx, 0))
+    even: NDArray[np.bool_] = (idx - last_start) % 2 == 0
+    return fails & even
+
+
+@dataclass(frozen=True)
+class CleanRR:
+    """Corrected NN series (same layout as the input) and what was corrected."""
+
+    nn_ms: F64
+    corrected: NDArray[np.bool_]
+    corrected_pct: F64  # (n,) NaN for sessions without beats
+
+
+def clean_rr(rr_ms: F64, rr_offsets: I64) -> CleanRR:
+    """Range check, interpolation, Malik rule, interpolation (see the module docstring)."""
+    in_range = (rr_ms >= RR_MIN_MS) & (rr_ms <= RR_MAX_MS)
+    step1 = interpolate_gaps(rr_ms, in_range, rr_offsets)
+    ectopic = malik_flags(step1, rr_offsets)
+    nn = interpolate_gaps(step1, ~ectopic, rr_offsets)
+    corrected = ~in_range | ectopic
+    beats = np.diff(rr_offsets)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pct = np.where(beats > 0, 100.0 * segment_count(corrected, rr_offsets) / np.maximum(beats, 1), np.nan)
+    return CleanRR(nn_ms=nn, corrected=corrected, corrected_pct=pct)
+
+
+# ------------------------------------------------------------------------------------------------ time domain
+
+
+@dataclass(frozen=True)
+class TimeDomain:
+    mean_nn_ms: F64
+    sdnn_ms: F64
+    rmssd_ms: F64
+    sdsd_ms: F64
+    pnn50_pct: F64
+
+
+def time_domain(nn_ms: F64, rr_offsets: I64) -> TimeDomain:
+    """Time-domain HRV of every session (two-pass sums, so a constant series gives exactly 0)."""
+    beats = np.diff(rr_offsets).astype(np.float64)
+    lengths = np.diff(rr_offsets)
+    mean = segment_mean(nn_ms, rr_offsets)
+    mean = np.where(beats > 0, mean, np.nan)
+    dev = nn_ms - np.repeat(mean, lengths)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sdnn = np.sqrt(segment_sum(dev * dev, rr_offsets) / (beats - 1.0))
+    sdnn = np.where(beats >= 2, sdnn, np.nan)
+
+    diff = np.zeros_like(nn_ms)
+    if nn_ms.shape[0] > 1:
+        np.subtract(nn_ms[1:], nn_ms[:-1], out=diff[1:])
+    diff[_session_starts(rr_offsets, nn_ms.shape[0])] = 0.0  # the first beat has no predecessor
+    n_diff = beats - 1.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rmssd = np.sqrt(segment_sum(diff * diff, rr_offsets) / n_diff)
+        mean_diff = segment_sum(diff, rr_offsets) / n_diff
+        first = _session_starts(rr_offsets, nn_ms.shape[0])
+        ddev = np.where(first, 0.0, diff - np.repeat(mean_diff, lengths))
+        sdsd = np.sqrt(segment_sum(ddev * ddev, rr_offsets) / (n_diff - 1.0))
+        nn50 = segment_count(np.abs(diff) > NN50_MS, rr_offsets)
+        pnn50 = 100.0 * nn50 / n_diff
+    return TimeDomain(
+        mean_nn_ms=mean,
+        sdnn_ms=sdnn,
+        rmssd_ms=np.where(beats >= 2, rmssd, np.nan),
+        sdsd_ms=np.where(beats >= 3, sdsd, np.nan),
+        pnn50_pct=np.where(beats >= 2, pnn50, np.nan),
+    )
+
+
+# ------------------------------------------------------------------------------------------------ frequency
+
+
+def hann_periodic(n: int) -> F64:
+    """``scipy.signal.get_window('hann', n)`` (periodic, for spectral analysis)."""
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
+
+
+def band_weights(freq: F64, band: tuple[float, float]) -> F64:
+    """Weights ``v`` with ``psd @ v == np.trapezoid(psd[m], freq[m])`` for ``m = lo <= freq < hi``."""
+    lo, hi = band
+    sel = np.flatnonzero((freq >= lo) & (freq < hi))
+    v = np.zeros(freq.shape[0])
+    if sel.size >= 2:
+        dfs = np.diff(freq[sel])
+        v[sel[:-1]] += dfs / 2.0
+        v[sel[1:]] += dfs / 2.0
+    return v
+
+
+def spline_not_a_knot(x: F64, y: F64, offsets: I64) -> tuple[F64, F64, F64, F64]:
+    """Cubic-spline coefficients of many series at once (each segment needs ≥ 4 knots, x increasing).
+
+    Returns ``(c0, c1, c2, c3)`` per knot interval (length ``len(x)``; the entry at each segment's last knot
+    is unused) so that on ``[x_j, x_{j+1})``: ``y(z) = ((c0·z + c1)·z + c2)·z + c3`` with ``z = x − x_j``. The
+    slopes solve the not-a-knot tridiagonal system of ``scipy.interpolate.CubicSpline``; segments are
+    decoupled by zero off-diagonal entries and solved in one banded solve.
+    """
+    m = x.shape[0]
+    first = offsets[:-1]
+    last = offsets[1:] - 1
+    dx = np.empty(m)
+    dx[:-1] = np.diff(x)
+    dx[-1] = 1.0
+    dx[last] = 1.0  # no interval after a segment's last knot (kept finite, unused)
+    slope = np.empty(m)
+    slope[:-1] = np.diff(y)
+    slope[-1] = 0.0
+    slope /= dx
+    slope[last] = 0.0
+
+    ab = np.zeros((3, m))
+    rhs = np.empty(m)
+    # interior rows i: dx[i]·s[i−1] + 2(dx[i−1]+dx[i])·s[i] + dx[i−1]·s[i+1] = 3(dx[i]·m[i−1] + dx[i−1]·m[i])
+    dx_prev = np.empty(m)
+    dx_prev[1:] = dx[:-1]
+    dx_prev[0] = 1.0
+    sl_prev = np.empty(m)
+    sl_prev[1:] = slope[:-1]
+    sl_prev[0] = 0.0
+    ab[1] = 2.0 * (dx_prev + dx)
+    rhs[:] = 3.0 * (dx * sl_prev + dx_prev * slope)
+    # super of row i (coefficient of s[i+1]) = dx[i−1], stored at ab[0, i+1]
+    ab[0, 1:] = dx_prev[:-1]
+    # sub of row i (coefficient of s[i−1]) = dx[i], stored at ab[2, i−1]
+    ab[2, :-1] = dx[1:]
+
+    # not-a-knot start rows
+    d0 = x[first + 2] - x[first]
+    dxa, dxb = dx[first], dx[first + 1]
+    ab[1, first] = dxb
+    ab[0, first + 1] = d0
+    rhs[first] = ((dxa + 2.0 * d0) * dxb * slope[first] + dxa * dxa * slope[first + 1]) / d0
+    # not-a-knot end rows
+    d1 = x[last] - x[last - 2]
+    dxl, dxk = dx[last - 1], dx[last - 2]
+    ab[1, last] = dxk
+    ab[2, last - 1] = d1
+    rhs[last] = (dxl * dxl * slope[last - 2] + (2.0 * d1 + dxl) * dxk * slope[last - 1]) / d1
+    # decouple segments: no super entry into a segment's first column, no sub entry from its last column
+    ab[0, first] = 0.0
+    ab[2, last] = 0.0
+
+    s = solve_banded((1, 1), ab, rhs, overwrite_ab=True, overwrite_b=True, check_finite=False)
+    s_next = np.empty(m)
+    s_next[:-1] = s[1:]
+    s_next[-1] = 0.0
+    t = (s + s_next - 2.0 * slope) / dx
+    c0 = t / dx
+    c1 = (slope - s) / dx - t
+    return c0, c1, s, y.copy()
+
+
+@dataclass(frozen=True)
+class FrequencyDomain:
+    vlf_ms2: F64
+    lf_ms2: F64
+    hf_ms2: F64
+    lf_hf: F64
+    total_ms2: F64
+
+
+def frequency_domain(
+    nn_ms: F64,
+    rr_offsets: I64,
+    fs_hz: float = RESAMPLE_HZ,
+    nperseg: int = NPERSEG,
+    nfft: int | None = None,
+    bands: Bands = BANDS_HZ,
+    chunk_beats: int = CHUNK_BEATS,
+) -> FrequencyDomain:
+    """Band powers of every session (see the module docstring for the method)."""
+    if nperseg < 8 or fs_hz <= 0:
+        raise MetricParameterError("nperseg", nperseg, "need nperseg >= 8 and fs_hz > 0")
+    n_fft = nperseg if nfft is None else nfft
+    if n_fft < nperseg:
+        raise MetricParameterError("nfft", nfft, "must be >= nperseg")
+    n = rr_offsets.shape[0] - 1
+    out = np.full((n, 3), np.nan)
+    beats = np.diff(rr_offsets)
+    finite_sessions = segment_count(~np.isfinite(nn_ms), rr_offsets) == 0
+    # the last beat time in s (first beat at 0): sum of NN without the first one
+    duration = segment_sum(np.where(np.isfinite(nn_ms), nn_ms, 0.0), rr_offsets)
+    first_nn = np.where(beats > 0, nn_ms[np.minimum(rr_offsets[:-1], max(nn_ms.shape[0] - 1, 0))], 0.0)
+    t_last = (duration - first_nn) / 1000.0
+    grid_len = np.ceil(t_last * fs_hz).astype(np.int64)
+    eligible = np.flatnonzero((beats >= 4) & finite_sessions & (grid_len >= nperseg))
+
+    window = hann_periodic(nperseg)
+    scale = 1.0 / (fs_hz * float(window @ window))
+    freq = np.fft.rfftfreq(n_fft, d=1.0 / fs_hz).astype(np.float64)
+    weights = np.stack([band_weights(freq, band) for band in bands], axis=1)  # (n_freq, 3)
+    onesided = np.full(freq.shape[0], 2.0)
+    onesided[0] = 1.0
+    if n_fft % 2 == 0:
+        onesided[-1] = 1.0
+    weights *= (onesided * scale)[:, None]
+
+    start = 0
+    while start < eligible.shape[0]:
+        stop = start
+        total = 0
+        while stop < eligible.shape[0] and (total == 0 or total + beats[eligible[stop]] <= chunk_beats):
+            total += int(beats[eligible[stop]])
+            stop += 1
+        chunk = eligible[start:stop]
+        out[chunk] = _chunk_band_powers(nn_ms, rr_offsets, chunk, fs_hz, nperseg, n_fft, window, weights)
+        start = stop
+
+    vlf, lf, hf = out[:, 0], out[:, 1], out[:, 2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lf_hf = np.where(hf > 0, lf / hf, np.nan)
+    return FrequencyDomain(vlf_ms2=vlf, lf_ms2=lf, hf_ms2=hf, lf_hf=lf_hf, total_ms2=vlf + lf + hf)
+
+
+def _chunk_band_powers(
+    nn_ms: F64,
+    rr_offsets: I64,
+    sessions: NDArray[np.intp],
+    fs_hz: float,
+    nperseg: int,
+    n_fft: int,
+    window: F64,
+    weights: F64,
+) -> F64:
+    lengths = rr_offsets[sessions + 1] - rr_offsets[sessions]
+    rows = _gather_rows(rr_offsets[sessions], lengths)
+    y = nn_ms[rows]
+    local = np.zeros(sessions.shape[0] + 1, dtype=np.int64)
+    np.cumsum(lengths, out=local[1:])
+    # beat times: cumulative sum within each session, first beat at 0 s
+    csum = np.cumsum(y / 1000.0)
+    base = np.repeat(csum[local[:-1]], lengths)
+    x = csum - base
+
+    c0, c1, c2, c3 = spline_not_a_knot(x, y, local)
+
+    # grid points t = k/fs (k = 0 … ceil(fs·t_last) − 1) fall into knot interval j when x_j <= t < x_{j+1}
+    step = 1.0 / fs_hz
+    kx = np.ceil(x * fs_hz).astype(np.int64)
+    last = local[1:] - 1
+    count = np.empty(x.shape[0], dtype=np.int64)
+    count[:-1] = kx[1:] - kx[:-1]
+    count[last] = 0
+    interval = np.repeat(np.arange(x.shape[0], dtype=np.int64), count)
+    grid_len = kx[last]
+    gstart = np.zeros(sessions.shape[0] + 1, dtype=np.int64)
+    np.cumsum(grid_len, out=gstart[1:])
+    k = np.arange(gstart[-1], dtype=np.int64) - np.repeat(gstart[:-1], grid_len)
+    z = k * step - x[interval]
+    series = ((c0[interval] * z + c1[interval]) * z + c2[interval]) * z + c3[interval]
+
+    # every Welch window of every session as one row of a 2-D array
+    hop = nperseg - nperseg // 2
+    n_seg = (grid_len - nperseg) // hop + 1
+    seg_session = np.repeat(np.arange(sessions.shape[0]), n_seg)
+    seg_first = np.zeros(sessions.shape[0] + 1, dtype=np.int64)
+    np.cumsum(n_seg, out=seg_first[1:])
+    seg_k = np.arange(seg_first[-1], dtype=np.int64) - seg_first[:-1][seg_session]
+    seg_start = gstart[:-1][seg_session] + seg_k * hop
+    frames = series[seg_start[:, None] + np.arange(nperseg)]
+    frames -= frames.mean(axis=1, keepdims=True)
+    frames *= window
+    spec = rfft(frames, n=n_fft, axis=1)
+    power = spec.real**2 + spec.imag**2  # (segments, n_freq)
+    band = power @ weights  # (segments, 3)
+    per_session = np.add.reduceat(band, seg_first[:-1], axis=0)
+    result: F64 = per_session / n_seg[:, None]
+    return result
+
+
+def _gather_rows(starts: I64, lengths: I64) -> NDArray[np.int64]:
+    """Concatenated ``arange(start, start + length)`` for every pair."""
+    total = int(lengths.sum())
+    first = np.zeros(lengths.shape[0] + 1, dtype=np.int64)
+    np.cumsum(lengths, out=first[1:])
+    return np.arange(total, dtype=np.int64) - np.repeat(first[:-1] - starts, lengths)

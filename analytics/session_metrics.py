@@ -1,0 +1,245 @@
+"""All per-session metrics of a :class:`~analytics.batch.SessionBatch` in one call, vectorised over sessions.
+
+``compute(batch)`` returns :class:`SessionMetrics`: one ``(n,)`` float64 array per metric (``zone5_s`` is
+``(n, 5)``, ``acsm_band_s`` ``(n, 4)``), NaN where a metric cannot be computed for a session (no heart rate,
+no power, unknown FTP/sex/age ...). ``row(i)`` is the JSON-ready summary of session ``i`` (NaN → ``None``)
+that the jobs store with :data:`ALGORITHM_VERSION`.
+
+Conventions live in the metric modules: time weights and quality in :mod:`analytics.quality`, heart rate in
+:mod:`analytics.hr`, HRV in :mod:`analytics.hrv`, power in :mod:`analytics.power`, energy and distance in
+:mod:`analytics.energy`. Here only:
+
+``moving_s``  time-weighted seconds with work (power > 0, speed > 0 or cadence > 0); NaN without a work
+              channel.
+``hrv_*``     NaN when more than 20 % of the beats were corrected (``rr_corrected_pct``), see
+              :data:`analytics.hrv.MAX_CORRECTED_PCT`; ``hrv_beats`` is the number of RR intervals received.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, fields
+from typing import Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from analytics import energy, hr, hrv, power, quality
+from analytics.batch import SessionBatch, segment_ids, segment_sum
+
+ALGORITHM_VERSION: Final[str] = "2026.11.1"
+"""Bump when any metric's convention changes (stored next to every summary)."""
+
+F64 = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class SessionMetrics:
+    """One (n,) float64 array per metric (NaN = not computable), named with units."""
+
+    duration_s: F64
+    recorded_s: F64
+    moving_s: F64
+    distance_m: F64
+    distance_source: F64
+    energy_machine_kcal: F64
+    energy_hr_kcal: F64
+    energy_acsm_kcal: F64
+    energy_kcal: F64
+    energy_source: F64
+    hr_avg_bpm: F64
+    hr_max_bpm: F64
+    hr_max_used_bpm: F64
+    intensity_basis: F64
+    zone5_s: F64
+    acsm_band_s: F64
+    trimp_banister: F64
+    trimp_edwards: F64
+    effort_points: F64
+    min_ge_84pct_hrmax: F64
+    mvpa_min: F64
+    moderate_min: F64
+    vigorous_min: F64
+    hrr60_bpm: F64
+    hrr120_bpm: F64
+    hrv_beats: F64
+    rr_corrected_pct: F64
+    hrv_mean_nn_ms: F64
+    hrv_sdnn_ms: F64
+    hrv_rmssd_ms: F64
+    hrv_sdsd_ms: F64
+    hrv_pnn50_pct: F64
+    hrv_vlf_ms2: F64
+    hrv_lf_ms2: F64
+    hrv_hf_ms2: F64
+    hrv_lf_hf: F64
+    hrv_total_ms2: F64
+    avg_power_w: F64
+    max_power_w: F64
+    np_w: F64
+    if_: F64
+    tss: F64
+    wbal_min_j: F64
+    quality_samples_received: F64
+    quality_samples_expected: F64
+    quality_received_pct: F64
+    quality_gap_count: F64
+    quality_gap_s: F64
+    quality_max_gap_s: F64
+    quality_hr_coverage: F64
+    quality_hr_dropouts: F64
+    quality_wear_fraction: F64
+
+    @property
+    def n(self) -> int:
+        return int(self.duration_s.shape[0])
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(self))
+
+    def row(self, i: int) -> dict[str, float | list[float] | None]:
+        """JSON-ready summary of session ``i``: floats, lists for the zone arrays, ``None`` for NaN."""
+        out: dict[str, float | list[float] | None] = {}
+        for name in self.names():
+            value = getattr(self, name)[i]
+            if np.ndim(value) == 0:
+                x = float(value)
+                out[name] = None if math.isnan(x) else x
+            elif np.all(np.isnan(value)):
+                out[name] = None
+            else:
+                out[name] = [float(v) for v in value]
+        return out
+
+
+def compute(batch: SessionBatch, timings: dict[str, float] | None = None) -> SessionMetrics:
+    """Every metric of every session; ``timings`` (if given) receives the seconds spent per stage."""
+    clock = _Clock(timings)
+    batch.validate()
+    offsets = batch.offsets
+    ids = segment_ids(offsets)
+    weights = quality.time_weights(batch.t_s, offsets)
+    hr_ok = quality.valid_hr(batch.hr_bpm)
+    q = quality.session_quality(batch.t_s, batch.hr_bpm, offsets, batch.kind, weights=weights, hr_ok=hr_ok)
+    work = (batch.power_w > 0) | (batch.speed_kmh > 0) | (batch.cadence_rpm > 0)
+    t_end, has_channel = hr.exercise_end(
+        batch.t_s, batch.power_w, batch.speed_kmh, batch.cadence_rpm, offsets
+    )
+    moving = np.where(has_channel, segment_sum(np.where(work, weights, 0.0), offsets), np.nan)
+    clock.lap("quality")
+
+    hr_max_used = hr.effective_hr_max(batch.hr_max_bpm, batch.age_y)
+    h = hr.hr_metrics(
+        batch.t_s,
+        batch.hr_bpm,
+        offsets,
+        ids,
+        weights,
+        hr_ok,
+        batch.hr_rest_bpm,
+        hr_max_used,
+        batch.sex,
+        t_end,
+    )
+    clock.lap("hr")
+
+    e = energy.energy_metrics(
+        batch.hr_bpm,
+        hr_ok,
+        batch.power_w,
+        batch.speed_kmh,
+        batch.incline_pct,
+        batch.distance_m,
+        batch.energy_kcal,
+        weights,
+        offsets,
+        batch.kind,
+        batch.sex,
+        batch.age_y,
+        batch.weight_kg,
+        hr_max_used,
+        q.hr_coverage,
+    )
+    clock.lap("energy")
+
+    p = power.power_metrics(batch.power_w, weights, offsets, batch.ftp_w)
+    clock.lap("power")
+
+    clean = hrv.clean_rr(batch.rr_ms, batch.rr_offsets)
+    td = hrv.time_domain(clean.nn_ms, batch.rr_offsets)
+    clock.lap("hrv_time")
+    fd = hrv.frequency_domain(clean.nn_ms, batch.rr_offsets)
+    clock.lap("hrv_frequency")
+    reliable = clean.corrected_pct <= hrv.MAX_CORRECTED_PCT
+
+    def gate(x: F64) -> F64:
+        return np.where(reliable, x, np.nan)
+
+    beats = np.diff(batch.rr_offsets).astype(np.float64)
+    return SessionMetrics(
+        duration_s=q.duration_s,
+        recorded_s=q.recorded_s,
+        moving_s=moving,
+        distance_m=e.distance_m,
+        distance_source=e.distance_source,
+        energy_machine_kcal=e.energy_machine_kcal,
+        energy_hr_kcal=e.energy_hr_kcal,
+        energy_acsm_kcal=e.energy_acsm_kcal,
+        energy_kcal=e.energy_kcal,
+        energy_source=e.energy_source,
+        hr_avg_bpm=h.hr_avg_bpm,
+        hr_max_bpm=h.hr_max_bpm,
+        hr_max_used_bpm=h.hr_max_used_bpm,
+        intensity_basis=h.intensity_basis,
+        zone5_s=h.zone5_s,
+        acsm_band_s=h.acsm_band_s,
+        trimp_banister=h.trimp_banister,
+        trimp_edwards=h.trimp_edwards,
+        effort_points=h.effort_points,
+        min_ge_84pct_hrmax=h.min_ge_84pct_hrmax,
+        mvpa_min=h.mvpa_min,
+        moderate_min=h.moderate_min,
+        vigorous_min=h.vigorous_min,
+        hrr60_bpm=h.hrr60_bpm,
+        hrr120_bpm=h.hrr120_bpm,
+        hrv_beats=beats,
+        rr_corrected_pct=clean.corrected_pct,
+        hrv_mean_nn_ms=gate(td.mean_nn_ms),
+        hrv_sdnn_ms=gate(td.sdnn_ms),
+        hrv_rmssd_ms=gate(td.rmssd_ms),
+        hrv_sdsd_ms=gate(td.sdsd_ms),
+        hrv_pnn50_pct=gate(td.pnn50_pct),
+        hrv_vlf_ms2=gate(fd.vlf_ms2),
+        hrv_lf_ms2=gate(fd.lf_ms2),
+        hrv_hf_ms2=gate(fd.hf_ms2),
+        hrv_lf_hf=gate(fd.lf_hf),
+        hrv_total_ms2=gate(fd.total_ms2),
+        avg_power_w=p.avg_power_w,
+        max_power_w=p.max_power_w,
+        np_w=p.np_w,
+        if_=p.if_,
+        tss=p.tss,
+        wbal_min_j=p.wbal_min_j,
+        quality_samples_received=q.samples_received,
+        quality_samples_expected=q.samples_expected,
+        quality_received_pct=q.received_pct,
+        quality_gap_count=q.gap_count,
+        quality_gap_s=q.gap_s,
+        quality_max_gap_s=q.max_gap_s,
+        quality_hr_coverage=q.hr_coverage,
+        quality_hr_dropouts=q.hr_dropouts,
+        quality_wear_fraction=q.wear_fraction,
+    )
+
+
+class _Clock:
+    def __init__(self, sink: dict[str, float] | None) -> None:
+        self._sink = sink
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        if self._sink is not None:
+            self._sink[name] = self._sink.get(name, 0.0) + now - self._last
+        self._last = now
