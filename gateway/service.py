@@ -133,6 +133,7 @@ class _Device:
     online: bool = True
     training: TrainingStatus | None = None
     errors: list[str] = field(default_factory=list)
+    stated: bool = False
 
     @property
     def model(self) -> str | None:
@@ -307,7 +308,6 @@ class Pipeline:
                 if dev.info != ev:
                     dev.info = ev
                     out.metas.append(ev)
-                    self._state(dev, out, ev.device_id, datetime.now(UTC))
             elif isinstance(ev, Link):
                 dev = self._device(ev.device_id, transport)
                 dev.online = ev.connected
@@ -342,6 +342,8 @@ class Pipeline:
         if dev.info is None:
             self._discover(dev, source, record, out)
         t = floor_time(f.t, self.period_s)
+        if not dev.stated:  # its first frame: online, at device time (the ingester keeps the newest state)
+            self._state(dev, out, dev.device_id, t)
         current = dev.bucket
         if current is not None and t < current.t:  # out of order: on its own
             self.stats.late_frames += 1
@@ -371,7 +373,6 @@ class Pipeline:
         radio: Radio = "ant" if source.startswith("ant:") else "ble"
         dev.info = DeviceInfo(dev.device_id, kind, "mqtt" if dev.transport == "mqtt" else radio)
         out.metas.append(dev.info)
-        self._state(dev, out, dev.device_id, datetime.now(UTC))
 
     def _record(self, dev: _Device, record: Record, bucket: _Bucket, out: Output) -> None:
         priority = MACHINE
@@ -438,6 +439,7 @@ class Pipeline:
         self._state(dev, out, dev.device_id, t)
 
     def _state(self, dev: _Device, out: Output, device_id: str, t: datetime) -> None:
+        dev.stated = True
         t = t.replace(microsecond=t.microsecond // 1000 * 1000)
         self.stats.states += 1
         out.states[device_id] = DeviceState(

@@ -136,7 +136,7 @@ class SimTransport:
         if seconds is None and speed != 1.0:
             raise ValueError("only a real-time run may be open-ended")
         self.fleet = fleet
-        self.start = start
+        self.start = start.replace(microsecond=0)  # device time on whole seconds, like the gateway's periods
         self.seconds = seconds
         self.speed = speed
         self.live = speed is not None
