@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import psycopg
@@ -85,13 +86,15 @@ async def test_raw_fleet_through_gateway_exactly_once_with_faults_and_broker_res
     await _values_match(database_url, fleet)
     # meta from the gateway, with the radio each device speaks
     with psycopg.connect(database_url) as conn:
-        devices = dict(conn.execute("SELECT device_id, transport FROM devices WHERE site_id = %s", (SITE,)))
+        devices: dict[str, str] = dict(
+            conn.execute("SELECT device_id, transport FROM devices WHERE site_id = %s", (SITE,))
+        )
         kinds = {k for (k,) in conn.execute("SELECT DISTINCT kind FROM devices WHERE site_id = %s", (SITE,))}
     assert devices == {d.device_id: d.radio for d in fleet.devices}
     assert kinds == set(MIX_ALL)
 
 
-def _past(transport: SimTransport, ticks: int) -> object:
+def _past(transport: SimTransport, ticks: int) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return transport.ticks >= ticks
 
