@@ -1,0 +1,120 @@
+"""BLE transport (optional extra ``ble``: ``bleak``): connects to the configured devices, subscribes to the
+notifications of their kind's characteristics and yields them as frames; reconnects after a disconnect.
+
+Only what needs no radio is tested here (the characteristic table, the notification-to-frame mapping, and
+that a missing ``bleak`` gives :class:`gateway.errors.TransportUnavailable`); bleak's API as used:
+``BleakClient(address, disconnected_callback=..., timeout=...)`` as an async context manager,
+``client.services.get_characteristic(uuid)``, ``await client.start_notify(uuid, callback(char, data))``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from gateway.errors import TransportUnavailable
+from gateway.transport import DeviceInfo, Event, Frame, Link
+from vitalab.wire import DeviceKind
+
+logger = logging.getLogger(__name__)
+
+CHARACTERISTICS: Final[dict[DeviceKind, tuple[str, ...]]] = {
+    # data first, then Fitness Machine Status and Training Status
+    "bike": ("2ad2", "2ada", "2ad3"),
+    "treadmill": ("2acd", "2ada", "2ad3"),
+    "rower": ("2ad1", "2ada", "2ad3"),
+    "cross_trainer": ("2ace", "2ada", "2ad3"),
+    "hr_strap": ("2a37",),
+    "power_meter": ("2a63", "2a5b"),
+}
+
+
+def uuid16(char: str) -> str:
+    """The 128-bit UUID of a 16-bit SIG characteristic (``"2ad2"`` -> ``0000 2ad2 -0000-1000-8000-...``)."""
+    return f"0000{char}-0000-1000-8000-00805f9b34fb"
+
+
+def load_bleak() -> Any:
+    try:
+        import bleak
+    except ImportError as exc:
+        raise TransportUnavailable("BLE", "ble", str(exc)) from exc
+    return bleak
+
+
+def now_ms() -> datetime:
+    t = datetime.now(UTC)
+    return t.replace(microsecond=t.microsecond // 1000 * 1000)
+
+
+def notification(device_id: str, char: str, data: bytes | bytearray) -> Frame:
+    """A notification as a frame, stamped now (BLE notifications carry no time)."""
+    return Frame(device_id, f"ble:{char}", bytes(data), now_ms())
+
+
+class BleTransport:
+    name = "ble"
+    live = True
+
+    def __init__(
+        self, devices: Sequence[DeviceInfo], *, reconnect_s: float = 5.0, connect_timeout_s: float = 20.0
+    ) -> None:
+        self._bleak = load_bleak()
+        self.devices = [d for d in devices if d.transport == "ble"]
+        for d in self.devices:
+            if not d.address:
+                raise ValueError(f"BLE device {d.device_id} has no address")
+        self._reconnect_s = reconnect_s
+        self._timeout_s = connect_timeout_s
+
+    async def events(self) -> AsyncIterator[Sequence[Event]]:
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        tasks = [asyncio.create_task(self._device(d, queue)) for d in self.devices]
+        try:
+            yield list(self.devices)
+            while True:
+                batch = [await queue.get()]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                yield batch
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _device(self, info: DeviceInfo, queue: asyncio.Queue[Event]) -> None:
+        bleak = self._bleak
+        while True:
+            gone = asyncio.Event()
+            connected = False
+            try:
+                async with bleak.BleakClient(
+                    info.address, disconnected_callback=_setter(gone), timeout=self._timeout_s
+                ) as client:
+                    connected = True
+                    queue.put_nowait(Link(info.device_id, True, now_ms()))
+                    for char in CHARACTERISTICS[info.kind]:
+                        if client.services.get_characteristic(uuid16(char)) is None:
+                            continue
+                        callback = functools.partial(self._notified, queue, info.device_id, char)
+                        await client.start_notify(uuid16(char), callback)
+                    await gone.wait()
+            except (bleak.exc.BleakError, TimeoutError, OSError) as exc:
+                logger.warning("BLE %s (%s): %s", info.device_id, info.address, exc)
+            if connected:
+                queue.put_nowait(Link(info.device_id, False, now_ms()))
+            await asyncio.sleep(self._reconnect_s)
+
+    @staticmethod
+    def _notified(
+        queue: asyncio.Queue[Event], device_id: str, char: str, _sender: object, data: bytearray
+    ) -> None:
+        queue.put_nowait(notification(device_id, char, data))
+
+
+def _setter(event: asyncio.Event) -> Callable[[object], None]:
+    return lambda _client: event.set()
