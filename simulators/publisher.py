@@ -154,6 +154,30 @@ class FleetPublisher:
                 await self.publish(by_id[dev_id], buf)
         await self.finish()
 
+    async def run_paced(
+        self, start: datetime, seconds: float | None, *, speed: float = 1.0, samples_per_message: int = 1
+    ) -> None:
+        """``seconds`` of device time from ``start`` (forever with ``None``), ``speed`` device seconds per
+        wall second (1: real time; ``start`` is then now)."""
+        if speed == 1.0:
+            await self.run_realtime(samples_per_message=samples_per_message, duration_s=seconds)
+            return
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        pending: dict[str, list[Sample]] = defaultdict(list)
+        tick = 0
+        while seconds is None or tick < seconds:
+            self._tick += 1
+            await self.report_errors()
+            for dev, sample in self.fleet.tick(start + timedelta(seconds=tick)):
+                buf = pending[dev.device_id]
+                buf.append(sample)
+                if len(buf) >= samples_per_message:
+                    await self.publish(dev, buf)
+                    pending[dev.device_id] = []
+            tick += 1
+            await asyncio.sleep(max(0.0, t0 + tick / speed - loop.time()))
+
     async def run_realtime(self, *, samples_per_message: int = 1, duration_s: float | None = None) -> None:
         """1 Hz device time following the wall clock, until cancelled or ``duration_s`` has passed."""
         loop = asyncio.get_running_loop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -90,34 +90,94 @@ def simulate(
         str,
         typer.Option(
             help="fault rates, e.g. 'drop=0.01,duplicate=0.02,reorder=0.01,delay=0.01,malformed=0.001,"
-            "clock_skew=0.1,dropout=0.05,device_error=0.001'"
+            "clock_skew=0.1,dropout=0.05,device_error=0.001,storm=0.001,uplink_storm=0.001'"
         ),
     ] = "",
+    mix: Annotated[
+        str, typer.Option(help="device kinds to cycle through, comma-separated, or 'all'")
+    ] = "bike,treadmill,rower,hr_strap",
+    raw_share: Annotated[
+        float, typer.Option(min=0, max=1, help="share of devices sending BLE/ANT+ frames via a gateway")
+    ] = 0.0,
+    ant_share: Annotated[float, typer.Option(min=0, max=1, help="share of raw-frame devices on ANT+")] = 0.25,
+    class_share: Annotated[
+        float, typer.Option(min=0, max=1, help="share of machines riding a class together")
+    ] = 0.0,
+    speed: Annotated[
+        float, typer.Option(min=0.001, help="device seconds per wall second (>1 needs --duration)")
+    ] = 1.0,
+    mqtt_url: Annotated[str | None, typer.Option(help="target broker (default VITALAB_MQTT_URL)")] = None,
     log_level: LogLevel = "info",
 ) -> None:
-    """Publish a simulated gym to VITALAB_MQTT_URL."""
+    """Publish a simulated gym to VITALAB_MQTT_URL (or --mqtt-url)."""
     from simulators.faults import FaultRates
+    from simulators.fleet import MIX_ALL
+    from simulators.run import SimulationPlan
     from vitalab.platform import run_simulator
+    from vitalab.wire import DeviceKind
 
     settings = _setup(log_level)
+    if mqtt_url:
+        settings = settings.model_copy(update={"mqtt_url": mqtt_url})
     try:
-        rates = FaultRates(
-            **{k.strip(): float(v) for k, v in (kv.split("=") for kv in faults.split(",") if kv)}
-        )
+        values: dict[str, Any] = {
+            k.strip(): int(v) if k.strip() == "storm_ticks" else float(v)
+            for k, v in (kv.split("=") for kv in faults.split(",") if kv)
+        }
+        rates = FaultRates(**values)
     except (TypeError, ValueError) as exc:
         typer.echo(f"--faults: {exc}", err=True)
         raise typer.Exit(2) from None
-    asyncio.run(
-        run_simulator(
-            settings,
-            devices=settings.sim_devices if devices is None else devices,
-            seed=settings.sim_seed if seed is None else seed,
-            duration_s=duration,
-            backfill_s=backfill,
-            samples_per_message=samples_per_message,
-            faults=rates,
-        )
+    known: dict[str, DeviceKind] = {k: k for k in MIX_ALL}
+    names = [k.strip() for k in (",".join(MIX_ALL) if mix == "all" else mix).split(",") if k.strip()]
+    if not names or set(names) - set(known):
+        typer.echo(f"--mix: kinds are {', '.join(MIX_ALL)}", err=True)
+        raise typer.Exit(2)
+    kinds = tuple(known[k] for k in names)
+    if speed != 1.0 and duration is None:
+        typer.echo("--speed other than 1 needs --duration", err=True)
+        raise typer.Exit(2)
+    plan = SimulationPlan(
+        devices=settings.sim_devices if devices is None else devices,
+        seed=settings.sim_seed if seed is None else seed,
+        duration_s=duration,
+        backfill_s=backfill,
+        samples_per_message=samples_per_message,
+        faults=rates,
+        raw_share=raw_share,
+        ant_share=ant_share,
+        speed=speed,
+        mix=kinds,
+        class_share=class_share,
     )
+    asyncio.run(run_simulator(settings, plan))
+
+
+@app.command()
+def gateway(
+    transport: Annotated[
+        str | None, typer.Option(help="mqtt, ble, ant, comma-separated (default VITALAB_GATEWAY_TRANSPORTS)")
+    ] = None,
+    devices_file: Annotated[
+        Path | None, typer.Option(help="TOML device list (default VITALAB_GATEWAY_DEVICES_FILE)")
+    ] = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Run a gateway: frames from BLE, ANT+ or raw MQTT topics, decoded and published to VITALAB_MQTT_URL."""
+    from gateway.errors import DeviceListError, TransportUnavailable
+    from gateway.run import run_gateway
+    from vitalab.errors import ConfigError
+
+    settings = _setup(log_level)
+    try:
+        asyncio.run(
+            run_gateway(
+                settings, transports=transport.split(",") if transport else None, devices_file=devices_file
+            )
+        )
+    except (TransportUnavailable, DeviceListError, ConfigError) as exc:
+        typer.echo(f"gateway: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -8,17 +8,22 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from api.main import create_app
 from ingest.service import open_ingester
-from simulators.faults import FaultRates
 from simulators.fleet import Fleet
-from simulators.publisher import FleetPublisher, gateway_client
+from simulators.publisher import FleetPublisher, gateway_client, now_ms
+from simulators.rawfleet import RawFleet
+from simulators.run import run_raw_gateway, split_fleet
 from vitalab.db import prepare
 from vitalab.embedded import embedded_broker, embedded_postgres
 from vitalab.settings import MqttTarget, Settings
+
+if TYPE_CHECKING:
+    from simulators.run import SimulationPlan
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +95,10 @@ async def run_platform(settings: Settings, *, ready: asyncio.Event | None = None
             uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")
         )
         async with open_ingester(settings, target, db_url) as ingester:
-            fleet = Fleet.build(settings.site, settings.sim_devices, seed=settings.sim_seed)
+            fleet, raw = split_fleet(
+                Fleet.build(settings.site, settings.sim_devices, seed=settings.sim_seed),
+                settings.sim_raw_share,
+            )
             client = gateway_client(target, "sim-gw", settings.site, protocol=settings.mqtt_protocol)
             async with client, asyncio.TaskGroup() as tg:
                 publisher = FleetPublisher(client, fleet, "sim-gw")
@@ -98,6 +106,23 @@ async def run_platform(settings: Settings, *, ready: asyncio.Event | None = None
                 ingest_task = tg.create_task(ingester.run(), name="ingest")
                 api_task = tg.create_task(server.serve(), name="api")
                 sim_task = tg.create_task(publisher.run_realtime(), name="simulator")
+                raw_task = (
+                    None
+                    if not raw.devices
+                    else tg.create_task(  # part of the gym speaks BLE/ANT+ frames, via an in-process gateway
+                        run_raw_gateway(
+                            target,
+                            RawFleet(raw, record=False),
+                            now_ms(),
+                            None,
+                            speed=1.0,
+                            gateway_id="sim-raw-gw",
+                            buffer_path=settings.data_dir / "gateway" / "sim-raw-gw.sqlite",
+                            protocol=settings.mqtt_protocol,
+                        ),
+                        name="raw-gateway",
+                    )
+                )
                 while not server.started:  # noqa: ASYNC110  (uvicorn exposes a flag, not an event)
                     await asyncio.sleep(0.05)
                 api_url = f"http://{settings.api_host}:{settings.api_port}"
@@ -107,6 +132,8 @@ async def run_platform(settings: Settings, *, ready: asyncio.Event | None = None
                 await stop.wait()
                 print("stopping...", file=sys.stderr, flush=True)
                 sim_task.cancel()
+                if raw_task is not None:
+                    raw_task.cancel()
                 await asyncio.sleep(0.5)  # let the last published messages reach the ingester
                 ingest_task.cancel()  # writes and acks the batch in hand before it stops
                 server.should_exit = True
@@ -135,30 +162,9 @@ async def run_ingest(settings: Settings, database_url: str) -> None:
             await ingester.run()
 
 
-async def run_simulator(
-    settings: Settings,
-    *,
-    devices: int,
-    seed: int,
-    duration_s: float | None,
-    backfill_s: int,
-    samples_per_message: int,
-    faults: FaultRates | None = None,
-) -> None:
-    """`vitalab simulate`: a fleet publishing to the configured broker."""
-    from simulators.faults import FaultInjector
-    from simulators.publisher import history_start
+async def run_simulator(settings: Settings, plan: SimulationPlan) -> None:
+    """`vitalab simulate`: a fleet publishing to the configured broker (raw-frame devices via a gateway)."""
+    from simulators.run import simulate
 
     target = _require_broker(settings)
-    fleet = Fleet.build(settings.site, devices, seed=seed)
-    async with gateway_client(target, "sim-gw", settings.site, protocol=settings.mqtt_protocol) as client:
-        injector = FaultInjector(faults, seed=seed) if faults is not None and faults != FaultRates() else None
-        publisher = FleetPublisher(client, fleet, "sim-gw", faults=injector)
-        await publisher.announce()
-        if backfill_s:
-            await publisher.backfill(history_start(backfill_s), backfill_s, samples_per_message)
-        if duration_s is None or duration_s > 0:
-            await publisher.run_realtime(samples_per_message=samples_per_message, duration_s=duration_s)
-    logger.info("published %d samples in %d messages", publisher.log.total_samples, publisher.log.messages)
-    if injector is not None:
-        logger.info("faults injected: %s", dict(injector.log.counts))
+    await simulate(target, settings.site, plan, protocol=settings.mqtt_protocol, data_dir=settings.data_dir)

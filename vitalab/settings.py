@@ -116,11 +116,32 @@ class Settings(BaseSettings):
     # --- simulator (used by `vitalab up` and `vitalab simulate`) --------------------------------------
     sim_devices: int = Field(default=8, ge=0)
     sim_seed: int = 7
+    sim_raw_share: float = Field(
+        default=0.5, ge=0, le=1, description="share of the simulated gym sending raw frames via a gateway"
+    )
+
+    # --- gateway (`vitalab gateway`; `vitalab up` runs one in-process for the raw-frame simulators) -------
+    gateway_id: str = Field(default="gw-1", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    gateway_transports: str = Field(
+        default="mqtt",
+        pattern=r"^(mqtt|ble|ant)(,(mqtt|ble|ant))*$",
+        description="mqtt (raw topics), ble, ant",
+    )
+    gateway_devices_file: Path | None = Field(default=None, description="TOML device list (ids, radios)")
+    gateway_buffer_path: Path | None = Field(
+        default=None, description="store-and-forward SQLite file; unset: data_dir/gateway/<gateway_id>.sqlite"
+    )
+    gateway_buffer_max_entries: int = Field(default=1_000_000, ge=1)
+    gateway_buffer_max_bytes: int | None = Field(default=None, ge=1)
+    gateway_batch_samples: int = Field(default=10, ge=1, le=3600)
 
     @field_validator("ingest_share_group", mode="after")
     @classmethod
     def _empty_is_none(cls, v: str | None) -> str | None:
         return v or None
+
+    def gateway_buffer(self) -> Path:
+        return self.gateway_buffer_path or self.data_dir / "gateway" / f"{self.gateway_id}.sqlite"
 
     def mqtt_target(self) -> MqttTarget | None:
         return MqttTarget.parse(self.mqtt_url) if self.mqtt_url else None
