@@ -1,0 +1,177 @@
+"""Transports without radios: the device list file, source naming, missing extras, the BLE/ANT+ callbacks,
+and the MQTT raw-topic transport against a real Mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway import encode_frame, ftms
+from gateway.errors import DeviceListError, TransportUnavailable
+from gateway.transport import Frame, Rejected, ant_source, kind_of_source, load_device_list, raw_char_source
+from gateway.transport_ant import broadcast, load_openant
+from gateway.transport_ble import CHARACTERISTICS, load_bleak, notification, uuid16
+from gateway.transport_mqtt import MqttRawTransport, raw_event
+from tests.conftest import Mosquitto
+from vitalab.wire import RawFrame, encode
+
+GOOD = """
+[[device]]
+id = "bike-01"
+kind = "bike"
+transport = "ble"
+address = "C4:12:34:56:78:9A"
+model = "technogym aquafeel"
+
+[[device]]
+id = "hr-01"
+kind = "hr_strap"
+transport = "ant"
+address = "0x1234"
+"""
+
+
+def test_device_list(tmp_path: Path) -> None:
+    path = tmp_path / "devices.toml"
+    path.write_text(GOOD)
+    bike, strap = load_device_list(path)
+    assert (bike.device_id, bike.kind, bike.transport, bike.address) == (
+        "bike-01",
+        "bike",
+        "ble",
+        "C4:12:34:56:78:9A",
+    )
+    assert bike.model == "technogym aquafeel"  # also the quirk key
+    assert bike.meta().transport == "ble"
+    assert (strap.kind, strap.transport, strap.address) == ("hr_strap", "ant", "0x1234")
+
+
+@pytest.mark.parametrize(
+    ("text", "index", "words"),
+    [
+        ('[[device]]\nid = "x y"\nkind = "bike"\ntransport = "ble"\naddress = "a"', 0, "valid device id"),
+        ('[[device]]\nid = "a"\nkind = "sofa"\ntransport = "ble"\naddress = "a"', 0, "kind"),
+        ('[[device]]\nid = "a"\nkind = "bike"\ntransport = "wifi"\naddress = "a"', 0, "transport"),
+        ('[[device]]\nid = "a"\nkind = "bike"\ntransport = "ble"', 0, "address"),
+        ('[[device]]\nid = "a"\nkind = "bike"\ntransport = "ant"\naddress = "70000"', 0, "device number"),
+        (
+            '[[device]]\nid = "a"\nkind = "bike"\ntransport = "ble"\naddress = "a"\ncolour = "red"',
+            0,
+            "unknown",
+        ),
+        (
+            '[[device]]\nid = "a"\nkind = "bike"\ntransport = "sim"\n' * 2,
+            1,
+            "twice",
+        ),
+        ("device = 3", None, "array of tables"),
+        ("[[device]\n", None, ""),
+    ],
+)
+def test_device_list_errors_name_the_entry(tmp_path: Path, text: str, index: int | None, words: str) -> None:
+    path = tmp_path / "devices.toml"
+    path.write_text(text)
+    with pytest.raises(DeviceListError) as info:
+        load_device_list(path)
+    assert info.value.index == index
+    assert words in info.value.detail
+    assert info.value.path == str(path)
+
+
+def test_missing_file_is_a_device_list_error(tmp_path: Path) -> None:
+    with pytest.raises(DeviceListError):
+        load_device_list(tmp_path / "nope.toml")
+
+
+def test_sources() -> None:
+    assert ant_source(17, 16) == "ant:fe:16"
+    assert ant_source(120, 0x84) == "ant:hrm:4"  # the toggle bit is not part of the page
+    assert raw_char_source("ant", "1119") == "ant:fe:25"
+    assert raw_char_source("ant", "7804") == "ant:hrm:4"
+    assert raw_char_source("ble", "2ad2") == "ble:2ad2"
+    assert kind_of_source("ble:2ace") == "cross_trainer"
+    assert kind_of_source("ant:hrm:4") == "hr_strap"
+    assert kind_of_source("ant:fe:16") is None  # FE says which machine only in page 16
+
+
+def test_missing_radio_libraries_give_a_typed_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "bleak", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "openant.devices", None)
+    with pytest.raises(TransportUnavailable) as ble:
+        load_bleak()
+    assert (ble.value.transport, ble.value.extra) == ("BLE", "ble")
+    assert "vitalab[ble]" in str(ble.value)
+    with pytest.raises(TransportUnavailable) as ant:
+        load_openant()
+    assert ant.value.extra == "ant"
+
+
+def test_radio_callbacks_make_frames() -> None:
+    assert uuid16("2ad2") == "00002ad2-0000-1000-8000-00805f9b34fb"
+    assert CHARACTERISTICS["bike"][0] == "2ad2"
+    f = notification("bike-1", "2ad2", bytearray(b"\x44\x00\x10\x27"))
+    assert (f.source, f.data) == ("ble:2ad2", b"\x44\x00\x10\x27")
+    assert abs((datetime.now(UTC) - f.t).total_seconds()) < 1
+    g = broadcast("hr-1", 120, [0x84, 0xFF, 0, 4, 0, 8, 7, 60])
+    assert (g.source, g.data) == ("ant:hrm:4", bytes([0x84, 0xFF, 0, 4, 0, 8, 7, 60]))
+
+
+def test_raw_events() -> None:
+    t = datetime.now(UTC).replace(microsecond=0)
+    data = encode_frame(ftms.TrainingStatus(flags=0, status_code=2, status="", training="warm_up"))
+    ok = raw_event(
+        "vitalab/v1/gym/dev/bike-1/raw", encode(RawFrame(t=t, src="ble", char="2ad3", hex=data.hex()))
+    )
+    assert ok == Frame("bike-1", "ble:2ad3", data, t)
+    bad = raw_event("vitalab/v1/gym/dev/bike-1/raw", b'{"t": 1}')
+    assert isinstance(bad, Rejected)
+    assert bad.device_id == "bike-1"
+    outside = raw_event("elsewhere/raw", b"{}")
+    assert isinstance(outside, Rejected)
+    assert outside.device_id is None
+
+
+@pytest.mark.asyncio
+async def test_mqtt_raw_transport_against_mosquitto(mosquitto: Mosquitto) -> None:
+    transport = MqttRawTransport(mosquitto.target, "gym", client_id="raw-in")
+    got: list[object] = []
+
+    async def consume() -> None:
+        async for batch in transport.events():
+            got.extend(batch)
+
+    task = asyncio.create_task(consume())
+    try:
+        await asyncio.wait_for(transport.subscribed.wait(), 10)
+        pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="raw-out", protocol=paho.MQTTv5)
+        pub.connect("127.0.0.1", mosquitto.port)
+        pub.loop_start()
+        t = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=5)
+        frames = [
+            encode_frame(ftms.TrainingStatus(flags=0, status_code=c, status="", training="")) for c in (2, 4)
+        ]
+        for i, data in enumerate(frames):
+            payload = encode(RawFrame(t=t + timedelta(seconds=i), src="ble", char="2ad3", hex=data.hex()))
+            pub.publish("vitalab/v1/gym/dev/bike-1/raw", payload, qos=1).wait_for_publish(5)
+        pub.publish("vitalab/v1/gym/dev/bike-1/raw", b"not json", qos=1).wait_for_publish(5)
+        pub.publish("vitalab/v1/other/dev/bike-1/raw", payload, qos=1).wait_for_publish(5)  # another site
+        for _ in range(100):
+            if len(got) >= 3:
+                break
+            await asyncio.sleep(0.05)
+        pub.loop_stop()
+        pub.disconnect()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert got[:2] == [Frame("bike-1", "ble:2ad3", d, t + timedelta(seconds=i)) for i, d in enumerate(frames)]
+    assert isinstance(got[2], Rejected)
+    assert len(got) == 3
