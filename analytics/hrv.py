@@ -292,12 +292,15 @@ def frequency_domain(
     n = rr_offsets.shape[0] - 1
     out = np.full((n, 3), np.nan)
     beats = np.diff(rr_offsets)
+    if nn_ms.shape[0] == 0:
+        empty = np.full(n, np.nan)
+        return FrequencyDomain(vlf_ms2=empty, lf_ms2=empty, hf_ms2=empty, lf_hf=empty, total_ms2=empty)
     finite_sessions = segment_count(~np.isfinite(nn_ms), rr_offsets) == 0
     # the last beat time in s (first beat at 0): sum of NN without the first one
     duration = segment_sum(np.where(np.isfinite(nn_ms), nn_ms, 0.0), rr_offsets)
-    first_nn = np.where(beats > 0, nn_ms[np.minimum(rr_offsets[:-1], max(nn_ms.shape[0] - 1, 0))], 0.0)
+    first_nn = np.where(beats > 0, nn_ms[np.minimum(rr_offsets[:-1], nn_ms.shape[0] - 1)], 0.0)
     t_last = (duration - first_nn) / 1000.0
-    grid_len = np.ceil(t_last * fs_hz).astype(np.int64)
+    grid_len = np.ceil(np.where(np.isfinite(t_last), t_last, 0.0) * fs_hz).astype(np.int64)
     eligible = np.flatnonzero((beats >= 4) & finite_sessions & (grid_len >= nperseg))
 
     window = hann_periodic(nperseg)

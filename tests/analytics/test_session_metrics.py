@@ -1,0 +1,148 @@
+"""compute() over a batch == the straightforward per-session implementation (analytics.naive), on random
+CSR layouts including empty sessions, gaps, NaNs and values exactly on zone edges; plus the row() contract."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from analytics import naive
+from analytics.batch import KINDS, SessionBatch, SessionInput
+from analytics.session_metrics import ALGORITHM_VERSION, SessionMetrics, compute
+
+
+def _assert_same(metrics: SessionMetrics, batch: SessionBatch) -> None:
+    for i in range(batch.n):
+        expected = naive.session_metrics(batch.session(i))
+        for name in metrics.names():
+            got = getattr(metrics, name)[i]
+            want = expected[name]
+            np.testing.assert_allclose(
+                got, want, rtol=1e-9, atol=1e-7, equal_nan=True, err_msg=f"session {i} metric {name}"
+            )
+
+
+@st.composite
+def _session(draw: st.DrawFn) -> SessionInput:
+    n = draw(st.integers(0, 70))
+    steps = draw(st.lists(st.sampled_from([1.0, 1.0, 1.0, 0.5, 2.0, 7.0, 90.0]), min_size=n, max_size=n))
+    t = 1.7e9 + np.cumsum(np.asarray(steps, dtype=np.float64))
+    # heart rates include values exactly on zone edges for HRmax 190 (95, 114, 133, 152, 171) and invalid ones
+    hr_pool = st.sampled_from([95.0, 114.0, 133.0, 152.0, 171.0, 159.6, 25.0, 250.0, math.nan])
+    hr_vals = draw(st.lists(st.one_of(hr_pool, st.floats(40, 200)), min_size=n, max_size=n))
+    kind = draw(st.sampled_from([*KINDS, None]))
+    power = draw(st.lists(st.one_of(st.floats(0, 600), st.just(math.nan)), min_size=n, max_size=n))
+    speed = draw(st.lists(st.one_of(st.floats(0, 16), st.just(math.nan)), min_size=n, max_size=n))
+    with_power = draw(st.booleans())
+    with_speed = draw(st.booleans())
+    counter = np.cumsum(draw(st.lists(st.floats(-5, 10), min_size=n, max_size=n)))
+    rr_n = draw(st.integers(0, 60))
+    rr = draw(
+        st.lists(
+            st.one_of(st.floats(350, 1100), st.sampled_from([200.0, 2500.0, 1500.0, math.nan])),
+            min_size=rr_n,
+            max_size=rr_n,
+        )
+    )
+    return SessionInput(
+        t_s=t,
+        hr_bpm=np.asarray(hr_vals),
+        power_w=np.asarray(power) if with_power else None,
+        speed_kmh=np.asarray(speed) if with_speed else None,
+        incline_pct=np.full(n, draw(st.sampled_from([-2.0, 0.0, 5.0, math.nan]))),
+        cadence_rpm=None,
+        distance_m=counter if draw(st.booleans()) else None,
+        energy_kcal=counter / 10 if draw(st.booleans()) else None,
+        rr_ms=np.asarray(rr),
+        kind=kind,
+        hr_rest_bpm=draw(st.sampled_from([60.0, 45.0, math.nan])),
+        hr_max_bpm=draw(st.sampled_from([190.0, math.nan])),
+        age_y=draw(st.sampled_from([35.0, 62.0, math.nan])),
+        sex=draw(st.sampled_from([0, 1, -1])),
+        weight_kg=draw(st.sampled_from([70.0, 95.5, math.nan])),
+        ftp_w=draw(st.sampled_from([250.0, math.nan])),
+    )
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_session(), min_size=0, max_size=6))
+def test_vectorised_equals_per_session_loop(sessions: list[SessionInput]) -> None:
+    batch = SessionBatch.from_sessions(sessions)
+    _assert_same(compute(batch), batch)
+
+
+def _long_session(rng: np.random.Generator, seconds: int, kind: str, artifacts: bool) -> SessionInput:
+    t = 1.7e9 + np.arange(seconds, dtype=np.float64)
+    hr_bpm = 110 + 35 * np.sin(np.arange(seconds) / 400) + rng.normal(0, 2, seconds)
+    beats = int(seconds * 1.9)
+    i = np.arange(beats)
+    rr = 60000 / (110 + 30 * np.sin(i / 700)) * (1 + 0.04 * np.sin(2 * np.pi * i / 4.3))
+    rr += rng.normal(0, 8, beats)
+    if artifacts:
+        bad = rng.choice(beats, beats // 200, replace=False)
+        rr[bad] *= rng.choice([0.6, 1.5, 3.0], bad.size)
+    power = np.clip(200 + 80 * np.sin(np.arange(seconds) / 60), 0, None)
+    power[-150:] = 0.0
+    return SessionInput(
+        t_s=t,
+        hr_bpm=hr_bpm,
+        power_w=power if kind == "bike" else None,
+        speed_kmh=np.where(power > 0, 9.0, 0.0) if kind == "treadmill" else None,
+        incline_pct=np.full(seconds, 2.0) if kind == "treadmill" else None,
+        rr_ms=rr,
+        kind=kind,
+        hr_rest_bpm=55.0,
+        age_y=40.0,
+        sex=1,
+        weight_kg=80.0,
+        ftp_w=230.0,
+    )
+
+
+def test_long_sessions_with_spectrum_match_the_loop() -> None:
+    rng = np.random.default_rng(5)
+    sessions = [
+        _long_session(rng, 900, "bike", artifacts=True),
+        SessionInput(t_s=[]),
+        _long_session(rng, 600, "treadmill", artifacts=False),
+        _long_session(rng, 100, "hr_strap", artifacts=False),  # too short for a spectrum
+        _long_session(rng, 1200, "rower", artifacts=True),
+    ]
+    batch = SessionBatch.from_sessions(sessions)
+    metrics = compute(batch)
+    _assert_same(metrics, batch)
+    assert np.isfinite(metrics.hrv_lf_ms2[[0, 2, 4]]).all()
+    assert np.isnan(metrics.hrv_lf_ms2[[1, 3]]).all()
+    assert np.isfinite(metrics.hrr60_bpm[0])
+    # end of exercise = last sample with power > 0 (150 zero-power samples follow); HR 60 s later
+    hr0 = np.asarray(sessions[0].hr_bpm, dtype=np.float64)
+    assert metrics.hrr60_bpm[0] == pytest.approx(hr0[-151] - hr0[-91])
+    assert metrics.hrr120_bpm[0] == pytest.approx(hr0[-151] - hr0[-31])
+
+
+def test_row_is_json_ready() -> None:
+    rng = np.random.default_rng(1)
+    batch = SessionBatch.from_sessions([_long_session(rng, 400, "bike", False), SessionInput(t_s=[])])
+    metrics = compute(batch)
+    row = metrics.row(0)
+    assert set(row) == set(metrics.names())
+    assert isinstance(row["zone5_s"], list)
+    assert len(row["zone5_s"]) == 5
+    json.dumps(row, allow_nan=False)
+    empty = metrics.row(1)
+    assert empty["duration_s"] == 0.0
+    assert empty["hr_avg_bpm"] is None
+    assert empty["zone5_s"] is None
+    json.dumps(empty, allow_nan=False)
+    assert ALGORITHM_VERSION.count(".") == 2
+
+
+def test_empty_batch() -> None:
+    metrics = compute(SessionBatch.from_sessions([]))
+    assert metrics.n == 0
+    assert metrics.zone5_s.shape == (0, 5)
