@@ -24,10 +24,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from fractions import Fraction
+from functools import cached_property
 from typing import Any, ClassVar, Final
 
 from gateway.errors import EncodeError, FrameTooShort, InvalidFrame, UnknownSource
-from gateway.fields import SIZE, Kind, Value, kind_range, read_int, write_int
+from gateway.fields import SIZE, Kind, Value, kind_range, read_int, to_raw, write_int
 
 PAYLOAD: Final = 8
 RR_MS_PER_TICK: Final = Fraction(1000, 1024)
@@ -58,13 +59,16 @@ class Bits:
     def mask(self) -> int:
         return (1 << 8 * self.size) - 1 if self.width is None else (1 << self.width) - 1
 
+    @cached_property
+    def step(self) -> Step:
+        """Everything :func:`decode_fe` needs, precomputed: name, offset, end, signed, shift, mask, num, den,
+        sentinel (``value = raw * num / den``)."""
+        res = self.resolution
+        return (self.name, self.offset, self.offset + self.size, self.signed, self.shift, self.mask,
+                res.numerator, res.denominator, self.sentinel)  # fmt: skip
+
     def decode(self, data: bytes) -> Value | None:
-        raw = read_int(data, self.offset, self.kind)
-        if not self.signed:
-            raw = raw >> self.shift & self.mask
-        if raw == self.sentinel:
-            return None
-        return raw if self.resolution == 1 else float(raw * self.resolution)
+        return _decode_step(self.step, data)
 
     def encode_into(self, out: bytearray, value: Value | None, source: str) -> None:
         lo, hi = kind_range(self.kind) if self.signed else (0, self.mask)
@@ -73,7 +77,7 @@ class Bits:
                 raise EncodeError(source, self.name, "no value, and the page has no 'invalid' value")
             raw = self.sentinel
         else:
-            raw = round(Fraction(value) / self.resolution)
+            raw = to_raw(value, self.resolution.numerator, self.resolution.denominator)
             if not lo <= raw <= hi or raw == self.sentinel:
                 raise EncodeError(source, self.name, f"{value} does not fit {self.kind} ({lo}..{hi})")
         end = self.offset + self.size
@@ -83,6 +87,19 @@ class Bits:
         current = int.from_bytes(out[self.offset : end], "little")
         current = current & ~(self.mask << self.shift) | raw << self.shift
         out[self.offset : end] = current.to_bytes(self.size, "little")
+
+
+Step = tuple[str, int, int, bool, int, int, int, int, int | None]
+
+
+def _decode_step(step: Step, data: bytes) -> Value | None:
+    _, offset, end, signed, shift, mask, num, den, sentinel = step
+    raw = int.from_bytes(data[offset:end], "little", signed=signed)
+    if not signed:
+        raw = raw >> shift & mask
+    if raw == sentinel:
+        return None
+    return raw if den == 1 and num == 1 else raw * num / den
 
 
 FE_STATE_BITS: Final = (
@@ -263,6 +280,13 @@ def reserved_offsets(cls: type[FePage]) -> tuple[int, ...]:
     return tuple(i for i in range(1, PAYLOAD - 1) if i not in covered)
 
 
+# Per page, precomputed once: how to read each field, and which bytes are reserved.
+FE_STEPS: Final[dict[int, tuple[Step, ...]]] = {
+    p: tuple(b.step for b in (*FE_STATE_BITS, *c.FIELDS)) for p, c in FE_PAGES.items()
+}
+FE_RESERVED: Final[dict[int, tuple[int, ...]]] = {p: reserved_offsets(c) for p, c in FE_PAGES.items()}
+
+
 def decode_fe(page: int, data: bytes) -> FePage:
     source = f"ant:fe:{page}"
     cls = FE_PAGES.get(page)
@@ -271,13 +295,13 @@ def decode_fe(page: int, data: bytes) -> FePage:
     data = _payload(source, data)
     if data[0] != page:
         raise InvalidFrame(source, f"byte 0 says page {data[0]}", 0)
-    values: dict[str, Any] = {b.name: b.decode(data) for b in (*FE_STATE_BITS, *cls.FIELDS)}
-    return cls(**values, reserved=bytes(data[i] for i in reserved_offsets(cls)))
+    values: dict[str, Any] = {step[0]: _decode_step(step, data) for step in FE_STEPS[page]}
+    return cls(**values, reserved=bytes(data[i] for i in FE_RESERVED[page]))
 
 
 def encode_fe(record: FePage) -> bytes:
     out = bytearray((record.PAGE, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x00))
-    offsets = reserved_offsets(type(record))
+    offsets = FE_RESERVED[record.PAGE]
     if record.reserved:
         if len(record.reserved) != len(offsets):
             got = len(record.reserved)
@@ -313,7 +337,7 @@ def decode_hrm(page: int, data: bytes, *, model: str | None = None) -> HrmPage:
         previous = read_int(data, 2, "u16")
         views.update(
             previous_beat_time_s=previous / 1024,
-            rr_ms=float((beat_ticks - previous) % 0x10000 * RR_MS_PER_TICK),
+            rr_ms=(beat_ticks - previous) % 0x10000 * 1000 / 1024,
         )
     return HrmPage(
         page=page,

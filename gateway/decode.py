@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any, Final
 
 from gateway import ant, cycling, ftms, hrm
@@ -59,6 +60,11 @@ def sources() -> tuple[str, ...]:
 
 def canonical_source(source: str) -> str:
     """ "2AD2", "0x2ad2", "ble:2ad2" -> "ble:2ad2"; "ANT:FE:16" -> "ant:fe:16". Raises ``UnknownSource``."""
+    return _canonical(source)
+
+
+@lru_cache(maxsize=256)
+def _canonical(source: str) -> str:
     text = source.strip().casefold()
     if text.startswith("ant:"):
         parts = text.split(":")

@@ -8,6 +8,7 @@ bit 4 RR intervals present; bits 5-7 reserved), heart rate, energy expended, the
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import ClassVar, Final
@@ -19,7 +20,7 @@ from gateway.fields import (
     FlagLayout,
     read_fields,
     read_flags,
-    read_int,
+    to_raw,
     write_fields,
     write_int,
 )
@@ -70,7 +71,7 @@ def decode_heart_rate(data: bytes) -> HeartRateMeasurement:
     rr: tuple[float, ...] = ()
     trailing = rest
     if flags & RR_BIT and not missing:
-        rr = tuple(float(read_int(rest, i, "u16") * RR_MS_PER_TICK) for i in range(0, len(rest) - 1, 2))
+        rr = tuple(ticks * 1000 / 1024 for ticks in struct.unpack_from(f"<{len(rest) // 2}H", rest))
         trailing = rest[len(rest) - len(rest) % 2 :]
         if len(rest) % 2:
             notes.append("odd_rr_byte")
@@ -103,7 +104,7 @@ def encode_heart_rate(record: HeartRateMeasurement) -> bytes:
     out = write_int(record.flags, "u8") + write_fields(LAYOUT, record.flags, values, record.missing)
     if record.flags & RR_BIT and "energy_expended_kj" not in record.missing:
         for ms in record.rr_ms:
-            raw = round(Fraction(ms) / RR_MS_PER_TICK)
+            raw = to_raw(ms, RR_MS_PER_TICK.numerator, RR_MS_PER_TICK.denominator)
             if not 0 <= raw <= 0xFFFF:
                 raise EncodeError(SOURCE, "rr_ms", f"{ms} ms does not fit u16 in 1/1024 s")
             out += write_int(raw, "u16")

@@ -131,8 +131,26 @@ def quirks_for(model: str | None, source: str) -> tuple[Quirk, ...]:
     return tuple(q for q in MODELS.get(model.strip().casefold(), ()) if source in q.sources)
 
 
+_APPLIED: dict[tuple[int, str | None], tuple[FlagLayout, Applied]] = {}
+
+
 def apply(layout: FlagLayout, model: str | None) -> Applied:
-    """Fold the model's quirks for ``layout.source`` into an effective layout and settings."""
+    """Fold the model's quirks for ``layout.source`` into an effective layout and settings.
+
+    Cached per (layout, registered model): the effective layout keeps its compiled read plans between frames.
+    A model the registry does not know is the specification's behaviour and shares the no-model entry.
+    """
+    key = model.strip().casefold() if model is not None else None
+    cache_key = (id(layout), key if key in MODELS else None)
+    cached = _APPLIED.get(cache_key)
+    if cached is not None and cached[0] is layout:
+        return cached[1]
+    applied = _apply(layout, model)
+    _APPLIED[cache_key] = (layout, applied)
+    return applied
+
+
+def _apply(layout: FlagLayout, model: str | None) -> Applied:
     quirks = quirks_for(model, layout.source)
     if not quirks:
         return Applied(layout=layout)
