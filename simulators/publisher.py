@@ -62,13 +62,22 @@ class FleetPublisher:
         gateway_id: str,
         log: PublishLog | None = None,
         faults: FaultInjector | None = None,
+        *,
+        max_in_flight: int = 1000,
     ) -> None:
+        """Telemetry goes out with up to ``max_in_flight`` messages awaiting their PUBACK at once (aiomqtt
+        waits for each PUBACK; one at a time would cap a fleet at one message per round trip)."""
         self._client = client
         self.fleet = fleet
         self.gateway_id = gateway_id
         self.log = log or PublishLog()
         self.faults = faults
         self._tick = 0
+        self._window = asyncio.Semaphore(max_in_flight)
+        # aiomqtt warns above its threshold of concurrent calls; this many are intended
+        client.pending_calls_threshold = max(client.pending_calls_threshold, max_in_flight + 16)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._failure: BaseException | None = None
 
     async def announce(self) -> None:
         site = self.fleet.site
@@ -114,14 +123,36 @@ class FleetPublisher:
         self.log.samples[device.device_id].extend(s.t for s in samples)
 
     async def _send(self, device_id: str, payload: bytes) -> None:
-        await self._client.publish(telemetry_topic(self.fleet.site, device_id), payload, qos=1)
+        if self._failure is not None:
+            raise self._failure
+        await self._window.acquire()
+        # paho takes the message when the task first runs; tasks run in creation order, so order is kept
+        task = asyncio.create_task(
+            self._client.publish(telemetry_topic(self.fleet.site, device_id), payload, qos=1)
+        )
+        self._in_flight.add(task)
+        task.add_done_callback(self._acked)
         self.log.messages += 1
 
+    def _acked(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._window.release()
+        if not task.cancelled() and task.exception() is not None and self._failure is None:
+            self._failure = task.exception()
+
+    async def drain(self) -> None:
+        """Wait until every telemetry message sent so far was acknowledged."""
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        if self._failure is not None:
+            raise self._failure
+
     async def finish(self) -> None:
-        """Send what fault injection still holds back."""
+        """Send what fault injection still holds back, and wait for every PUBACK."""
         if self.faults is not None:
             for device_id, p in self.faults.drain():
                 await self._send(device_id, p)
+        await self.drain()
 
     async def report_errors(self) -> None:
         """Devices that the fault injector picks report an error state (retained)."""
@@ -177,6 +208,7 @@ class FleetPublisher:
                     pending[dev.device_id] = []
             tick += 1
             await asyncio.sleep(max(0.0, t0 + tick / speed - loop.time()))
+        await self.drain()
 
     async def run_realtime(self, *, samples_per_message: int = 1, duration_s: float | None = None) -> None:
         """1 Hz device time following the wall clock, until cancelled or ``duration_s`` has passed."""
@@ -195,6 +227,7 @@ class FleetPublisher:
                     pending[dev.device_id] = []
             tick += 1
             await asyncio.sleep(max(0.0, t0 + tick - loop.time()))
+        await self.drain()
 
 
 def gateway_client(target: MqttTarget, gateway_id: str, site: str, *, protocol: str = "5") -> aiomqtt.Client:
