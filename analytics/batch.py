@@ -247,6 +247,33 @@ class SessionBatch:
             ftp_w=float(self.ftp_w[i]),
         )
 
+    def slice(self, start: int, stop: int) -> SessionBatch:
+        """Sessions ``start:stop`` as a new batch of *views* (no copy; offsets rebased to 0)."""
+        if not 0 <= start <= stop <= self.n:
+            raise BatchShapeError("offsets", f"slice {start}:{stop} out of range 0..{self.n}")
+        a, b = int(self.offsets[start]), int(self.offsets[stop])
+        ra, rb = int(self.rr_offsets[start]), int(self.rr_offsets[stop])
+        return SessionBatch(
+            offsets=self.offsets[start : stop + 1] - a,
+            t_s=self.t_s[a:b],
+            hr_bpm=self.hr_bpm[a:b],
+            power_w=self.power_w[a:b],
+            speed_kmh=self.speed_kmh[a:b],
+            incline_pct=self.incline_pct[a:b],
+            cadence_rpm=self.cadence_rpm[a:b],
+            distance_m=self.distance_m[a:b],
+            energy_kcal=self.energy_kcal[a:b],
+            rr_offsets=self.rr_offsets[start : stop + 1] - ra,
+            rr_ms=self.rr_ms[ra:rb],
+            kind=self.kind[start:stop],
+            hr_rest_bpm=self.hr_rest_bpm[start:stop],
+            hr_max_bpm=self.hr_max_bpm[start:stop],
+            age_y=self.age_y[start:stop],
+            sex=self.sex[start:stop],
+            weight_kg=self.weight_kg[start:stop],
+            ftp_w=self.ftp_w[start:stop],
+        )
+
     def subset(self, indices: Sequence[int] | NDArray[np.integer]) -> SessionBatch:
         """A new batch holding the given sessions in the given order (copies)."""
         return SessionBatch.from_sessions([self.session(int(i)) for i in indices])

@@ -8,9 +8,10 @@ HRmax (bpm) — a measured value (``SessionBatch.hr_max_bpm``) always wins; othe
     ``211 − 0.64·age``. Also available: Tanaka 2001 ``208 − 0.7·age``, Fox ``220 − age``,
     Gulati 2010 (women) ``206 − 0.88·age``.
 %HRmax = ``100·HR/HRmax``;  %HRR (Karvonen 1957) = ``100·(HR − HRrest)/(HRmax − HRrest)``.
-    Percentages are rounded to 1e-9 before binning so that a heart rate exactly on an edge (114 bpm of
-    HRmax 190 = 60 %) falls into the upper zone despite floating-point noise. Every band is lower-inclusive
-    ``[lo, hi)``.
+    Every band is lower-inclusive ``[lo, hi)``. Edges are turned into per-session heart-rate thresholds
+    (``lo/100·HRmax``, or ``HRrest + lo/100·(HRmax − HRrest)``) and compared with a tolerance of
+    ``EDGE_TOLERANCE_BPM`` (1e-9 bpm), so a heart rate exactly on an edge (114 bpm of HRmax 190 = 60 %)
+    falls into the upper zone despite floating-point noise in the threshold.
 5-zone model (%HRmax): Z1 [50, 60), Z2 [60, 70), Z3 [70, 80), Z4 [80, 90), Z5 [90, ∞) → ``zone5_s (n, 5)``.
     Below 50 % counts in no zone.
 ACSM bands (Garber et al. 2011, Table 4): by %HRR light [30, 40), moderate [40, 60), vigorous [60, 90),
@@ -61,7 +62,7 @@ BANISTER_MALE: Final[tuple[float, float]] = (0.64, 1.92)
 BANISTER_FEMALE: Final[tuple[float, float]] = (0.86, 1.67)
 HR_LOOKUP_TOLERANCE_S: Final[float] = 2.0
 _LOOKBACK_ROWS: Final[int] = 8
-_PCT_DECIMALS: Final[int] = 9
+EDGE_TOLERANCE_BPM: Final[float] = 1e-9
 
 
 def hrmax_estimate(age_y: F64, sex: NDArray[np.int8] | None = None, formula: HrMaxFormula = "hunt") -> F64:
@@ -86,25 +87,35 @@ def effective_hr_max(hr_max_bpm: F64, age_y: F64) -> F64:
     return np.where(np.isfinite(hr_max_bpm), hr_max_bpm, hrmax_estimate(age_y))
 
 
-def percent(numerator: F64, denominator: F64) -> F64:
-    """``100·numerator/denominator`` rounded to 1e-9 (edge-exact binning); NaN where undefined."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.round(100.0 * numerator / denominator, _PCT_DECIMALS)
-    return np.where(denominator > 0, out, np.nan)
+def thresholds_bpm(edges_pct: tuple[float, ...], hr_max_bpm: F64, hr_rest_bpm: F64 | None = None) -> F64:
+    """``(n, k)`` heart rates of the band edges: ``e/100·HRmax``, or with ``hr_rest_bpm`` the Karvonen
+    ``HRrest + e/100·(HRmax − HRrest)``, lowered by :data:`EDGE_TOLERANCE_BPM`; NaN where undefined."""
+    e = np.asarray(edges_pct, dtype=np.float64)[None, :] / 100.0
+    mx = hr_max_bpm[:, None]
+    if hr_rest_bpm is None:
+        thr = e * mx
+    else:
+        rest = hr_rest_bpm[:, None]
+        thr = rest + e * (mx - rest)
+    return thr - EDGE_TOLERANCE_BPM
 
 
-def band_index(pct: F64, edges: tuple[float, ...] | F64) -> NDArray[np.int64]:
-    """Lower-inclusive band of each value: ``i`` where ``edges[i] <= pct < edges[i+1]`` (last band open);
-    ``-1`` below the first edge or NaN."""
-    idx = np.searchsorted(np.asarray(edges, dtype=np.float64), pct, side="right").astype(np.int64) - 1
-    return np.where(np.isnan(pct), -1, idx)
+def band_index(hr_bpm: F64, thresholds: F64, lengths: I64) -> NDArray[np.int8]:
+    """Lower-inclusive band of every sample: ``i`` where ``thr[i] <= hr < thr[i+1]`` (last band open), ``-1``
+    below the first threshold or for NaN (``thresholds`` is ``(n, k)`` per session)."""
+    band = np.full(hr_bpm.shape[0], -1, dtype=np.int8)
+    for j in range(thresholds.shape[1]):
+        band += hr_bpm >= np.repeat(thresholds[:, j], lengths)
+    return band
 
 
-def band_seconds(band: NDArray[np.int64], weights: F64, ids: NDArray[np.intp], n: int, k: int) -> F64:
+def band_seconds(band: NDArray[np.int8], weights: F64, ids: NDArray[np.intp], n: int, k: int) -> F64:
     """``(n, k)`` seconds per session and band (``band == -1`` rows count nowhere)."""
-    keep = band >= 0
-    flat = ids[keep] * k + band[keep]
-    return np.bincount(flat, weights=weights[keep], minlength=n * k).reshape(n, k).astype(np.float64)
+    slots = ids * (k + 1)
+    slots += band
+    slots += 1
+    counts = np.bincount(slots, weights=weights, minlength=n * (k + 1)).reshape(n, k + 1)
+    return np.ascontiguousarray(counts[:, 1:], dtype=np.float64)
 
 
 def banister_weights(sex: NDArray[np.int8]) -> tuple[F64, F64]:
@@ -211,19 +222,16 @@ def hr_metrics(
     hrmax_s = np.where(hr_max_bpm > 0, hr_max_bpm, np.nan)
     rest_ok = np.isfinite(hr_rest_bpm) & (hr_rest_bpm > 0) & (hr_rest_bpm < hrmax_s)
     basis = np.where(np.isfinite(hrmax_s), np.where(rest_ok, 0.0, 1.0), np.nan)
+    rest = np.where(rest_ok, hr_rest_bpm, np.nan)
 
-    hrmax_rows = np.repeat(hrmax_s, lengths)
-    pct_max = percent(hr, hrmax_rows)
-    rest_rows = np.repeat(np.where(rest_ok, hr_rest_bpm, np.nan), lengths)
-    pct_hrr = percent(hr - rest_rows, hrmax_rows - rest_rows)
-
-    zone = band_index(pct_max, ZONE5_EDGES_PCT_HRMAX)
+    zone = band_index(hr, thresholds_bpm(ZONE5_EDGES_PCT_HRMAX, hrmax_s), lengths)
     zone5_s = band_seconds(zone, weights, ids, n, 5)
-    basis_rows = np.repeat(basis, lengths)
-    acsm = np.where(
-        basis_rows == 0.0, band_index(pct_hrr, ACSM_EDGES_PCT_HRR), band_index(pct_max, ACSM_EDGES_PCT_HRMAX)
+    acsm_thr = np.where(
+        rest_ok[:, None],
+        thresholds_bpm(ACSM_EDGES_PCT_HRR, hrmax_s, np.where(rest_ok, rest, 0.0)),
+        thresholds_bpm(ACSM_EDGES_PCT_HRMAX, hrmax_s),
     )
-    acsm_band_s = band_seconds(acsm, weights, ids, n, 4)
+    acsm_band_s = band_seconds(band_index(hr, acsm_thr, lengths), weights, ids, n, 4)
     no_hrmax = ~np.isfinite(hrmax_s) | (hr_time_s <= 0)  # no HRmax, or no valid heart rate at all
     zone5_s[no_hrmax] = np.nan
     acsm_band_s[no_hrmax] = np.nan
@@ -231,18 +239,25 @@ def hr_metrics(
     zone_min = zone5_s / 60.0
     trimp_edwards = zone_min @ np.asarray(EDWARDS_WEIGHTS)
     effort_points = zone_min @ np.asarray(EFFORT_POINTS_PER_MIN)
-    splat = segment_sum(np.where(pct_max >= SPLAT_PCT_HRMAX, weights, 0.0), offsets) / 60.0
+    splat_thr = np.repeat(thresholds_bpm((SPLAT_PCT_HRMAX,), hrmax_s)[:, 0], lengths)
+    splat = segment_sum(np.where(hr >= splat_thr, weights, 0.0), offsets) / 60.0
     splat[no_hrmax] = np.nan
     moderate = acsm_band_s[:, 1] / 60.0
     vigorous = (acsm_band_s[:, 2] + acsm_band_s[:, 3]) / 60.0
 
     a, b = banister_weights(sex)
-    x = np.clip(pct_hrr / 100.0, 0.0, 1.0)
-    a_rows = np.repeat(a, lengths)
-    b_rows = np.repeat(b, lengths)
-    term = (weights / 60.0) * x * a_rows * np.exp(b_rows * x)
-    trimp_banister = segment_sum(np.where(np.isfinite(term), term, 0.0), offsets)
-    trimp_banister[~(rest_ok & np.isfinite(a) & ~no_hrmax)] = np.nan
+    banister_ok = rest_ok & np.isfinite(a) & ~no_hrmax
+    with np.errstate(invalid="ignore", divide="ignore"):
+        inv_range = np.where(banister_ok, 1.0 / (hrmax_s - rest), np.nan)
+    x = hr - np.repeat(np.where(banister_ok, rest, np.nan), lengths)
+    x *= np.repeat(inv_range, lengths)
+    np.clip(x, 0.0, 1.0, out=x)
+    term = np.exp(np.repeat(b, lengths) * x)
+    term *= x
+    term *= weights
+    term = np.where(np.isfinite(term), term, 0.0)
+    trimp_banister = segment_sum(term, offsets) * (a / 60.0)
+    trimp_banister[~banister_ok] = np.nan
 
     hr_end = hr_at(t_s, hr_bpm, hr_ok, offsets, t_end_s)
     hrr60 = hr_end - hr_at(t_s, hr_bpm, hr_ok, offsets, t_end_s + 60.0)

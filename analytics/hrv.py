@@ -44,7 +44,7 @@ from numpy.typing import NDArray
 from scipy.fft import rfft
 from scipy.linalg import solve_banded
 
-from analytics.batch import segment_count, segment_mean, segment_sum
+from analytics.batch import segment_count, segment_sum
 from analytics.errors import MetricParameterError
 
 F64 = NDArray[np.float64]
@@ -75,44 +75,55 @@ def _session_starts(offsets: I64, total: int) -> NDArray[np.bool_]:
 def interpolate_gaps(values: F64, good: NDArray[np.bool_], offsets: I64) -> F64:
     """Replace ``~good`` entries by linear interpolation over the index between the nearest good entries of
     the same segment; before the first / after the last good entry the nearest good value is held; a
-    segment without good entries becomes NaN (pandas ``Series.interpolate('linear')`` semantics)."""
-    total = values.shape[0]
-    if total == 0:
-        return values.copy()
-    idx = np.arange(total, dtype=np.int64)
-    seg_start = np.repeat(offsets[:-1], np.diff(offsets))
-    seg_end = np.repeat(offsets[1:], np.diff(offsets))
-    prev = np.maximum.accumulate(np.where(good, idx, -1))
-    nxt = np.minimum.accumulate(np.where(good, idx, total)[::-1])[::-1]
-    has_prev = prev >= seg_start
-    has_next = nxt < seg_end
+    segment without good entries becomes NaN (pandas ``Series.interpolate('linear')`` semantics).
+
+    Only the bad entries are touched: their neighbours come from a binary search in the good positions.
+    """
+    out = values.copy()
+    bad = np.flatnonzero(~good)
+    if bad.size == 0:
+        return out
+    good_idx = np.flatnonzero(good)
+    seg = np.searchsorted(offsets, bad, side="right") - 1
+    seg_start = offsets[seg]
+    seg_end = offsets[seg + 1]
+    pos = np.searchsorted(good_idx, bad)
+    prev = np.where(pos > 0, good_idx[np.maximum(pos - 1, 0)] if good_idx.size else -1, -1)
+    nxt = np.where(
+        pos < good_idx.size, good_idx[np.minimum(pos, good_idx.size - 1)] if good_idx.size else -1, -1
+    )
+    has_prev = (prev >= seg_start) & (prev >= 0)
+    has_next = (nxt < seg_end) & (nxt >= 0) & (nxt >= seg_start)
     p = np.where(has_prev, prev, 0)
     q = np.where(has_next, nxt, 0)
     vp = values[p]
     vq = values[q]
     with np.errstate(invalid="ignore", divide="ignore"):
         slope = (vq - vp) / (q - p)
-        inner = slope * (idx - p) + vp
-    out = np.where(has_prev & has_next, inner, np.where(has_prev, vp, np.where(has_next, vq, np.nan)))
-    return np.where(good, values, out)
+        inner = slope * (bad - p) + vp
+    out[bad] = np.where(has_prev & has_next, inner, np.where(has_prev, vp, np.where(has_next, vq, np.nan)))
+    return out
 
 
 def malik_flags(values: F64, offsets: I64, fraction: float = MALIK_FRACTION) -> NDArray[np.bool_]:
     """Ectopic beats by the Malik rule with hrv-analysis's skip-after-outlier (see the module docstring)."""
     total = values.shape[0]
-    fails = np.zeros(total, dtype=bool)
-    if total > 1:
-        prev = values[:-1]
-        with np.errstate(invalid="ignore"):
-            fails[1:] = ~(np.abs(prev - values[1:]) <= fraction * prev)
-        fails &= ~_session_starts(offsets, total)
-    # within a run of consecutive failing comparisons, flags alternate starting with the run's first beat
-    idx = np.arange(total, dtype=np.int64)
-    run_start = fails.copy()
-    run_start[1:] &= ~fails[:-1]
-    last_start = np.maximum.accumulate(np.where(run_start, idx, 0))
-    even: NDArray[np.bool_] = (idx - last_start) % 2 == 0
-    return fails & even
+    flags = np.zeros(total, dtype=bool)
+    if total < 2:
+        return flags
+    prev = values[:-1]
+    ok = np.abs(prev - values[1:]) <= fraction * prev
+    fails = np.flatnonzero(~ok) + 1  # beat j fails its comparison with beat j − 1 (rare: handled sparsely)
+    fails = fails[~_session_starts(offsets, total)[fails]]
+    if fails.size == 0:
+        return flags
+    # within a run of consecutive failing beats, flags alternate starting with the run's first beat
+    new_run = np.ones(fails.size, dtype=bool)
+    new_run[1:] = fails[1:] != fails[:-1] + 1
+    run_first = np.maximum.accumulate(np.where(new_run, np.arange(fails.size), 0))
+    keep = (np.arange(fails.size) - run_first) % 2 == 0
+    flags[fails[keep]] = True
+    return flags
 
 
 @dataclass(frozen=True)
@@ -150,32 +161,40 @@ class TimeDomain:
 
 
 def time_domain(nn_ms: F64, rr_offsets: I64) -> TimeDomain:
-    """Time-domain HRV of every session (two-pass sums, so a constant series gives exactly 0)."""
+    """Time-domain HRV of every session.
+
+    Sums of squares are taken about each session's first NN (a shift that keeps them small, so the one-pass
+    variance ``(Σd² − (Σd)²/N)/(N − 1)`` is as accurate as two passes and a constant series gives exactly 0).
+    """
+    n = rr_offsets.shape[0] - 1
     beats = np.diff(rr_offsets).astype(np.float64)
     lengths = np.diff(rr_offsets)
-    mean = segment_mean(nn_ms, rr_offsets)
-    mean = np.where(beats > 0, mean, np.nan)
-    dev = nn_ms - np.repeat(mean, lengths)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sdnn = np.sqrt(segment_sum(dev * dev, rr_offsets) / (beats - 1.0))
-    sdnn = np.where(beats >= 2, sdnn, np.nan)
+    has = lengths > 0
+    ref = np.zeros(n)
+    if nn_ms.shape[0]:
+        ref[has] = nn_ms[rr_offsets[:-1][has]]
+    d = nn_ms - np.repeat(ref, lengths)
+    sum_d = segment_sum(d, rr_offsets)
+    sum_d2 = segment_sum(d * d, rr_offsets)
 
     diff = np.zeros_like(nn_ms)
     if nn_ms.shape[0] > 1:
         np.subtract(nn_ms[1:], nn_ms[:-1], out=diff[1:])
-    diff[_session_starts(rr_offsets, nn_ms.shape[0])] = 0.0  # the first beat has no predecessor
+    first = rr_offsets[:-1][has]
+    diff[first] = 0.0  # the first beat has no predecessor
+    sum_x = segment_sum(diff, rr_offsets)
+    sum_x2 = segment_sum(diff * diff, rr_offsets)
+    nn50 = segment_count(np.abs(diff) > NN50_MS, rr_offsets)
     n_diff = beats - 1.0
     with np.errstate(invalid="ignore", divide="ignore"):
-        rmssd = np.sqrt(segment_sum(diff * diff, rr_offsets) / n_diff)
-        mean_diff = segment_sum(diff, rr_offsets) / n_diff
-        first = _session_starts(rr_offsets, nn_ms.shape[0])
-        ddev = np.where(first, 0.0, diff - np.repeat(mean_diff, lengths))
-        sdsd = np.sqrt(segment_sum(ddev * ddev, rr_offsets) / (n_diff - 1.0))
-        nn50 = segment_count(np.abs(diff) > NN50_MS, rr_offsets)
+        mean = ref + sum_d / beats
+        sdnn = np.sqrt(np.maximum(sum_d2 - sum_d * sum_d / beats, 0.0) / (beats - 1.0))
+        rmssd = np.sqrt(sum_x2 / n_diff)
+        sdsd = np.sqrt(np.maximum(sum_x2 - sum_x * sum_x / n_diff, 0.0) / (n_diff - 1.0))
         pnn50 = 100.0 * nn50 / n_diff
     return TimeDomain(
-        mean_nn_ms=mean,
-        sdnn_ms=sdnn,
+        mean_nn_ms=np.where(beats > 0, mean, np.nan),
+        sdnn_ms=np.where(beats >= 2, sdnn, np.nan),
         rmssd_ms=np.where(beats >= 2, rmssd, np.nan),
         sdsd_ms=np.where(beats >= 3, sdsd, np.nan),
         pnn50_pct=np.where(beats >= 2, pnn50, np.nan),
@@ -213,31 +232,25 @@ def spline_not_a_knot(x: F64, y: F64, offsets: I64) -> tuple[F64, F64, F64, F64]
     m = x.shape[0]
     first = offsets[:-1]
     last = offsets[1:] - 1
-    dx = np.empty(m)
-    dx[:-1] = np.diff(x)
-    dx[-1] = 1.0
-    dx[last] = 1.0  # no interval after a segment's last knot (kept finite, unused)
-    slope = np.empty(m)
-    slope[:-1] = np.diff(y)
-    slope[-1] = 0.0
-    slope /= dx
-    slope[last] = 0.0
+    # entries across a segment boundary (dx[last]) are garbage but finite and end up multiplied by 0 or
+    # overwritten below
+    dx = np.diff(x)
+    dx[last[:-1]] = 1.0
+    slope = np.diff(y) / dx
 
-    ab = np.zeros((3, m))
+    ab = np.empty((3, m))
     rhs = np.empty(m)
-    # interior rows i: dx[i]·s[i−1] + 2(dx[i−1]+dx[i])·s[i] + dx[i−1]·s[i+1] = 3(dx[i]·m[i−1] + dx[i−1]·m[i])
-    dx_prev = np.empty(m)
-    dx_prev[1:] = dx[:-1]
-    dx_prev[0] = 1.0
-    sl_prev = np.empty(m)
-    sl_prev[1:] = slope[:-1]
-    sl_prev[0] = 0.0
-    ab[1] = 2.0 * (dx_prev + dx)
-    rhs[:] = 3.0 * (dx * sl_prev + dx_prev * slope)
-    # super of row i (coefficient of s[i+1]) = dx[i−1], stored at ab[0, i+1]
-    ab[0, 1:] = dx_prev[:-1]
-    # sub of row i (coefficient of s[i−1]) = dx[i], stored at ab[2, i−1]
-    ab[2, :-1] = dx[1:]
+    # interior rows i: dx[i]·s[i−1] + 2(dx[i−1]+dx[i])·s[i] + dx[i−1]·s[i+1] = 3(dx[i]·m[i−1] + dx[i−1]·m[i]);
+    # banded storage: super-diagonal of row i at ab[0, i+1], sub-diagonal of row i at ab[2, i−1]
+    ab[0, 0] = ab[0, 1] = 0.0
+    ab[0, 2:] = dx[:-1]
+    np.add(dx[:-1], dx[1:], out=ab[1, 1:-1])
+    ab[1, 1:-1] *= 2.0
+    ab[2, :-2] = dx[1:]
+    ab[2, -2:] = 0.0
+    np.multiply(dx[1:], slope[:-1], out=rhs[1:-1])
+    rhs[1:-1] += dx[:-1] * slope[1:]
+    rhs[1:-1] *= 3.0
 
     # not-a-knot start rows
     d0 = x[first + 2] - x[first]
@@ -256,13 +269,17 @@ def spline_not_a_knot(x: F64, y: F64, offsets: I64) -> tuple[F64, F64, F64, F64]
     ab[2, last] = 0.0
 
     s = solve_banded((1, 1), ab, rhs, overwrite_ab=True, overwrite_b=True, check_finite=False)
-    s_next = np.empty(m)
-    s_next[:-1] = s[1:]
-    s_next[-1] = 0.0
-    t = (s + s_next - 2.0 * slope) / dx
-    c0 = t / dx
-    c1 = (slope - s) / dx - t
-    return c0, c1, s, y.copy()
+    c0 = np.empty(m)
+    c1 = np.empty(m)
+    c0[-1] = c1[-1] = 0.0
+    t = s[:-1] + s[1:]
+    t -= 2.0 * slope
+    t /= dx  # t = (s_j + s_{j+1} − 2·m_j) / dx_j
+    np.divide(t, dx, out=c0[:-1])
+    np.subtract(slope, s[:-1], out=c1[:-1])
+    c1[:-1] /= dx
+    c1[:-1] -= t
+    return c0, c1, s, y
 
 
 @dataclass(frozen=True)
@@ -341,46 +358,66 @@ def _chunk_band_powers(
     weights: F64,
 ) -> F64:
     lengths = rr_offsets[sessions + 1] - rr_offsets[sessions]
-    rows = _gather_rows(rr_offsets[sessions], lengths)
-    y = nn_ms[rows]
+    contiguous = sessions.shape[0] > 0 and bool(np.all(np.diff(sessions) == 1))
+    if contiguous:  # the usual case: a run of sessions, no copy needed
+        y = nn_ms[rr_offsets[sessions[0]] : rr_offsets[sessions[-1] + 1]]
+    else:
+        y = nn_ms[_gather_rows(rr_offsets[sessions], lengths)]
     local = np.zeros(sessions.shape[0] + 1, dtype=np.int64)
     np.cumsum(lengths, out=local[1:])
     # beat times: cumulative sum within each session, first beat at 0 s
-    csum = np.cumsum(y / 1000.0)
-    base = np.repeat(csum[local[:-1]], lengths)
-    x = csum - base
+    csum = np.cumsum(y) / 1000.0
+    x = csum - np.repeat(csum[local[:-1]], lengths)
 
     c0, c1, c2, c3 = spline_not_a_knot(x, y, local)
 
-    # grid points t = k/fs (k = 0 … ceil(fs·t_last) − 1) fall into knot interval j when x_j <= t < x_{j+1}
-    step = 1.0 / fs_hz
+    # grid points t = k/fs (k = 0 … ceil(fs·t_last) − 1) fall into knot interval j when x_j <= t < x_{j+1}.
+    # The grid of all sessions is numbered globally (session s starts at gstart[s]); z = t − x_j is then
+    # k_global/fs − (x_j + gstart[s]/fs), so per grid point only repeats of per-knot values are needed.
     kx = np.ceil(x * fs_hz).astype(np.int64)
     last = local[1:] - 1
     count = np.empty(x.shape[0], dtype=np.int64)
     count[:-1] = kx[1:] - kx[:-1]
     count[last] = 0
-    interval = np.repeat(np.arange(x.shape[0], dtype=np.int64), count)
     grid_len = kx[last]
     gstart = np.zeros(sessions.shape[0] + 1, dtype=np.int64)
     np.cumsum(grid_len, out=gstart[1:])
-    k = np.arange(gstart[-1], dtype=np.int64) - np.repeat(gstart[:-1], grid_len)
-    z = k * step - x[interval]
-    series = ((c0[interval] * z + c1[interval]) * z + c2[interval]) * z + c3[interval]
+    shift = np.repeat(gstart[:-1] / fs_hz, lengths)
+    z = np.arange(gstart[-1], dtype=np.float64) / fs_hz
+    z -= np.repeat(x + shift, count)
+    series = np.repeat(c0, count)
+    series *= z
+    series += np.repeat(c1, count)
+    series *= z
+    series += np.repeat(c2, count)
+    series *= z
+    series += np.repeat(c3, count)
 
     # every Welch window of every session as one row of a 2-D array
     hop = nperseg - nperseg // 2
     n_seg = (grid_len - nperseg) // hop + 1
-    seg_session = np.repeat(np.arange(sessions.shape[0]), n_seg)
     seg_first = np.zeros(sessions.shape[0] + 1, dtype=np.int64)
     np.cumsum(n_seg, out=seg_first[1:])
-    seg_k = np.arange(seg_first[-1], dtype=np.int64) - seg_first[:-1][seg_session]
-    seg_start = gstart[:-1][seg_session] + seg_k * hop
-    frames = series[seg_start[:, None] + np.arange(nperseg)]
-    frames -= frames.mean(axis=1, keepdims=True)
-    frames *= window
-    spec = rfft(frames, n=n_fft, axis=1)
-    power = spec.real**2 + spec.imag**2  # (segments, n_freq)
-    band = power @ weights  # (segments, 3)
+    seg_k = np.arange(seg_first[-1], dtype=np.int64) - np.repeat(seg_first[:-1], n_seg)
+    seg_start = np.repeat(gstart[:-1], n_seg) + seg_k * hop
+    frames = np.lib.stride_tricks.sliding_window_view(series, nperseg)[seg_start]
+    n_bins = int(np.flatnonzero(weights.any(axis=1)).max()) + 1
+    if n_fft == nperseg:
+        # constant detrend after the FFT: (s − μ)·w has the spectrum of s·w minus μ·FFT(w), and the periodic
+        # Hann window's FFT is N/2 at bin 0, −N/4 at bins ±1 and 0 elsewhere
+        frames *= window
+        spec = rfft(frames, axis=1)[:, :n_bins]
+        cs = np.concatenate(([0.0], np.cumsum(series)))
+        mu = (cs[seg_start + nperseg] - cs[seg_start]) / nperseg
+        spec[:, 0] -= mu * (nperseg / 2.0)
+        if n_bins > 1:
+            spec[:, 1] += mu * (nperseg / 4.0)
+    else:
+        frames -= frames.mean(axis=1, keepdims=True)
+        frames *= window
+        spec = rfft(frames, n=n_fft, axis=1)[:, :n_bins]
+    power = spec.real**2 + spec.imag**2  # (segments, bins up to the last band edge)
+    band = power @ weights[:n_bins]  # (segments, 3)
     per_session = np.add.reduceat(band, seg_first[:-1], axis=0)
     result: F64 = per_session / n_seg[:, None]
     return result

@@ -87,23 +87,22 @@ def session_metrics(s: SessionInput) -> dict[str, float | F64]:
     for k in range(n):
         if not ok[k] or not math.isfinite(hrmax):
             continue
-        pm = round(100.0 * hr_bpm[k] / hrmax, 9)
+        h = float(hr_bpm[k])
+        tol = hr.EDGE_TOLERANCE_BPM
         for z in range(4, -1, -1):
-            if pm >= hr.ZONE5_EDGES_PCT_HRMAX[z]:
+            if h >= hr.ZONE5_EDGES_PCT_HRMAX[z] / 100.0 * hrmax - tol:
                 zone5[z] += w[k]
                 break
-        if pm >= hr.SPLAT_PCT_HRMAX:
+        if h >= hr.SPLAT_PCT_HRMAX / 100.0 * hrmax - tol:
             splat += w[k]
         if rest_ok:
-            x = round(100.0 * (hr_bpm[k] - rest) / (hrmax - rest), 9)
-            edges = hr.ACSM_EDGES_PCT_HRR
-            xc = min(max(x / 100.0, 0.0), 1.0)
+            thresholds = [rest + e / 100.0 * (hrmax - rest) - tol for e in hr.ACSM_EDGES_PCT_HRR]
+            xc = min(max((h - rest) / (hrmax - rest), 0.0), 1.0)
             banister += w[k] / 60.0 * xc * a * math.exp(b * xc)
         else:
-            x = pm
-            edges = hr.ACSM_EDGES_PCT_HRMAX
+            thresholds = [e / 100.0 * hrmax - tol for e in hr.ACSM_EDGES_PCT_HRMAX]
         for z in range(3, -1, -1):
-            if x >= edges[z]:
+            if h >= thresholds[z]:
                 acsm[z] += w[k]
                 break
     has_hr = bool(ok.any()) and math.isfinite(hrmax)
