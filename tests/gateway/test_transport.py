@@ -5,22 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway import encode_frame, ftms
+from gateway import encode_frame, ftms, hrm
 from gateway.errors import DeviceListError, TransportUnavailable
 from gateway.transport import Frame, Rejected, ant_source, kind_of_source, load_device_list, raw_char_source
 from gateway.transport_ant import broadcast, load_openant
 from gateway.transport_ble import CHARACTERISTICS, load_bleak, notification, uuid16
 from gateway.transport_mqtt import MqttRawTransport, raw_event
 from tests.conftest import Mosquitto
-from vitalab.wire import RawFrame, encode
+from tests.gateway.test_publisher import Subscriber
+from vitalab.wire import RawFrame, TelemetryMessage, encode
 
 GOOD = """
 [[device]]
@@ -175,3 +181,65 @@ async def test_mqtt_raw_transport_against_mosquitto(mosquitto: Mosquitto) -> Non
     assert got[:2] == [Frame("bike-1", "ble:2ad3", d, t + timedelta(seconds=i)) for i, d in enumerate(frames)]
     assert isinstance(got[2], Rejected)
     assert len(got) == 3
+
+
+def _env(tmp_path: Path, mqtt_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VITALAB_")}
+    env.update(VITALAB_MQTT_URL=mqtt_url, VITALAB_SITE="gym", VITALAB_DATA_DIR=str(tmp_path))
+    return env
+
+
+def test_vitalab_gateway_without_the_radio_extra_says_what_to_install(tmp_path: Path) -> None:
+    code = "import sys; sys.modules['bleak'] = None; from vitalab.cli import main; main()"
+    done = subprocess.run(
+        [sys.executable, "-c", code, "gateway", "--transport", "ble"],
+        env=_env(tmp_path, "mqtt://127.0.0.1:1"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "vitalab[ble]" in done.stderr
+
+
+def test_vitalab_gateway_decodes_raw_topics_into_telemetry(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    sub = Subscriber(
+        mosquitto.target, "gw-cli-sub", ["vitalab/v1/gym/dev/+/telemetry"], persistent=False
+    ).start()
+    env = _env(tmp_path, mosquitto.url) | {
+        "VITALAB_GATEWAY_BATCH_SAMPLES": "1",
+        "VITALAB_GATEWAY_ID": "gw-cli",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vitalab", "gateway", "--log-level", "warning"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="gw-cli-raw", protocol=paho.MQTTv5)
+    pub.connect("127.0.0.1", mosquitto.port)
+    pub.loop_start()
+    try:
+        t = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=60)
+        data = encode_frame(hrm.HeartRateMeasurement(flags=0b10110, hr_bpm=77, rr_ms=(750.0,)))
+        for i in range(60):  # until the gateway has subscribed: one new second each time
+            raw = RawFrame(t=t + timedelta(seconds=i), src="ble", char="2a37", hex=data.hex())
+            pub.publish("vitalab/v1/gym/dev/strap-1/raw", encode(raw), qos=1).wait_for_publish(5)
+            pub.publish("vitalab/v1/gym/dev/strap-1/raw", b"garbage", qos=1).wait_for_publish(5)
+            if any(m.topic.endswith("/telemetry") for m in sub.messages):
+                break
+            time.sleep(0.25)
+        sub.wait_for(lambda ms: bool(ms), "telemetry from the gateway", 10)
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        sub.stop()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    msg = msgspec.json.decode(sub.messages[0].payload, type=TelemetryMessage)
+    assert msg.device == "strap-1"
+    assert (msg.samples[0].hr_bpm, msg.samples[0].rr_ms) == (77, [750.0])
+    assert "undecodable" in out  # the garbage was dead-lettered, and the gateway went on
