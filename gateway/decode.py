@@ -8,12 +8,18 @@ Sources: a BLE characteristic as 4 hex digits ("2ad2", also "ble:2ad2", "0x2AD2"
 from __future__ import annotations
 
 import dataclasses
+import re
+import string
 from collections.abc import Callable
+from datetime import datetime
 from functools import lru_cache
 from typing import Any, Final
 
-from gateway import ant, cycling, ftms, hrm
+import msgspec
+
+from gateway import ant, cycling, ftms, hrm, quirks
 from gateway.errors import DecodeError, EncodeError, UnknownSource
+from gateway.normalize import to_sample_with_notes
 
 Record = (
     ftms.FtmsData
@@ -145,12 +151,50 @@ def record_to_json(record: Record) -> dict[str, Any]:
     return out
 
 
+def parse_hex(text: str) -> bytes:
+    """Bytes from hex as people paste it: "4402 5e0b", "44:02:5e:0b", "0x44-02-5E-0B", "0x44 0x02".
+
+    Raises ``ValueError`` saying what is wrong (the CLI's usage error)."""
+    tokens = [t.removeprefix("0x").removeprefix("0X") for t in re.split(r"[\s:,_-]+", text.strip()) if t]
+    digits = "".join(tokens)
+    if not digits:
+        raise ValueError("no bytes given")
+    bad = next((ch for ch in digits if ch not in string.hexdigits), None)
+    if bad is not None:
+        raise ValueError(f"{bad!r} is not a hex digit")
+    if len(digits) % 2:
+        raise ValueError(f"{len(digits)} hex digits: a byte needs two")
+    return bytes.fromhex(digits)
+
+
+def known_models() -> tuple[str, ...]:
+    """Every model name a decoder reacts to (FTMS quirk registry and the legacy ANT+ HRM)."""
+    return tuple(sorted({*quirks.MODELS, *ant.LEGACY_HRM_MODELS}))
+
+
+def decode_report(
+    source: str, data: bytes, *, model: str | None = None, sample_at: datetime | None = None
+) -> dict[str, Any]:
+    """What ``vitalab decode`` prints: the record as JSON and, when ``sample_at`` is given, the wire Sample it
+    normalises to at that time (``null`` if it carries no telemetry) with the notes on dropped values."""
+    record = decode_frame(source, data, model=model)
+    out = record_to_json(record)
+    if sample_at is not None:
+        normalized = to_sample_with_notes(record, sample_at)
+        out["sample"] = None if normalized.sample is None else msgspec.to_builtins(normalized.sample)
+        out["sample_notes"] = list(normalized.notes)
+    return out
+
+
 __all__ = [
     "DecodeError",
     "Record",
     "canonical_source",
     "decode_frame",
+    "decode_report",
     "encode_frame",
+    "known_models",
+    "parse_hex",
     "record_to_json",
     "source_of",
     "sources",

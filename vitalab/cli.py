@@ -191,5 +191,34 @@ def schema(
         typer.echo(str(path))
 
 
+@app.command()
+def decode(
+    char: Annotated[str, typer.Argument(help="BLE characteristic (2ad2, 0x2AD2) or ANT+ page (ant:fe:16)")],
+    frame: Annotated[str, typer.Argument(metavar="HEX", help="the frame (spaces, colons, 0x allowed)")],
+    model: Annotated[str | None, typer.Option(help="device model whose quirks apply")] = None,
+    sample: Annotated[bool, typer.Option("--sample", help="also print the normalised wire Sample")] = False,
+) -> None:
+    """Decode one raw BLE/ANT+ frame and print the record as JSON."""
+    from datetime import UTC, datetime
+
+    from gateway.decode import decode_report, known_models, parse_hex
+    from gateway.errors import DecodeError
+
+    try:
+        data = parse_hex(frame)
+    except ValueError as exc:
+        typer.echo(f"decode: HEX: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if model is not None and model.strip().casefold() not in known_models():
+        typer.echo(f"decode: unknown model {model!r}, decoding per the specification", err=True)
+    try:
+        report = decode_report(char, data, model=model, sample_at=datetime.now(UTC) if sample else None)
+    except DecodeError as exc:
+        where = "" if exc.offset is None else f" (byte {exc.offset})"
+        typer.echo(f"decode: {exc.source}: {exc.detail}{where}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(report, indent=2))
+
+
 def main() -> None:
     app()
