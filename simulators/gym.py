@@ -49,6 +49,8 @@ WEEKDAY = (
     0,
 )
 WEEKEND = (0, 0, 0, 0, 0, 0, 0, 0.2, 0.5, 0.8, 1.0, 0.9, 0.7, 0.5, 0.5, 0.6, 0.6, 0.5, 0.4, 0.2, 0.1, 0, 0, 0)
+WIPE = timedelta(minutes=2)
+"""A machine is wiped down between members."""
 CLASS_KINDS: dict[str, tuple[str, ...]] = {"spin45": ("bike",), "hiit30": ("rower", "cross_trainer")}
 DEFAULT_CLASSES: tuple[tuple[int, str], ...] = (
     (7 * 60, "spin45"),
@@ -96,6 +98,7 @@ class GymDay:
         kinds = sorted({d.kind for d in self.devices if d.kind != "hr_strap"})
         machines = [d for d in self.devices if d.kind != "hr_strap"]
         classes = dict(self.classes)
+        studio = self._reserve(classes, midnight, close)  # machine -> class slots (start, end)
         for minute in range(self.open_h * 60, self.close_h * 60 - 20):
             now = midnight + timedelta(minutes=minute)
             if minute in classes:
@@ -108,18 +111,38 @@ class GymDay:
                     continue
                 member = free_members[int(rng.integers(len(free_members)))]
                 wanted = kinds[int(rng.integers(len(kinds)))]
-                free = [d for d in machines if busy_until[d.device_id] <= now]
+                end = min(now + timedelta(minutes=int(rng.integers(20, 61))), close)
+                free = [
+                    d
+                    for d in machines
+                    if busy_until[d.device_id] <= now
+                    and not any(s < end + WIPE and now < e for s, e in studio.get(d.device_id, ()))
+                ]
                 choice = [d for d in free if d.kind == wanted] or free
                 if not choice:
                     self.turned_away += 1
                     continue
                 machine = choice[int(rng.integers(len(choice)))]
-                end = min(now + timedelta(minutes=int(rng.integers(20, 61))), close)
                 plan = "intervals" if rng.random() < 0.4 else "steady"
                 self.visits.append(Visit(member.member_id, machine.device_id, now, end, plan))
-                busy_until[machine.device_id] = end + timedelta(minutes=2)  # wiping down the machine
+                busy_until[machine.device_id] = end + WIPE
                 member_free[member.member_id] = end + timedelta(hours=3)
         self.visits.sort(key=lambda v: (v.start, v.device_id))
+
+    def _reserve(
+        self, classes: dict[int, str], midnight: datetime, close: datetime
+    ) -> dict[str, list[tuple[datetime, datetime]]]:
+        """The studio: the first ``class_size`` machines of a class's kinds are kept free for it."""
+        out: dict[str, list[tuple[datetime, datetime]]] = {}
+        for minute, name in classes.items():
+            duration = workout(name).duration_s
+            start = midnight + timedelta(minutes=minute)
+            if duration is None or start + timedelta(seconds=duration) > close:
+                continue
+            kinds = CLASS_KINDS.get(name, ("bike",))
+            for d in [d for d in self.devices if d.kind in kinds][: self.class_size]:
+                out.setdefault(d.device_id, []).append((start, start + timedelta(seconds=duration)))
+        return out
 
     def _hold_class(
         self,
@@ -143,7 +166,7 @@ class GymDay:
             machine = free.pop(int(rng.integers(len(free))))
             member = members[int(i)]
             self.visits.append(Visit(member.member_id, machine.device_id, now, end, name))
-            busy_until[machine.device_id] = end + timedelta(minutes=2)
+            busy_until[machine.device_id] = end + WIPE
             member_free[member.member_id] = end + timedelta(hours=3)
 
     def ticks(self, rate_hz: float = 1.0) -> list[tuple[datetime, list[tuple[SimDevice, Sample]]]]:

@@ -65,3 +65,43 @@ def test_bad_opening_hours() -> None:
     fleet = Fleet.build("gym", 2)
     with pytest.raises(ValueError, match="opening hours"):
         GymDay(TUESDAY, fleet.devices, [], open_h=23, close_h=6)
+
+
+def test_classes_start_and_end_together_on_their_machines() -> None:
+    g = gym(TUESDAY)
+    by_start: dict[datetime, list[str]] = {}
+    for v in g.visits:
+        if v.plan in ("spin45", "hiit30"):
+            by_start.setdefault(v.start, []).append(v.device_id)
+    assert sorted((t.hour, t.minute) for t in by_start) == [(7, 0), (12, 15), (18, 0)]
+    kinds = {d.device_id: d.kind for d in g.devices}
+    for start, devices in by_start.items():
+        group = [v for v in g.visits if v.start == start and v.plan in ("spin45", "hiit30")]
+        assert 2 <= len(group) <= g.class_size
+        assert len({v.end for v in group}) == 1  # they finish together
+        expected = {"bike"} if start.hour != 12 else {"rower", "cross_trainer"}
+        assert {kinds[d] for d in devices} <= expected
+    spin = next(v for v in g.visits if v.plan == "spin45")
+    assert spin.end - spin.start == timedelta(minutes=45)
+
+
+def test_workouts() -> None:
+    from simulators.workouts import WORKOUTS, workout
+
+    steady = workout("steady")
+    assert steady.duration_s is None
+    assert steady.at(0)[0].training == "warm_up"
+    assert steady.at(3600)[1] == 0.6
+    intervals = workout("intervals")
+    assert [intervals.at(300 + 120 * k + 1)[0].training for k in range(4)] == [
+        "high_interval",
+        "low_interval",
+        "high_interval",
+        "low_interval",
+    ]
+    numbers = [intervals.position(300 + 120 * k + 1)[0] for k in range(4)]
+    assert len(set(numbers)) == 4  # a new segment number for every repeat
+    assert WORKOUTS["spin45"].duration_s == 45 * 60
+    assert workout("hiit30").group
+    with pytest.raises(ValueError, match="unknown workout"):
+        workout("yoga")
