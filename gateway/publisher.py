@@ -24,6 +24,13 @@ clean exit writes the batches in progress to the buffer, publishes the retained 
 connected; the LWT says the same after an unclean end) and disconnects; entries still in flight stay
 buffered and the next run sends them again.
 
+With ``protocol="3.1.1"`` (brokers without MQTT 5, such as the in-process broker of ``vitalab up``) a
+PUBACK carries no reason code: every PUBACK counts as delivered, so the shared-subscription restart window
+above is not covered there.
+
+:meth:`GatewayPublisher.drop_connection` cuts the TCP connection without a DISCONNECT (fault injection:
+the broker publishes the LWT, paho reconnects and resends what was in flight).
+
 Telemetry is batched per device (``batch_samples`` samples, or the batch is ``batch_age_s`` old) into a
 ``TelemetryMessage`` whose per-device ``seq`` is reserved in the same SQLite file (it keeps growing
 across restarts; a crash can leave gaps). Samples still batching in memory are what a crash can lose.
