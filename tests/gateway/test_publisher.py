@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 import msgspec
 import paho.mqtt.client as paho
@@ -410,3 +410,44 @@ async def test_a_long_outage_drops_the_oldest_telemetry_and_counts_it(
     metas_got = [decode_meta(m.payload).device for m in got if m.topic.endswith("/meta")]
     assert sorted(metas_got) == ["bike-01", "bike-02"]
     assert [decode_state(m.payload).training for m in got if m.topic.endswith("/state")] == ["manual"]
+
+
+# --- (f) the connection cut under the gateway (fault injection), on MQTT 5 and 3.1.1 ----------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_a_cut_connection_fires_the_will_and_loses_nothing(
+    mosquitto: Mosquitto, tmp_path: Path, protocol: Literal["5", "3.1.1"]
+) -> None:
+    status = gateway_status_topic(SITE, "gw-f")
+    sub = await asyncio.to_thread(
+        Subscriber(mosquitto.target, "sub-f", [TELEMETRY, status], persistent=True).start
+    )
+    devices = ["bike-01", "hr-01"]
+    sent: dict[str, list[datetime]] = {}
+    async with GatewayPublisher(
+        mosquitto.target,
+        SITE,
+        "gw-f",
+        tmp_path / "gw.sqlite",
+        batch_samples=2,
+        batch_age_s=0.05,
+        protocol=protocol,
+    ) as gw:
+        for cut in range(2):
+            add(gw, sent, devices, range(cut * 100, cut * 100 + 100))
+            await asyncio.sleep(0.05)
+            gw.drop_connection()  # mid-stream: some messages are in flight
+            await until(lambda: not gw.connected, "the cut to be noticed")
+            await until(lambda: gw.connected, "the reconnect", timeout_s=20)
+        await gw.wait_delivered(30)
+    try:
+        await asyncio.to_thread(sub.wait_for, covers(sent), "every sample")
+        assert_in_order_and_complete(sub.snapshot(), sent)
+        states = [decode_gateway_status(m.payload).online for m in sub.snapshot() if m.topic == status]
+    finally:
+        sub.stop()
+    assert states.count(False) >= 3  # the will, twice, and the clean offline at the end
+    assert states[-1] is False
+    assert states.count(True) >= 3  # a birth on every connect
