@@ -25,8 +25,8 @@ Frequency domain (Task Force 1996; the resampling and Welch settings of Kubios /
     ``nperseg = 1024`` samples (256 s), 50 % overlap, constant detrend per segment, ``nfft = nperseg``,
     one-sided density scaling (``scipy.signal.welch`` conventions), segments averaged by mean. Band powers
     are trapezoids over the PSD bins with ``lo ≤ f < hi``: VLF [0.0033, 0.04), LF [0.04, 0.15),
-    HF [0.15, 0.40) Hz; LF/HF = LF / HF; total = VLF + LF + HF. A session needs ``nperseg`` resampled points
-    (256 s of beats) for a spectrum; shorter ones get NaN.
+    HF [0.15, 0.40) Hz; LF/HF = LF / HF (NaN when HF < 1e-9 ms²); total = VLF + LF + HF. A session needs
+    ``nperseg`` resampled points (256 s of beats) for a spectrum; shorter ones get NaN.
 
 Vectorisation: cleaning and time domain are segment reductions over all beats of all sessions; the
 spline of every session in a chunk of sessions is one tridiagonal solve (``scipy.linalg.solve_banded``) whose
@@ -60,6 +60,8 @@ RESAMPLE_HZ: Final[float] = 4.0
 NPERSEG: Final[int] = 1024
 BANDS_HZ: Final[Bands] = ((0.0033, 0.04), (0.04, 0.15), (0.15, 0.40))
 CHUNK_BEATS: Final[int] = 2_000_000
+POWER_FLOOR_MS2: Final[float] = 1e-9
+"""Below this HF power (ms²) the spectrum is numerical noise (a constant series): LF/HF is NaN."""
 
 
 # ------------------------------------------------------------------------------------------------ cleaning
@@ -343,7 +345,7 @@ def frequency_domain(
 
     vlf, lf, hf = out[:, 0], out[:, 1], out[:, 2]
     with np.errstate(invalid="ignore", divide="ignore"):
-        lf_hf = np.where(hf > 0, lf / hf, np.nan)
+        lf_hf = np.where(hf > POWER_FLOOR_MS2, lf / hf, np.nan)
     return FrequencyDomain(vlf_ms2=vlf, lf_ms2=lf, hf_ms2=hf, lf_hf=lf_hf, total_ms2=vlf + lf + hf)
 
 

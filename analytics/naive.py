@@ -288,6 +288,6 @@ def hrv_metrics(rr: F64) -> dict[str, float | F64]:
                 m = (f >= lo) & (f < hi)
                 powers.append(float(np.trapezoid(psd[m], f[m])))
             out["hrv_vlf_ms2"], out["hrv_lf_ms2"], out["hrv_hf_ms2"] = powers
-            out["hrv_lf_hf"] = powers[1] / powers[2] if powers[2] > 0 else _nan()
+            out["hrv_lf_hf"] = powers[1] / powers[2] if powers[2] > hrv.POWER_FLOOR_MS2 else _nan()
             out["hrv_total_ms2"] = sum(powers)
     return out
