@@ -3,7 +3,7 @@
 Inputs are the stored rows of each device-day (CSR ``offsets`` over rows sorted by time within a device-day):
 device time ``t`` and the ingester's receive time ``received_at`` (seconds since the epoch), and whether the
 row has a valid heart rate. Duplicates and message counts are known only at ingest; they come from
-``ingest_device_stats`` (written by the ingester in the same transaction as the rows) and are joined in by
+``ingest_device_stats`` (the ingester's per-batch receipt counts, folded in by the job) and are joined in by
 the store, not computed here.
 
 Definitions (``Δt`` = step between consecutive rows of the same device-day):

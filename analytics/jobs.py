@@ -1,15 +1,16 @@
 """`vitalab analytics run`: compute what is new since the last run, in one transaction, idempotently.
 
-What is new. The ingester counts, per device and UTC day, the rows it inserted (``ingest_device_stats``) and
-widens ``dirty_from``/``dirty_to`` to the device-time range of those rows, in the same transaction as the
-rows. Triggers queue in ``analytics_dirty`` the ranges of new device events (training status, errors, offline)
-and of check-ins that were added, changed or removed. A run reads both, recomputes, and at the end clears a
-stats row only if its ``samples_inserted`` is still what it read (compare-and-clear) and deletes the queue
-rows it read. Rows that commit while a run works therefore stay dirty for the next run; nothing depends on
-clocks or on commit order (a batch that waited out a database outage is still seen), and late data, however
-old its device time, re-opens the sessions and days it falls into. Rows written without the ingester (manual
-SQL, imports) are not counted: ``vitalab analytics run --full`` recomputes everything, as does the first run
-and a run after :data:`~analytics.session_metrics.ALGORITHM_VERSION` changed.
+What is new. With every batch, in the same transaction as its rows, the ingester appends one row to
+``ingest_batches``: per device and UTC day, the samples it received and the device-time range they cover.
+Triggers queue in ``analytics_dirty`` the ranges of new device events (training status, errors, offline) and
+of check-ins that were added, changed or removed. A run deletes (consumes) the ``ingest_batches`` and
+``analytics_dirty`` rows it can see, inside its own transaction, and recomputes the ranges they name; rows
+that commit while it works are invisible to it and stay for the next run. Nothing depends on clocks or on
+commit order (a batch that waited out a database outage is still seen), and late data, however old its
+device time, re-opens the sessions and days it falls into. If the run fails, its transaction rolls back and
+the rows are consumed again next time. Rows written without the ingester (manual SQL, imports) are not
+counted: ``vitalab analytics run --full`` recomputes everything, as do the first run and a run after
+:data:`~analytics.session_metrics.ALGORITHM_VERSION` changed.
 
 What a run does, per site and merged window of dirty time (padded by an hour):
 
@@ -113,7 +114,6 @@ class RunReport:
     daily_rows: int = 0
     hourly_rows: int = 0
     quality_rows: int = 0
-    still_dirty: int = 0
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -182,12 +182,12 @@ def _run(conn: psycopg.Connection[Any], now: datetime, full: bool, wait: bool, c
     today = now.astimezone(UTC).date()
     daily_through: date | None = state[1] if state else None
 
-    stats = store.dirty_stats(conn)
+    received = store.fold_ingest_batches(conn)
     notes = store.dirty_notes(conn)
     ranges: list[tuple[str, float, float]] = [
-        (s.device_id, s.dirty_from.timestamp(), s.dirty_to.timestamp()) for s in stats
+        (r.device_id, r.t_from.timestamp(), r.t_to.timestamp()) for r in received
     ] + [(n.device_id, n.t_from.timestamp(), n.t_to.timestamp()) for n in notes]
-    quality_keys = {(s.device_id, s.day) for s in stats if s.day < today}
+    quality_keys = {(r.device_id, r.day) for r in received if r.day < today}
     if full:
         extents = conn.execute(
             "SELECT d.device_id, extract(epoch FROM f.t)::float8, extract(epoch FROM l.t)::float8 "
@@ -232,7 +232,7 @@ def _run(conn: psycopg.Connection[Any], now: datetime, full: bool, wait: bool, c
     report.daily_rows = _participant_daily(conn, participants, now, version)
     report.quality_rows = _device_quality(conn, sorted(quality_keys), site_of)
 
-    _cleared, report.still_dirty = store.clear_dirty(conn, stats, notes)
+    store.delete_notes(conn, notes)
     store.note_dirty(conn, open_notes, "open")
     conn.execute(
         "INSERT INTO analytics_state (job, algorithm_version, daily_through, last_run_at) "
@@ -646,7 +646,6 @@ def _device_quality(
                 day,
                 site_of[dev],
                 n,
-                None,
                 None,
                 None,
                 late,

@@ -609,7 +609,6 @@ QUALITY_COLUMNS: Final[tuple[str, ...]] = (
     "day",
     "site_id",
     "samples",
-    "messages",
     "samples_received",
     "duplicates",
     "late_samples",
@@ -626,19 +625,14 @@ QUALITY_COLUMNS: Final[tuple[str, ...]] = (
     "gap_s",
 )
 _QUALITY_TYPES = (
-    ["text", "date", "text", "int8", "int8", "int8", "int8", "int8"]
-    + ["float4"] * 8
-    + [
-        "int8",
-        "int4",
-        "float4",
-    ]
+    ["text", "date", "text", "int8", "int8", "int8", "int8"] + ["float4"] * 8 + ["int8", "int4", "float4"]
 )
 
 
 def upsert_device_quality(conn: psycopg.Connection[Any], rows: Sequence[tuple[Any, ...]]) -> int:
-    """Upsert quality rows; ``messages``/``samples_received``/``duplicates`` are NULL in ``rows`` and filled
-    in from ``ingest_device_stats`` (NULL when the device-day did not come through the ingester)."""
+    """Upsert quality rows; ``samples_received``/``duplicates`` are NULL in ``rows`` and filled in from
+    ``ingest_device_stats`` (NULL when the device-day did not come through the ingester);
+    duplicates = received - stored."""
     conn.execute(
         sql.SQL(
             "CREATE TEMP TABLE IF NOT EXISTS stage_quality ON COMMIT DELETE ROWS AS "
@@ -654,8 +648,8 @@ def upsert_device_quality(conn: psycopg.Connection[Any], rows: Sequence[tuple[An
             for row in rows:
                 copy.write_row(row)
         cur.execute(
-            "UPDATE stage_quality q SET messages = i.messages, samples_received = i.samples_received, "
-            "duplicates = i.samples_received - i.samples_inserted FROM ingest_device_stats i "
+            "UPDATE stage_quality q SET samples_received = i.samples_received, "
+            "duplicates = i.samples_received - q.samples FROM ingest_device_stats i "
             "WHERE i.device_id = q.device_id AND i.day = q.day"
         )
         cur.execute(
@@ -681,12 +675,42 @@ def upsert_device_quality(conn: psycopg.Connection[Any], rows: Sequence[tuple[An
 
 
 @dataclass(frozen=True, slots=True)
-class DirtyStat:
+class Received:
+    """What the ingester received for one device and UTC day since the last run (from ``ingest_batches``)."""
+
     device_id: str
     day: date
-    samples_inserted: int
-    dirty_from: datetime
-    dirty_to: datetime
+    samples: int
+    t_from: datetime
+    t_to: datetime
+
+
+_FOLD_BATCHES = """
+WITH b AS (
+    DELETE FROM ingest_batches RETURNING device_id, day, received, t_from, t_to
+), u AS (
+    SELECT unnest(device_id) AS device_id, unnest(day) AS day, unnest(received) AS n,
+           unnest(t_from) AS t_from, unnest(t_to) AS t_to
+    FROM b
+), agg AS (
+    SELECT device_id, day, sum(n)::int8 AS samples, min(t_from) AS t_from, max(t_to) AS t_to
+    FROM u GROUP BY 1, 2
+), up AS (
+    INSERT INTO ingest_device_stats AS s (device_id, day, samples_received)
+    SELECT device_id, day, samples FROM agg ORDER BY 1, 2
+    ON CONFLICT (device_id, day) DO UPDATE
+    SET samples_received = s.samples_received + EXCLUDED.samples_received, updated_at = now()
+)
+SELECT device_id, day, samples, t_from, t_to FROM agg ORDER BY 1, 2
+"""
+
+
+def fold_ingest_batches(conn: psycopg.Connection[Any]) -> list[Received]:
+    """Consume the ``ingest_batches`` rows visible now (inside the caller's transaction): add their counts to
+    ``ingest_device_stats`` and return what they cover. Rows that commit later are not seen and stay."""
+    with conn.cursor(row_factory=class_row(Received)) as cur:
+        cur.execute(_FOLD_BATCHES)
+        return cur.fetchall()
 
 
 @dataclass(frozen=True, slots=True)
@@ -697,39 +721,16 @@ class DirtyNote:
     t_to: datetime
 
 
-def dirty_stats(conn: psycopg.Connection[Any]) -> list[DirtyStat]:
-    with conn.cursor(row_factory=class_row(DirtyStat)) as cur:
-        cur.execute(
-            "SELECT device_id, day, samples_inserted, dirty_from, dirty_to FROM ingest_device_stats "
-            "WHERE dirty_from IS NOT NULL ORDER BY device_id, day"
-        )
-        return cur.fetchall()
-
-
 def dirty_notes(conn: psycopg.Connection[Any]) -> list[DirtyNote]:
     with conn.cursor(row_factory=class_row(DirtyNote)) as cur:
         cur.execute("SELECT id, device_id, t_from, t_to FROM analytics_dirty ORDER BY id")
         return cur.fetchall()
 
 
-def clear_dirty(
-    conn: psycopg.Connection[Any], stats: Sequence[DirtyStat], notes: Sequence[DirtyNote]
-) -> tuple[int, int]:
-    """Compare-and-clear: a stats row is cleared only if no rows were inserted since it was read (its
-    ``samples_inserted`` is unchanged); notes are deleted by id. Returns (cleared, still dirty)."""
-    cleared = 0
-    with conn.cursor() as cur:
-        if stats:
-            cur.execute(
-                "UPDATE ingest_device_stats i SET dirty_from = NULL, dirty_to = NULL "
-                "FROM unnest(%s::text[], %s::date[], %s::int8[]) AS r(device_id, day, n) "
-                "WHERE i.device_id = r.device_id AND i.day = r.day AND i.samples_inserted = r.n",
-                ([s.device_id for s in stats], [s.day for s in stats], [s.samples_inserted for s in stats]),
-            )
-            cleared = max(cur.rowcount, 0)
-        if notes:
-            cur.execute("DELETE FROM analytics_dirty WHERE id = ANY(%s)", ([n.id for n in notes],))
-    return cleared, len(stats) - cleared
+def delete_notes(conn: psycopg.Connection[Any], notes: Sequence[DirtyNote]) -> None:
+    """Delete the queue rows a run has dealt with (by id: rows queued meanwhile stay)."""
+    if notes:
+        conn.execute("DELETE FROM analytics_dirty WHERE id = ANY(%s)", ([n.id for n in notes],))
 
 
 def note_dirty(

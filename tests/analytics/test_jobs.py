@@ -81,6 +81,7 @@ def test_open_sessions_wait_and_late_data_reopens_sessions_and_days(database_url
     # the missing 10 minutes arrive a day late (a gateway's store-and-forward buffer)
     late = d.bike("bike-1", d.T0 + 20 * M, 600, elapsed0=1200)
     d.write(database_url, late, received_at=d.T0 + 25 * H)
+    d.write(database_url, late[:2], received_at=d.T0 + 25 * H)  # and the gateway resends two messages
     r3 = run_once(database_url, now=d.T0 + 26 * H)
     assert (r3.sessions_written, r3.sessions_deleted) == (1, 1)  # one grows, the other is absorbed
     [(_, start, end, *_rest)] = d.sessions(database_url)
@@ -88,10 +89,11 @@ def test_open_sessions_wait_and_late_data_reopens_sessions_and_days(database_url
     load_after = d.rows(database_url, "SELECT load FROM participant_daily WHERE day = %s", d.T0.date())[0][0]
     assert load_after > load_before  # the day was recomputed
     # the completed day has its quality row: 600 samples arrived a day late
-    [(samples, late_n, skew)] = d.rows(
-        database_url, "SELECT samples, late_samples, clock_skew_s FROM device_quality_daily"
+    [(samples, late_n, skew, received, dup)] = d.rows(
+        database_url,
+        "SELECT samples, late_samples, clock_skew_s, samples_received, duplicates FROM device_quality_daily",
     )
-    assert (samples, late_n) == (3000, 600)
+    assert (samples, late_n, received, dup) == (3000, 600, 3020, 20)
     assert 0.0 < skew < 10.0
 
 

@@ -44,7 +44,7 @@ def test_copy_records_reads_fixed_width_rows_exactly(database_url: str) -> None:
             store.copy_records(conn, sql.SQL("SELECT NULL::float8, 1::int8"), {}, ["f8", "i8"])
 
 
-def test_ingester_counts_duplicates_and_marks_the_new_range(database_url: str) -> None:
+def test_ingester_logs_receipts_per_batch_and_the_job_folds_them(database_url: str) -> None:
     d.setup_site(database_url, [("bike-1", "bike")])
     first = d.bike("bike-1", d.T0, 100)
     r1 = d.write(database_url, first)
@@ -53,34 +53,42 @@ def test_ingester_counts_duplicates_and_marks_the_new_range(database_url: str) -
     late = d.bike("bike-1", d.T0 + timedelta(hours=15, minutes=59, seconds=41), 20)
     r2 = d.write(database_url, first[:3] + late)
     assert (r2.samples_inserted, r2.samples_duplicate) == (20, 30)
-    stats = d.rows(
+    logged = d.rows(
         database_url,
-        "SELECT day, messages, samples_received, samples_inserted, dirty_from, dirty_to "
-        "FROM ingest_device_stats ORDER BY day",
+        "SELECT messages, device_id, day, received, t_from, t_to FROM ingest_batches ORDER BY id",
     )
-    assert [(s[0].isoformat(), s[1], s[2], s[3]) for s in stats] == [
-        ("2026-11-23", 10 + 3 + 2, 100 + 30 + 19, 119),
-        ("2026-11-24", 1, 1, 1),
+    assert [(m, dev, [x.isoformat() for x in days], n) for m, dev, days, n, _, _ in logged] == [
+        (10, ["bike-1"], ["2026-11-23"], [100]),  # 10 messages of 10 samples
+        (5, ["bike-1", "bike-1"], ["2026-11-23", "2026-11-24"], [49, 1]),  # 30 resent + 19 new, 1 next day
     ]
-    assert stats[0][4] == d.T0
-    assert stats[0][5] == d.T0 + timedelta(hours=15, minutes=59, seconds=59)
-
-
-def test_compare_and_clear_keeps_rows_that_arrive_meanwhile(database_url: str) -> None:
-    d.setup_site(database_url, [("bike-1", "bike"), ("bike-2", "bike")])
-    d.write(database_url, d.bike("bike-1", d.T0, 60) + d.bike("bike-2", d.T0, 60))
+    assert logged[-1][4] == [d.T0, d.T0 + timedelta(hours=16)]
+    assert logged[-1][5] == [d.T0 + timedelta(hours=15, minutes=59, seconds=59), d.T0 + timedelta(hours=16)]
     with psycopg.connect(database_url) as conn:
-        seen = store.dirty_stats(conn)
-        assert [s.device_id for s in seen] == ["bike-1", "bike-2"]
-        # bike-2 gets new rows after the job read the stats
-        d.write(database_url, d.bike("bike-2", d.T0 + timedelta(minutes=1), 30))
-        cleared, still = store.clear_dirty(conn, seen, [])
+        got = store.fold_ingest_batches(conn)
         conn.commit()
-        assert (cleared, still) == (1, 1)
-        left = store.dirty_stats(conn)
-    assert [(s.device_id, s.dirty_from, s.dirty_to) for s in left] == [
-        ("bike-2", d.T0, d.T0 + timedelta(minutes=1, seconds=29))
-    ]
+        assert [(r.device_id, r.day.isoformat(), r.samples) for r in got] == [
+            ("bike-1", "2026-11-23", 149),
+            ("bike-1", "2026-11-24", 1),
+        ]
+        assert got[0].t_from == d.T0
+        assert conn.execute("SELECT count(*) FROM ingest_batches").fetchone() == (0,)
+        stats = conn.execute("SELECT day, samples_received FROM ingest_device_stats ORDER BY day").fetchall()
+    assert [(day.isoformat(), n) for day, n in stats] == [("2026-11-23", 149), ("2026-11-24", 1)]
+
+
+def test_batches_committed_during_a_run_stay_for_the_next(database_url: str) -> None:
+    d.setup_site(database_url, [("bike-1", "bike"), ("bike-2", "bike")])
+    d.write(database_url, d.bike("bike-1", d.T0, 60))
+    with psycopg.connect(database_url) as conn:
+        seen = store.fold_ingest_batches(conn)  # the run's transaction is still open
+        assert [r.device_id for r in seen] == ["bike-1"]
+        d.write(database_url, d.bike("bike-2", d.T0, 30))  # commits meanwhile
+        conn.commit()
+        left = store.fold_ingest_batches(conn)
+        conn.rollback()  # a failed run consumes nothing
+        again = store.fold_ingest_batches(conn)
+    assert [(r.device_id, r.samples) for r in left] == [("bike-2", 30)]
+    assert [(r.device_id, r.samples) for r in again] == [("bike-2", 30)]
 
 
 def test_triggers_queue_events_and_check_ins(database_url: str) -> None:

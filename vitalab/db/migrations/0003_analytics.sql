@@ -2,26 +2,36 @@
 -- daily series, per-device hourly utilisation, per-device daily quality, and the incremental job's state.
 -- Portable PostgreSQL; nothing here needs TimescaleDB (all tables are small next to `samples`).
 
--- Per device and UTC day of device time: what the ingester received and stored. Upserted by
--- ingest/writer.py in the same transaction as the rows (one GROUP BY over the staging table per batch).
--- dirty_from/dirty_to: the device-time range of rows inserted since the analytics job last consumed this row;
--- the job clears them only if samples_inserted is still the value it read (compare-and-clear), so rows that
--- commit while the job runs keep the row dirty for the next run.
+-- One row per ingest batch, appended by ingest/writer.py in the same transaction as the batch's rows (one
+-- GROUP BY over the staging table; no update of shared rows, so concurrent ingesters never wait on each
+-- other): per device and UTC day of device time, the valid samples received (duplicates included) and the
+-- device-time range they cover. The analytics job consumes it: it deletes the rows it read, adds their
+-- counts to ingest_device_stats and recomputes the ranges. Rows committed while a job runs are not visible
+-- to its DELETE and stay for the next run.
+CREATE TABLE ingest_batches (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    written_at timestamptz NOT NULL DEFAULT now(),
+    messages   integer NOT NULL,           -- messages in the batch (all topics)
+    device_id  text[] NOT NULL,
+    day        date[] NOT NULL,
+    received   integer[] NOT NULL,
+    t_from     timestamptz[] NOT NULL,
+    t_to       timestamptz[] NOT NULL
+);
+
+-- Per device and UTC day: valid samples received by the ingester (duplicates included), folded in from
+-- ingest_batches by the analytics job. Duplicates = samples_received - rows stored for that device-day.
 CREATE TABLE ingest_device_stats (
     device_id        text NOT NULL,
-    day              date NOT NULL,                  -- UTC day of the samples' device time t
-    messages         bigint NOT NULL DEFAULT 0,      -- telemetry messages received (redeliveries count again)
-    samples_received bigint NOT NULL DEFAULT 0,      -- valid samples received (duplicates included)
-    samples_inserted bigint NOT NULL DEFAULT 0,      -- new rows; duplicates = received - inserted
-    dirty_from       timestamptz,
-    dirty_to         timestamptz,
+    day              date NOT NULL,
+    samples_received bigint NOT NULL,
     updated_at       timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (device_id, day)
 );
-CREATE INDEX ingest_device_stats_dirty_idx ON ingest_device_stats (dirty_from) WHERE dirty_from IS NOT NULL;
 
 -- Ranges whose sessions must be re-assembled because a device event or a check-in changed (fed by triggers;
--- samples go through ingest_device_stats instead, without a per-row trigger on the hot path).
+-- samples go through ingest_batches instead, without a per-row trigger on the hot path), or because a
+-- session was still open at the last run.
 CREATE TABLE analytics_dirty (
     id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     device_id text NOT NULL,
@@ -137,9 +147,8 @@ CREATE TABLE device_quality_daily (
     day                date NOT NULL,
     site_id            text NOT NULL,
     samples            bigint NOT NULL,  -- rows stored
-    messages           bigint,           -- from ingest_device_stats (NULL: not written through the ingester)
-    samples_received   bigint,
-    duplicates         bigint,
+    samples_received   bigint,           -- from ingest_device_stats (NULL: not written through the ingester)
+    duplicates         bigint,           -- samples_received - samples
     late_samples       bigint NOT NULL,
     lag_p05_s          real,
     lag_p50_s          real,
