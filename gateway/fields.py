@@ -32,7 +32,7 @@ SIZE: Final[dict[Kind, int]] = {"u8": 1, "s8": 1, "u16": 2, "s16": 2, "u24": 3, 
 # struct codes; a u24 is read as its low u16 and high u8 and put back together.
 STRUCT_CODE: Final[dict[Kind, str]] = {"u8": "B", "s8": "b", "u16": "H", "s16": "h", "u24": "HB", "u32": "I"}
 ONE: Final = Fraction(1)
-MAX_PLANS: Final = 4096  # per layout; frames rarely use more than a handful of flag combinations
+MAX_PLANS: Final = 4096  # per layout; real devices use a handful of flag combinations
 
 
 def kind_range(kind: Kind) -> tuple[int, int]:
@@ -78,6 +78,10 @@ class FieldSpec:
         return SIZE[self.kind]
 
     @cached_property
+    def bounds(self) -> tuple[int, int]:
+        return kind_range(self.kind)
+
+    @cached_property
     def ratio(self) -> tuple[int, int]:
         """The resolution as integers (numerator, denominator): ``value = raw * num / den``."""
         return self.resolution.numerator, self.resolution.denominator
@@ -96,8 +100,9 @@ class FieldSpec:
             if self.sentinel is None:
                 raise EncodeError(source, self.name, "no value, and the wire has no 'not available' value")
             return self.sentinel
-        raw = to_raw(value, *self.ratio)
-        lo, hi = kind_range(self.kind)
+        num, den = self.ratio
+        raw = value if num == den == 1 and type(value) is int else to_raw(value, num, den)
+        lo, hi = self.bounds
         if not lo <= raw <= hi:
             raise EncodeError(source, self.name, f"{value} does not fit {self.kind} at {self.resolution}")
         if raw == self.sentinel:
@@ -141,8 +146,9 @@ class FlagLayout:
         found = self.plans.get(key)
         if found is None:
             found = Plan.build(tuple(f for g in self.groups if g.present(key) for f in g.fields))
-            if len(self.plans) < MAX_PLANS:
-                self.plans[key] = found
+            if len(self.plans) >= MAX_PLANS:  # a flood of odd flag combinations: start over, stay bounded
+                self.plans.clear()
+            self.plans[key] = found
         return found
 
     @cached_property
@@ -189,6 +195,16 @@ class Plan:
     @property
     def size(self) -> int:
         return self.ends[-1] if self.ends else 0
+
+    def pack(self, raws: list[int]) -> bytes:
+        """The bytes of one raw value per field (each already checked against its wire type)."""
+        items: list[int] = []
+        for (_, _, u24, *_), raw in zip(self.steps, raws, strict=True):
+            if u24:
+                items += (raw & 0xFFFF, raw >> 16)
+            else:
+                items.append(raw)
+        return self.unpack.pack(*items)
 
     @classmethod
     def build(cls, specs: tuple[FieldSpec, ...]) -> Plan:
@@ -266,12 +282,10 @@ def write_fields(
     missing: tuple[str, ...] = (),
 ) -> bytes:
     """Encode the groups ``presence`` switches on, stopping at the first field the record says was missing."""
-    out = bytearray()
-    for group in layout.groups:
-        if not group.present(presence):
-            continue
-        for spec in group.fields:
-            if spec.name in missing:
-                return bytes(out)
-            out += write_int(spec.encode(values.get(spec.name), layout.source), spec.kind)
-    return bytes(out)
+    plan = layout.plan(presence)
+    items: list[int] = []
+    for spec in plan.specs:
+        if spec.name in missing:
+            return b"".join(write_int(raw, s.kind) for s, raw in zip(plan.specs, items, strict=False))
+        items.append(spec.encode(values.get(spec.name), layout.source))
+    return plan.pack(items)
