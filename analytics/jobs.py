@@ -37,6 +37,7 @@ at once with ``skipped`` (``wait=False``, what the periodic trigger uses), and t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -161,6 +162,31 @@ def run_once(
             conn.commit()
     logger.info("analytics run: %s", report.as_dict())
     return report
+
+
+DEFAULT_INTERVAL_S: Final[float] = 60.0
+
+
+def interval_of(configured: float | None, *, default: float | None) -> float | None:
+    """The periodic trigger's interval: the configured one (0 = off), else ``default`` (None = off)."""
+    if configured is None:
+        return default
+    return configured if configured > 0 else None
+
+
+async def run_periodically(database_url: str, interval_s: float) -> None:
+    """Run the job every ``interval_s`` seconds until cancelled (``vitalab up``, ``vitalab ingest``). A run
+    that finds another one in progress skips; a failed run is logged and the next one tries again, so the
+    service carrying the trigger never stops because of it."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            report = await asyncio.to_thread(run_once, database_url, wait=False)
+        except Exception:  # a failed run must not stop the service that triggers it
+            logger.exception("analytics run failed; retrying in %.0f s", interval_s)
+            continue
+        if report.skipped:
+            logger.info("analytics run skipped: another run is in progress")
 
 
 def _run(conn: psycopg.Connection[Any], now: datetime, full: bool, wait: bool, cfg: JobConfig) -> RunReport:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
+from typing import Any
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
 
@@ -66,3 +68,140 @@ class DeadLetterOut(BaseModel):
     payload_size: int
     payload_preview: str
     """The (capped) payload as text, undecodable bytes replaced."""
+
+
+# --- analytics (sessions, participants, sites, device quality) ------------------------------------------
+
+
+class SessionOut(BaseModel):
+    """One session: a participant on a machine and/or wearing a strap (see analytics/sessions.py)."""
+
+    session_id: int
+    site_id: str
+    participant_id: UUID | None
+    device_ids: list[str]
+    started_at: datetime
+    ended_at: datetime
+    source: str
+    hr_source: str | None
+    algorithm_version: str
+    duration_s: float | None
+    hr_avg_bpm: float | None
+    trimp: float | None
+    moderate_min: float | None
+    vigorous_min: float | None
+    pai_as: float | None
+    rmssd_ms: float | None
+    energy_kcal: float | None
+    distance_m: float | None
+
+
+class SessionDetail(SessionOut):
+    summary: dict[str, Any]
+    """Every per-session metric of analytics.session_metrics (null: not computable)."""
+    computed_at: datetime
+
+
+class ParticipantDay(BaseModel):
+    """One row of participant_daily (definitions in analytics/participant.py)."""
+
+    day: date
+    sessions: int
+    load: float
+    load_7d: float
+    ctl: float
+    atl: float
+    tsb: float
+    acwr_ewma: float | None
+    acwr_rolling: float | None
+    moderate_min: float
+    vigorous_min: float
+    who_min_7d: float
+    who_status: str
+    pai_as: float
+    pai_7d: float | None
+    rhr_bpm: float | None
+    rhr_7d_bpm: float | None
+    rhr_28d_bpm: float | None
+    rmssd_ms: float | None
+    ln_rmssd_7d: float | None
+    vo2max_ml_kg_min: float | None
+
+
+class ParticipantLoad(BaseModel):
+    participant_id: UUID
+    algorithm_version: str
+    days: list[ParticipantDay]
+
+
+class DeviceUtilisation(BaseModel):
+    device_id: str
+    kind: str | None
+    in_session_s: list[float]
+    """Seconds of each hour inside a session (first to last active sample)."""
+    utilisation: list[float]
+    """in_session_s / 3600"""
+    minutes_with_data: list[int]
+
+
+class SiteUtilisation(BaseModel):
+    site_id: str
+    hours: list[datetime]
+    devices: list[DeviceUtilisation]
+
+
+class SiteOccupancy(BaseModel):
+    """Mean per local weekday (Monday first) and slot of the day over the range; null: not in the range."""
+
+    site_id: str
+    timezone: str
+    since: datetime
+    until: datetime
+    slot_min: int
+    machines_in_use: list[list[float | None]]
+    """Time-weighted mean number of devices in a session, [weekday][slot]."""
+    participants: list[list[float | None]]
+    """Mean number of distinct participants with a session overlapping the slot, [weekday][slot]."""
+
+
+class VitalityCell(BaseModel):
+    """Aggregates of one site-week (and group); every figure is null when ``suppressed``."""
+
+    week: date
+    group: str
+    suppressed: bool
+    members: int | None
+    sessions_per_member: float | None
+    median_load: float | None
+    median_mvpa_min: float | None
+    mean_who_min: float | None
+    who_share: float | None
+    """Share of members with >= 150 moderate-equivalent minutes that week."""
+
+
+class SiteVitality(BaseModel):
+    site_id: str
+    k_anonymity: int
+    breakdown: str
+    cells: list[VitalityCell]
+
+
+class DeviceQualityDay(BaseModel):
+    """One row of device_quality_daily (definitions in analytics/device_quality.py)."""
+
+    day: date
+    samples: int
+    samples_received: int | None
+    duplicates: int | None
+    late_samples: int
+    lag_p05_s: float | None
+    lag_p50_s: float | None
+    lag_p95_s: float | None
+    clock_skew_s: float | None
+    period_s: float | None
+    on_s: float
+    expected_samples: float
+    received_ratio: float | None
+    dropouts: int
+    gaps: int
+    gap_s: float

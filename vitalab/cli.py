@@ -68,6 +68,29 @@ def ingest(log_level: LogLevel = "info") -> None:
     asyncio.run(run_ingest(settings, _database_url(settings)))
 
 
+analytics_app = typer.Typer(no_args_is_help=True, help="Sessions, per-participant and per-site metrics.")
+app.add_typer(analytics_app, name="analytics")
+
+
+@analytics_app.command("run")
+def analytics_run(
+    full: Annotated[bool, typer.Option(help="recompute everything, not only what is new")] = False,
+    log_level: LogLevel = "info",
+) -> None:
+    """Compute what is new since the last run (sessions, daily series, utilisation, quality); print a report.
+    Runs wait for each other; `--full` recomputes everything."""
+    from analytics.errors import AnalyticsError
+    from analytics.jobs import run_once
+
+    settings = _setup(log_level)
+    try:
+        report = run_once(_database_url(settings), full=full)
+    except AnalyticsError as exc:
+        typer.echo(f"analytics run failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(report.as_dict()))
+
+
 @app.command()
 def api(log_level: LogLevel = "info") -> None:
     """Serve the HTTP API on VITALAB_API_HOST:VITALAB_API_PORT."""

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
+from analytics.jobs import DEFAULT_INTERVAL_S, interval_of, run_periodically
 from api.main import create_app
 from ingest.service import open_ingester
 from simulators.fleet import Fleet
@@ -105,6 +106,8 @@ async def run_platform(settings: Settings, *, ready: asyncio.Event | None = None
                 await publisher.announce()
                 ingest_task = tg.create_task(ingester.run(), name="ingest")
                 api_task = tg.create_task(server.serve(), name="api")
+                every = interval_of(settings.analytics_interval_s, default=DEFAULT_INTERVAL_S)
+                analytics_task = None if every is None else tg.create_task(run_periodically(db_url, every))
                 sim_task = tg.create_task(publisher.run_realtime(), name="simulator")
                 raw_task = (
                     None
@@ -132,6 +135,8 @@ async def run_platform(settings: Settings, *, ready: asyncio.Event | None = None
                 await stop.wait()
                 print("stopping...", file=sys.stderr, flush=True)
                 sim_task.cancel()
+                if analytics_task is not None:
+                    analytics_task.cancel()
                 if raw_task is not None:
                     raw_task.cancel()
                 await asyncio.sleep(0.5)  # let the last published messages reach the ingester
@@ -158,8 +163,14 @@ async def run_ingest(settings: Settings, database_url: str) -> None:
         assert task is not None
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
+        every = interval_of(settings.analytics_interval_s, default=None)
         with contextlib.suppress(asyncio.CancelledError):
-            await ingester.run()
+            if every is None:
+                await ingester.run()
+            else:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(ingester.run())
+                    tg.create_task(run_periodically(database_url, every))
 
 
 async def run_simulator(settings: Settings, plan: SimulationPlan) -> None:

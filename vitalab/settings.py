@@ -113,6 +113,17 @@ class Settings(BaseSettings):
     ingest_metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus /metrics")
     dead_letter_max_bytes: int = Field(default=16 * 1024, ge=0)
 
+    # --- analytics ------------------------------------------------------------------------------------
+    analytics_interval_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="seconds between incremental analytics runs; unset: every 60 s in `vitalab up`, "
+        "never in `vitalab ingest`; 0: never",
+    )
+    analytics_k_anonymity: int = Field(
+        default=5, ge=2, description="site aggregates of fewer participants are suppressed (API minimum)"
+    )
+
     # --- simulator (used by `vitalab up` and `vitalab simulate`) --------------------------------------
     sim_devices: int = Field(default=8, ge=0)
     sim_seed: int = 7

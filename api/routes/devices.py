@@ -1,13 +1,13 @@
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 from psycopg.rows import class_row
 
 from api.deps import ConnDep
-from api.models import Device, RrOut, SampleOut
+from api.models import Device, DeviceQualityDay, RrOut, SampleOut
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"])
 
@@ -78,5 +78,25 @@ async def device_rr(
             "SELECT t, idx, rr_ms FROM rr_intervals WHERE device_id = %(d)s AND t >= %(since)s "
             "AND (%(until)s::timestamptz IS NULL OR t < %(until)s) ORDER BY t, idx LIMIT %(limit)s",
             {"d": device_id, "since": since, "until": until, "limit": limit},
+        )
+        return await cur.fetchall()
+
+
+@router.get("/{device_id}/quality", response_model=list[DeviceQualityDay])
+async def device_quality(
+    conn: ConnDep, device_id: str, since: date | None = None, until: date | None = None
+) -> list[DeviceQualityDay]:
+    """Data quality per completed UTC day in ``[since, until]`` (analytics/device_quality.py): duplicates and
+    late samples, clock skew, sampling period, dropouts, gaps, received vs expected samples."""
+    await get_device(conn, device_id)  # 404 for an unknown device
+    async with conn.cursor(row_factory=class_row(DeviceQualityDay)) as cur:
+        await cur.execute(
+            "SELECT day, samples, samples_received, duplicates, late_samples, lag_p05_s, lag_p50_s, "
+            "lag_p95_s, clock_skew_s, period_s, on_s, expected_samples, received_ratio, dropouts, gaps, "
+            "gap_s "
+            "FROM device_quality_daily WHERE device_id = %(d)s "
+            "AND (%(since)s::date IS NULL OR day >= %(since)s) "
+            "AND (%(until)s::date IS NULL OR day <= %(until)s) ORDER BY day",
+            {"d": device_id, "since": since, "until": until},
         )
         return await cur.fetchall()
