@@ -146,3 +146,21 @@ def test_empty_batch() -> None:
     metrics = compute(SessionBatch.from_sessions([]))
     assert metrics.n == 0
     assert metrics.zone5_s.shape == (0, 5)
+
+
+def test_blocks_and_threads_do_not_change_results() -> None:
+    rng = np.random.default_rng(9)
+    sessions = [
+        _long_session(rng, 300 + 50 * i, ("bike", "treadmill", "rower")[i % 3], i % 2 == 0) for i in range(7)
+    ]
+    sessions.insert(3, SessionInput(t_s=[]))
+    batch = SessionBatch.from_sessions(sessions)
+    whole = compute(batch, block_samples=1 << 30)
+    for block, workers in ((500, 1), (2000, 2), (1, 1)):
+        timings: dict[str, float] = {}
+        part = compute(batch, timings, block_samples=block, workers=workers)
+        assert set(timings) >= {"quality", "hr", "energy", "power", "hrv_time", "hrv_frequency"}
+        for name in whole.names():
+            np.testing.assert_allclose(
+                getattr(part, name), getattr(whole, name), rtol=1e-9, atol=1e-9, equal_nan=True, err_msg=name
+            )
