@@ -321,6 +321,10 @@ def _process_window(
     params = cfg.assembly
     step = max(cfg.pad_s, 2 * params.gap_s)
     left_limit, right_limit = lo - cfg.max_extend_s, min(hi + cfg.max_extend_s, now_s)
+    tz_row = conn.execute("SELECT timezone FROM sites WHERE site_id = %s", (site_id,)).fetchone()
+    midnights = local_midnights(left_limit, right_limit, ZoneInfo(tz_row[0] if tz_row else "UTC"))
+    md_dev = np.repeat(np.arange(devices.n, dtype=np.int64), midnights.size)
+    md_t = np.tile(midnights, devices.n)
     while True:
         n = devices.n
         lo_arr, hi_arr = np.full(n, lo), np.full(n, min(hi, now_s))
@@ -328,6 +332,7 @@ def _process_window(
         events = store.load_events(conn, devices, lo_arr, hi_arr)
         checkins = store.load_check_ins(conn, devices, lo_arr, hi_arr)
         bd, bt = status_breaks(events.device, events.t_s, events.kind, events.training, events.n_errors)
+        bd, bt = np.concatenate((bd, md_dev)), np.concatenate((bt, md_t))  # a session never spans midnight
         active = active_mask(loaded.samples, devices.is_strap)
         # a window edge at the extension limit is taken as a boundary (-inf/+inf: "nothing beyond")
         wlo = np.full(n, -math.inf if lo <= left_limit else lo)
@@ -379,6 +384,17 @@ def _process_window(
     report.sessions_deleted += changes.deleted
     report.hourly_rows += _device_hourly(conn, site_id, devices, lo, min(hi, now_s), version)
     return changes.participants
+
+
+def local_midnights(lo_s: float, hi_s: float, tz: ZoneInfo) -> np.ndarray:
+    """Epoch seconds of every local midnight of ``tz`` in ``[lo_s, hi_s]``."""
+    first = datetime.fromtimestamp(lo_s, tz).date()
+    last = datetime.fromtimestamp(hi_s, tz).date()
+    days = (last - first).days + 1
+    out = [
+        datetime.combine(first + timedelta(days=i), datetime.min.time(), tz).timestamp() for i in range(days)
+    ]
+    return np.array([x for x in out if lo_s <= x <= hi_s], dtype=np.float64)
 
 
 def _session_rows(

@@ -21,8 +21,11 @@ Boundaries between two consecutive active samples ``a`` (earlier) and ``b`` of o
   the device from ``started_at`` to ``ended_at``). The segment's participant is the check-in that contains its
   start (the latest-starting one if check-ins of one device overlap).
 
-A break at exactly ``t_b`` separates ``t < e`` from ``t >= e``. Segments whose first-to-last active sample
-span is shorter than ``min_active_s`` (default 120 s, :data:`MIN_ACTIVE_S`) are not sessions.
+A break at exactly ``t_b`` separates ``t < e`` from ``t >= e``. Activity that goes on without any of these is
+cut every ``max_session_s`` (default 4 h, :data:`MAX_SESSION_S`) counted from its start, and the job adds a
+break at every local midnight of the site (a session never spans it), which bounds how far back a run must
+read to find where uninterrupted activity began. Segments whose first-to-last active sample span is shorter
+than ``min_active_s`` (default 120 s, :data:`MIN_ACTIVE_S`) are not sessions.
 
 Windows and certainty. The caller loads a time window per device. A segment's start is *certain* when
 something before it inside the window proves it is a start (a previous active sample with a boundary in
@@ -68,6 +71,8 @@ COUNTER_RESET_S: Final[float] = 1.0
 """``elapsed_s`` falling by more than this between two active samples means a new workout."""
 DISTANCE_RESET_M: Final[float] = 1.0
 """``distance_m`` falling by more than this between two active samples means a new workout."""
+MAX_SESSION_S: Final[float] = 4 * 3600.0
+"""Uninterrupted activity is cut into sessions of at most this length, counted from its start."""
 MIN_JOIN_OVERLAP: Final[float] = 0.5
 """Share of the shorter session a strap and a machine without check-in must overlap to be joined."""
 STRAP_HR_TOLERANCE_S: Final[float] = 1.0
@@ -83,7 +88,7 @@ SOURCES: Final[tuple[str, ...]] = ("machine_status", "check_in", "activity_gap")
 """``sessions.source`` by code: check-in when a check-in names the participant, machine status when a device
 event or counter reset delimits the session, activity gap otherwise."""
 
-_CAUSE_FIRST, _CAUSE_GAP, _CAUSE_EVENT, _CAUSE_RESET, _CAUSE_CHECKIN, _CAUSE_DEVICE = 0, 1, 2, 3, 4, 5
+_CAUSE_FIRST, _CAUSE_GAP, _CAUSE_EVENT, _CAUSE_RESET, _CAUSE_CHECKIN, _CAUSE_DEVICE, _CAUSE_LENGTH = range(7)
 STRAP: Final[int] = KIND_CODE["hr_strap"]
 
 
@@ -92,6 +97,7 @@ class AssemblyParams:
     gap_s: float = GAP_S
     min_active_s: float = MIN_ACTIVE_S
     min_join_overlap: float = MIN_JOIN_OVERLAP
+    max_session_s: float = MAX_SESSION_S
     strap_hr_tolerance_s: float = STRAP_HR_TOLERANCE_S
 
     def __post_init__(self) -> None:
@@ -99,6 +105,8 @@ class AssemblyParams:
             raise SessionInputError("gap_s", f"must be > 0, got {self.gap_s}")
         if not self.min_active_s >= 0:
             raise SessionInputError("min_active_s", f"must be >= 0, got {self.min_active_s}")
+        if not self.max_session_s > self.min_active_s:
+            raise SessionInputError("max_session_s", f"must be > min_active_s, got {self.max_session_s}")
         if not 0 < self.min_join_overlap <= 1:
             raise SessionInputError("min_join_overlap", f"must be in (0, 1], got {self.min_join_overlap}")
 
@@ -323,6 +331,13 @@ def assemble(
         inner = same & (gap_b | ev_b | ci_b | reset)
         new[1:] = ~same | inner
         cause[1:] = np.where(same, np.where(inner, c, -1), _CAUSE_FIRST)
+    # longest session: activity without any boundary is cut every max_session_s from its start
+    seg_t0 = t[np.flatnonzero(new)][np.cumsum(new) - 1]
+    piece = np.floor((t - seg_t0) / params.max_session_s)
+    cut = np.zeros(n, dtype=bool)
+    cut[1:] = (piece[1:] != piece[:-1]) & ~new[1:]
+    new |= cut
+    cause[cut] = _CAUSE_LENGTH
     starts = np.flatnonzero(new)
     ends = np.concatenate((starts[1:] - 1, [n - 1]))
     seg_dev = dev[starts]

@@ -174,3 +174,14 @@ def test_full_run_picks_up_rows_written_without_the_ingester(database_url: str) 
     assert run_once(database_url, now=d.T0 + H).sessions_written == 0  # not counted by any ingester
     full = run_once(database_url, now=d.T0 + H, full=True)
     assert (full.full, full.sessions_written) == (True, 1)
+
+
+def test_a_session_never_spans_the_sites_local_midnight(database_url: str) -> None:
+    d.setup_site(database_url, [("bike-1", "bike")], timezone="Europe/Oslo")  # UTC+1 in November
+    late_evening = d.T0.replace(hour=22, minute=50)  # 23:50 in Oslo
+    d.write(database_url, d.bike("bike-1", late_evening, 1800))
+    run_once(database_url, now=late_evening + 2 * H)
+    assert [(s[1], s[2]) for s in d.sessions(database_url)] == [
+        (late_evening, late_evening + 10 * M - timedelta(seconds=1)),
+        (late_evening + 10 * M, late_evening + 30 * M - timedelta(seconds=1)),
+    ]

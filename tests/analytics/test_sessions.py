@@ -132,6 +132,25 @@ def test_inactive_samples_do_not_extend_and_short_activity_is_not_a_session() ->
     assert seg.final.tolist() == [True, False]
 
 
+def test_uninterrupted_activity_is_cut_into_longest_sessions_from_its_start() -> None:
+    params = AssemblyParams(max_session_s=3600.0)
+    seg = run(samples([(0, secs(100, 100 + 9000))]), params=params)
+    assert [(a - T0, b - T0) for a, b in zip(seg.start_s, seg.end_s, strict=True)] == [
+        (100, 3699),
+        (3700, 7299),
+        (7300, 9099),
+    ]
+    assert seg.final.all()
+    # the pieces are measured from the activity's start: a window that starts inside the activity cannot
+    # know where the pieces fall, so its first piece is uncertain and the caller widens the window
+    inside = samples([(0, secs(5000, 100 + 9000))])
+    later = run(inside, lo=T0 + 4999.5, params=params)
+    assert not later.left_certain[0]
+    assert later.needs_wider(1)[0].tolist() == [True]
+    with pytest.raises(SessionInputError):
+        AssemblyParams(max_session_s=60.0)
+
+
 def test_counter_reset_splits_back_to_back_workouts() -> None:
     t = np.concatenate((secs(0, 600), secs(720, 1500)))  # 2 min wipe-down: less than the gap
     elapsed = np.concatenate((np.arange(600.0), np.arange(780.0)))
