@@ -486,7 +486,7 @@ def build_batch(
     lengths = (last - first + 1) if p.size else np.zeros(0, dtype=np.int64)
     offsets = np.zeros(p.size + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    rows = _ranges(first, lengths)
+    rows = concat_ranges(first, lengths)
     t = samples.t_s[rows]
     hr = samples.hr_bpm[rows].copy()
     sess_of_row = np.repeat(np.arange(p.size), lengths)
@@ -508,7 +508,7 @@ def build_batch(
     rr_len = np.maximum(rr_after - rr_first, 0)
     rr_offsets = np.zeros(p.size + 1, dtype=np.int64)
     np.cumsum(rr_len, out=rr_offsets[1:])
-    rr_ms = rr.rr_ms[_ranges(rr_first, rr_len)].astype(np.float64)
+    rr_ms = rr.rr_ms[concat_ranges(rr_first, rr_len)].astype(np.float64)
 
     batch = SessionBatch(
         offsets=offsets,
@@ -582,7 +582,7 @@ def _group_start(item_group: I64, q_group: I64) -> I64:
     return np.searchsorted(item_group, q_group, side="left").astype(np.int64)
 
 
-def _ranges(first: I64, lengths: I64) -> I64:
+def concat_ranges(first: I64, lengths: I64) -> I64:
     """Concatenated ``arange(first[i], first[i] + lengths[i])`` without a Python loop."""
     total = int(lengths.sum()) if lengths.size else 0
     if total == 0:
@@ -621,7 +621,7 @@ def _overlapping_pairs(seg: Segments, m_idx: I64, s_idx: I64, site: I64) -> tupl
     hi = count_le(ms, mstart, s_site, seg.end_s[s_idx], strict=True)
     base = np.searchsorted(ms, s_site, side="left")
     n = np.maximum(hi - lo, 0)
-    cand = _ranges((base + lo).astype(np.int64), n.astype(np.int64))
+    cand = concat_ranges((base + lo).astype(np.int64), n.astype(np.int64))
     pm = m_sorted[cand]
     ps = np.repeat(s_idx, n)
     ov = np.minimum(seg.end_s[pm], seg.end_s[ps]) - np.maximum(seg.start_s[pm], seg.start_s[ps])

@@ -38,7 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from analytics.errors import SessionInputError
-from analytics.sessions import _ranges, count_le
+from analytics.sessions import concat_ranges, count_le
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
@@ -111,7 +111,7 @@ def occupancy(
     first = np.clip(first, 0, n_slots)
     last = np.clip(last, -1, n_slots - 1)
     n = np.maximum(last - first + 1, 0).astype(np.int64)
-    slots = _ranges(first.astype(np.int64), n)
+    slots = concat_ranges(first.astype(np.int64), n)
     who = np.repeat(p, n)
     if slots.size:
         key = np.unique(who * (n_slots + 1) + slots)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import timedelta
 
 import psycopg
 import pytest
+from typer.testing import CliRunner
 
 from analytics.errors import AnalyticsJobError
 from analytics.jobs import LOCK_KEY, RunReport, run_once
 from tests.analytics import dbdata as d
+from vitalab.cli import app
 from vitalab.wire import DeviceState
 
 H = timedelta(hours=1)
@@ -172,8 +175,14 @@ def test_full_run_picks_up_rows_written_without_the_ingester(database_url: str) 
             (d.T0, d.SITE),
         )
     assert run_once(database_url, now=d.T0 + H).sessions_written == 0  # not counted by any ingester
-    full = run_once(database_url, now=d.T0 + H, full=True)
-    assert (full.full, full.sessions_written) == (True, 1)
+    # the command line: `vitalab analytics run --full` prints its report as JSON
+    result = CliRunner().invoke(
+        app, ["analytics", "run", "--full"], env={"VITALAB_DATABASE_URL": database_url}
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (report["full"], report["sessions_written"]) == (True, 1)
+    assert CliRunner().invoke(app, ["analytics", "run"], env={"VITALAB_DATABASE_URL": ""}).exit_code == 2
 
 
 def test_a_session_never_spans_the_sites_local_midnight(database_url: str) -> None:
