@@ -677,11 +677,14 @@ def _device_quality(
         q.dropouts.tolist(),
         q.gaps.tolist(),
         q.gap_s.tolist(),
+        q.hr_valid_share.tolist(),
     ]
     for i, (dev, day) in enumerate(keys):
         if cols[0][i] == 0:
             continue
-        (n, late, p05, p50, p95, skew, period, on, exp_, ratio, drop, gaps, gap_s) = (c[i] for c in cols)
+        (n, late, p05, p50, p95, skew, period, on, exp_, ratio, drop, gaps, gap_s, hr_share) = (
+            c[i] for c in cols
+        )
         out.append(
             (
                 dev,
@@ -702,6 +705,7 @@ def _device_quality(
                 drop,
                 gaps,
                 gap_s,
+                _none(hr_share),
             )
         )
     return store.upsert_device_quality(conn, out)

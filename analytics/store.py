@@ -623,9 +623,12 @@ QUALITY_COLUMNS: Final[tuple[str, ...]] = (
     "dropouts",
     "gaps",
     "gap_s",
+    "hr_valid_share",
 )
 _QUALITY_TYPES = (
-    ["text", "date", "text", "int8", "int8", "int8", "int8"] + ["float4"] * 8 + ["int8", "int4", "float4"]
+    ["text", "date", "text", "int8", "int8", "int8", "int8"]
+    + ["float4"] * 8
+    + ["int8", "int4", "float4", "float4"]
 )
 
 

@@ -205,3 +205,5 @@ class DeviceQualityDay(BaseModel):
     dropouts: int
     gaps: int
     gap_s: float
+    hr_valid_share: float | None
+    """Share of rows with a valid heart rate (for a strap: its wear fraction)."""

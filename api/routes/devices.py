@@ -93,7 +93,7 @@ async def device_quality(
         await cur.execute(
             "SELECT day, samples, samples_received, duplicates, late_samples, lag_p05_s, lag_p50_s, "
             "lag_p95_s, clock_skew_s, period_s, on_s, expected_samples, received_ratio, dropouts, gaps, "
-            "gap_s "
+            "gap_s, hr_valid_share "
             "FROM device_quality_daily WHERE device_id = %(d)s "
             "AND (%(since)s::date IS NULL OR day >= %(since)s) "
             "AND (%(until)s::date IS NULL OR day <= %(until)s) ORDER BY day",

@@ -140,5 +140,6 @@ async def test_sessions_participants_sites_and_quality(database_url: str) -> Non
             0,
         )
         assert q["received_ratio"] == pytest.approx(1.0)
+        assert q["hr_valid_share"] == 1.0
         assert q["clock_skew_s"] == pytest.approx(1.0, abs=0.5)
         assert (await http.get("/v1/devices/nope/quality")).status_code == 404

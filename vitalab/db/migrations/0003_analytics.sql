@@ -161,6 +161,7 @@ CREATE TABLE device_quality_daily (
     dropouts           bigint NOT NULL,
     gaps               integer NOT NULL,
     gap_s              real NOT NULL,
+    hr_valid_share     real,             -- rows with a valid heart rate (straps: wear fraction)
     computed_at        timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (device_id, day)
 );
