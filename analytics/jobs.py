@@ -378,7 +378,13 @@ def _process_window(
     rows = _session_rows(
         conn, site_id, devices, loaded, seg, jf, checkins.participants, version, params, lo_arr, hi_arr
     )
-    win_lo, win_hi = store.to_datetime(lo), store.to_datetime(min(hi, now_s))
+    # sessions are replaced only from the first sample still stored: raw data dropped by retention (or
+    # never loaded) does not take the sessions computed from it along
+    first_sample = float(loaded.samples.t_s.min()) if loaded.samples.n else math.inf
+    win_lo = (
+        store.to_datetime(max(lo, first_sample)) if loaded.samples.n else store.to_datetime(min(hi, now_s))
+    )
+    win_hi = store.to_datetime(min(hi, now_s))
     changes = store.replace_sessions(conn, rows, devices=devices.ids, lo=win_lo, hi=win_hi, version=version)
     report.sessions_written += changes.written
     report.sessions_deleted += changes.deleted

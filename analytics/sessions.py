@@ -325,8 +325,10 @@ def assemble(
         gap_b = (t[1:] - t[:-1]) > gap
         ev_b = ev_at[1:] != ev_at[:-1]
         ci_b = ci_at[1:] != ci_at[:-1]
+        # the cause recorded: a check-in, else a device event, else the gap, else the counter reset (a reset
+        # after a pause longer than gap_s does not make the next session "machine status")
         c = np.where(
-            ci_b, _CAUSE_CHECKIN, np.where(ev_b, _CAUSE_EVENT, np.where(reset, _CAUSE_RESET, _CAUSE_GAP))
+            ci_b, _CAUSE_CHECKIN, np.where(ev_b, _CAUSE_EVENT, np.where(gap_b, _CAUSE_GAP, _CAUSE_RESET))
         )
         inner = same & (gap_b | ev_b | ci_b | reset)
         new[1:] = ~same | inner

@@ -185,6 +185,17 @@ def test_full_run_picks_up_rows_written_without_the_ingester(database_url: str) 
     assert CliRunner().invoke(app, ["analytics", "run"], env={"VITALAB_DATABASE_URL": ""}).exit_code == 2
 
 
+def test_sessions_outlive_raw_samples_dropped_by_retention(database_url: str) -> None:
+    d.setup_site(database_url, [("bike-1", "bike")])
+    d.write(database_url, d.bike("bike-1", d.T0 + 50 * M, 300) + d.bike("bike-1", d.T0 + 90 * M, 300))
+    assert run_once(database_url, now=d.T0 + 3 * H).sessions_written == 2
+    with psycopg.connect(database_url) as conn:  # retention drops the older raw samples
+        conn.execute("DELETE FROM samples WHERE t < %s", (d.T0 + 60 * M,))
+    again = run_once(database_url, now=d.T0 + 3 * H, full=True)  # its window reaches back over the first
+    assert (again.sessions_written, again.sessions_deleted) == (0, 0)
+    assert len(d.sessions(database_url)) == 2
+
+
 def test_a_session_never_spans_the_sites_local_midnight(database_url: str) -> None:
     d.setup_site(database_url, [("bike-1", "bike")], timezone="Europe/Oslo")  # UTC+1 in November
     late_evening = d.T0.replace(hour=22, minute=50)  # 23:50 in Oslo
