@@ -181,10 +181,17 @@ def empty_database(pg_server: str) -> Iterator[str]:
         yield url
 
 
+SCHEMA_TIMESCALE = os.environ.get("VITALAB_TEST_SCHEMA_TIMESCALE", "off")
+"""``require`` runs every database test on the TimescaleDB schema (with ``VITALAB_TEST_DATABASE_URL`` pointing
+at a server that preloads timescaledb); the default ``off`` tests the plain-PostgreSQL path."""
+
+
 @pytest.fixture
 def database_url(empty_database: str) -> str:
-    """A fresh database with the schema applied (plain PostgreSQL path)."""
-    migrate(empty_database, timescale="off")
+    """A fresh database with the schema applied (plain PostgreSQL unless VITALAB_TEST_SCHEMA_TIMESCALE)."""
+    if SCHEMA_TIMESCALE not in ("off", "require"):
+        pytest.fail(f"VITALAB_TEST_SCHEMA_TIMESCALE must be off or require, not {SCHEMA_TIMESCALE!r}")
+    migrate(empty_database, timescale="require" if SCHEMA_TIMESCALE == "require" else "off")
     return empty_database
 
 

@@ -8,6 +8,7 @@ import httpx
 import psycopg
 import pytest
 
+from tests.conftest import SCHEMA_TIMESCALE
 from tests.support.helpers import make_settings, running_api
 
 pytestmark = pytest.mark.asyncio
@@ -89,7 +90,7 @@ async def test_devices_samples_rr_and_dead_letters(database_url: str) -> None:
 
         health = await http.get("/health")
         assert health.status_code == 200
-        assert health.json() == {"status": "ok", "database": True, "timescale": False}
+        assert health.json() == {"status": "ok", "database": True, "timescale": SCHEMA_TIMESCALE == "require"}
 
 
 async def test_health_says_503_when_the_database_is_gone(empty_database: str) -> None:
