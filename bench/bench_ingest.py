@@ -19,9 +19,7 @@ import asyncio
 import multiprocessing as mp
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -33,6 +31,7 @@ from typing import Any
 import paho.mqtt.client as paho
 import psutil
 import psycopg
+from broker import start_mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 from psycopg import conninfo
 
@@ -47,29 +46,6 @@ from vitalab.wire import Sample, TelemetryMessage, encode, telemetry_topic
 
 REPO = Path(__file__).resolve().parent.parent
 DEVICES = 500
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes], MqttTarget]:
-    port = free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(
-        (REPO / "deploy/mosquitto/test.conf").read_text()
-        + f"\nlistener {port} 127.0.0.1\npersistence false\n"
-    )
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, MqttTarget("127.0.0.1", port)
-        time.sleep(0.02)
-    raise RuntimeError("mosquitto did not start")
 
 
 def payloads(n_messages: int, k: int, start: int = 0) -> list[tuple[str, bytes]]:

@@ -23,9 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
-import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -34,6 +31,7 @@ from pathlib import Path
 
 import msgspec
 import paho.mqtt.client as paho
+from broker import start_mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.publisher import GatewayPublisher
@@ -47,25 +45,6 @@ from vitalab.wire import Sample, TelemetryMessage, encode, telemetry_topic
 
 REPO = Path(__file__).resolve().parent.parent
 START = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
-
-
-def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes], MqttTarget]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(
-        (REPO / "deploy/mosquitto/test.conf").read_text()
-        + f"\nlistener {port} 127.0.0.1\npersistence false\n"
-    )
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, MqttTarget("127.0.0.1", port)
-        time.sleep(0.02)
-    raise RuntimeError("mosquitto did not start")
 
 
 class Counter:
