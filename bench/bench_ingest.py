@@ -44,7 +44,6 @@ from vitalab.db import migrate
 from vitalab.settings import MqttTarget, load_settings
 from vitalab.wire import Sample, TelemetryMessage, encode, telemetry_topic
 
-REPO = Path(__file__).resolve().parent.parent
 DEVICES = 500
 
 

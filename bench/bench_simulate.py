@@ -43,7 +43,6 @@ from simulators.rawfleet import RawFleet, SimTransport
 from vitalab.settings import MqttTarget
 from vitalab.wire import Sample, TelemetryMessage, encode, telemetry_topic
 
-REPO = Path(__file__).resolve().parent.parent
 START = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 
 
