@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from psycopg_pool import AsyncConnectionPool
 
 import vitalab
-from api.routes import dead_letters, devices, health, participants, samples, sessions, sites
+from api.routes import check_ins, dead_letters, devices, health, participants, samples, sessions, sites
 from vitalab.settings import Settings
 
 
@@ -27,6 +27,6 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    for module in (health, devices, samples, dead_letters, sessions, participants, sites):
+    for module in (health, devices, samples, dead_letters, sessions, participants, check_ins, sites):
         app.include_router(module.router)
     return app

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
-from typing import Any
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Literal, Self
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from vitalab.wire.topics import ID_PATTERN
 
 
 class Health(BaseModel):
@@ -207,3 +209,91 @@ class DeviceQualityDay(BaseModel):
     gap_s: float
     hr_valid_share: float | None
     """Share of rows with a valid heart rate (for a strap: its wear fraction)."""
+
+
+# --- participants and check-ins (a kiosk or front desk) ---------------------------------------------------
+
+ExternalRef = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
+        description="the site's pseudonymous reference (membership or kiosk number; never a name or e-mail)",
+    ),
+]
+SiteOrDeviceId = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+class ParticipantIn(BaseModel):
+    """A pseudonymous participant: a profile for the metrics (age, sex, weight, HRrest/HRmax) and consent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    site_id: SiteOrDeviceId
+    external_ref: ExternalRef | None = None
+    """Registering the same reference at the same site again returns the participant (200) instead."""
+    birth_year: int | None = Field(default=None, ge=1900, le=2100)
+    sex: Literal["female", "male"] | None = None
+    weight_kg: float | None = Field(default=None, ge=20, le=400)
+    hr_rest_bpm: float | None = Field(default=None, ge=20, le=150)
+    hr_max_bpm: float | None = Field(default=None, ge=100, le=250)
+    consent_given_at: AwareDatetime | None = None
+    """When the participant consented to the use of their data (null: no consent recorded)."""
+
+    @model_validator(mode="after")
+    def _plausible(self) -> Self:
+        if self.birth_year is not None and self.birth_year > datetime.now(UTC).year:
+            raise ValueError(f"birth_year {self.birth_year} is in the future")
+        rest, top = self.hr_rest_bpm, self.hr_max_bpm
+        if rest is not None and top is not None and rest >= top:
+            raise ValueError(f"hr_rest_bpm {self.hr_rest_bpm:g} must be below hr_max_bpm {self.hr_max_bpm:g}")
+        return self
+
+
+class ParticipantOut(BaseModel):
+    participant_id: UUID
+    site_id: str
+    external_ref: str | None
+    birth_year: int | None
+    sex: str | None
+    weight_kg: float | None
+    hr_rest_bpm: float | None
+    hr_max_bpm: float | None
+    consent_given_at: datetime | None
+    consent_withdrawn_at: datetime | None
+    created_at: datetime
+
+
+class CheckInIn(BaseModel):
+    """A participant on (or wearing) a device from ``started_at`` (default: now). An open check-in of the
+    device is closed at that time; ``ended_at`` records a check-in that is already over (a kiosk syncing
+    its log)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device_id: SiteOrDeviceId
+    participant_id: UUID
+    started_at: AwareDatetime | None = None
+    ended_at: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.ended_at is not None and self.ended_at <= (self.started_at or datetime.now(UTC)):
+            raise ValueError("ended_at must be after started_at")
+        return self
+
+
+class CheckOutIn(BaseModel):
+    """End the device's open check-in at ``ended_at`` (default: now); with ``participant_id``, only if it
+    is that participant's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ended_at: AwareDatetime | None = None
+    participant_id: UUID | None = None
+
+
+class CheckInOut(BaseModel):
+    device_id: str
+    participant_id: UUID
+    started_at: datetime
+    ended_at: datetime | None
