@@ -9,8 +9,10 @@ same devices into raw-frame ones (BLE/ANT+ notifications for the gateway). Worko
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import ClassVar
 
 import numpy as np
 
@@ -135,10 +137,22 @@ class SimDevice:
         return Sample(t=t, hr_bpm=round(hr), rr_ms=rr or None)
 
 
+@dataclass(frozen=True, slots=True)
+class UseChange:
+    """A device starts or stops being used at ``t``: a member steps on or off a machine, puts a strap on or
+    takes it off (:class:`simulators.gymfleet.GymFleet`; a plain :class:`Fleet` is always in use)."""
+
+    device: SimDevice
+    t: datetime
+    in_use: bool
+
+
 @dataclass(slots=True)
 class Fleet:
     site: str
     devices: list[SimDevice]
+    always_in_use: ClassVar[bool] = True
+    """Every device sends every tick (a gym whose members never leave); see GymFleet for one that empties."""
 
     @classmethod
     def build(
@@ -172,12 +186,36 @@ class Fleet:
             devices.append(SimDevice(f"{kind.replace('_', '-')}-{i + 1:03d}", kind, member, plan, child))
         return cls(site, devices)
 
+    def advance(self, t: datetime, dt_s: float = 1.0) -> list[SimDevice]:
+        """The devices in use at ``t`` (every one: this fleet's members never leave), before they step."""
+        return self.devices
+
+    def use_changes(self) -> list[UseChange]:
+        """Devices that started or stopped being used at the last :meth:`advance` or :meth:`stop` (none
+        here)."""
+        return []
+
+    def stop(self, t: datetime) -> list[UseChange]:
+        """The run ends at ``t``: members still training leave (their devices stop being used)."""
+        return []
+
+    def next_start(self, after: datetime) -> datetime | None:
+        """When a device is next in use at or after ``after`` (``after`` itself here; ``None``: not soon)."""
+        return after
+
     def tick(self, t: datetime, dt_s: float = 1.0) -> list[tuple[SimDevice, Sample]]:
-        return [(d, d.step(t, dt_s)) for d in self.devices]
+        return [(d, d.step(t, dt_s)) for d in self.advance(t, dt_s)]
+
+    def iter_history(
+        self, start: datetime, seconds: float, rate_hz: float = 1.0
+    ) -> Iterator[list[tuple[SimDevice, Sample]]]:
+        """Backfill: the ticks of ``seconds`` of device time from ``start``, made one by one."""
+        dt = 1.0 / rate_hz
+        for i in range(math.ceil(seconds * rate_hz)):
+            yield self.tick(start + timedelta(seconds=i * dt), dt)
 
     def history(
         self, start: datetime, seconds: int, rate_hz: float = 1.0
     ) -> list[list[tuple[SimDevice, Sample]]]:
         """Backfill: the ticks of ``seconds`` of device time from ``start``, as fast as they can be made."""
-        dt = 1.0 / rate_hz
-        return [self.tick(start + timedelta(seconds=i * dt), dt) for i in range(math.ceil(seconds * rate_hz))]
+        return list(self.iter_history(start, seconds, rate_hz))

@@ -1,18 +1,24 @@
 """A gym day: opening hours, arrival peaks, members choosing free machines, idle machines.
 
-Members arrive as a Poisson process whose rate follows the time of day (weekday peaks before work and
-after work, a lunch bump; a flatter weekend), pick a machine kind, take a free machine of that kind (or any
-free machine, or leave when none is free), train for 20–60 minutes and leave. Classes (``classes``: start
-minute of the day and workout) take up to ``class_size`` free members and free machines of the class's kinds
-at the same minute; they all start the class workout together and finish together. A machine sends
-samples only while someone is on it. Deterministic from the seed, so downstream utilisation, occupancy
-and session metrics have a known truth: :attr:`GymDay.visits`.
+Members arrive as a Poisson process whose rate follows the local time of day (weekday peaks before work and
+after work, a lunch bump; a flatter weekend; ``min_demand`` raises the quiet hours to a floor), pick a
+machine kind, take a free machine of that kind (or any free machine, or leave when none is free), train for
+``visit_minutes`` (20–60 by default) and leave; a member comes back at the earliest ``rest`` later.
+Classes (``classes``: start minute of the day and workout) take up to ``class_size`` free members and free
+machines of the class's kinds at the same minute; they all start the class workout together and finish
+together. A machine sends
+samples only while someone is on it. Opening hours, classes and the demand curve are in the site's local
+time (``timezone``, IANA name); visits are UTC instants. Deterministic from the seed, so downstream
+utilisation, occupancy and session metrics have a known truth: :attr:`GymDay.visits`.
+:class:`simulators.gymfleet.GymFleet` runs consecutive days of it with one member population.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import numpy as np
 
@@ -80,30 +86,50 @@ class GymDay:
     classes: tuple[tuple[int, str], ...] = DEFAULT_CLASSES
     """(start minute of the day, class workout); a class outside the opening hours is not held."""
     class_size: int = 8
+    timezone: str = "UTC"
+    """IANA name of the site's timezone: opening hours, classes and the demand curve are local times."""
+    visit_minutes: tuple[int, int] = (20, 60)
+    """Shortest and longest visit (whole minutes, uniform); a visit never outlasts the opening hours."""
+    rest: timedelta = timedelta(hours=3)
+    """A member comes back at the earliest this long after leaving."""
+    min_demand: float = 0.0
+    """Floor of the relative demand (0..1) during the opening hours (a 24-hour demo gym is never empty)."""
     visits: list[Visit] = field(default_factory=list)
     turned_away: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.open_h < self.close_h <= 24:
             raise ValueError(f"opening hours {self.open_h}–{self.close_h} are not within a day")
+        lo, hi = self.visit_minutes
+        if not 1 <= lo <= hi or hi > (self.close_h - self.open_h) * 60:
+            raise ValueError(f"visit_minutes {lo}–{hi} must be 1 <= shortest <= longest <= opening hours")
+        if not 0.0 <= self.min_demand <= 1.0:
+            raise ValueError(f"min_demand={self.min_demand} is not within [0, 1]")
         self._plan()
+
+    def local_time(self) -> Callable[[int], datetime]:
+        """Minute of the local day -> UTC instant (wall-clock minutes: a DST day has 23 or 25 hours)."""
+        midnight = datetime.combine(self.day, time(), tzinfo=ZoneInfo(self.timezone))
+        return lambda minute: (midnight + timedelta(minutes=minute)).astimezone(UTC)
 
     def _plan(self) -> None:
         rng = np.random.default_rng(self.seed)
         demand = WEEKEND if self.day.weekday() >= 5 else WEEKDAY
-        midnight = datetime(self.day.year, self.day.month, self.day.day, tzinfo=UTC)
-        close = midnight + timedelta(hours=self.close_h)
+        at = self.local_time()
+        midnight = at(0)
+        close = at(self.close_h * 60)
+        lo, hi = self.visit_minutes
         busy_until = {d.device_id: midnight for d in self.devices}
         member_free = {m.member_id: midnight for m in self.members}
         kinds = sorted({d.kind for d in self.devices if d.kind != "hr_strap"})
         machines = [d for d in self.devices if d.kind != "hr_strap"]
         classes = dict(self.classes)
-        studio = self._reserve(classes, midnight, close)  # machine -> class slots (start, end)
-        for minute in range(self.open_h * 60, self.close_h * 60 - 20):
-            now = midnight + timedelta(minutes=minute)
+        studio = self._reserve(classes, at, close)  # machine -> class slots (start, end)
+        for minute in range(self.open_h * 60, self.close_h * 60 - lo):
+            now = at(minute)
             if minute in classes:
                 self._hold_class(classes[minute], now, close, rng, machines, busy_until, member_free)
-            rate = self.peak_arrivals_per_h * demand[minute // 60] / 60
+            rate = self.peak_arrivals_per_h * max(demand[minute // 60], self.min_demand) / 60
             for _ in range(int(rng.poisson(rate))):
                 free_members = [m for m in self.members if member_free[m.member_id] <= now]
                 if not free_members or not machines:
@@ -111,7 +137,7 @@ class GymDay:
                     continue
                 member = free_members[int(rng.integers(len(free_members)))]
                 wanted = kinds[int(rng.integers(len(kinds)))]
-                end = min(now + timedelta(minutes=int(rng.integers(20, 61))), close)
+                end = min(now + timedelta(minutes=int(rng.integers(lo, hi + 1))), close)
                 free = [
                     d
                     for d in machines
@@ -126,17 +152,17 @@ class GymDay:
                 plan = "intervals" if rng.random() < 0.4 else "steady"
                 self.visits.append(Visit(member.member_id, machine.device_id, now, end, plan))
                 busy_until[machine.device_id] = end + WIPE
-                member_free[member.member_id] = end + timedelta(hours=3)
+                member_free[member.member_id] = end + self.rest
         self.visits.sort(key=lambda v: (v.start, v.device_id))
 
     def _reserve(
-        self, classes: dict[int, str], midnight: datetime, close: datetime
+        self, classes: dict[int, str], at: Callable[[int], datetime], close: datetime
     ) -> dict[str, list[tuple[datetime, datetime]]]:
         """The studio: the first ``class_size`` machines of a class's kinds are kept free for it."""
         out: dict[str, list[tuple[datetime, datetime]]] = {}
         for minute, name in classes.items():
             duration = workout(name).duration_s
-            start = midnight + timedelta(minutes=minute)
+            start = at(minute)
             if duration is None or start + timedelta(seconds=duration) > close:
                 continue
             kinds = CLASS_KINDS.get(name, ("bike",))
@@ -167,7 +193,7 @@ class GymDay:
             member = members[int(i)]
             self.visits.append(Visit(member.member_id, machine.device_id, now, end, name))
             busy_until[machine.device_id] = end + WIPE
-            member_free[member.member_id] = end + timedelta(hours=3)
+            member_free[member.member_id] = end + self.rest
 
     def ticks(self, rate_hz: float = 1.0) -> list[tuple[datetime, list[tuple[SimDevice, Sample]]]]:
         """Every tick of the day in which at least one machine is in use, with its samples."""

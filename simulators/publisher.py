@@ -2,6 +2,10 @@
 
 One connection stands for a gateway: a retained birth on its status topic and an LWT that says offline,
 retained meta and state per device, then telemetry messages that batch ``samples_per_message`` samples.
+In a gym day (:class:`simulators.gymfleet.GymFleet`) a device sends only while in use, and the start and
+end of each use become retained states: a machine reports the workout's first training status when a member
+steps on and ``post_workout`` when they leave (the messages batched so far go out then); a strap is online
+while worn and offline when taken off.
 Everything published is recorded in a :class:`PublishLog` so that tests can check the platform kept
 every sample exactly once.
 """
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +25,7 @@ import msgspec
 
 from simulators.faults import FaultInjector, Outgoing
 from simulators.fleet import Fleet, SimDevice
+from simulators.workouts import workout
 from vitalab.settings import MqttTarget
 from vitalab.wire import (
     DeviceState,
@@ -32,6 +38,7 @@ from vitalab.wire import (
     gateway_status_topic,
     telemetry_topic,
 )
+from vitalab.wire.payload import TrainingStatus
 
 logger = logging.getLogger(__name__)
 
@@ -95,11 +102,13 @@ class FleetPublisher:
             qos=1,
             retain=True,
         )
+        # a gym's devices report their training status when used; a state without one changes nothing
+        training: TrainingStatus | None = "manual" if self.fleet.always_in_use else None
         for d in self.fleet.devices:
             await self._client.publish(
                 device_topic(site, d.device_id, TopicKind.META), encode(d.meta()), qos=1, retain=True
             )
-            state = DeviceState(v=1, device=d.device_id, t=now_ms(), online=True, training="manual")
+            state = DeviceState(v=1, device=d.device_id, t=now_ms(), online=True, training=training)
             await self._client.publish(
                 device_topic(site, d.device_id, TopicKind.STATE), encode(state), qos=1, retain=True
             )
@@ -168,29 +177,60 @@ class FleetPublisher:
                     retain=True,
                 )
 
+    async def _add(
+        self, tick: list[tuple[SimDevice, Sample]], pending: dict[str, list[Sample]], samples_per_message: int
+    ) -> None:
+        """The samples of one tick, after the uses that started or ended with it (gym fleets)."""
+        for change in self.fleet.use_changes():
+            dev = change.device
+            if not change.in_use:
+                await self._flush(dev, pending)
+            if dev.kind == "hr_strap":
+                state = DeviceState(v=1, device=dev.device_id, t=change.t, online=change.in_use)
+            else:
+                training = workout(dev.plan).segments[0].training if change.in_use else "post_workout"
+                state = DeviceState(v=1, device=dev.device_id, t=change.t, online=True, training=training)
+            topic = device_topic(self.fleet.site, dev.device_id, TopicKind.STATE)
+            await self._client.publish(topic, encode(state), qos=1, retain=True)
+        for dev, sample in tick:
+            buf = pending[dev.device_id]
+            buf.append(sample)
+            if len(buf) >= samples_per_message:
+                await self.publish(dev, buf)
+                pending[dev.device_id] = []
+
+    async def _flush(self, dev: SimDevice, pending: dict[str, list[Sample]]) -> None:
+        buf = pending.pop(dev.device_id, None)
+        if buf:
+            await self.publish(dev, buf)
+
+    async def _flush_all(self, pending: dict[str, list[Sample]]) -> None:
+        by_id = {d.device_id: d for d in self.fleet.devices}
+        for dev_id in list(pending):
+            await self._flush(by_id[dev_id], pending)
+
+    async def stop_uses(self, t: datetime, pending: dict[str, list[Sample]] | None = None) -> None:
+        """End of a gym run at ``t``: the members still training leave (their machines report
+        post-workout, their straps go offline); what ``pending`` holds for them goes out first."""
+        self.fleet.stop(t)
+        await self._add([], pending if pending is not None else {}, 1)
+
     async def backfill(self, start: datetime, seconds: int, samples_per_message: int = 10) -> None:
         """Publish ``seconds`` of history from ``start`` as fast as the broker takes it."""
         pending: dict[str, list[Sample]] = defaultdict(list)
-        by_id = {d.device_id: d for d in self.fleet.devices}
-        for tick in self.fleet.history(start, seconds):
+        for tick in self.fleet.iter_history(start, seconds):
             self._tick += 1
-            for dev, sample in tick:
-                buf = pending[dev.device_id]
-                buf.append(sample)
-                if len(buf) >= samples_per_message:
-                    await self.publish(dev, buf)
-                    pending[dev.device_id] = []
-        for dev_id, buf in pending.items():
-            if buf:
-                await self.publish(by_id[dev_id], buf)
+            await self._add(tick, pending, samples_per_message)
+        await self._flush_all(pending)
         await self.finish()
 
     async def run_paced(
         self, start: datetime, seconds: float | None, *, speed: float = 1.0, samples_per_message: int = 1
     ) -> None:
         """``seconds`` of device time from ``start`` (forever with ``None``), ``speed`` device seconds per
-        wall second (1: real time; ``start`` is then now)."""
-        if speed == 1.0:
+        wall second (1: real time; ``start`` is then now). A gym fleet ticks on whole seconds from ``start``
+        also in real time, and sleeps while nobody is in."""
+        if speed == 1.0 and self.fleet.always_in_use:
             await self.run_realtime(samples_per_message=samples_per_message, duration_s=seconds)
             return
         loop = asyncio.get_running_loop()
@@ -200,14 +240,19 @@ class FleetPublisher:
         while seconds is None or tick < seconds:
             self._tick += 1
             await self.report_errors()
-            for dev, sample in self.fleet.tick(start + timedelta(seconds=tick)):
-                buf = pending[dev.device_id]
-                buf.append(sample)
-                if len(buf) >= samples_per_message:
-                    await self.publish(dev, buf)
-                    pending[dev.device_id] = []
+            t = start + timedelta(seconds=tick)
+            await self._add(self.fleet.tick(t), pending, samples_per_message)
             tick += 1
+            nxt = self.fleet.next_start(start + timedelta(seconds=tick))
+            if nxt is None:  # nobody for a week: look again in an hour
+                tick += 3600
+            else:
+                tick = max(tick, math.ceil((nxt - start).total_seconds() - 1e-9))
             await asyncio.sleep(max(0.0, t0 + tick / speed - loop.time()))
+        if seconds is not None:
+            if not self.fleet.always_in_use:
+                await self.stop_uses(start + timedelta(seconds=seconds), pending)
+            await self._flush_all(pending)
         await self.drain()
 
     async def run_realtime(self, *, samples_per_message: int = 1, duration_s: float | None = None) -> None:
@@ -219,14 +264,10 @@ class FleetPublisher:
         while duration_s is None or tick < duration_s:
             self._tick += 1
             await self.report_errors()
-            for dev, sample in self.fleet.tick(now_ms()):
-                buf = pending[dev.device_id]
-                buf.append(sample)
-                if len(buf) >= samples_per_message:
-                    await self.publish(dev, buf)
-                    pending[dev.device_id] = []
+            await self._add(self.fleet.tick(now_ms()), pending, samples_per_message)
             tick += 1
             await asyncio.sleep(max(0.0, t0 + tick - loop.time()))
+        await self._flush_all(pending)
         await self.drain()
 
 

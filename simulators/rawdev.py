@@ -15,7 +15,11 @@ turns each step into the frames of its radio, made with the gateway's own record
 
 FTMS machines also notify Fitness Machine Status 0x2ADA ("started" at the first tick, "stopped" at
 :meth:`RawDevice.finish`, "stopped by safety key" for a device error) and Training Status 0x2AD3 whenever
-the workout moves to another segment (warm-up, high/low interval, recovery, cool-down).
+the workout moves to another segment (warm-up, high/low interval, recovery, cool-down). In a gym day
+(:class:`simulators.gymfleet.GymFleet`) every visit is a workout of its own: :meth:`RawDevice.begin_visit`
+restarts it (FTMS counters from zero, "started" again) and :meth:`RawDevice.end_visit` stops it (FTMS
+"stopped" and post-workout; ANT+ FE a page 16 in state FINISHED, whose totals keep counting: FE counters
+wrap and a gateway accumulates them across workouts, so the expected totals follow the same wrap counter).
 
 Values are quantised to the resolution of their wire field *before* encoding, and :class:`Tick.expected`
 is the :class:`vitalab.wire.Sample` a correct gateway must make of the frames (computed here from the
@@ -65,6 +69,7 @@ TRAINING_CODES: Final[dict[str, int]] = {
 FE_EQUIPMENT: Final = {"bike": 25, "treadmill": 19, "rower": 22, "cross_trainer": 20}
 FE_SECOND_PAGE: Final = {"bike": 25, "treadmill": 17, "rower": 22, "cross_trainer": 20}
 FE_IN_USE: Final = 3
+FE_FINISHED: Final = 4
 
 
 def q(value: float, resolution: Fraction = Fraction(1)) -> float:
@@ -119,6 +124,9 @@ class RawDevice:
     _last_rr: float | None = None
     _fe_events: int = 0
     _fe_power_acc: int = 0
+    _fe_elapsed: ant.WrapCounter = field(default_factory=lambda: ant.WrapCounter(256))  # what a gateway sums
+    _fe_distance: ant.WrapCounter = field(default_factory=lambda: ant.WrapCounter(256))
+    _fe_last: tuple[int, int] = (0, 0)  # raw elapsed (1/4 s) and distance (m) of the last page 16
     _cross_distance_m: float = 0.0
     _error: bool = False
     _pending: list[_Part] = field(default_factory=list)
@@ -162,6 +170,39 @@ class RawDevice:
         stop = ftms.MachineStatus(op_code=0x02, event="", params=(("control", 1),))
         post = _training("post_workout")
         return [self._frame(t, stop), self._frame(t, post)]
+
+    def begin_visit(self) -> None:
+        """A member steps on (after ``sim.start_session``): a new workout, announced again; FTMS counters
+        restart with the simulated ones."""
+        self._started = False
+        self._segment = None
+        self._error = False
+        self._strokes = 0.0
+        self._cross_distance_m = 0.0
+
+    def end_visit(self, t: datetime) -> tuple[list[Frame], Sample | None]:
+        """The member steps off at ``t``: the frames (no faults) and the sample a gateway makes of them
+        (ANT+ FE: speed 0 and the totals; ``None`` for BLE FTMS, whose frames are status only)."""
+        if self.sim.kind not in FE_EQUIPMENT:
+            return [], None
+        if self.radio == "ble":
+            return self.finish(t), None
+        elapsed_q, distance = self._fe_last
+        page = ant.FeGeneral(
+            equipment_type=FE_EQUIPMENT[self.sim.kind],
+            elapsed_s=elapsed_q % 256 / 4,
+            distance_m=distance % 256,
+            speed_mps=0.0,
+            hr_bpm=None,
+            fe_state=FE_FINISHED,
+        )
+        expected = Sample(
+            t=t,
+            speed_kmh=0.0,
+            elapsed_s=self._fe_elapsed.update(elapsed_q) / 4,
+            distance_m=float(self._fe_distance.update(distance)),
+        )
+        return [self._frame(t, page)], expected
 
     def _frame(self, t: datetime, record: Record) -> Frame:
         return Frame(self.device_id, source_of(record), encode_frame(record), t)
@@ -266,22 +307,23 @@ class RawDevice:
 
     def _fe(self, t: datetime, s: Sample, hr: float | None) -> Sample:
         kind = self.sim.kind
-        elapsed = s.elapsed_s or 0.0
+        elapsed_q = round((s.elapsed_s or 0.0) * 4)
         distance = math.floor(s.distance_m or 0.0)
         speed_mps = q((s.speed_kmh or 0.0) / 3.6, Fraction(1, 1000))
         general = ant.FeGeneral(
             equipment_type=FE_EQUIPMENT[kind],
-            elapsed_s=round(elapsed * 4) % 256 / 4,
+            elapsed_s=elapsed_q % 256 / 4,
             distance_m=distance % 256,
             speed_mps=speed_mps,
             hr_bpm=None if hr is None else int(hr),
             fe_state=FE_IN_USE,
         )
-        out: dict[str, Any] = {
+        self._fe_last = (elapsed_q, distance)
+        out: dict[str, Any] = {  # elapsed and distance: the gateway's totals of the wrapping counters
             "speed_kmh": speed_mps * 3.6,
             "hr_bpm": hr,
-            "elapsed_s": q(elapsed, Fraction(1, 4)),
-            "distance_m": float(distance),
+            "elapsed_s": self._fe_elapsed.update(elapsed_q) / 4,
+            "distance_m": float(self._fe_distance.update(distance)),
         }
         second: ant.FePage
         power = round(s.power_w or 0.0)

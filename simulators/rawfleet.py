@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from gateway.transport import Event, Frame, Link
 from simulators.faults import FaultInjector
-from simulators.fleet import Fleet
+from simulators.fleet import Fleet, UseChange
 from simulators.rawdev import RawDevice, Tick
 from vitalab.wire import Sample
 
@@ -44,6 +45,8 @@ class RawFleet:
     malformed_sent: dict[str, int] = field(init=False, default_factory=dict)
     _down: dict[str, int] = field(init=False, default_factory=dict)  # device -> ticks until it is back
 
+    _by_id: dict[str, RawDevice] = field(init=False, default_factory=dict)
+
     def __post_init__(self) -> None:
         if not 0.0 <= self.ant_share <= 1.0:
             raise ValueError(f"ant_share={self.ant_share} is not within [0, 1]")
@@ -53,6 +56,7 @@ class RawFleet:
             k = per_kind[d.kind] = per_kind.get(d.kind, 0) + 1
             ant = d.kind != "power_meter" and int(k * self.ant_share) > int((k - 1) * self.ant_share)
             self.devices.append(RawDevice(d, "ant" if ant else "ble"))
+        self._by_id = {d.device_id: d for d in self.devices}
 
     @property
     def site(self) -> str:
@@ -62,16 +66,18 @@ class RawFleet:
         return [d.info() for d in self.devices]
 
     def tick(self, t: datetime, dt_s: float = 1.0) -> list[Event]:
-        """Step every device once; the events a gateway receives for this tick."""
+        """Step every device in use once; the events a gateway receives for this tick (in a gym day also
+        the start and end of visits: see :meth:`_use_change`)."""
         out: list[Event] = []
         faults = self.faults
+        in_use = [self._by_id[d.device_id] for d in self.fleet.advance(t, dt_s)]
+        for change in self.fleet.use_changes():
+            out.extend(self._use_change(change))
         if faults is not None:
-            for device_id in faults.storm(
-                [d.device_id for d in self.devices if d.device_id not in self._down]
-            ):
+            for device_id in faults.storm([d.device_id for d in in_use if d.device_id not in self._down]):
                 self._down[device_id] = faults.rates.storm_ticks
                 out.append(Link(device_id, False, t))
-        for dev in self.devices:
+        for dev in in_use:
             down = self._down.get(dev.device_id)
             tick = dev.tick(t, faults, dt_s, linked=down is None)
             if down is not None:  # the member goes on training; the radio link is gone
@@ -102,10 +108,33 @@ class RawFleet:
         if self.faults is not None and self.record:
             self.faults.log.lost.add((device_id, t))
 
+    def _use_change(self, change: UseChange) -> list[Event]:
+        """A visit starts or ends: a strap connects when put on and disconnects when taken off; a machine
+        begins a new workout, or stops it (:meth:`RawDevice.end_visit`)."""
+        dev = self._by_id[change.device.device_id]
+        if dev.sim.kind == "hr_strap":
+            return [Link(dev.device_id, change.in_use, change.t)]
+        if change.in_use:
+            dev.begin_visit()
+            return []
+        frames, expected = dev.end_visit(change.t)
+        self.frames_sent += len(frames)
+        if expected is not None and self.record:
+            self.expected.setdefault(dev.device_id, {})[change.t] = expected
+        return list(frames)
+
+    def next_start(self, after: datetime) -> datetime | None:
+        return self.fleet.next_start(after)
+
     def finish(self, t: datetime) -> list[Event]:
-        """End of the run: machines stop (machine status, post-workout), devices still down come back."""
+        """End of the run: machines stop (machine status, post-workout; in a gym day only those in use, and
+        straps disconnect), devices still down come back."""
         out: list[Event] = [Link(d, True, t) for d in sorted(self._down)]
         self._down.clear()
+        if not self.fleet.always_in_use:
+            for change in self.fleet.stop(t):
+                out.extend(self._use_change(change))
+            return out
         for dev in self.devices:
             frames: list[Frame] = dev.finish(t)
             self.frames_sent += len(frames)
@@ -117,7 +146,13 @@ class RawFleet:
 
 
 class SimTransport:
-    """Feeds a :class:`RawFleet` to a gateway in-process (a ``gateway.transport.Transport``)."""
+    """Feeds a :class:`RawFleet` to a gateway in-process (a ``gateway.transport.Transport``).
+
+    With ``backfill_s``, the ``backfill_s`` seconds before ``start`` are played first as fast as the gateway
+    takes them (not ``live`` meanwhile), then the run from ``start``; a real-time run then starts at the
+    current second and keeps its planned end (a gym fleet's members catch up silently). Stretches in which
+    no device of a gym fleet is in use are skipped (backfill) or slept through (live) instead of ticked.
+    At the end the machines stop (:meth:`RawFleet.finish`) unless ``finish`` is false."""
 
     name = "sim"
 
@@ -130,38 +165,75 @@ class SimTransport:
         speed: float | None = 1.0,
         rate_hz: float = 1.0,
         on_uplink_storm: Callable[[], None] | None = None,
+        backfill_s: float = 0.0,
+        finish: bool = True,
     ) -> None:
         if speed is not None and speed <= 0:
             raise ValueError("speed must be positive (None: as fast as the gateway takes it)")
         if seconds is None and speed != 1.0:
             raise ValueError("only a real-time run may be open-ended")
+        if backfill_s < 0:
+            raise ValueError("backfill_s must not be negative")
         self.fleet = fleet
         self.start = start.replace(microsecond=0)  # device time on whole seconds, like the gateway's periods
         self.seconds = seconds
         self.speed = speed
-        self.live = speed is not None
+        self.backfill_s = backfill_s
+        self.finish = finish
+        self.live = speed is not None and backfill_s == 0
         self.dt_s = 1.0 / rate_hz
         self.on_uplink_storm = on_uplink_storm
         self.ticks = 0
         self.end: datetime | None = None
 
     async def events(self) -> AsyncIterator[Sequence[Event]]:
-        loop = asyncio.get_running_loop()
         yield self.fleet.infos()
+        start = self.start
+        if self.backfill_s > 0:
+            self.live = False
+            async for batch in self._play(start - timedelta(seconds=self.backfill_s), self.backfill_s, None):
+                yield batch
+            self.live = self.speed is not None
+        seconds = self.seconds
+        if self.backfill_s > 0 and self.speed == 1.0 and now_s() > start:
+            # real time after a backfill: from the current second, to the planned end
+            late = now_s() - start
+            start += late
+            seconds = None if seconds is None else max(0.0, seconds - late.total_seconds())
+        async for batch in self._play(start, seconds, self.speed):
+            yield batch
+        if self.finish:
+            yield self.fleet.finish(self.end or start)
+
+    async def _play(
+        self, start: datetime, seconds: float | None, speed: float | None
+    ) -> AsyncIterator[Sequence[Event]]:
+        loop = asyncio.get_running_loop()
         t0 = loop.time()
         faults = self.fleet.faults
-        n = None if self.seconds is None else round(self.seconds / self.dt_s)
+        gym = not self.fleet.fleet.always_in_use
+        n = None if seconds is None else round(seconds / self.dt_s)
         i = 0
         while n is None or i < n:
-            t = self.start + timedelta(seconds=i * self.dt_s)
+            t = start + timedelta(seconds=i * self.dt_s)
             if faults is not None and self.on_uplink_storm is not None and faults.uplink_storm():
                 self.on_uplink_storm()
             yield self.fleet.tick(t, self.dt_s)
             i += 1
-            self.ticks = i
-            if self.speed is not None:
-                await asyncio.sleep(max(0.0, t0 + i * self.dt_s / self.speed - loop.time()))
+            self.ticks += 1
+            if gym:  # nobody in: on to the next arrival (none within a week: an hour later, or the end)
+                nxt = self.fleet.next_start(start + timedelta(seconds=i * self.dt_s))
+                if nxt is None:
+                    i = i + round(3600 / self.dt_s) if n is None else n
+                else:
+                    i = max(i, math.ceil((nxt - start).total_seconds() / self.dt_s - 1e-9))
+            if speed is not None:
+                await asyncio.sleep(max(0.0, t0 + i * self.dt_s / speed - loop.time()))
             else:
                 await asyncio.sleep(0)
-        self.end = self.start + timedelta(seconds=i * self.dt_s)
-        yield self.fleet.finish(self.end)
+        self.end = start + timedelta(seconds=(i if n is None else min(i, n)) * self.dt_s)
+
+
+def now_s() -> datetime:
+    """The current second (device time on whole seconds)."""
+    return datetime.now(UTC).replace(microsecond=0)

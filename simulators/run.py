@@ -4,6 +4,13 @@ devices through an in-process gateway (``SimTransport`` -> ``GatewayService`` ->
 Speeds: ``speed=1`` follows the wall clock (open-ended without a duration); ``speed=N`` plays ``duration``
 seconds of device time N times faster, ending now; a backfill plays history as fast as the broker (wire
 devices) or the gateway's backlog (raw devices) allows, before the live part.
+
+With ``SimulationPlan.gym`` the devices are those of a gym day (:mod:`simulators.gymfleet`): machines used
+by members who come and go, and members' own straps; the backfill (``--days``) is history ending where the
+live part starts, and a real-time live part that begins late because the backfill took time starts at the
+current second and keeps its planned end (members in the middle of a visit catch up silently). With
+``api_url`` a kiosk (:mod:`simulators.kiosk`) registers the members, pairs their straps and checks the
+checked-in visits in and out on the gym's clock.
 """
 
 from __future__ import annotations
@@ -16,10 +23,13 @@ from pathlib import Path
 
 from gateway.publisher import GatewayPublisher
 from gateway.service import GatewayService, ServiceStats
+from simulators.errors import KioskError
 from simulators.faults import FaultInjector, FaultRates
 from simulators.fleet import Fleet, SimDevice
+from simulators.gymfleet import GymConfig, GymFleet, GymPlan
+from simulators.kiosk import GymClock, Kiosk, stays
 from simulators.publisher import FleetPublisher, gateway_client, history_start, now_ms
-from simulators.rawfleet import RawFleet, SimTransport
+from simulators.rawfleet import RawFleet, SimTransport, now_s
 from vitalab.settings import MqttTarget
 from vitalab.wire import DeviceKind
 
@@ -36,6 +46,8 @@ def split_fleet(fleet: Fleet, raw_share: float) -> tuple[Fleet, Fleet]:
     for d in fleet.devices:
         k = per_kind[d.kind] = per_kind.get(d.kind, 0) + 1
         (raw if int(k * raw_share) > int((k - 1) * raw_share) else wire).append(d)
+    if isinstance(fleet, GymFleet):
+        return fleet.subset(wire), fleet.subset(raw)
     return Fleet(fleet.site, wire), Fleet(fleet.site, raw)
 
 
@@ -49,14 +61,24 @@ async def run_raw_gateway(
     gateway_id: str,
     buffer_path: Path,
     protocol: str = "5",
+    backfill_s: float = 0.0,
+    finish: bool = True,
 ) -> ServiceStats:
     """Raw-frame devices through an in-process gateway; returns once everything was delivered (a finite
-    run) or when cancelled (what is batching is then kept in the buffer file for the next run)."""
+    run) or when cancelled (what is batching is then kept in the buffer file for the next run). With
+    ``backfill_s``, the history before ``start`` first; ``finish=False`` leaves the machines as they are at
+    the end (see :class:`SimTransport`)."""
     async with GatewayPublisher(
         target, fleet.site, gateway_id, buffer_path, protocol="5" if protocol == "5" else "3.1.1"
     ) as publisher:
         transport = SimTransport(
-            fleet, start, seconds, speed=speed, on_uplink_storm=publisher.drop_connection
+            fleet,
+            start,
+            seconds,
+            speed=speed,
+            on_uplink_storm=publisher.drop_connection,
+            backfill_s=backfill_s,
+            finish=finish,
         )
         service = GatewayService(publisher, [transport])
         await service.run()
@@ -77,6 +99,20 @@ class SimulationPlan:
     speed: float = 1.0
     mix: tuple[DeviceKind, ...] = ("bike", "treadmill", "rower", "hr_strap")
     class_share: float = 0.0
+    gym: GymConfig | None = None
+    """A gym day instead of an always-busy fleet: ``devices`` machines of the machine kinds of ``mix``, the
+    members and their straps of :class:`~simulators.gymfleet.GymPlan`; ``backfill_s`` is then history
+    ending where the live part starts."""
+    api_url: str | None = None
+    """With a gym: the platform's HTTP API, for the kiosk (members, strap pairing, check-ins)."""
+    start: datetime | None = None
+    """With a gym: where history ends and the live part starts (default: now; accelerated: now - duration)."""
+    close_at_end: bool = True
+    """With a gym and a finite run: members still training at the end leave then (machines stop, straps
+    disconnect, the kiosk checks them out). ``False``: a history run whose visits a live run continues."""
+    gateway_id: str = "sim-gw"
+    """MQTT identity of the wire-contract devices' connection (the raw-frame gateway: ``<id>-raw``; the
+    always-busy fleet keeps ``sim-raw-gw``)."""
 
 
 async def simulate(
@@ -85,6 +121,9 @@ async def simulate(
     """`vitalab simulate`: both kinds of devices, concurrently."""
     if plan.speed != 1.0 and plan.duration_s is None:
         raise ValueError("an accelerated run needs a duration")
+    if plan.gym is not None:
+        await simulate_gym(target, site, plan, protocol=protocol, data_dir=data_dir)
+        return
     fleet = Fleet.build(site, plan.devices, seed=plan.seed, mix=plan.mix, class_share=plan.class_share)
     wire, raw = split_fleet(fleet, plan.raw_share)
     faulty = plan.faults is not None and plan.faults != FaultRates()
@@ -160,3 +199,102 @@ async def _raw(
         logger.info("raw devices: %s", stats)
     if fleet.faults is not None:
         logger.info("faults injected (raw devices): %s", dict(fleet.faults.log.counts))
+
+
+# --- a gym day ----------------------------------------------------------------------------------------------
+
+
+async def simulate_gym(
+    target: MqttTarget, site: str, plan: SimulationPlan, *, protocol: str = "5", data_dir: Path
+) -> GymPlan:
+    """A gym (``plan.gym``): wire-contract and raw-frame devices and the kiosk, concurrently; returns the
+    :class:`GymPlan` (the truth: visits, check-ins, straps)."""
+    if plan.gym is None:
+        raise ValueError("simulate_gym needs plan.gym")
+    if plan.speed != 1.0 and plan.duration_s is None:
+        raise ValueError("an accelerated run needs a duration")
+    gym = GymPlan(site, plan.devices, seed=plan.seed, config=plan.gym, kinds=plan.mix)
+    wire, raw = split_fleet(gym.fleet(), plan.raw_share)
+    now = now_s()
+    duration = plan.duration_s
+    live = plan.start or (now if plan.speed == 1.0 or not duration else now - timedelta(seconds=duration))
+    live = live.replace(microsecond=0)
+    history = live - timedelta(seconds=plan.backfill_s)
+    end = None if duration is None else live + timedelta(seconds=duration)
+    faults = plan.faults if plan.faults is not None and plan.faults != FaultRates() else None
+    async with asyncio.TaskGroup() as tg:
+        if wire.devices:
+            injector = FaultInjector(faults, seed=plan.seed) if faults else None
+            tg.create_task(_gym_wire(target, wire, plan, protocol, injector, live, end))
+        if raw.devices:
+            injector = FaultInjector(faults, seed=plan.seed + 1) if faults else None
+            raw_fleet = RawFleet(raw, plan.ant_share, injector, record=False)
+            buffer = data_dir / "gateway" / f"{plan.gateway_id}-raw.sqlite"
+            tg.create_task(_gym_raw(target, raw_fleet, plan, protocol, buffer, live))
+        if plan.api_url:
+            tg.create_task(_gym_kiosk(gym, plan, plan.api_url, history, live, end))
+    return gym
+
+
+async def _gym_wire(
+    target: MqttTarget,
+    fleet: Fleet,
+    plan: SimulationPlan,
+    protocol: str,
+    faults: FaultInjector | None,
+    live: datetime,
+    end: datetime | None,
+) -> None:
+    async with gateway_client(target, plan.gateway_id, fleet.site, protocol=protocol) as client:
+        publisher = FleetPublisher(client, fleet, plan.gateway_id, faults=faults)
+        await publisher.announce()
+        if plan.backfill_s:
+            await publisher.backfill(
+                live - timedelta(seconds=plan.backfill_s), plan.backfill_s, plan.samples_per_message
+            )
+        if end is None or end > live:
+            start = (
+                max(live, now_s()) if plan.speed == 1.0 else live
+            )  # real time: from now to the planned end
+            seconds = None if end is None else max(0.0, (end - start).total_seconds())
+            await publisher.run_paced(
+                start, seconds, speed=plan.speed, samples_per_message=plan.samples_per_message
+            )
+        elif plan.close_at_end:
+            await publisher.stop_uses(live)
+        await publisher.finish()
+    logger.info(
+        "gym, wire devices: %d samples in %d messages", publisher.log.total_samples, publisher.log.messages
+    )
+
+
+async def _gym_raw(
+    target: MqttTarget, fleet: RawFleet, plan: SimulationPlan, protocol: str, buffer: Path, live: datetime
+) -> None:
+    stats = await run_raw_gateway(
+        target,
+        fleet,
+        live,
+        plan.duration_s,
+        speed=None if plan.duration_s == 0 else plan.speed,
+        gateway_id=f"{plan.gateway_id}-raw",
+        buffer_path=buffer,
+        protocol=protocol,
+        backfill_s=plan.backfill_s,
+        finish=plan.close_at_end,
+    )
+    logger.info("gym, raw devices: %s", stats)
+
+
+async def _gym_kiosk(
+    gym: GymPlan, plan: SimulationPlan, api_url: str, history: datetime, live: datetime, end: datetime | None
+) -> None:
+    loop = asyncio.get_running_loop()
+    clock = GymClock.realtime() if plan.speed == 1.0 else GymClock(live, loop.time(), plan.speed)
+    async with Kiosk(api_url, gym) as kiosk:
+        try:
+            await kiosk.register(history - timedelta(minutes=1))
+        except KioskError as exc:
+            logger.error("kiosk: members not registered, no check-ins: %s", exc)
+            return
+        await kiosk.run(stays(gym, history, end, close_at_end=plan.close_at_end), clock)
