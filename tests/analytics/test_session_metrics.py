@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import platform
+import resource
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from hypothesis import strategies as st
 
 from analytics import naive
 from analytics.batch import KINDS, SessionBatch, SessionInput
-from analytics.session_metrics import ALGORITHM_VERSION, SessionMetrics, compute
+from analytics.session_metrics import ALGORITHM_VERSION, SessionMetrics, compute, keep_block_memory
 
 
 def _assert_same(metrics: SessionMetrics, batch: SessionBatch) -> None:
@@ -164,3 +166,21 @@ def test_blocks_and_threads_do_not_change_results() -> None:
             np.testing.assert_allclose(
                 getattr(part, name), getattr(whole, name), rtol=1e-9, atol=1e-9, equal_nan=True, err_msg=name
             )
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc thresholds are a glibc setting")
+def test_block_temporaries_reuse_memory_without_page_faults() -> None:
+    """keep_block_memory(): 100 MiB of freed temporaries (1 MiB arrays, like a block's) are reused by the
+    next round instead of being returned to the kernel and faulted in again (glibc's own thresholds trim
+    above 64 MiB at most: about 25,000 page faults per round, measured 33,000–51,000 for two rounds)."""
+    assert keep_block_memory()
+
+    def one_round() -> None:
+        arrays = [np.ones((1 << 20) // 8) for _ in range(100)]
+        assert sum(float(a[-1]) for a in arrays) == 100.0
+
+    one_round()  # the heap grows to hold them once
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    one_round()
+    one_round()
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 1000
