@@ -438,35 +438,34 @@ def _sample_pieces(
     coef: tuple[F64, F64, F64, F64], z0: F64, slot: I64, count: I64, step: float, out: F64
 ) -> None:
     """``out[slot_j + u] = ((c0·z + c1)·z + c2)·z + c3`` at ``z = z0_j + u·step`` for ``u < count_j``
-    (the last slot of ``out`` is scratch).
+    (the last slot of ``out`` is scratch; ``slot`` and ``count`` are modified).
 
     One round per ``u`` over all pieces at once (a piece holds 1–8 grid points at 4 Hz, 1–3 during
-    exercise), written with one scatter: no per-grid-point copies of the coefficients. Pieces without a
-    point ``u`` write to the scratch slot while they are the minority; then the arrays are cut to the rest.
+    exercise), written with one scatter: no per-grid-point copies of the coefficients. A piece whose points
+    are all written evaluates its last point again (``u`` clamped to ``count − 1``: the same value to the
+    same slot) while such pieces are the minority; then the arrays are cut down to the pieces left.
     """
     c0, c1, c2, c3 = coef
-    scratch = out.shape[0] - 1
-    u = 0
-    while count.shape[0]:
-        active = count > u
-        n_active = int(np.count_nonzero(active))
-        if n_active == 0:
-            return
-        if 2 * n_active < count.shape[0]:
-            keep = np.flatnonzero(active)
-            c0, c1, c2, c3, z0, slot, count = (
-                c0[keep],
-                c1[keep],
-                c2[keep],
-                c3[keep],
-                z0[keep],
-                slot[keep],
-                count[keep],
-            )
+    empty = np.flatnonzero(count == 0)  # each session's last knot, and pieces shorter than a grid step
+    slot[empty] = out.shape[0] - 1
+    count[empty] = 1
+    left = np.bincount(count)[::-1].cumsum()[::-1][1:]  # left[u] = pieces with count > u (u = 0 …)
+    last_u = count - 1
+    z, dest = z0, slot
+    for u in range(left.shape[0]):
+        if u > 0 and 2 * left[u] < count.shape[0]:  # cut down to the pieces with a point u
+            keep = np.flatnonzero(count > u)
+            c0, c1, c2, c3, z0 = c0[keep], c1[keep], c2[keep], c3[keep], z0[keep]
+            slot, count = slot[keep], count[keep]
+            last_u = count - 1
+            z = z0 + u * step
             dest = slot + u
-        else:
-            dest = np.where(active, slot + u, scratch)
-        z = z0 + u * step
+        elif u > 0:
+            clamped = np.minimum(last_u, u)
+            z = clamped * step
+            z += z0
+            dest = clamped
+            dest += slot
         value = c0 * z
         value += c1
         value *= z
@@ -474,7 +473,6 @@ def _sample_pieces(
         value *= z
         value += c3
         out[dest] = value
-        u += 1
 
 
 def _hann_power_every_row(series: F64, hop: int, seg_row: I64, nperseg: int, n_bins: int) -> F64:

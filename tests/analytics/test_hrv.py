@@ -166,27 +166,31 @@ def test_default_spectrum_equals_scipy_cubicspline_and_welch() -> None:
     assert np.isnan([fd.lf_ms2[1], fd.lf_ms2[2]]).all()
 
 
-def _scipy_band_powers(series: list[float], nperseg: int, bands: hrv.Bands) -> list[float]:
+def _scipy_band_powers(series: list[float], fs_hz: float, nperseg: int, bands: hrv.Bands) -> list[float]:
     y = np.asarray(series)
     x = np.cumsum(y) / 1000.0
     x -= x[0]
-    grid = np.arange(0.0, x[-1], 0.25)
-    f, psd = welch(CubicSpline(x, y)(grid), fs=4.0, window="hann", nperseg=nperseg)
+    grid = np.arange(0.0, x[-1], 1.0 / fs_hz)
+    f, psd = welch(CubicSpline(x, y)(grid), fs=fs_hz, window="hann", nperseg=nperseg)
     return [float(np.trapezoid(psd[(f >= lo) & (f < hi)], f[(f >= lo) & (f < hi)])) for lo, hi in bands]
 
 
-@pytest.mark.parametrize("nperseg", [256, 255, 1024])
-def test_spectrum_equals_scipy_for_odd_segments_knots_on_the_grid_and_bands_to_nyquist(nperseg: int) -> None:
+@pytest.mark.parametrize(("fs_hz", "nperseg"), [(4.0, 256), (4.0, 255), (4.0, 1024), (10.0, 512)])
+def test_spectrum_equals_scipy_for_odd_segments_knots_on_the_grid_and_bands_to_nyquist(
+    fs_hz: float, nperseg: int
+) -> None:
     """The strided-view Welch (segments on the session's rows, Hann and detrend applied to the spectrum)
     against scipy, for even and odd segment lengths, bands that reach the Nyquist bin (where the window needs
-    the mirrored bin), and a session whose beats all fall exactly on grid points."""
+    the mirrored bin), a session whose beats all fall exactly on grid points, and a 10 Hz grid (up to 20
+    grid points per beat interval)."""
     on_grid = [500.0 + 250.0 * (k % 3 == 0) for k in range(700)]  # 500/750 ms: every beat on a grid point
     sessions = [CLEAN[2], on_grid, CLEAN[0]]
-    bands: hrv.Bands = ((0.0, 0.15), (0.15, 1.0), (1.0, 2.01))
+    nyquist = fs_hz / 2.0
+    bands: hrv.Bands = ((0.0, 0.15), (0.15, 1.0), (1.0, nyquist + 0.01))
     rr, offsets = _csr(sessions)
-    fd = hrv.frequency_domain(rr, offsets, nperseg=nperseg, bands=bands, chunk_beats=1500)
+    fd = hrv.frequency_domain(rr, offsets, fs_hz=fs_hz, nperseg=nperseg, bands=bands, chunk_beats=1500)
     for row, series in enumerate(sessions):
-        want = _scipy_band_powers(series, nperseg, bands)
+        want = _scipy_band_powers(series, fs_hz, nperseg, bands)
         got = (fd.vlf_ms2[row], fd.lf_ms2[row], fd.hf_ms2[row])
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12, err_msg=f"session {row}")
 
