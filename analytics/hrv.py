@@ -64,7 +64,7 @@ NN50_MS: Final[float] = 50.0
 RESAMPLE_HZ: Final[float] = 4.0
 NPERSEG: Final[int] = 1024
 BANDS_HZ: Final[Bands] = ((0.0033, 0.04), (0.04, 0.15), (0.15, 0.40))
-CHUNK_BEATS: Final[int] = 250_000
+CHUNK_BEATS: Final[int] = 100_000
 POWER_FLOOR_MS2: Final[float] = 1e-9
 """Below this HF power (ms²) the spectrum is numerical noise (a constant series): LF/HF is NaN."""
 
@@ -480,14 +480,18 @@ def _hann_power_every_row(series: F64, hop: int, seg_row: I64, nperseg: int, n_b
     that start at rows ``seg_row`` of ``series.reshape(-1, hop)`` (``nfft = nperseg``, periodic Hann).
 
     A segment may start at every row, so all of them are one strided view of ``series``, transformed at
-    once (the few that straddle two sessions are computed and dropped). Detrend and window are applied to
-    the spectrum ``X`` of the raw segment: removing the mean only sets ``X[0]`` to 0, and the periodic Hann
-    window ``½ − ½·cos(2πn/N)`` turns ``X`` into ``X[m]/2 − (X[m−1] + X[m+1])/4`` (``X[−m] = conj X[m]``,
-    ``X[N−m] = conj X[m]``: real input). No windowed copy of the segments is made.
+    once; the one or two per session that straddle into the next are computed and dropped, unless they
+    are more than a fifth of all (short sessions): then the segments are copied out first. Detrend and
+    window are applied to the spectrum ``X`` of the raw segment: removing the mean only sets ``X[0]`` to 0,
+    and the periodic Hann window ``½ − ½·cos(2πn/N)`` turns ``X`` into ``X[m]/2 − (X[m−1] + X[m+1])/4``
+    (``X[−m] = conj X[m]``, ``X[N−m] = conj X[m]``: real input). No windowed copy of the segments is made.
     """
     k = min(n_bins + 1, nperseg // 2 + 1)  # raw bins needed: one beyond the last for the window
     frames = np.lib.stride_tricks.sliding_window_view(series, nperseg)[::hop]
-    raw = rfft(frames, axis=1)[:, :k][seg_row]
+    if 4 * frames.shape[0] <= 5 * seg_row.shape[0]:
+        raw = rfft(frames, axis=1)[:, :k][seg_row]
+    else:  # short sessions: copying the segments out costs less than transforming the straddling rows
+        raw = rfft(frames[seg_row], axis=1, overwrite_x=True)[:, :k]
     ext = np.empty((seg_row.shape[0], n_bins + 2), dtype=np.complex128)  # ext[:, i] = X[i − 1]
     ext[:, 1 : k + 1] = raw
     ext[:, 1] = 0.0  # constant detrend
