@@ -172,8 +172,9 @@ def keep_block_memory() -> bool:
     freed so far (at most 32 MiB / 64 MiB). A process whose earlier arrays were all larger than 32 MiB — e.g.
     the benchmark's 10,000-session batch — keeps the thresholds below a block's working set, so each block
     gets its memory anew: a page fault and a zeroed page for every 4 KiB (measured: 2.9 M minor faults in
-    ``compute()``, the HRV spectrum at 2.0 instead of 0.9 ms per session and the other stages 20–40 % slower,
-    while a 6,000-session batch, whose 22 MiB boolean temporaries had raised the thresholds, showed none).
+    ``compute()``, the HRV spectrum at 2.0 instead of 0.9 ms per session and the other stages up to 1.5×
+    slower, while a 6,000-session batch, whose 22 MiB boolean temporaries had raised the thresholds, showed
+    none).
     Fixing the thresholds at :data:`HEAP_MMAP_THRESHOLD_BYTES` and :data:`HEAP_TRIM_THRESHOLD_BYTES` makes
     the cost independent of the process's history, for up to 128 MiB of free heap kept by the process.
 

@@ -229,8 +229,8 @@ def main() -> None:
         f"  {samples / total / 1e6:,.2f} M samples/s, {beats / total / 1e6:,.2f} M RR beats/s, "
         f"{total / n * 1e3:.3f} ms per session, peak RSS {rss_gib:.1f} GiB"
     )
-    # block temporaries are reused (analytics.session_metrics.keep_block_memory): a few faults per session
-    # at most; thousands mean every block's memory is mapped and zeroed anew
+    # block temporaries are reused (analytics.session_metrics.keep_block_memory): about one fault per
+    # session; hundreds mean that every block's memory is mapped and zeroed anew (288 before that fix)
     print(f"  minor page faults in compute(): {(usage.ru_minflt - faults0) / n:,.1f} per session")
     hrv_s = timings.get("hrv_time", 0.0) + timings.get("hrv_frequency", 0.0)
     print(f"  HRV part only: {hrv_s / n * 1e3:.3f} ms per session")
