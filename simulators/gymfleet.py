@@ -41,6 +41,11 @@ CHECK_IN_LEAD = timedelta(seconds=30)
 """A checked-in member scans in at the kiosk this long before stepping on the machine."""
 CHECK_OUT_LAG = timedelta(seconds=15)
 """... and out this long after leaving it."""
+DEMO_OPEN_HOURS = (0, 24)
+DEMO_VISIT_MINUTES = (4, 10)
+DEMO_MIN_DEMAND = 0.6
+"""The gym of ``vitalab up`` (unless configured): open 24 h with quiet hours at 60 % of the peak demand and
+4-10 minute visits, so that data and finished sessions show within minutes whenever it is started."""
 _DAYS_CACHED = 16
 _LOOKAHEAD_DAYS = 8
 
@@ -96,20 +101,6 @@ class GymConfig:
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown timezone {self.timezone!r} (an IANA name: Europe/Brussels)") from None
-
-    @classmethod
-    def demo(cls, **overrides: object) -> GymConfig:
-        """The gym of ``vitalab up``: open 24 h with a demand floor of 60 % of the peak, 4-10 minute visits,
-        members back after 30 minutes, so that data and finished sessions show whenever it is started."""
-        values: dict[str, object] = {
-            "open_h": 0,
-            "close_h": 24,
-            "visit_minutes": (4, 10),
-            "rest_min": 30,
-            "min_demand": 0.6,
-        }
-        values.update(overrides)
-        return cls(**values)  # type: ignore[arg-type]
 
     def arrivals_per_h(self, machines: int) -> float:
         if self.peak_arrivals_per_h is not None:

@@ -20,6 +20,7 @@ goes on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 from collections import Counter
@@ -33,6 +34,7 @@ import httpx
 
 from simulators.errors import KioskError
 from simulators.gymfleet import CHECK_IN_LEAD, CHECK_OUT_LAG, GymPlan
+from simulators.publisher import stop_if_cancelled
 
 logger = logging.getLogger(__name__)
 
@@ -116,11 +118,13 @@ class Kiosk:
         await self._http.aclose()
 
     # --- calls ----------------------------------------------------------------------------------------------
-    async def _call(self, action: str, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    async def _call(
+        self, action: str, path: str, body: dict[str, Any], *, retry_s: float | None = None
+    ) -> dict[str, Any] | None:
         """POST with retries (module docstring). The answer on 200/201; ``None`` on 409; raises
         :class:`KioskError` when refused otherwise or still failing after ``retry_s``."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.retry_s
+        deadline = loop.time() + (self.retry_s if retry_s is None else retry_s)
         pause = 0.2
         while True:
             status: int | None = None
@@ -191,13 +195,16 @@ class Kiosk:
         if await self._call(f"check in {stay.member_id} on {stay.device_id}", "/v1/check-ins", body):
             self.counts["check_ins"] += 1
 
-    async def check_out(self, stay: Stay) -> None:
+    async def check_out(
+        self, stay: Stay, *, at: datetime | None = None, retry_s: float | None = None
+    ) -> None:
         pid = self.participants.get(stay.member_id)
-        if pid is None or stay.checked_out is None:
+        at = at or stay.checked_out
+        if pid is None or at is None:
             return
-        body = {"ended_at": _iso(stay.checked_out), "participant_id": pid}
+        body = {"ended_at": _iso(at), "participant_id": pid}
         path = f"/v1/check-ins/{stay.device_id}/end"
-        if await self._call(f"check out {stay.member_id} from {stay.device_id}", path, body):
+        if await self._call(f"check out {stay.member_id} from {stay.device_id}", path, body, retry_s=retry_s):
             self.counts["check_outs"] += 1
 
     # --- the run --------------------------------------------------------------------------------------------
@@ -206,23 +213,38 @@ class Kiosk:
         past). A refused call is logged and skipped."""
         outs: list[tuple[datetime, int, Stay]] = []
         n = 0
-        for stay in visits:
-            while outs and outs[0][0] <= stay.checked_in:
+        try:
+            for stay in visits:
+                stop_if_cancelled()
+                while outs and outs[0][0] <= stay.checked_in:
+                    await self._out(heapq.heappop(outs)[2], clock)
+                await clock.wait_until(stay.checked_in)
+                over = stay.checked_out is not None and clock.now() >= stay.checked_out
+                try:
+                    await self.check_in(stay, ended=stay.checked_out if over else None)
+                except KioskError as exc:
+                    logger.error("%s", exc)
+                    self.counts["failed"] += 1
+                    continue
+                if not over and stay.checked_out is not None:
+                    n += 1
+                    heapq.heappush(outs, (stay.checked_out, n, stay))
+            while outs:
                 await self._out(heapq.heappop(outs)[2], clock)
-            await clock.wait_until(stay.checked_in)
-            over = stay.checked_out is not None and clock.now() >= stay.checked_out
-            try:
-                await self.check_in(stay, ended=stay.checked_out if over else None)
-            except KioskError as exc:
-                logger.error("%s", exc)
-                self.counts["failed"] += 1
-                continue
-            if not over and stay.checked_out is not None:
-                n += 1
-                heapq.heappush(outs, (stay.checked_out, n, stay))
-        while outs:
-            await self._out(heapq.heappop(outs)[2], clock)
+        except asyncio.CancelledError:
+            await self._close(outs, clock)
+            raise
         logger.info("kiosk: %s", dict(self.counts))
+
+    async def _close(self, outs: list[tuple[datetime, int, Stay]], clock: GymClock) -> None:
+        """Stopped (Ctrl-C): whoever is checked in is checked out now, briefly, so that no check-in of the
+        simulation stays open for ever (it would name the next anonymous users of the machine)."""
+        now = clock.now().replace(microsecond=0)
+        for _, _, stay in outs:
+            if stay.checked_in < now:
+                with contextlib.suppress(KioskError, httpx.HTTPError):
+                    await self.check_out(stay, at=now, retry_s=1.0)
+        logger.info("kiosk stopped: %s", dict(self.counts))
 
     async def _out(self, stay: Stay, clock: GymClock) -> None:
         assert stay.checked_out is not None

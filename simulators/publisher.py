@@ -55,6 +55,15 @@ class PublishLog:
         return sum(len(v) for v in self.samples.values())
 
 
+def stop_if_cancelled() -> None:
+    """Raise ``CancelledError`` when the current task was asked to stop. The run loops call it every tick:
+    under load (`vitalab up` with its in-process broker, Python 3.11) a cancellation was seen requested
+    (``Task.cancelling()`` > 0) and yet never delivered to the loop's awaits, which then ran on for ever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def now_ms() -> datetime:
     """Device clocks tick in milliseconds."""
     t = datetime.now(UTC)
@@ -71,15 +80,18 @@ class FleetPublisher:
         faults: FaultInjector | None = None,
         *,
         max_in_flight: int = 1000,
+        ack_timeout_s: float | None = None,
     ) -> None:
         """Telemetry goes out with up to ``max_in_flight`` messages awaiting their PUBACK at once (aiomqtt
-        waits for each PUBACK; one at a time would cap a fleet at one message per round trip)."""
+        waits for each PUBACK; one at a time would cap a fleet at one message per round trip); a PUBACK
+        later than ``ack_timeout_s`` (default: the client's timeout) fails the run."""
         self._client = client
         self.fleet = fleet
         self.gateway_id = gateway_id
         self.log = log or PublishLog()
         self.faults = faults
         self._tick = 0
+        self._ack_timeout_s = ack_timeout_s
         self._window = asyncio.Semaphore(max_in_flight)
         # aiomqtt warns above its threshold of concurrent calls; this many are intended
         client.pending_calls_threshold = max(client.pending_calls_threshold, max_in_flight + 16)
@@ -132,16 +144,22 @@ class FleetPublisher:
         self.log.samples[device.device_id].extend(s.t for s in samples)
 
     async def _send(self, device_id: str, payload: bytes) -> None:
+        await self._out(telemetry_topic(self.fleet.site, device_id), payload)
+        self.log.messages += 1
+
+    async def _out(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Publish in a task of its own, at most ``max_in_flight`` awaiting their PUBACK. The caller never
+        awaits aiomqtt itself: Python 3.11's ``asyncio.wait_for`` (inside aiomqtt) can swallow a
+        cancellation that coincides with the PUBACK, and a run must stop when cancelled."""
         if self._failure is not None:
             raise self._failure
         await self._window.acquire()
         # paho takes the message when the task first runs; tasks run in creation order, so order is kept
         task = asyncio.create_task(
-            self._client.publish(telemetry_topic(self.fleet.site, device_id), payload, qos=1)
+            self._client.publish(topic, payload, qos=1, retain=retain, timeout=self._ack_timeout_s)
         )
         self._in_flight.add(task)
         task.add_done_callback(self._acked)
-        self.log.messages += 1
 
     def _acked(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
@@ -150,7 +168,7 @@ class FleetPublisher:
             self._failure = task.exception()
 
     async def drain(self) -> None:
-        """Wait until every telemetry message sent so far was acknowledged."""
+        """Wait until every message sent so far was acknowledged."""
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
         if self._failure is not None:
@@ -170,12 +188,8 @@ class FleetPublisher:
         for d in self.fleet.devices:
             if self.faults.device_error():
                 state = DeviceState(v=1, device=d.device_id, t=now_ms(), online=True, errors=["E_SIM_FAULT"])
-                await self._client.publish(
-                    device_topic(self.fleet.site, d.device_id, TopicKind.STATE),
-                    encode(state),
-                    qos=1,
-                    retain=True,
-                )
+                topic = device_topic(self.fleet.site, d.device_id, TopicKind.STATE)
+                await self._out(topic, encode(state), retain=True)
 
     async def _add(
         self, tick: list[tuple[SimDevice, Sample]], pending: dict[str, list[Sample]], samples_per_message: int
@@ -191,7 +205,7 @@ class FleetPublisher:
                 training = workout(dev.plan).segments[0].training if change.in_use else "post_workout"
                 state = DeviceState(v=1, device=dev.device_id, t=change.t, online=True, training=training)
             topic = device_topic(self.fleet.site, dev.device_id, TopicKind.STATE)
-            await self._client.publish(topic, encode(state), qos=1, retain=True)
+            await self._out(topic, encode(state), retain=True)
         for dev, sample in tick:
             buf = pending[dev.device_id]
             buf.append(sample)
@@ -221,6 +235,7 @@ class FleetPublisher:
         for tick in self.fleet.iter_history(start, seconds):
             self._tick += 1
             await self._add(tick, pending, samples_per_message)
+            stop_if_cancelled()
         await self._flush_all(pending)
         await self.finish()
 
@@ -249,6 +264,7 @@ class FleetPublisher:
             else:
                 tick = max(tick, math.ceil((nxt - start).total_seconds() - 1e-9))
             await asyncio.sleep(max(0.0, t0 + tick / speed - loop.time()))
+            stop_if_cancelled()
         if seconds is not None:
             if not self.fleet.always_in_use:
                 await self.stop_uses(start + timedelta(seconds=seconds), pending)
@@ -267,6 +283,7 @@ class FleetPublisher:
             await self._add(self.fleet.tick(now_ms()), pending, samples_per_message)
             tick += 1
             await asyncio.sleep(max(0.0, t0 + tick - loop.time()))
+            stop_if_cancelled()
         await self._flush_all(pending)
         await self.drain()
 

@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from gateway.transport import Event, Frame, Link
 from simulators.faults import FaultInjector
 from simulators.fleet import Fleet, UseChange
+from simulators.publisher import stop_if_cancelled
 from simulators.rawdev import RawDevice, Tick
 from vitalab.wire import Sample
 
@@ -231,6 +232,7 @@ class SimTransport:
                 await asyncio.sleep(max(0.0, t0 + i * self.dt_s / speed - loop.time()))
             else:
                 await asyncio.sleep(0)
+            stop_if_cancelled()
         self.end = start + timedelta(seconds=(i if n is None else min(i, n)) * self.dt_s)
 
 

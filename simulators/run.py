@@ -26,14 +26,56 @@ from gateway.service import GatewayService, ServiceStats
 from simulators.errors import KioskError
 from simulators.faults import FaultInjector, FaultRates
 from simulators.fleet import Fleet, SimDevice
-from simulators.gymfleet import GymConfig, GymFleet, GymPlan
+from simulators.gymfleet import (
+    DEMO_MIN_DEMAND,
+    DEMO_OPEN_HOURS,
+    DEMO_VISIT_MINUTES,
+    GymConfig,
+    GymFleet,
+    GymPlan,
+    parse_range,
+)
 from simulators.kiosk import GymClock, Kiosk, stays
 from simulators.publisher import FleetPublisher, gateway_client, history_start, now_ms
 from simulators.rawfleet import RawFleet, SimTransport, now_s
-from vitalab.settings import MqttTarget
+from vitalab.settings import MqttTarget, Settings
 from vitalab.wire import DeviceKind
 
 logger = logging.getLogger(__name__)
+
+GYM_ACK_TIMEOUT_S = 120.0
+
+
+def gym_config(
+    settings: Settings,
+    *,
+    demo: bool,
+    open_hours: str | None = None,
+    visit_minutes: str | None = None,
+    members: int | None = None,
+    strap_share: float | None = None,
+    check_in_share: float | None = None,
+) -> GymConfig:
+    """The gym of the settings (``VITALAB_SITE_TIMEZONE``, ``VITALAB_SIM_*``), options overriding them. Unset
+    hours and visit lengths are the demo's (``demo``: `vitalab up`) or a real gym's (6-22, 20-60 min); a
+    member comes back at the earliest three longest visits later (at most 3 h). Raises ``ValueError``."""
+    hours_text = open_hours or settings.sim_open_hours
+    visits_text = visit_minutes or settings.sim_visit_minutes
+    hours = parse_range(hours_text, "opening hours") if hours_text else DEMO_OPEN_HOURS if demo else (6, 22)
+    visits = (
+        parse_range(visits_text, "visit minutes") if visits_text else DEMO_VISIT_MINUTES if demo else (20, 60)
+    )
+    return GymConfig(
+        open_h=hours[0],
+        close_h=hours[1],
+        timezone=settings.site_timezone,
+        visit_minutes=visits,
+        rest_min=min(180, 3 * visits[1]),
+        min_demand=DEMO_MIN_DEMAND if demo and not hours_text else 0.0,
+        members=settings.sim_members if members is None else members,
+        strap_share=settings.sim_strap_share if strap_share is None else strap_share,
+        check_in_share=settings.sim_check_in_share if check_in_share is None else check_in_share,
+    )
 
 
 def split_fleet(fleet: Fleet, raw_share: float) -> tuple[Fleet, Fleet]:
@@ -110,6 +152,12 @@ class SimulationPlan:
     close_at_end: bool = True
     """With a gym and a finite run: members still training at the end leave then (machines stop, straps
     disconnect, the kiosk checks them out). ``False``: a history run whose visits a live run continues."""
+    registered_from: datetime | None = None
+    """With a kiosk: members' consent and strap pairing date from here (default: a minute before the
+    history starts; runs that share a site should share it, or the later pairing conflicts)."""
+    max_in_flight: int = 1000
+    """With a gym: telemetry messages awaiting their PUBACK at once (a history run beside a live one keeps
+    this small, so that the broker's queue, which live messages wait in too, stays short)."""
     gateway_id: str = "sim-gw"
     """MQTT identity of the wire-contract devices' connection (the raw-frame gateway: ``<id>-raw``; the
     always-busy fleet keeps ``sim-raw-gw``)."""
@@ -245,8 +293,17 @@ async def _gym_wire(
     live: datetime,
     end: datetime | None,
 ) -> None:
-    async with gateway_client(target, plan.gateway_id, fleet.site, protocol=protocol) as client:
-        publisher = FleetPublisher(client, fleet, plan.gateway_id, faults=faults)
+    gw = plan.gateway_id
+    async with gateway_client(target, gw, fleet.site, protocol=protocol) as client:
+        # a loaded broker (the in-process one of `vitalab up` during a backfill) may take its time to ack
+        publisher = FleetPublisher(
+            client,
+            fleet,
+            gw,
+            faults=faults,
+            max_in_flight=plan.max_in_flight,
+            ack_timeout_s=GYM_ACK_TIMEOUT_S,
+        )
         await publisher.announce()
         if plan.backfill_s:
             await publisher.backfill(
@@ -293,7 +350,7 @@ async def _gym_kiosk(
     clock = GymClock.realtime() if plan.speed == 1.0 else GymClock(live, loop.time(), plan.speed)
     async with Kiosk(api_url, gym) as kiosk:
         try:
-            await kiosk.register(history - timedelta(minutes=1))
+            await kiosk.register(plan.registered_from or history - timedelta(minutes=1))
         except KioskError as exc:
             logger.error("kiosk: members not registered, no check-ins: %s", exc)
             return

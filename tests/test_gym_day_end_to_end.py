@@ -46,7 +46,7 @@ async def test_two_gym_days_become_sessions_with_participants_and_straps(
 ) -> None:
     config = GymConfig(
         open_h=8,
-        close_h=11,
+        close_h=10,
         visit_minutes=(5, 12),
         rest_min=40,
         members=14,
@@ -57,12 +57,13 @@ async def test_two_gym_days_become_sessions_with_participants_and_straps(
     )
     live = now_s()
     plan = SimulationPlan(
-        devices=4,
+        devices=6,  # bike-005 and treadmill-006 send BLE FTMS frames, so do half of the straps (or ANT+)
         seed=5,
         duration_s=0,
         backfill_s=2 * 86400,
         samples_per_message=10,
         raw_share=0.5,
+        ant_share=0.5,
         mix=("bike", "treadmill", "rower", "cross_trainer"),
         gym=config,
         start=live,
@@ -75,7 +76,7 @@ async def test_two_gym_days_become_sessions_with_participants_and_straps(
     ):
         plan = dataclasses.replace(plan, api_url=api)
         gym = await simulate_gym(mosquitto.target, SITE, plan, data_dir=tmp_path)
-        truth = GymPlan(SITE, 4, seed=5, config=config, kinds=plan.mix)  # the same plan, rebuilt
+        truth = GymPlan(SITE, 6, seed=5, config=config, kinds=plan.mix)  # the same plan, rebuilt
         visits = truth.visits(history, live)
         assert visits == gym.visits(history, live)
         expected = _expected_rows(truth, visits, history, live)

@@ -117,8 +117,12 @@ def simulate(
         ),
     ] = "",
     mix: Annotated[
-        str, typer.Option(help="device kinds to cycle through, comma-separated, or 'all'")
-    ] = "bike,treadmill,rower,hr_strap",
+        str | None,
+        typer.Option(
+            help="device kinds to cycle through, comma-separated, or 'all' (default bike,treadmill,rower,"
+            "hr_strap; --gym: its machine kinds, default bike,treadmill,rower,cross_trainer)"
+        ),
+    ] = None,
     raw_share: Annotated[
         float, typer.Option(min=0, max=1, help="share of devices sending BLE/ANT+ frames via a gateway")
     ] = 0.0,
@@ -130,12 +134,41 @@ def simulate(
         float, typer.Option(min=0.001, help="device seconds per wall second (>1 needs --duration)")
     ] = 1.0,
     mqtt_url: Annotated[str | None, typer.Option(help="target broker (default VITALAB_MQTT_URL)")] = None,
+    gym: Annotated[
+        bool,
+        typer.Option(
+            "--gym",
+            help="a gym day: members come and go (local opening hours, weekday/weekend peaks, classes, idle "
+            "machines), --devices machines, members' own straps; with --api-url a kiosk checks visits in",
+        ),
+    ] = False,
+    days: Annotated[
+        float, typer.Option(min=0, help="--gym: publish this many days of history ending now first, fast")
+    ] = 0.0,
+    members: Annotated[int | None, typer.Option(min=1, help="--gym: members (VITALAB_SIM_MEMBERS)")] = None,
+    open_hours: Annotated[
+        str | None, typer.Option(help="--gym: local opening hours, e.g. 6-22 (VITALAB_SIM_OPEN_HOURS)")
+    ] = None,
+    visit_minutes: Annotated[
+        str | None, typer.Option(help="--gym: shortest-longest visit, e.g. 20-60 (VITALAB_SIM_VISIT_MINUTES)")
+    ] = None,
+    strap_share: Annotated[
+        float | None, typer.Option(min=0, max=1, help="--gym: share of members wearing their own strap")
+    ] = None,
+    check_in_share: Annotated[
+        float | None, typer.Option(min=0, max=1, help="--gym: share of visits checked in at the kiosk")
+    ] = None,
+    api_url: Annotated[
+        str | None,
+        typer.Option(help="--gym: the platform's HTTP API: members registered, straps paired, check-ins"),
+    ] = None,
     log_level: LogLevel = "info",
 ) -> None:
     """Publish a simulated gym to VITALAB_MQTT_URL (or --mqtt-url)."""
     from simulators.faults import FaultRates
-    from simulators.fleet import MIX_ALL
-    from simulators.run import SimulationPlan
+    from simulators.fleet import MACHINES, MIX_ALL
+    from simulators.gymfleet import MACHINE_MIX, GymConfig
+    from simulators.run import SimulationPlan, gym_config
     from vitalab.platform import run_simulator
     from vitalab.wire import DeviceKind
 
@@ -152,19 +185,48 @@ def simulate(
         typer.echo(f"--faults: {exc}", err=True)
         raise typer.Exit(2) from None
     known: dict[str, DeviceKind] = {k: k for k in MIX_ALL}
+    mix = mix or (",".join(MACHINE_MIX) if gym else "bike,treadmill,rower,hr_strap")
     names = [k.strip() for k in (",".join(MIX_ALL) if mix == "all" else mix).split(",") if k.strip()]
     if not names or set(names) - set(known):
         typer.echo(f"--mix: kinds are {', '.join(MIX_ALL)}", err=True)
         raise typer.Exit(2)
-    kinds = tuple(known[k] for k in names)
+    kinds = tuple(known[k] for k in names if not gym or k in MACHINES)
+    if not kinds:
+        typer.echo(
+            f"--mix: a gym needs machines ({', '.join(MACHINE_MIX)}); straps come with members", err=True
+        )
+        raise typer.Exit(2)
     if speed != 1.0 and duration is None:
         typer.echo("--speed other than 1 needs --duration", err=True)
         raise typer.Exit(2)
+    gym_options = (days, members, open_hours, visit_minutes, strap_share, check_in_share, api_url)
+    if not gym and any(x not in (None, 0.0) for x in gym_options):
+        typer.echo(
+            "--days, --members, --open-hours, --visit-minutes, --strap-share, --check-in-share and "
+            "--api-url need --gym",
+            err=True,
+        )
+        raise typer.Exit(2)
+    config: GymConfig | None = None
+    if gym:
+        try:
+            config = gym_config(
+                settings,
+                demo=False,
+                open_hours=open_hours,
+                visit_minutes=visit_minutes,
+                members=members,
+                strap_share=strap_share,
+                check_in_share=check_in_share,
+            )
+        except ValueError as exc:
+            typer.echo(f"--gym: {exc}", err=True)
+            raise typer.Exit(2) from None
     plan = SimulationPlan(
         devices=settings.sim_devices if devices is None else devices,
         seed=settings.sim_seed if seed is None else seed,
         duration_s=duration,
-        backfill_s=backfill,
+        backfill_s=backfill + round(days * 86400),
         samples_per_message=samples_per_message,
         faults=rates,
         raw_share=raw_share,
@@ -172,6 +234,8 @@ def simulate(
         speed=speed,
         mix=kinds,
         class_share=class_share,
+        gym=config,
+        api_url=api_url,
     )
     asyncio.run(run_simulator(settings, plan))
 

@@ -4,29 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from datetime import timedelta
+from typing import Any
 
+import psycopg
 import uvicorn
 
 from analytics.jobs import DEFAULT_INTERVAL_S, interval_of, run_periodically
 from api.main import create_app
 from ingest.service import open_ingester
 from simulators.fleet import Fleet
+from simulators.gymfleet import MACHINE_MIX
 from simulators.publisher import FleetPublisher, gateway_client, now_ms
-from simulators.rawfleet import RawFleet
-from simulators.run import run_raw_gateway, split_fleet
+from simulators.rawfleet import RawFleet, now_s
+from simulators.run import SimulationPlan, gym_config, run_raw_gateway, simulate_gym, split_fleet
 from vitalab.db import prepare
 from vitalab.embedded import embedded_broker, embedded_postgres
 from vitalab.settings import MqttTarget, Settings
 
-if TYPE_CHECKING:
-    from simulators.run import SimulationPlan
-
 logger = logging.getLogger(__name__)
+
+HISTORY_IN_FLIGHT = 20
+"""Messages of `vitalab up`'s background history awaiting their PUBACK at once (50 samples each): the
+in-process broker carries the live data too."""
 
 
 @contextlib.asynccontextmanager
@@ -64,7 +69,9 @@ class _Api(uvicorn.Server):
         yield
 
 
-def _banner(settings: Settings, db_url: str, target: MqttTarget, embedded_mqtt: bool, api_url: str) -> str:
+def _banner(
+    settings: Settings, db_url: str, target: MqttTarget, embedded_mqtt: bool, api_url: str, simulator: str
+) -> str:
     db = (
         "embedded PostgreSQL, data in " + str(settings.data_dir / "postgres")
         if not settings.database_url
@@ -77,10 +84,106 @@ def _banner(settings: Settings, db_url: str, target: MqttTarget, embedded_mqtt: 
             f"  API        {api_url}  (try {api_url}/v1/samples/latest, docs at {api_url}/docs)",
             f"  MQTT       {mqtt}",
             f"  database   {db}",
-            f"  simulator  {settings.sim_devices} devices at site '{settings.site}', 1 Hz",
+            f"  simulator  {simulator}",
             "Ctrl-C stops everything; committed data stays.",
         ]
     )
+
+
+def _set_site_timezone(db_url: str, site: str, timezone: str) -> None:
+    """The simulated site's row, with the configured timezone (local days and midnights of the analytics)."""
+    with psycopg.connect(db_url) as conn:
+        conn.execute(
+            "INSERT INTO sites (site_id, timezone) VALUES (%s, %s) "
+            "ON CONFLICT (site_id) DO UPDATE SET timezone = EXCLUDED.timezone",
+            (site, timezone),
+        )
+
+
+def _bound_url(server: uvicorn.Server, settings: Settings) -> str:
+    """The API's base URL as a local client reaches it (the port uvicorn bound, also when 0 was asked)."""
+    port = settings.api_port
+    for srv in getattr(server, "servers", []):
+        for sock in srv.sockets:
+            port = sock.getsockname()[1]
+    host = settings.api_host if settings.api_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def _gym_plans(settings: Settings, api_url: str) -> tuple[SimulationPlan, SimulationPlan | None, str]:
+    """The live gym of `vitalab up`, the optional history run beside it, and the banner's description."""
+    config = gym_config(settings, demo=True)
+    live = now_s()
+    days = settings.sim_backfill_days
+    registered = live - timedelta(days=days, minutes=1)
+    plan = SimulationPlan(
+        devices=settings.sim_devices,
+        seed=settings.sim_seed,
+        raw_share=settings.sim_raw_share,
+        mix=MACHINE_MIX,
+        gym=config,
+        api_url=api_url,
+        start=live,
+        registered_from=registered,
+    )
+    history = None
+    if days > 0:
+        # beside the live gym, on its own connection, as wire-contract devices (raw frames through a second
+        # in-process gateway would cost minutes of CPU per day), few messages in flight (the broker carries
+        # the live data too); the live run continues the visits going on at its start
+        history = dataclasses.replace(
+            plan,
+            duration_s=0,
+            backfill_s=round(days * 86400),
+            close_at_end=False,
+            gateway_id="sim-gw-history",
+            raw_share=0.0,
+            samples_per_message=50,
+            max_in_flight=HISTORY_IN_FLIGHT,
+        )
+    straps = round(config.strap_share * config.members)
+    text = (
+        f"a gym at site '{settings.site}' ({config.timezone}): {settings.sim_devices} machines, "
+        f"{config.members} members ({straps} with their own strap), open {config.open_h}-{config.close_h} h, "
+        f"visits of {config.visit_minutes[0]}-{config.visit_minutes[1]} min, "
+        f"{round(100 * config.check_in_share)} % checked in via the API"
+        + (f"; {days:g} days of history in the background" if days > 0 else "")
+    )
+    return plan, history, text
+
+
+async def _fleet(settings: Settings, target: MqttTarget) -> None:
+    """The always-busy fleet (``VITALAB_SIM_MODE=fleet``): every device in use every second."""
+    fleet, raw = split_fleet(
+        Fleet.build(settings.site, settings.sim_devices, seed=settings.sim_seed), settings.sim_raw_share
+    )
+    client = gateway_client(target, "sim-gw", settings.site, protocol=settings.mqtt_protocol)
+    async with client, asyncio.TaskGroup() as tg:
+        publisher = FleetPublisher(client, fleet, "sim-gw")
+        await publisher.announce()
+        tg.create_task(publisher.run_realtime(), name="simulator")
+        if raw.devices:  # part of the gym speaks BLE/ANT+ frames, via an in-process gateway
+            tg.create_task(
+                run_raw_gateway(
+                    target,
+                    RawFleet(raw, record=False),
+                    now_ms(),
+                    None,
+                    speed=1.0,
+                    gateway_id="sim-raw-gw",
+                    buffer_path=settings.data_dir / "gateway" / "sim-raw-gw.sqlite",
+                    protocol=settings.mqtt_protocol,
+                ),
+                name="raw-gateway",
+            )
+
+
+async def _guarded(run: Coroutine[Any, Any, object], what: str) -> None:
+    """The simulator is the demo's data source, not the platform: its failure is logged, the rest runs on."""
+    try:
+        await run
+    except Exception:
+        logger.exception("%s failed; the platform runs on without it", what)
 
 
 async def run_platform(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
@@ -91,58 +194,52 @@ async def run_platform(settings: Settings, *, ready: asyncio.Event | None = None
     async with database(settings) as db_url, broker(settings) as (target, embedded_mqtt):
         if embedded_mqtt:
             settings = settings.model_copy(update={"ingest_share_group": None, "mqtt_protocol": "3.1.1"})
+        await asyncio.to_thread(_set_site_timezone, db_url, settings.site, settings.site_timezone)
         app = create_app(settings, db_url)
         server = _Api(
             uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")
         )
-        async with open_ingester(settings, target, db_url) as ingester:
-            fleet, raw = split_fleet(
-                Fleet.build(settings.site, settings.sim_devices, seed=settings.sim_seed),
-                settings.sim_raw_share,
+        async with open_ingester(settings, target, db_url) as ingester, asyncio.TaskGroup() as tg:
+            ingest_task = tg.create_task(ingester.run(), name="ingest")
+            api_task = tg.create_task(server.serve(), name="api")
+            every = interval_of(settings.analytics_interval_s, default=DEFAULT_INTERVAL_S)
+            analytics_task = None if every is None else tg.create_task(run_periodically(db_url, every))
+            while not server.started:
+                if api_task.done():
+                    break
+                await asyncio.sleep(0.05)
+            api_url = _bound_url(server, settings)
+            sim_tasks: list[asyncio.Task[None]] = []
+            protocol, data_dir = settings.mqtt_protocol, settings.data_dir
+            if settings.sim_mode == "gym":
+                plan, history, simulator = _gym_plans(settings, api_url)
+                for p, name in ((plan, "gym"), (history, "gym history")):
+                    if p is not None:
+                        run = simulate_gym(target, settings.site, p, protocol=protocol, data_dir=data_dir)
+                        sim_tasks.append(tg.create_task(_guarded(run, name)))
+            else:
+                simulator = f"{settings.sim_devices} devices at site '{settings.site}', always in use, 1 Hz"
+                sim_tasks.append(tg.create_task(_guarded(_fleet(settings, target), "simulator")))
+            print(
+                _banner(settings, db_url, target, embedded_mqtt, api_url, simulator),
+                file=sys.stderr,
+                flush=True,
             )
-            client = gateway_client(target, "sim-gw", settings.site, protocol=settings.mqtt_protocol)
-            async with client, asyncio.TaskGroup() as tg:
-                publisher = FleetPublisher(client, fleet, "sim-gw")
-                await publisher.announce()
-                ingest_task = tg.create_task(ingester.run(), name="ingest")
-                api_task = tg.create_task(server.serve(), name="api")
-                every = interval_of(settings.analytics_interval_s, default=DEFAULT_INTERVAL_S)
-                analytics_task = None if every is None else tg.create_task(run_periodically(db_url, every))
-                sim_task = tg.create_task(publisher.run_realtime(), name="simulator")
-                raw_task = (
-                    None
-                    if not raw.devices
-                    else tg.create_task(  # part of the gym speaks BLE/ANT+ frames, via an in-process gateway
-                        run_raw_gateway(
-                            target,
-                            RawFleet(raw, record=False),
-                            now_ms(),
-                            None,
-                            speed=1.0,
-                            gateway_id="sim-raw-gw",
-                            buffer_path=settings.data_dir / "gateway" / "sim-raw-gw.sqlite",
-                            protocol=settings.mqtt_protocol,
-                        ),
-                        name="raw-gateway",
-                    )
-                )
-                while not server.started:  # noqa: ASYNC110  (uvicorn exposes a flag, not an event)
-                    await asyncio.sleep(0.05)
-                api_url = f"http://{settings.api_host}:{settings.api_port}"
-                print(_banner(settings, db_url, target, embedded_mqtt, api_url), file=sys.stderr, flush=True)
-                if ready is not None:
-                    ready.set()
-                await stop.wait()
-                print("stopping...", file=sys.stderr, flush=True)
-                sim_task.cancel()
-                if analytics_task is not None:
-                    analytics_task.cancel()
-                if raw_task is not None:
-                    raw_task.cancel()
-                await asyncio.sleep(0.5)  # let the last published messages reach the ingester
-                ingest_task.cancel()  # writes and acks the batch in hand before it stops
-                server.should_exit = True
-                await api_task
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+            print("stopping...", file=sys.stderr, flush=True)
+            for task in sim_tasks:
+                task.cancel()
+            _, late = await asyncio.wait(sim_tasks, timeout=5)
+            for task in late:
+                logger.warning("simulator task %s still running 5 s after its cancellation", task.get_name())
+            if analytics_task is not None:
+                analytics_task.cancel()
+            await asyncio.sleep(0.5)  # let the last published messages reach the ingester
+            ingest_task.cancel()  # writes and acks the batch in hand before it stops
+            server.should_exit = True
+            await api_task
     print("vitalab stopped", file=sys.stderr, flush=True)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -84,6 +85,11 @@ class Settings(BaseSettings):
     )
     dead_letter_retention_days: int | None = Field(default=90, ge=1)
     site: str = Field(default="demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    site_timezone: str = Field(
+        default="UTC",
+        description="IANA timezone of the site: the simulated gym's opening hours; `vitalab up` stores it in "
+        "sites.timezone (local days of the analytics)",
+    )
     data_dir: Path = Field(default=Path.home() / ".local" / "share" / "vitalab")
 
     # --- embedded services --------------------------------------------------------------------------
@@ -130,6 +136,31 @@ class Settings(BaseSettings):
     sim_raw_share: float = Field(
         default=0.5, ge=0, le=1, description="share of the simulated gym sending raw frames via a gateway"
     )
+    sim_mode: Literal["gym", "fleet"] = Field(
+        default="gym",
+        description="`vitalab up`: a gym day (members come and go, straps, kiosk check-ins), or a fleet "
+        "whose devices are always busy",
+    )
+    sim_members: int = Field(default=60, ge=1, description="gym members (the same every day)")
+    sim_strap_share: float = Field(
+        default=0.6, ge=0, le=1, description="share of members with their own strap"
+    )
+    sim_check_in_share: float = Field(default=0.7, ge=0, le=1, description="share of visits checked in")
+    sim_open_hours: str | None = Field(
+        default=None,
+        pattern=r"^\d{1,2}-\d{1,2}$",
+        description="opening hours, local, e.g. 6-22; unset: 0-24 in `vitalab up` (a demo shows data "
+        "whenever started), 6-22 in `vitalab simulate`",
+    )
+    sim_visit_minutes: str | None = Field(
+        default=None,
+        pattern=r"^\d{1,3}-\d{1,3}$",
+        description="shortest-longest visit in minutes; unset: 4-10 in `vitalab up`, 20-60 in "
+        "`vitalab simulate`",
+    )
+    sim_backfill_days: float = Field(
+        default=2.0, ge=0, le=60, description="`vitalab up`: days of gym history published in the background"
+    )
 
     # --- gateway (`vitalab gateway`; `vitalab up` runs one in-process for the raw-frame simulators) -------
     gateway_id: str = Field(default="gw-1", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -150,6 +181,15 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, v: str | None) -> str | None:
         return v or None
+
+    @field_validator("site_timezone", mode="after")
+    @classmethod
+    def _known_timezone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {v!r} (an IANA name such as Europe/Brussels)") from None
+        return v
 
     def gateway_buffer(self) -> Path:
         return self.gateway_buffer_path or self.data_dir / "gateway" / f"{self.gateway_id}.sqlite"

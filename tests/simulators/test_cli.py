@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+import msgspec
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from typer.testing import CliRunner
 
+from simulators.gymfleet import GymPlan
+from simulators.run import gym_config
 from tests.conftest import Mosquitto
-from vitalab.wire import WireError, decode_telemetry, parse_topic
+from vitalab.cli import app
+from vitalab.settings import load_settings
+from vitalab.wire import DeviceState, WireError, decode_telemetry, parse_topic
 
 
 def test_simulate_backfill_with_faults(mosquitto: Mosquitto) -> None:
@@ -81,3 +88,72 @@ def test_simulate_backfill_with_faults(mosquitto: Mosquitto) -> None:
     assert 0 < samples < 4 * 60  # some messages were dropped at the source
     assert samples % 10 == 0
     assert malformed > 0
+
+
+def test_simulate_gym_history(mosquitto: Mosquitto) -> None:
+    """`vitalab simulate --gym --days`: machines and members' straps send only during the visits of the gym
+    plan of that seed, and report the start and end of every use."""
+    received: list[tuple[str, bytes]] = []
+    subscribed = threading.Event()
+    sub = paho.Client(CallbackAPIVersion.VERSION2, client_id="cli-gym-sub", protocol=paho.MQTTv5)
+    sub.on_message = lambda c, u, m: received.append((m.topic, bytes(m.payload)))
+    sub.on_subscribe = lambda c, u, mid, rc, p: subscribed.set()
+    sub.connect("127.0.0.1", mosquitto.port)
+    sub.subscribe([("vitalab/v1/+/dev/+/telemetry", 1), ("vitalab/v1/+/dev/+/state", 1)])
+    sub.loop_start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VITALAB_")}
+    env.update(VITALAB_MQTT_URL=mosquitto.url, VITALAB_SITE="cli-gym")
+    env.update(VITALAB_SITE_TIMEZONE="Europe/Brussels")
+    gym = ["--gym", "--days", "0.03", "--duration", "0", "--devices", "3", "--members", "12"]
+    gym += ["--open-hours", "0-24", "--visit-minutes", "5-10", "--samples-per-message", "10", "--seed", "4"]
+    try:
+        assert subscribed.wait(5)
+        done = subprocess.run(
+            [sys.executable, "-m", "vitalab", "simulate", *gym],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        runner = CliRunner()
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level  # the CLI configures logging on its (captured) stderr
+        for bad, message in (
+            (["--days", "1"], "need --gym"),
+            (["--gym", "--open-hours", "22-6"], "opening hours"),
+            (["--gym", "--mix", "hr_strap"], "a gym needs machines"),
+        ):
+            refused = runner.invoke(app, ["simulate", *bad], env={"VITALAB_MQTT_URL": mosquitto.url})
+            root.handlers[:], root.level = handlers, level
+            assert refused.exit_code == 2, (bad, refused.output)
+            assert message in refused.output
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+    settings = load_settings(site_timezone="Europe/Brussels", sim_members=12)
+    config = gym_config(settings, demo=False, open_hours="0-24", visit_minutes="5-10")
+    plan = GymPlan("cli-gym", 3, seed=4, config=config)
+    now = datetime.now(UTC)
+    visits = plan.visits(now - timedelta(days=1), now)
+    samples: set[tuple[str, datetime]] = set()
+    states: list[DeviceState] = []
+    for topic, payload in received:
+        parsed = parse_topic(topic)
+        if topic.endswith("/telemetry"):
+            msg = decode_telemetry(payload, topic_device=parsed.source, now=now)
+            samples |= {(parsed.source, s.t) for s in msg.samples}
+        else:
+            states.append(msgspec.json.decode(payload, type=DeviceState))
+    assert len(samples) > 3 * 300
+    in_use = {(d, v.start, v.end) for v in visits for d in plan.devices_of(v)}
+    for device, t in samples:
+        assert any(d == device and s <= t < e for d, s, e in in_use), (device, t)
+    assert {d for d, _ in samples} & set(plan.strap_of.values())  # members' straps
+    # machines report each workout's start and end, straps go online and offline
+    assert {s.training for s in states if s.device.startswith(("bike", "treadmill", "rower"))} >= {
+        "warm_up",
+        "post_workout",
+    }
+    assert any(not s.online for s in states if s.device.startswith("strap-"))

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -33,9 +34,13 @@ def _start(data_dir: Path, port: int, **extra: str) -> subprocess.Popen[str]:
     )
 
 
+MACHINES = ("bike-001", "treadmill-002", "rower-003", "cross-trainer-004")
+
+
 def _wait_for_samples(
     base: str, proc: subprocess.Popen[str], timeout_s: float = 90
 ) -> list[dict[str, object]]:
+    """The newest samples once a machine of the gym (members come and go) has sent one in the last minute."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -43,13 +48,20 @@ def _wait_for_samples(
             raise AssertionError(f"vitalab up exited with {proc.returncode}:\n{out}")
         try:
             r = httpx.get(f"{base}/v1/samples/latest", timeout=2)
-            if r.status_code == 200 and len(r.json()) == 4:
-                rows: list[dict[str, object]] = r.json()
+            rows: list[dict[str, object]] = r.json() if r.status_code == 200 else []
+            now = datetime.now(UTC)
+            live = [
+                row
+                for row in rows
+                if row["device_id"] in MACHINES
+                and now - datetime.fromisoformat(str(row["t"])) < timedelta(minutes=1)
+            ]
+            if live:
                 return rows
         except httpx.TransportError:
             pass
         time.sleep(0.25)
-    raise AssertionError("no samples through the API in time")
+    raise AssertionError("no live samples through the API in time")
 
 
 def _stop(proc: subprocess.Popen[str]) -> str:
@@ -71,7 +83,10 @@ def test_up_runs_the_platform_and_keeps_data(tmp_path: Path) -> None:
     try:
         first = _wait_for_samples(base, proc)
         devices = httpx.get(f"{base}/v1/devices").json()
-        assert {d["kind"] for d in devices} == {"bike", "treadmill", "rower", "hr_strap"}
+        # the gym's machines, and the straps its members wear
+        assert {d["kind"] for d in devices} == {"bike", "treadmill", "rower", "cross_trainer", "hr_strap"}
+        assert {d["device_id"] for d in devices if d["kind"] != "hr_strap"} == set(MACHINES)
+        assert all(d["device_id"].startswith("strap-m") for d in devices if d["kind"] == "hr_strap")
         assert httpx.get(f"{base}/health").json()["database"] is True
     finally:
         out = _stop(proc)
@@ -83,13 +98,13 @@ def test_up_runs_the_platform_and_keeps_data(tmp_path: Path) -> None:
     proc = _start(tmp_path, port)
     try:
         _wait_for_samples(base, proc)
-        bike = next(r for r in first if str(r["device_id"]).startswith("bike"))
+        machine = next(r for r in first if r["device_id"] in MACHINES)
         r = httpx.get(
-            f"{base}/v1/devices/{bike['device_id']}/samples",
-            params={"since": "2000-01-01T00:00:00Z", "limit": 10_000},
+            f"{base}/v1/devices/{machine['device_id']}/samples",
+            params={"since": str(machine["t"]), "limit": 10},
         )
         stamps = [s["t"] for s in r.json()]
-        assert bike["t"] in stamps
+        assert machine["t"] in stamps
     finally:
         _stop(proc)
 
@@ -103,10 +118,24 @@ def test_up_uses_external_services_when_configured(
     proc = _start(tmp_path, port, VITALAB_DATABASE_URL=empty_database, VITALAB_MQTT_URL=mosquitto.url)
     try:
         _wait_for_samples(f"http://127.0.0.1:{port}", proc)
+        # the kiosk registers the gym's members through the API, and pairs the straps with their owners
+        deadline = time.monotonic() + 60
+        paired = (
+            "SELECT count(*) FROM device_assignments WHERE device_id LIKE 'strap-m%' AND ended_at IS NULL"
+        )
+        while _scalar(empty_database, paired) < 36:
+            assert time.monotonic() < deadline, "members and straps not registered in time"
+            time.sleep(0.5)
     finally:
         out = _stop(proc)
     assert f"mqtt://127.0.0.1:{mosquitto.port} (external)" in out
     assert not (tmp_path / "postgres").exists()  # no embedded database was made
-    with psycopg.connect(empty_database) as conn:
-        (n,) = conn.execute("SELECT count(*) FROM samples").fetchone() or (0,)
-    assert n >= 4
+    assert _scalar(empty_database, "SELECT count(*) FROM samples") >= 4
+    assert _scalar(empty_database, "SELECT count(*) FROM participants") == 60
+
+
+def _scalar(url: str, query: str) -> int:
+    with psycopg.connect(url) as conn:
+        (n,) = conn.execute(query).fetchone() or (0,)
+    assert isinstance(n, int)
+    return n
