@@ -310,9 +310,8 @@ async def _gym_wire(
                 live - timedelta(seconds=plan.backfill_s), plan.backfill_s, plan.samples_per_message
             )
         if end is None or end > live:
-            start = (
-                max(live, now_s()) if plan.speed == 1.0 else live
-            )  # real time: from now to the planned end
+            # real time: from the current second (the backfill took time) to the planned end
+            start = max(live, now_s()) if plan.speed == 1.0 else live
             seconds = None if end is None else max(0.0, (end - start).total_seconds())
             await publisher.run_paced(
                 start, seconds, speed=plan.speed, samples_per_message=plan.samples_per_message
