@@ -229,9 +229,12 @@ def _run(conn: psycopg.Connection[Any], now: datetime, full: bool, wait: bool, c
         quality_keys = {k for k in quality_keys if k[1] < today}
 
     site_of = dict(conn.execute("SELECT device_id, site_id FROM devices").fetchall())
+    tz_of = {
+        site: ZoneInfo(tz) for site, tz in conn.execute("SELECT site_id, timezone FROM sites").fetchall()
+    }
     participants: dict[str, datetime] = {}
     open_notes: list[tuple[str, datetime, datetime]] = []
-    for site_id, lo, hi in _windows(ranges, site_of, now.timestamp(), cfg):
+    for site_id, lo, hi in _windows(ranges, site_of, tz_of, now.timestamp(), cfg):
         report.windows += 1
         changed = _process_window(conn, site_id, lo, hi, now, version, cfg, report, open_notes)
         for pid, started in changed.items():
@@ -271,17 +274,28 @@ def _run(conn: psycopg.Connection[Any], now: datetime, full: bool, wait: bool, c
 
 
 def _windows(
-    ranges: list[tuple[str, float, float]], site_of: dict[str, str], now_s: float, cfg: JobConfig
+    ranges: list[tuple[str, float, float]],
+    site_of: dict[str, str],
+    tz_of: dict[str, ZoneInfo],
+    now_s: float,
+    cfg: JobConfig,
 ) -> list[tuple[str, float, float]]:
     """Per site: padded ranges merged when closer than ``merge_s``, cut into ``chunk_s`` chunks, ending
-    at ``now`` at the latest."""
+    at ``now`` at the latest. The padding stops at the site's local midnights around a range: no session
+    spans one, so nothing beyond them can change a session of the range."""
     by_site: dict[str, list[tuple[float, float]]] = {}
     for dev, a, b in ranges:
         site = site_of.get(dev)
         if site is None:
             logger.warning("samples of %s, which has no devices row: not analysed", dev)
             continue
-        by_site.setdefault(site, []).append((a - cfg.pad_s, min(b + cfg.pad_s, now_s)))
+        tz = tz_of.get(site, ZoneInfo("UTC"))
+        day_a = datetime.fromtimestamp(a, tz).date()
+        floor_a = datetime.combine(day_a, datetime.min.time(), tz).timestamp()
+        ceil_b = datetime.combine(
+            datetime.fromtimestamp(b, tz).date() + timedelta(days=1), datetime.min.time(), tz
+        ).timestamp()
+        by_site.setdefault(site, []).append((max(a - cfg.pad_s, floor_a), min(b + cfg.pad_s, ceil_b, now_s)))
     out: list[tuple[str, float, float]] = []
     for site in sorted(by_site):
         spans = sorted(by_site[site])
@@ -325,6 +339,7 @@ def _process_window(
     midnights = local_midnights(left_limit, right_limit, ZoneInfo(tz_row[0] if tz_row else "UTC"))
     md_dev = np.repeat(np.arange(devices.n, dtype=np.int64), midnights.size)
     md_t = np.tile(midnights, devices.n)
+    midnight_set = set(midnights.tolist())
     while True:
         n = devices.n
         lo_arr, hi_arr = np.full(n, lo), np.full(n, min(hi, now_s))
@@ -334,9 +349,12 @@ def _process_window(
         bd, bt = status_breaks(events.device, events.t_s, events.kind, events.training, events.n_errors)
         bd, bt = np.concatenate((bd, md_dev)), np.concatenate((bt, md_t))  # a session never spans midnight
         active = active_mask(loaded.samples, devices.is_strap)
-        # a window edge at the extension limit is taken as a boundary (-inf/+inf: "nothing beyond")
-        wlo = np.full(n, -math.inf if lo <= left_limit else lo)
-        whi = np.full(n, math.inf if hi >= right_limit and hi < now_s else min(hi, now_s))
+        # a window edge at the extension limit, or on a local midnight (no session spans one), is taken
+        # as a boundary (-inf/+inf: "nothing beyond matters")
+        left_proven = lo <= left_limit or lo in midnight_set
+        right_proven = hi < now_s and (hi >= right_limit or hi in midnight_set)
+        wlo = np.full(n, -math.inf if left_proven else lo)
+        whi = np.full(n, math.inf if right_proven else min(hi, now_s))
         seg = assemble(
             loaded.samples,
             active,
@@ -349,14 +367,20 @@ def _process_window(
             params=params,
         )
         wider_left, wider_right = seg.needs_wider(n)
-        grow_left = bool(wider_left.any()) and lo > left_limit
-        grow_right = bool(wider_right.any()) and hi < right_limit
+        grow_left = bool(wider_left.any()) and not left_proven
+        grow_right = bool(wider_right.any()) and not right_proven
         if not grow_left and not grow_right:
             break
+        # grow, but never past a local midnight: on a site where some machine is always busy the window
+        # would otherwise grow to the extension limit on every run
         if grow_left:
-            lo = max(lo - step, left_limit)
+            new_lo = max(lo - step, left_limit)
+            crossed = midnights[(midnights >= new_lo) & (midnights < lo)]
+            lo = float(crossed.max()) if crossed.size else new_lo
         if grow_right:
-            hi = min(hi + step, right_limit)
+            new_hi = min(hi + step, right_limit)
+            crossed = midnights[(midnights > hi) & (midnights <= new_hi)]
+            hi = float(crossed.min()) if crossed.size else new_hi
         step *= 2
     report.samples_read += loaded.samples.n
 

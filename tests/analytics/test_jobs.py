@@ -205,3 +205,22 @@ def test_a_session_never_spans_the_sites_local_midnight(database_url: str) -> No
         (late_evening, late_evening + 10 * M - timedelta(seconds=1)),
         (late_evening + 10 * M, late_evening + 30 * M - timedelta(seconds=1)),
     ]
+
+
+def test_an_always_busy_device_is_reread_only_back_to_the_local_midnight(database_url: str) -> None:
+    """A device active without a pause since yesterday evening: an incremental run re-assembles from
+    today's local midnight (no session spans it), not back to the start of the activity or the
+    extension limit."""
+    d.setup_site(database_url, [("bike-1", "bike")])
+    evening = d.T0.replace(hour=20) - timedelta(days=1)  # 20:00 UTC the day before
+    midnight = evening + 4 * H
+    d.write(database_url, d.bike("bike-1", evening, 7 * 3600))  # until 02:59:59, without a pause
+    run_once(database_url, now=midnight + 3 * H)
+    d.write(database_url, d.bike("bike-1", midnight + 3 * H, 1800, elapsed0=7 * 3600))  # on until 03:29:59
+    report = run_once(database_url, now=midnight + 4 * H)
+    assert not report.full
+    assert report.samples_read == int(3.5 * 3600)  # since midnight, not since 20:00 (or two days back)
+    assert [(s[1], s[2]) for s in d.sessions(database_url)] == [
+        (evening, midnight - timedelta(seconds=1)),
+        (midnight, midnight + 3.5 * H - timedelta(seconds=1)),
+    ]
