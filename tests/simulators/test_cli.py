@@ -90,9 +90,37 @@ def test_simulate_backfill_with_faults(mosquitto: Mosquitto) -> None:
     assert malformed > 0
 
 
+HISTORY = timedelta(days=0.03)
+
+
+def _busy_gym() -> tuple[str, int]:
+    """(site timezone, seed) of a gym with enough visits in the last ``HISTORY`` to test what it sends.
+
+    A real gym's demand follows the local time of day (none at night), so the test puts the site in the
+    fixed-offset zone whose local time is now about 18:00 (the evening peak) and takes the first seed whose
+    plan, computed like the simulator does, has 1,000 machine-seconds, a visit that starts and ends inside
+    the window and a visit by a strap owner."""
+    now = datetime.now(UTC)
+    offset = (18 - now.hour + 12) % 24 - 12  # local = UTC + offset hours, within the -12..+11 zones
+    timezone = f"Etc/GMT{-offset:+d}" if offset else "UTC"  # POSIX-style names: the sign is inverted
+    settings = load_settings(site_timezone=timezone, sim_members=12)
+    config = gym_config(settings, demo=False, open_hours="0-24", visit_minutes="5-10")
+    lo, hi = now - HISTORY + timedelta(seconds=30), now - timedelta(seconds=5)
+    for seed in range(200):
+        plan = GymPlan("cli-gym", 3, seed=seed, config=config)
+        visits = plan.visits(lo, hi)
+        busy_s = sum((min(v.end, hi) - max(v.start, lo)).total_seconds() for v in visits)
+        whole = any(lo < v.start and v.end < hi for v in visits)
+        strapped = any(v.member_id in plan.strap_of for v in visits)
+        if busy_s >= 1000 and whole and strapped:
+            return timezone, seed
+    raise AssertionError(f"no seed in 0..199 has a busy gym in {timezone} now")
+
+
 def test_simulate_gym_history(mosquitto: Mosquitto) -> None:
     """`vitalab simulate --gym --days`: machines and members' straps send only during the visits of the gym
     plan of that seed, and report the start and end of every use."""
+    timezone, seed = _busy_gym()
     received: list[tuple[str, bytes]] = []
     subscribed = threading.Event()
     sub = paho.Client(CallbackAPIVersion.VERSION2, client_id="cli-gym-sub", protocol=paho.MQTTv5)
@@ -103,9 +131,10 @@ def test_simulate_gym_history(mosquitto: Mosquitto) -> None:
     sub.loop_start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VITALAB_")}
     env.update(VITALAB_MQTT_URL=mosquitto.url, VITALAB_SITE="cli-gym")
-    env.update(VITALAB_SITE_TIMEZONE="Europe/Brussels")
-    gym = ["--gym", "--days", "0.03", "--duration", "0", "--devices", "3", "--members", "12"]
-    gym += ["--open-hours", "0-24", "--visit-minutes", "5-10", "--samples-per-message", "10", "--seed", "4"]
+    env.update(VITALAB_SITE_TIMEZONE=timezone)
+    gym = ["--gym", "--days", str(HISTORY / timedelta(days=1)), "--duration", "0", "--devices", "3"]
+    gym += ["--members", "12", "--open-hours", "0-24", "--visit-minutes", "5-10"]
+    gym += ["--samples-per-message", "10", "--seed", str(seed)]
     try:
         assert subscribed.wait(5)
         done = subprocess.run(
@@ -132,9 +161,9 @@ def test_simulate_gym_history(mosquitto: Mosquitto) -> None:
     finally:
         sub.loop_stop()
         sub.disconnect()
-    settings = load_settings(site_timezone="Europe/Brussels", sim_members=12)
+    settings = load_settings(site_timezone=timezone, sim_members=12)
     config = gym_config(settings, demo=False, open_hours="0-24", visit_minutes="5-10")
-    plan = GymPlan("cli-gym", 3, seed=4, config=config)
+    plan = GymPlan("cli-gym", 3, seed=seed, config=config)
     now = datetime.now(UTC)
     visits = plan.visits(now - timedelta(days=1), now)
     samples: set[tuple[str, datetime]] = set()

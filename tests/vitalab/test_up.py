@@ -13,17 +13,43 @@ from pathlib import Path
 import httpx
 import psycopg
 
+from simulators.gymfleet import GymPlan
+from simulators.run import gym_config
 from tests.conftest import Mosquitto, free_port
+from vitalab.settings import Settings
+
+MACHINES = ("bike-001", "treadmill-002", "rower-003", "cross-trainer-004")
 
 
-def _start(data_dir: Path, port: int, **extra: str) -> subprocess.Popen[str]:
+def _busy_seed(window: timedelta = timedelta(minutes=8)) -> int:
+    """A simulator seed whose gym has one of its machines in use during the whole next ``window``.
+
+    The demo gym is deterministic per seed and day and, like a real one, has quiet moments (with four
+    machines, up to half an hour with all of them free); a test that expects live samples from whatever
+    moment it runs at picks a seed that has a member on a machine now, computed with the simulator's own plan.
+    """
+    config = gym_config(Settings.model_construct(), demo=True)  # the defaults, as in the child's environment
+    now = datetime.now(UTC)
+    for seed in range(1000):
+        covered = now
+        plan = GymPlan("demo", len(MACHINES), seed=seed, config=config)
+        for visit in sorted(plan.visits(now, now + window), key=lambda v: v.start):
+            if visit.start <= covered:
+                covered = max(covered, visit.end)
+        if covered >= now + window:
+            return seed
+    raise AssertionError("no seed in 0..999 has a machine in use now")
+
+
+def _start(data_dir: Path, port: int, seed: int, **extra: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VITALAB_")}
     env.update(extra)
     env.update(
         VITALAB_DATA_DIR=str(data_dir),
         VITALAB_API_PORT=str(port),
         VITALAB_EMBEDDED_MQTT_PORT="0",
-        VITALAB_SIM_DEVICES="4",
+        VITALAB_SIM_DEVICES=str(len(MACHINES)),
+        VITALAB_SIM_SEED=str(seed),
     )
     return subprocess.Popen(
         [sys.executable, "-m", "vitalab", "up"],
@@ -32,9 +58,6 @@ def _start(data_dir: Path, port: int, **extra: str) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
     )
-
-
-MACHINES = ("bike-001", "treadmill-002", "rower-003", "cross-trainer-004")
 
 
 def _wait_for_samples(
@@ -79,7 +102,8 @@ def _stop(proc: subprocess.Popen[str]) -> str:
 def test_up_runs_the_platform_and_keeps_data(tmp_path: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = _start(tmp_path, port)
+    seed = _busy_seed()
+    proc = _start(tmp_path, port, seed)
     try:
         first = _wait_for_samples(base, proc)
         devices = httpx.get(f"{base}/v1/devices").json()
@@ -95,7 +119,7 @@ def test_up_runs_the_platform_and_keeps_data(tmp_path: Path) -> None:
     assert (tmp_path / "postgres" / "PG_VERSION").exists()
 
     # second run on the same data directory: what the first run committed is still there
-    proc = _start(tmp_path, port)
+    proc = _start(tmp_path, port, seed)
     try:
         _wait_for_samples(base, proc)
         machine = next(r for r in first if r["device_id"] in MACHINES)
@@ -115,7 +139,9 @@ def test_up_uses_external_services_when_configured(
     """With VITALAB_DATABASE_URL and VITALAB_MQTT_URL set, nothing is embedded: Mosquitto (MQTT 5, shared
     subscription) and the given database carry the data."""
     port = free_port()
-    proc = _start(tmp_path, port, VITALAB_DATABASE_URL=empty_database, VITALAB_MQTT_URL=mosquitto.url)
+    proc = _start(
+        tmp_path, port, _busy_seed(), VITALAB_DATABASE_URL=empty_database, VITALAB_MQTT_URL=mosquitto.url
+    )
     try:
         _wait_for_samples(f"http://127.0.0.1:{port}", proc)
         # the kiosk registers the gym's members through the API, and pairs the straps with their owners
