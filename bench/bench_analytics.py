@@ -12,8 +12,10 @@ Prints, in the same run:
 - a peer HRV library on a subset (time + frequency domain from the same RR), run in its own interpreter
   because peers are not project dependencies: pass ``--peer-python`` (or ``VITALAB_PEER_PYTHON``) pointing at
   a throwaway venv, e.g. ``python3 -m venv /tmp/peers && /tmp/peers/bin/pip install neurokit2`` and/or
-  ``python3 -m venv /tmp/peers2 && /tmp/peers2/bin/pip install hrv-analysis``. Without one the peer
-  comparison is skipped (and the command to set it up is printed).
+  ``python3 -m venv /tmp/peers2 && /tmp/peers2/bin/pip install hrv-analysis "nolds<0.6"`` (hrv-analysis
+  1.0.6 does not import with nolds 0.6.3: "'nolds.datasets' is not a package"; it uses nolds only for
+  non-linear indices, not measured here). Without one the peer comparison is skipped (and the command to set
+  it up is printed).
 
 Targets (issue 5): whole batch < 60 s on this 2-core machine; ≥ 20× faster per session than the peer.
 """
@@ -256,7 +258,7 @@ def main() -> None:
         print(
             "  skipped: no peer interpreter. Set one up with\n"
             "    python3 -m venv /tmp/peers && /tmp/peers/bin/pip install neurokit2\n"
-            "    python3 -m venv /tmp/peers2 && /tmp/peers2/bin/pip install hrv-analysis\n"
+            "    python3 -m venv /tmp/peers2 && /tmp/peers2/bin/pip install hrv-analysis 'nolds<0.6'\n"
             "  and pass --peer-python /tmp/peers/bin/python --peer-python /tmp/peers2/bin/python"
         )
         return
