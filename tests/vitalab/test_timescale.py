@@ -2,12 +2,17 @@
 
 Checked here: hypertables, continuous aggregates that answer exactly like the plain-PostgreSQL views on
 the same data, compression and retention policies from settings, and idempotent writes into chunks that
-are already compressed.
+are already compressed. Behaviour that plain PostgreSQL shares (the rollups' answers, duplicates ignored
+with the first write kept) is also tested here without the ``timescale`` mark, on the ``database_url``
+schema (plain PostgreSQL unless VITALAB_TEST_SCHEMA_TIMESCALE=require), against an independent count.
+The scheduler's own runs of the policies: test_timescale_scheduler.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,16 +21,15 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from ingest.batch import Batch
+from ingest.batch import SAMPLE_COLUMNS, Batch
 from ingest.writer import prepare as prepare_writer
 from ingest.writer import write_batch
 from tests.conftest import new_database
 from vitalab.db import discover, prepare
 from vitalab.settings import load_settings
 
-pytestmark = pytest.mark.timescale
-
-T0 = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=3)
+T0 = datetime(2026, 3, 28, 23, 0, tzinfo=UTC)
+"""Two hours of samples from here: across midnight UTC (and the night Europe moves its clocks)."""
 
 
 @pytest.fixture
@@ -42,6 +46,7 @@ def jobs(url: str) -> dict[tuple[str, str], dict[str, Any]]:
     return {(p, h): c for p, h, c in rows}
 
 
+@pytest.mark.timescale
 def test_migrate_builds_hypertables_aggregates_and_policies(ts_database: str) -> None:
     report = prepare(ts_database, load_settings(timescale="require"))
     assert report.timescale
@@ -103,10 +108,14 @@ def test_migrate_builds_hypertables_aggregates_and_policies(ts_database: str) ->
     assert sum(1 for p, h in j if (p, h) == ("policy_compression", "samples")) == 1
 
 
+@pytest.mark.timescale
 def test_policies_compress_and_drop_what_the_settings_say(ts_database: str) -> None:
     prepare(ts_database, load_settings(timescale="require", retention_days=10, compress_after_days=2))
-    now = datetime.now(UTC).replace(microsecond=0)
     with psycopg.connect(ts_database, autocommit=True) as conn:
+        # ages relative to the server's clock: the one the policies read
+        row = conn.execute("SELECT date_trunc('second', now())").fetchone()
+        assert row is not None
+        now: datetime = row[0]
         # the background scheduler would run the same jobs at its own time: pause it, run them here
         conn.execute("SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs")
         conn.execute("INSERT INTO sites (site_id) VALUES ('gym-a')")
@@ -156,21 +165,31 @@ def test_policies_compress_and_drop_what_the_settings_say(ts_database: str) -> N
     assert materialized[0] >= now - timedelta(hours=1, minutes=1)
 
 
-def _load(url: str) -> None:
+Row = tuple[str, datetime, str, float | None, float]
+"""(device, t, site, hr_bpm, power_w)"""
+
+
+def _samples() -> list[Row]:
+    rows: list[Row] = []
+    for d in range(4):
+        for s in range(0, 2 * 3600, 7):  # two hours, every 7 s, across minute and hour edges
+            hr: float | None = None if (s // 7) % 11 == 0 else 90.0 + (s % 60) + d
+            if d == 3 and s >= 3600:
+                hr = None  # gym-b's only device wears no strap in the second hour: no HR at all there
+            rows.append((f"dev-{d}", T0 + timedelta(seconds=s), "gym-a" if d < 3 else "gym-b", hr, 100.0 + d))
+    return rows
+
+
+def _load(url: str) -> list[Row]:
+    rows = _samples()
     with psycopg.connect(url) as conn:
         conn.execute("INSERT INTO sites (site_id) VALUES ('gym-a'), ('gym-b')")
         with conn.cursor() as cur:
-            rows = []
-            for d in range(4):
-                for s in range(0, 2 * 3600, 7):  # two hours, every 7 s, across minute and hour edges
-                    hr = None if (s // 7) % 11 == 0 else 90 + (s % 60) + d
-                    rows.append(
-                        (f"dev-{d}", T0 + timedelta(seconds=s), "gym-a" if d < 3 else "gym-b", hr, 100.0 + d)
-                    )
             cur.executemany(
                 "INSERT INTO samples (device_id, t, site_id, hr_bpm, power_w) VALUES (%s, %s, %s, %s, %s)",
                 rows,
             )
+    return rows
 
 
 def _rollups(url: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
@@ -186,23 +205,88 @@ def _rollups(url: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     return minute, hour
 
 
+def _counted(rows: list[Row]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The rollups counted in Python from the samples themselves (the hour straight from the samples,
+    not from the minutes)."""
+    minutes: dict[tuple[str, str, datetime], list[Row]] = defaultdict(list)
+    hours: dict[tuple[str, datetime], list[Row]] = defaultdict(list)
+    for r in rows:
+        device, t, site = r[0], r[1], r[2]
+        minutes[device, site, t.replace(second=0, microsecond=0)].append(r)
+        hours[site, t.replace(minute=0, second=0, microsecond=0)].append(r)
+    minute = []
+    for (device, site, bucket), rs in sorted(minutes.items(), key=lambda kv: (kv[0][0], kv[0][2])):
+        hr = [r[3] for r in rs if r[3] is not None]
+        power = [r[4] for r in rs]
+        minute.append(
+            (
+                device,
+                site,
+                bucket,
+                len(rs),
+                len(hr),
+                sum(hr) if hr else None,
+                min(hr) if hr else None,
+                max(hr) if hr else None,
+                sum(power) / len(power),
+            )
+        )
+    hour = []
+    for (site, bucket), rs in sorted(hours.items()):
+        hr = [r[3] for r in rs if r[3] is not None]
+        device_minutes = len({(r[0], r[1].replace(second=0, microsecond=0)) for r in rs})
+        hour.append(
+            (
+                site,
+                bucket,
+                device_minutes,
+                len(rs),
+                sum(hr) / len(hr) if hr else None,
+                max(hr) if hr else None,
+            )
+        )
+    return minute, hour
+
+
 def _same(a: list[tuple[Any, ...]], b: list[tuple[Any, ...]]) -> None:
     assert len(a) == len(b)
     for ra, rb in zip(a, b, strict=True):
+        assert len(ra) == len(rb)
         for x, y in zip(ra, rb, strict=True):
             if isinstance(x, float) and isinstance(y, float):
-                assert math.isclose(x, y, rel_tol=1e-6)
+                assert math.isclose(x, y, rel_tol=1e-6), (ra, rb)
             else:
-                assert x == y
+                assert x == y, (ra, rb)
 
 
+def test_rollups_count_what_the_samples_hold(database_url: str) -> None:
+    """samples_1m and site_samples_1h on the schema under test (plain views by default) against a count in
+    Python; the TimescaleDB continuous aggregates are held to the same count below."""
+    rows = _load(database_url)
+    minute, hour = _counted(rows)
+    assert len(minute) == 4 * 120  # 2 h of minutes per device
+    assert [(h[0], h[1].hour) for h in hour] == [("gym-a", 23), ("gym-a", 0), ("gym-b", 23), ("gym-b", 0)]
+    gym_b = [h for h in hour if h[0] == "gym-b"]
+    assert gym_b[0][4] is not None
+    assert gym_b[1][4:] == (None, None)  # no HR in gym-b's second hour
+    got_minute, got_hour = _rollups(database_url)
+    _same(got_minute, minute)
+    _same(got_hour, hour)
+
+
+@pytest.mark.timescale
 def test_continuous_aggregates_answer_like_the_plain_views(ts_database: str, database_url: str) -> None:
     prepare(ts_database, load_settings(timescale="require"))
-    _load(ts_database)
+    rows = _load(ts_database)
     _load(database_url)
+    counted = _counted(rows)
     plain = _rollups(database_url)
-    assert len(plain[0]) == 4 * 120  # 2 h of minutes per device
-    _same(_rollups(ts_database)[0], plain[0])  # real-time aggregation, before any refresh
+    _same(plain[0], counted[0])
+    _same(plain[1], counted[1])
+    # real-time aggregation, before any refresh
+    realtime = _rollups(ts_database)
+    _same(realtime[0], counted[0])
+    _same(realtime[1], counted[1])
     with psycopg.connect(ts_database, autocommit=True) as conn:
         conn.execute("CALL refresh_continuous_aggregate('samples_1m', NULL, NULL)")
         conn.execute("CALL refresh_continuous_aggregate('site_samples_1h', NULL, NULL)")
@@ -210,53 +294,79 @@ def test_continuous_aggregates_answer_like_the_plain_views(ts_database: str, dat
         conn.execute("ALTER MATERIALIZED VIEW samples_1m SET (timescaledb.materialized_only = true)")
         conn.execute("ALTER MATERIALIZED VIEW site_samples_1h SET (timescaledb.materialized_only = true)")
     minute, hour = _rollups(ts_database)
-    _same(minute, plain[0])
-    _same(hour, plain[1])
+    _same(minute, counted[0])
+    _same(hour, counted[1])
 
 
-def test_duplicates_into_compressed_chunks_are_still_ignored(ts_database: str) -> None:
-    prepare(ts_database, load_settings(timescale="require"))
-    old = datetime.now(UTC).replace(microsecond=0) - timedelta(days=20)
-    received = datetime.now(UTC)
-    with psycopg.connect(ts_database, autocommit=True) as conn:
+OLD = datetime(2026, 1, 10, 6, 0, tzinfo=UTC)
+"""Samples written long ago (on TimescaleDB, in a compressed chunk) and written again."""
+
+
+def _store_old_samples(url: str, *, compress: bool) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("INSERT INTO sites (site_id) VALUES ('gym-a')")
         conn.execute(
             "INSERT INTO samples (device_id, t, site_id, hr_bpm) "
             "SELECT 'dev-1', %s + make_interval(secs => g), 'gym-a', 100 FROM generate_series(0, 99) g",
-            (old,),
+            (OLD,),
         )
-        compressed = conn.execute(
-            "SELECT count(compress_chunk(c)) FROM show_chunks('samples', older_than => INTERVAL '8 days') c"
-        ).fetchone()
-    assert compressed == (1,)
+        if compress:
+            compressed = conn.execute(
+                "SELECT count(compress_chunk(c)) FROM show_chunks('samples') c"
+            ).fetchone()
+            assert compressed == (1,)
+            chunks = conn.execute(
+                "SELECT is_compressed FROM timescaledb_information.chunks WHERE hypertable_name = 'samples'"
+            ).fetchall()
+            assert chunks == [(True,)]
 
-    def row(s: int, hr: float) -> tuple[Any, ...]:
-        return (
-            "dev-1",
-            old + timedelta(seconds=s),
-            "gym-a",
-            1,
-            received,
-            *([None] * 8),
-            hr,
-            None,
-            None,
-            None,
-        )
 
-    import asyncio
+def _write_again(url: str) -> tuple[int, int]:
+    """Seconds 95..104 again with another heart rate: 5 duplicates, 5 new; (inserted, duplicates)."""
+
+    def row(s: int) -> tuple[Any, ...]:
+        values = {
+            "device_id": "dev-1",
+            "t": OLD + timedelta(seconds=s),
+            "site_id": "gym-a",
+            "seq": 1,
+            "received_at": OLD + timedelta(days=1),
+            "hr_bpm": 150.0,
+        }
+        return tuple(values.get(c) for c in SAMPLE_COLUMNS)
 
     async def write() -> tuple[int, int]:
-        async with await psycopg.AsyncConnection.connect(ts_database) as conn:
+        async with await psycopg.AsyncConnection.connect(url) as conn:
             await prepare_writer(conn)
             batch = Batch()
-            batch.samples.extend([row(s, 150.0) for s in range(95, 105)])  # 5 duplicates, 5 new
+            batch.samples.extend(row(s) for s in range(95, 105))
             batch.messages = 1
             result = await write_batch(conn, batch)
             return result.samples_inserted, result.samples_duplicate
 
-    assert asyncio.run(write()) == (5, 5)
-    with psycopg.connect(ts_database) as conn:
-        assert conn.execute(
-            "SELECT count(*), max(hr_bpm) FILTER (WHERE t < %s) FROM samples", (old + timedelta(seconds=100),)
-        ).fetchone() == (105, 100.0)
+    return asyncio.run(write())
+
+
+def _stored(url: str) -> tuple[Any, ...] | None:
+    """(rows, the heart rate of the first 100 seconds, that of the 5 new ones)"""
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT count(*), max(hr_bpm) FILTER (WHERE t < %(end)s), "
+            "min(hr_bpm) FILTER (WHERE t >= %(end)s) FROM samples",
+            {"end": OLD + timedelta(seconds=100)},
+        ).fetchone()
+
+
+def test_duplicates_of_stored_samples_are_ignored(database_url: str) -> None:
+    """The writer's idempotence on the schema under test: the first write wins, duplicates are counted."""
+    _store_old_samples(database_url, compress=False)
+    assert _write_again(database_url) == (5, 5)
+    assert _stored(database_url) == (105, 100.0, 150.0)
+
+
+@pytest.mark.timescale
+def test_duplicates_into_compressed_chunks_are_still_ignored(ts_database: str) -> None:
+    prepare(ts_database, load_settings(timescale="require"))
+    _store_old_samples(ts_database, compress=True)
+    assert _write_again(ts_database) == (5, 5)
+    assert _stored(ts_database) == (105, 100.0, 150.0)
