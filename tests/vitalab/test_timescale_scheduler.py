@@ -1,10 +1,11 @@
 """TimescaleDB's background scheduler runs every policy vitalab sets up, and every run succeeds.
 
 Against a real TimescaleDB (VITALAB_TEST_TIMESCALE_URL; skipped without one). Nothing here calls
-``run_job``: the policies are made due (``alter_job(..., next_start => now())``) and the test waits, with a
-deadline, for the scheduler's own runs, then reads ``timescaledb_information.job_stats`` and what the runs
-did to the data. On PostgreSQL 15.20 every scheduled run failed with ``cannot drop portal "" while it is
-being set up`` while ``CALL run_job`` worked (issue 10), which is the failure this test exists to catch.
+``run_job``: the policies are made due (``alter_job(..., next_start => now())``), one kind at a time, and
+the test waits, with a deadline, for the scheduler's own runs, then reads
+``timescaledb_information.job_stats`` and what the runs did to the data. On PostgreSQL 15.20 every
+scheduled run failed with ``cannot drop portal "" while it is being set up`` while ``CALL run_job``
+worked (issue 10): the failure this test exists to catch.
 
 The ages below are relative to the database server's ``now()``, the clock the policies themselves read
 (compression and retention cannot be told another one); no result depends on the date or time of day.
@@ -141,8 +142,11 @@ def _make_due(conn: psycopg.Connection, ids: list[int]) -> datetime:
 
 
 def _scheduled_runs(conn: psycopg.Connection, ids: list[int]) -> dict[int, JobStat]:
+    """Make ``ids`` due, wait for the scheduler's run of each, pause them again; their stats after the run."""
     due = _make_due(conn, ids)
-    return _wait(conn, ids, "has a finished scheduled run", lambda s: s.ran_since(due))
+    stats = _wait(conn, ids, "has a finished scheduled run", lambda s: s.ran_since(due))
+    _pause(conn, ids)
+    return stats
 
 
 def _count(conn: psycopg.Connection, query: str) -> int:
@@ -195,8 +199,16 @@ def test_the_scheduler_runs_every_policy_and_each_run_succeeds(ts_database: str)
             ("policy_retention", "samples"),
         ]
         ids = [j.job_id for j in jobs]
-        hourly = [j.job_id for j in jobs if j.hypertable_name == "site_samples_1h"]
-        first = [i for i in ids if i not in hourly]
+        # One kind of policy at a time. Started together, the compression and retention runs on samples
+        # deadlocked in about one test in four (TimescaleDB 2.28.3, PostgreSQL 18.6; the loser is retried
+        # by the scheduler later), and the hourly aggregate rolls up what the minute one has materialized.
+        phases = [
+            [j.job_id for j in jobs if j.proc_name in ("policy_retention", HISTORY_RETENTION)],
+            [j.job_id for j in jobs if j.proc_name == "policy_compression"],
+            [j.job_id for j in jobs if j.hypertable_name == "samples_1m"],
+            [j.job_id for j in jobs if j.hypertable_name == "site_samples_1h"],
+        ]
+        assert sorted(i for phase in phases for i in phase) == sorted(ids)
 
         # The scheduler starts new policies on its own; pause them so that the data below is in place
         # before any run that the assertions are about.
@@ -225,10 +237,9 @@ def test_the_scheduler_runs_every_policy_and_each_run_succeeds(ts_database: str)
         assert old_compressed == new_compressed == 0
         assert _materialized_samples(conn, "samples_1m") == 0
 
-        # Every policy but the hourly aggregate, then the hourly one: it rolls up what the minute
-        # aggregate has materialized, so it runs once that has.
-        stats = _scheduled_runs(conn, first)
-        stats |= _scheduled_runs(conn, hourly)
+        stats: dict[int, JobStat] = {}
+        for phase in phases:
+            stats |= _scheduled_runs(conn, phase)
 
         for job in jobs:
             s = stats[job.job_id]
