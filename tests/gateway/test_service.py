@@ -13,7 +13,7 @@ import pytest
 
 from gateway import ant, cycling, encode_frame, ftms, hrm
 from gateway.buffer import Buffer
-from gateway.decode import Record
+from gateway.decode import Record, source_of
 from gateway.publisher import GatewayPublisher
 from gateway.service import GatewayService, Pipeline, floor_time
 from gateway.transport import DeviceInfo, Event, Frame, Link, Rejected
@@ -27,8 +27,7 @@ BIKE = DeviceInfo("bike-1", "bike", "ble", model="SimBike 1")
 
 
 def frame(device: str, record: Record, t: datetime) -> Frame:
-    source = record.source if isinstance(record, ant.FePage | ant.HrmPage) else record.SOURCE
-    return Frame(device, source, encode_frame(record), t)
+    return Frame(device, source_of(record), encode_frame(record), t)
 
 
 def bike(power: int, hr: int | None = 120) -> ftms.IndoorBikeData:
@@ -203,7 +202,7 @@ async def test_service_publishes_telemetry_and_state_and_keeps_dead_frames(
         parts = split(bike(150 + i))
         batches.append([*(frame("bike-1", p, t0 + timedelta(seconds=i)) for p in parts)])
         if i % 5 == 0:
-            batches[-1].append(Frame("bike-1", "ble:2ad2", b"\xff\xff\xff", t0 + timedelta(seconds=i)))
+            batches[-1].append(Frame("bike-1", "ble:2ad2", b"\xff", t0 + timedelta(seconds=i)))
     try:
         async with GatewayPublisher(
             mosquitto.target, "gym", "gw-svc", tmp_path / "gw.sqlite", batch_samples=5
@@ -223,8 +222,8 @@ async def test_service_publishes_telemetry_and_state_and_keeps_dead_frames(
     with Buffer(tmp_path / "gw.sqlite") as buf:
         dead = buf.dead_frames()
     assert len(dead) == 4
-    assert {d.data for d in dead} == {b"\xff\xff\xff"}
-    assert all(d.device == "bike-1" and d.source == "ble:2ad2" and "reserved" in d.reason for d in dead)
+    assert {d.data for d in dead} == {b"\xff"}
+    assert all(d.device == "bike-1" and d.source == "ble:2ad2" and "flags" in d.reason for d in dead)
 
 
 def _samples(messages: Sequence[Received]) -> list[Sample]:
