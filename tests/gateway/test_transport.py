@@ -20,9 +20,18 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import encode_frame, ftms, hrm
 from gateway.errors import DeviceListError, TransportUnavailable
-from gateway.transport import Frame, Rejected, ant_source, kind_of_source, load_device_list, raw_char_source
+from gateway.service import Pipeline
+from gateway.transport import (
+    DeviceInfo,
+    Frame,
+    Rejected,
+    ant_source,
+    kind_of_source,
+    load_device_list,
+    raw_char_source,
+)
 from gateway.transport_ant import broadcast, load_openant
-from gateway.transport_ble import CHARACTERISTICS, load_bleak, notification, uuid16
+from gateway.transport_ble import CHARACTERISTICS, load_bleak, notification, read_device_information, uuid16
 from gateway.transport_mqtt import MqttRawTransport, raw_event
 from tests.conftest import Mosquitto
 from tests.gateway.test_publisher import Subscriber
@@ -34,7 +43,8 @@ id = "bike-01"
 kind = "bike"
 transport = "ble"
 address = "C4:12:34:56:78:9A"
-model = "technogym aquafeel"
+model = "Skillrow"
+quirks = "FTMS-trailing-byte"
 
 [[device]]
 id = "hr-01"
@@ -54,7 +64,7 @@ def test_device_list(tmp_path: Path) -> None:
         "ble",
         "C4:12:34:56:78:9A",
     )
-    assert bike.model == "technogym aquafeel"  # also the quirk key
+    assert (bike.model, bike.quirks) == ("Skillrow", "FTMS-trailing-byte")
     assert bike.meta().transport == "ble"
     assert (strap.kind, strap.transport, strap.address) == ("hr_strap", "ant", "0x1234")
 
@@ -76,6 +86,11 @@ def test_device_list(tmp_path: Path) -> None:
             '[[device]]\nid = "a"\nkind = "bike"\ntransport = "sim"\n' * 2,
             1,
             "twice",
+        ),
+        (
+            '[[device]]\nid = "a"\nkind = "bike"\ntransport = "sim"\nquirks = "acme 3000"',
+            0,
+            "quirks",
         ),
         ("device = 3", None, "array of tables"),
         ("[[device]\n", None, ""),
@@ -127,6 +142,46 @@ def test_radio_callbacks_make_frames() -> None:
     assert abs((datetime.now(UTC) - f.t).total_seconds()) < 1
     g = broadcast("hr-1", 120, [0x84, 0xFF, 0, 4, 0, 8, 7, 60])
     assert (g.source, g.data) == ("ant:hrm:4", bytes([0x84, 0xFF, 0, 4, 0, 8, 7, 60]))
+
+
+class _Unreadable(Exception):
+    pass
+
+
+class _StandInClient:
+    """What ``read_device_information`` uses of a connected ``bleak.BleakClient``: ``services
+    .get_characteristic(uuid)`` (``None`` when absent) and ``await read_gatt_char(uuid)``."""
+
+    def __init__(self, values: dict[str, bytes], unreadable: set[str]) -> None:
+        self.values = values
+        self.unreadable = unreadable
+        self.services = self
+        self.reads: list[str] = []
+
+    def get_characteristic(self, uuid: str) -> object | None:
+        return uuid if uuid in self.values else None
+
+    async def read_gatt_char(self, uuid: str) -> bytearray:
+        self.reads.append(uuid)
+        if uuid in self.unreadable:
+            raise _Unreadable(uuid)
+        return bytearray(self.values[uuid])
+
+
+def test_ble_reads_the_device_information_service_it_finds_and_skips_what_fails() -> None:
+    client = _StandInClient(
+        {uuid16("2a29"): b"Concept2\x00", uuid16("2a24"): b"PM5", uuid16("2a27"): b"rev C"},
+        unreadable={uuid16("2a27")},
+    )
+    frames = asyncio.run(read_device_information(client, "row-1", (_Unreadable,)))
+    assert [(f.device_id, f.source, f.data) for f in frames] == [
+        ("row-1", "ble:2a29", b"Concept2\x00"),
+        ("row-1", "ble:2a24", b"PM5"),
+    ]
+    assert client.reads == [uuid16("2a29"), uuid16("2a24"), uuid16("2a27")]  # firmware absent: not read
+    pipeline = Pipeline(devices=[DeviceInfo("row-1", "rower", "ble", address="C4:00:00:00:00:01")])
+    out = pipeline.handle(frames, "ble", 0.0)
+    assert [(m.vendor, m.model, m.firmware) for m in out.metas] == [("Concept2", "PM5", None)]
 
 
 def test_raw_events() -> None:
