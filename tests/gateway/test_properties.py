@@ -20,7 +20,7 @@ from gateway import ant, cycling, ftms, hrm, quirks
 from gateway.decode import Record, decode_frame, encode_frame, record_to_json, sources
 from gateway.errors import DecodeError
 from gateway.fields import FlagLayout, kind_range
-from gateway.normalize import to_sample_with_notes
+from gateway.normalize import FTMS_MAP, to_sample_with_notes
 from tests.gateway.strategies import (
     FAST,
     FUZZ,
@@ -158,6 +158,24 @@ def test_not_available_values_decode_to_none_and_encode_back(cls: type[ftms.Ftms
             record = ftms.decode_data(cls, built.frame)
             assert getattr(record, spec.name) is None, spec.name
             assert ftms.encode_data(record) == built.frame
+
+
+@pytest.mark.parametrize("cls", DATA_TYPES, ids=lambda c: c.__name__)
+def test_no_largest_value_of_a_published_field_reaches_the_wire(cls: type[ftms.FtmsData]) -> None:
+    """The largest value of a field's type is how vendors say "not available": for every field that feeds a
+    wire Sample field, a frame holding it there publishes nothing for that field."""
+    published = {record_field: wire for wire, record_field in FTMS_MAP[cls].items()}
+    for group in cls.LAYOUT.groups:
+        if not any(f.name in published for f in group.fields):
+            continue
+        flags = 0 if group.bit == 0 else (1 << group.bit) | 1  # bit 0 set: leave the first group out
+        raws = [(spec, kind_range(spec.kind)[1]) for spec in group.fields]
+        record = ftms.decode_data(cls, build(cls.LAYOUT, flags, raws).frame)
+        normalized = to_sample_with_notes(record, NOW)
+        for spec in group.fields:
+            if spec.name in published:
+                assert getattr(record, spec.name) is None, spec.name
+                assert normalized.sample is None or getattr(normalized.sample, published[spec.name]) is None
 
 
 def test_counters_have_no_sentinel_and_unavailable_values_have_the_ftms_ones() -> None:

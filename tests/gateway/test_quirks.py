@@ -107,7 +107,7 @@ def test_dis_strings_decode_with_their_field_and_without_c_terminators() -> None
     record = decode_frame("2a29", b"Concept2\x00\x00")
     assert isinstance(record, dis.DisString)
     assert (record.source, record.field, record.text) == ("ble:2a29", "manufacturer", "Concept2")
-    firmware = decode_frame("ble:2a26", " 32.100 ".encode())
+    firmware = decode_frame("ble:2a26", b" 32.100 ")
     assert isinstance(firmware, dis.DisString)
     assert (firmware.field, firmware.text) == ("firmware", "32.100")
     assert [decode_frame(c, b"x").field for c in ("2a24", "2a27", "2a28")] == [  # type: ignore[union-attr]

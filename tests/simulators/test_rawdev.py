@@ -1,5 +1,11 @@
-"""Raw-frame devices: deterministic, real protocol frames that decode back to the simulated values, status
-frames, corrupted frames that no decoder accepts, storms, and classes that start together."""
+"""Raw-frame devices: deterministic frames that decode back to the simulated values, status frames,
+corrupted frames that no decoder accepts, quirky machines identified by their Device Information Service,
+storms, and classes that start together.
+
+The frames are made by the gateway's own encoders, so "decode back" is encoder/decoder symmetry at fleet
+scale (the expected samples are worked out from the protocol rules in simulators/rawdev.py, not by
+decoding), not protocol conformance: that is tests/gateway/test_conformance.py (frames written from the
+specification's tables) and tests/gateway/test_captures.py (frames real devices sent)."""
 
 from __future__ import annotations
 
