@@ -201,12 +201,21 @@ def test_raw_events() -> None:
 
 @pytest.mark.asyncio
 async def test_mqtt_raw_transport_against_mosquitto(mosquitto: Mosquitto) -> None:
+    """Frames of the site in order, a payload that breaks the contract rejected, another site's frame not
+    taken. That absence is shown by order, not by waiting: one client publishes the other site's frame and
+    then a last frame of this site, QoS 1 each after the previous PUBACK; Mosquitto routes a client's
+    messages in the order it received them, so once the last one has arrived the other one was routed."""
     transport = MqttRawTransport(mosquitto.target, "gym", client_id="raw-in")
     got: list[object] = []
+    last_arrived = asyncio.Event()
+    t = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=5)
+    last = Frame("bike-1", "ble:2ad3", b"\x00\x01", t + timedelta(seconds=9))
 
     async def consume() -> None:
         async for batch in transport.events():
             got.extend(batch)
+            if last in batch:
+                last_arrived.set()
 
     task = asyncio.create_task(consume())
     try:
@@ -214,7 +223,6 @@ async def test_mqtt_raw_transport_against_mosquitto(mosquitto: Mosquitto) -> Non
         pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="raw-out", protocol=paho.MQTTv5)
         pub.connect("127.0.0.1", mosquitto.port)
         pub.loop_start()
-        t = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=5)
         frames = [
             encode_frame(ftms.TrainingStatus(flags=0, status_code=c, status="", training="")) for c in (2, 4)
         ]
@@ -223,10 +231,9 @@ async def test_mqtt_raw_transport_against_mosquitto(mosquitto: Mosquitto) -> Non
             pub.publish("vitalab/v1/gym/dev/bike-1/raw", payload, qos=1).wait_for_publish(5)
         pub.publish("vitalab/v1/gym/dev/bike-1/raw", b"not json", qos=1).wait_for_publish(5)
         pub.publish("vitalab/v1/other/dev/bike-1/raw", payload, qos=1).wait_for_publish(5)  # another site
-        for _ in range(100):
-            if len(got) >= 3:
-                break
-            await asyncio.sleep(0.05)
+        closing = encode(RawFrame(t=last.t, src="ble", char="2ad3", hex=last.data.hex()))
+        pub.publish("vitalab/v1/gym/dev/bike-1/raw", closing, qos=1).wait_for_publish(5)
+        await asyncio.wait_for(last_arrived.wait(), 10)
         pub.loop_stop()
         pub.disconnect()
     finally:
@@ -235,7 +242,7 @@ async def test_mqtt_raw_transport_against_mosquitto(mosquitto: Mosquitto) -> Non
             await task
     assert got[:2] == [Frame("bike-1", "ble:2ad3", d, t + timedelta(seconds=i)) for i, d in enumerate(frames)]
     assert isinstance(got[2], Rejected)
-    assert len(got) == 3
+    assert got[3:] == [last]  # nothing from the other site came between
 
 
 def _env(tmp_path: Path, mqtt_url: str) -> dict[str, str]:
