@@ -277,7 +277,12 @@ def apply(layout: FlagLayout, selection: Selection = SPEC) -> Applied:
 
     Cached per (layout, quirk names): the effective layout keeps its compiled read plans between frames.
     """
-    quirks = quirks_for(selection, layout.source)
+    if not selection.quirks:  # the common case: the specification's reading
+        return _apply_cached(layout, ())
+    return _apply_cached(layout, quirks_for(selection, layout.source))
+
+
+def _apply_cached(layout: FlagLayout, quirks: tuple[Quirk, ...]) -> Applied:
     cache_key = (id(layout), tuple(q.name for q in quirks))
     cached = _APPLIED.get(cache_key)
     if cached is not None and cached[0] is layout:
