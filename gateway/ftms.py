@@ -23,9 +23,10 @@ fields in flag-bit order, little endian. Two things the XML gets wrong, checked 
   Any other value a vendor may use as a marker (0 heart rate, a negative power, 0x8000) is a number here;
   :mod:`gateway.normalize` drops it, and counts it, when it is outside the wire contract's bounds.
 
-Flag bits reserved for future use are ignored, as the specification asks of a receiver: the defined fields
-are decoded (they come before anything a reserved bit appends) and the rest is kept as ``trailing``, with
-the bits in ``reserved_flags`` and a ``reserved_flags:0x...`` note in ``quirks``.
+Flag bits reserved for future use are ignored, as Bluetooth asks of a receiver (reserved for future use:
+0 when sent, ignored when received): the defined fields are decoded (they come before anything a reserved
+bit appends) and the rest is kept as ``trailing``, with the bits in ``reserved_flags`` and a
+``reserved_flags:0x...`` note in ``quirks``.
 """
 
 from __future__ import annotations
