@@ -4,6 +4,10 @@ revolution counters into cadence and wheel speed.
 Field order per org.bluetooth.characteristic.cycling_power_measurement and csc_measurement (Bluetooth SIG;
 mirrored in oesmith/gatt-xml): CPM flags u16, instantaneous power s16 W (mandatory), then every optional
 field in flag order; all of them are decoded. CSC flags u8, wheel then crank revolution data.
+
+Flag bits reserved for future use (CPM bits 13-15, CSC bits 2-7) are ignored, as the specification asks of
+a receiver: the defined fields are decoded (they come first), the bits are kept in ``reserved_flags`` and
+what they appended in ``trailing``. Bytes after the last field without a reserved bit are refused.
 """
 
 from __future__ import annotations
@@ -83,7 +87,9 @@ class CyclingPower:
     accumulated_energy_kj: Opt = None
     truncated: bool = False
     missing: tuple[str, ...] = ()
-    trailing: bytes = b""  # the start of the first field that did not fit (truncated frames only)
+    reserved_flags: int = 0
+    trailing: bytes = b""
+    """The start of the first field that did not fit (a truncated frame), or what reserved bits added."""
 
     @property
     def extreme_angle_max_deg(self) -> int | None:
@@ -106,18 +112,15 @@ class CscMeasurement:
     crank_event_s: Opt = None
     truncated: bool = False
     missing: tuple[str, ...] = ()
-    trailing: bytes = b""  # the start of the first field that did not fit (truncated frames only)
+    reserved_flags: int = 0
+    trailing: bytes = b""
+    """The start of the first field that did not fit (a truncated frame), or what reserved bits added."""
 
 
-def _check(layout: FlagLayout, flags: int, data: bytes) -> None:
-    reserved = flags & layout.reserved_mask
-    if reserved:
-        raise InvalidFrame(layout.source, f"reserved flag bits {reserved:#x} set", 0)
-
-
-def _rest(layout: FlagLayout, found: Decoded, data: bytes) -> bytes:
-    """Bytes after the last decoded field: allowed only as the cut start of a field that did not fit."""
-    if found.end < len(data) and not found.truncated:
+def _rest(layout: FlagLayout, found: Decoded, data: bytes, reserved: int) -> bytes:
+    """Bytes after the last decoded field: the cut start of a field that did not fit, or what reserved flag
+    bits appended; anything else is refused."""
+    if found.end < len(data) and not found.truncated and not reserved:
         raise InvalidFrame(layout.source, f"{len(data) - found.end} bytes after the last field", found.end)
     return data[found.end :]
 
@@ -125,7 +128,7 @@ def _rest(layout: FlagLayout, found: Decoded, data: bytes) -> bytes:
 def decode_cycling_power(data: bytes) -> CyclingPower:
     data = bytes(data)
     flags = read_flags(CPM_LAYOUT, data)
-    _check(CPM_LAYOUT, flags, data)
+    reserved = flags & CPM_LAYOUT.reserved_mask
     if len(data) < 4:
         raise FrameTooShort(CPM_LAYOUT.source, "instantaneous power is mandatory", len(data))
     found = read_fields(CPM_LAYOUT, data, flags, start=4)
@@ -134,7 +137,8 @@ def decode_cycling_power(data: bytes) -> CyclingPower:
         power_w=read_int(data, 2, "s16"),
         truncated=found.truncated,
         missing=found.missing,
-        trailing=_rest(CPM_LAYOUT, found, data),
+        reserved_flags=reserved,
+        trailing=_rest(CPM_LAYOUT, found, data, reserved),
         **found.values,
     )
 
@@ -153,13 +157,14 @@ def encode_cycling_power(record: CyclingPower) -> bytes:
 def decode_csc(data: bytes) -> CscMeasurement:
     data = bytes(data)
     flags = read_flags(CSC_LAYOUT, data)
-    _check(CSC_LAYOUT, flags, data)
+    reserved = flags & CSC_LAYOUT.reserved_mask
     found = read_fields(CSC_LAYOUT, data, flags)
     return CscMeasurement(
         flags=flags,
         truncated=found.truncated,
         missing=found.missing,
-        trailing=_rest(CSC_LAYOUT, found, data),
+        reserved_flags=reserved,
+        trailing=_rest(CSC_LAYOUT, found, data, reserved),
         **found.values,
     )
 

@@ -1,7 +1,13 @@
 """One entry point for every frame the gateway understands, its inverse, and a JSON view for the CLI.
 
 Sources: a BLE characteristic as 4 hex digits ("2ad2", also "ble:2ad2", "0x2AD2") or an ANT+ page as
-"ant:fe:<page>" / "ant:hrm:<page>" (decimal page number). Nothing but ``DecodeError`` escapes
+"ant:fe:<page>" / "ant:hrm:<page>" (decimal page number). The Device Information Service strings (0x2A29
+manufacturer, 0x2A24 model, 0x2A26 firmware, 0x2A27 hardware, 0x2A28 software) are sources too: a transport
+hands the values it read on connect over as frames, like notifications.
+
+Quirks: ``quirks=`` a :class:`gateway._quirks.Selection` (what the gateway chose from the device's identity),
+or ``model=`` the name of a profile (``gateway.quirks.PROFILES``) an operator named; neither: the
+specification. Nothing but ``DecodeError`` escapes
 ``decode_frame``: every decoder checks lengths, and anything else raised inside is a bug the fuzz tests hunt.
 """
 
@@ -17,7 +23,8 @@ from typing import Any, Final
 
 import msgspec
 
-from gateway import ant, cycling, ftms, hrm, quirks
+from gateway import ant, cycling, dis, ftms, hrm
+from gateway import quirks as _quirks
 from gateway.errors import DecodeError, EncodeError, UnknownSource
 from gateway.normalize import to_sample_with_notes
 
@@ -33,15 +40,21 @@ Record = (
     | cycling.CscMeasurement
     | ant.FePage
     | ant.HrmPage
+    | dis.DisString
 )
 
-Decoder = Callable[[bytes, str | None], Record]
+Decoder = Callable[[bytes, _quirks.Selection], Record]
+
+
+def _dis_decoder(char: str) -> Decoder:
+    return lambda data, _selection: dis.decode_string(char, data)
+
 
 BLE: Final[dict[str, Decoder]] = {
-    "2ad2": lambda d, m: ftms.decode_data(ftms.IndoorBikeData, d, model=m),
-    "2acd": lambda d, m: ftms.decode_data(ftms.TreadmillData, d, model=m),
-    "2ace": lambda d, m: ftms.decode_data(ftms.CrossTrainerData, d, model=m),
-    "2ad1": lambda d, m: ftms.decode_data(ftms.RowerData, d, model=m),
+    "2ad2": lambda d, q: ftms.decode_data(ftms.IndoorBikeData, d, quirks=q),
+    "2acd": lambda d, q: ftms.decode_data(ftms.TreadmillData, d, quirks=q),
+    "2ace": lambda d, q: ftms.decode_data(ftms.CrossTrainerData, d, quirks=q),
+    "2ad1": lambda d, q: ftms.decode_data(ftms.RowerData, d, quirks=q),
     "2ad3": lambda d, m: ftms.decode_training_status(d),
     "2ada": lambda d, m: ftms.decode_machine_status(d),
     "2acc": lambda d, m: ftms.decode_machine_feature(d),
@@ -50,6 +63,7 @@ BLE: Final[dict[str, Decoder]] = {
     "2a38": lambda d, m: hrm.decode_body_sensor_location(d),
     "2a63": lambda d, m: cycling.decode_cycling_power(d),
     "2a5b": lambda d, m: cycling.decode_csc(d),
+    **{char: _dis_decoder(char) for char in dis.FIELDS},
 }
 ANT_FE_PAGES: Final = tuple(sorted(ant.FE_PAGES))
 ANT_HRM_PAGES: Final = tuple(ant.HRM_PAGES)
@@ -83,27 +97,40 @@ def _canonical(source: str) -> str:
     raise UnknownSource(source, f"unknown characteristic; known: {', '.join(BLE)}")
 
 
-def decode_frame(source: str, data: bytes, *, model: str | None = None) -> Record:
-    """Decode one raw frame into its typed record. ``model`` selects quirks (see ``gateway.quirks``)."""
+def decode_frame(
+    source: str, data: bytes, *, model: str | None = None, quirks: _quirks.Selection | None = None
+) -> Record:
+    """Decode one raw frame into its typed record, with the quirks ``quirks`` selects or, when it is not
+    given, those of the profile ``model`` names (an unknown name: none; see ``gateway.quirks``)."""
+    selection = _selection(model) if quirks is None else quirks
     canonical = canonical_source(source)
     payload = bytes(data)
     if canonical.startswith("ant:fe:"):
         return ant.decode_fe(int(canonical.rsplit(":", 1)[1]), payload)
     if canonical.startswith("ant:hrm:"):
-        return ant.decode_hrm(int(canonical.rsplit(":", 1)[1]), payload, model=model)
-    return BLE[canonical.removeprefix("ble:")](payload, model)
+        legacy = "ant-hrm-legacy" if selection.has(_quirks.LEGACY_HRM_PAGE_BYTE) else None
+        return ant.decode_hrm(int(canonical.rsplit(":", 1)[1]), payload, model=legacy)
+    return BLE[canonical.removeprefix("ble:")](payload, selection)
+
+
+def _selection(model: str | None) -> _quirks.Selection:
+    found = _quirks.profile(model)
+    return _quirks.SPEC if found is None else found
 
 
 def source_of(record: Record) -> str:
-    if isinstance(record, ant.FePage | ant.HrmPage):
+    if isinstance(record, ant.FePage | ant.HrmPage | dis.DisString):
         return record.source
     return record.SOURCE
 
 
-def encode_frame(record: Record, *, model: str | None = None) -> bytes:
+def encode_frame(
+    record: Record, *, model: str | None = None, quirks: _quirks.Selection | None = None
+) -> bytes:
     """The raw frame of a record: the inverse of ``decode_frame`` (for simulated raw-frame devices)."""
+    selection = _selection(model) if quirks is None else quirks
     encoders: list[tuple[type[Any], Callable[[Any], bytes]]] = [
-        (ftms.FtmsData, lambda r: ftms.encode_data(r, model=model)),
+        (ftms.FtmsData, lambda r: ftms.encode_data(r, quirks=selection)),
         (ftms.TrainingStatus, ftms.encode_training_status),
         (ftms.MachineStatus, ftms.encode_machine_status),
         (ftms.MachineFeature, ftms.encode_machine_feature),
@@ -114,6 +141,7 @@ def encode_frame(record: Record, *, model: str | None = None) -> bytes:
         (cycling.CscMeasurement, cycling.encode_csc),
         (ant.FePage, ant.encode_fe),
         (ant.HrmPage, ant.encode_hrm),
+        (dis.DisString, dis.encode_string),
     ]
     for kind, encode in encoders:
         if isinstance(record, kind):
@@ -168,8 +196,8 @@ def parse_hex(text: str) -> bytes:
 
 
 def known_models() -> tuple[str, ...]:
-    """Every model name a decoder reacts to (FTMS quirk registry and the legacy ANT+ HRM)."""
-    return tuple(sorted({*quirks.MODELS, *ant.LEGACY_HRM_MODELS}))
+    """Every quirk profile an operator may name (``gateway.quirks.PROFILES``)."""
+    return tuple(sorted(_quirks.PROFILES))
 
 
 def decode_report(

@@ -66,3 +66,13 @@ class DeviceListError(VitalabError):
         self.path = path
         self.index = index
         self.detail = detail
+
+
+class DeliveryTimeout(VitalabError, TimeoutError):
+    """:meth:`gateway.publisher.GatewayPublisher.wait_delivered` gave up; the messages stay buffered."""
+
+    def __init__(self, buffered: int, in_flight: int, waited_s: float) -> None:
+        super().__init__(f"{buffered} messages still buffered ({in_flight} in flight) after {waited_s:.1f} s")
+        self.buffered = buffered
+        self.in_flight = in_flight
+        self.waited_s = waited_s

@@ -8,9 +8,25 @@ fields in flag-bit order, little endian. Two things the XML gets wrong, checked 
 * Indoor Bike Data names bit 1 "Instantaneous Cadence present" and bit 2 "Average Speed present", but its
   own ``requires`` links (bit 1 -> C2 Average Speed) and every capture (flags 0x0044 = speed, cadence,
   power in dvmarinoff/Flux test/ble/indoor-bike-data.test.js) say bit 1 = average speed, bit 2 = cadence.
-* "Not available" values: the XML defines none; the FTMS text defines 0xFFFF/0xFF for the energy fields.
-  Like dudanov/pyftms (serializer/num.py) we also read the largest positive value of instantaneous fields
-  (0xFF, 0xFFFF, 0x7FFF) as not available. Counters and times (distance, stroke count, elapsed) have none.
+* "Not available" values: the FTMS text defines 0xFFFF / 0xFF for the three energy fields only. Vendors
+  also send the largest value of a field's type for "not available" (captures: 0xFFFF elevation, 0x7FFF
+  sint16), and dudanov/pyftms (serializer/num.py) reads that value of every field as not available. Field
+  by field we decide (tests/gateway/test_conformance.py holds one frame per decision):
+
+  - an NA marker, decoded to ``None``: the energy fields (the specification's own); the largest value of
+    every instantaneous and average measurement (speed, cadence, power, heart rate, MET, pace, stroke and
+    step rates, inclination, ramp angle, resistance, elevation gains, force on belt); distance 0xFFFFFF
+    (16 777 km) and elapsed / remaining time 0xFFFF (18.2 h), which no gym workout reaches but which the
+    wire contract's bounds would let through;
+  - a counter, kept as sent: stroke count, stride count (they are not published).
+
+  Any other value a vendor may use as a marker (0 heart rate, a negative power, 0x8000) is a number here;
+  :mod:`gateway.normalize` drops it, and counts it, when it is outside the wire contract's bounds.
+
+Flag bits reserved for future use are ignored, as Bluetooth asks of a receiver (reserved for future use:
+0 when sent, ignored when received): the defined fields are decoded (they come before anything a reserved
+bit appends) and the rest is kept as ``trailing``, with the bits in ``reserved_flags`` and a
+``reserved_flags:0x...`` note in ``quirks``.
 """
 
 from __future__ import annotations
@@ -33,6 +49,7 @@ from gateway.fields import (
     write_fields,
     write_int,
 )
+from gateway.quirks import SPEC, Selection
 
 F = FieldSpec
 HUNDREDTH, TENTH, HALF = Fraction(1, 100), Fraction(1, 10), Fraction(1, 2)
@@ -59,8 +76,8 @@ def _tail(first: int) -> tuple[FieldGroup, ...]:
         _energy(first),
         FieldGroup(first + 1, (F("hr_bpm", "u8", sentinel=0xFF),)),
         FieldGroup(first + 2, (F("met", "u8", TENTH, 0xFF),)),
-        FieldGroup(first + 3, (F("elapsed_s", "u16"),)),
-        FieldGroup(first + 4, (F("remaining_s", "u16"),)),
+        FieldGroup(first + 3, (F("elapsed_s", "u16", sentinel=0xFFFF),)),
+        FieldGroup(first + 4, (F("remaining_s", "u16", sentinel=0xFFFF),)),
     )
 
 
@@ -72,7 +89,7 @@ BIKE_LAYOUT: Final = FlagLayout(
         FieldGroup(1, (F("avg_speed_kmh", "u16", HUNDREDTH, 0xFFFF),)),
         FieldGroup(2, (F("cadence_rpm", "u16", HALF, 0xFFFF),)),
         FieldGroup(3, (F("avg_cadence_rpm", "u16", HALF, 0xFFFF),)),
-        FieldGroup(4, (F("distance_m", "u24"),)),
+        FieldGroup(4, (F("distance_m", "u24", sentinel=0xFFFFFF),)),
         FieldGroup(5, (F("resistance_level", "s16", sentinel=0x7FFF),)),
         FieldGroup(6, (F("power_w", "s16", sentinel=0x7FFF),)),
         FieldGroup(7, (F("avg_power_w", "s16", sentinel=0x7FFF),)),
@@ -85,7 +102,7 @@ TREADMILL_LAYOUT: Final = FlagLayout(
     (
         _speed(),
         FieldGroup(1, (F("avg_speed_kmh", "u16", HUNDREDTH, 0xFFFF),)),
-        FieldGroup(2, (F("distance_m", "u24"),)),
+        FieldGroup(2, (F("distance_m", "u24", sentinel=0xFFFFFF),)),
         FieldGroup(3, (F("incline_pct", "s16", TENTH, 0x7FFF), F("ramp_angle_deg", "s16", TENTH, 0x7FFF))),
         FieldGroup(
             4,
@@ -106,7 +123,7 @@ CROSS_TRAINER_LAYOUT: Final = FlagLayout(
     (
         _speed(),
         FieldGroup(1, (F("avg_speed_kmh", "u16", HUNDREDTH, 0xFFFF),)),
-        FieldGroup(2, (F("distance_m", "u24"),)),
+        FieldGroup(2, (F("distance_m", "u24", sentinel=0xFFFFFF),)),
         FieldGroup(
             3, (F("steps_per_min", "u16", sentinel=0xFFFF), F("avg_steps_per_min", "u16", sentinel=0xFFFF))
         ),
@@ -132,7 +149,7 @@ ROWER_LAYOUT: Final = FlagLayout(
     (
         FieldGroup(0, (F("stroke_rate_spm", "u8", HALF, 0xFF), F("stroke_count", "u16")), inverted=True),
         FieldGroup(1, (F("avg_stroke_rate_spm", "u8", HALF, 0xFF),)),
-        FieldGroup(2, (F("distance_m", "u24"),)),
+        FieldGroup(2, (F("distance_m", "u24", sentinel=0xFFFFFF),)),
         FieldGroup(3, (F("pace_s_per_500m", "u16", sentinel=0xFFFF),)),
         FieldGroup(4, (F("avg_pace_s_per_500m", "u16", sentinel=0xFFFF),)),
         FieldGroup(5, (F("power_w", "s16", sentinel=0x7FFF),)),
@@ -149,8 +166,10 @@ Opt = Value | None
 class FtmsData:
     """Common part of the four data characteristics. ``more_data`` is flag bit 0 (set on the non-final
     parts of a split record), ``missing`` lists flagged fields that did not fit, ``quirks`` names the model
-    quirks applied and anything unusual found, ``trailing`` holds the bytes after the last decoded field:
-    the start of the first field that did not fit (a truncated frame), or extra bytes a quirk allows."""
+    quirks applied and anything unusual found, ``reserved_flags`` the flag bits reserved for future use that
+    the frame set, ``trailing`` holds the bytes after the last decoded field: the start of the first field
+    that did not fit (a truncated frame), what the reserved flag bits appended, or extra bytes a quirk
+    allows."""
 
     SOURCE: ClassVar[str]
     LAYOUT: ClassVar[FlagLayout]
@@ -161,6 +180,7 @@ class FtmsData:
     truncated: bool = False
     missing: tuple[str, ...] = ()
     quirks: tuple[str, ...] = ()
+    reserved_flags: int = 0
     trailing: bytes = b""
 
 
@@ -247,22 +267,23 @@ D = TypeVar("D", bound=FtmsData)
 DATA_TYPES: Final[tuple[type[FtmsData], ...]] = (IndoorBikeData, TreadmillData, CrossTrainerData, RowerData)
 
 
-def decode_data(cls: type[D], data: bytes, *, model: str | None = None) -> D:
-    """Decode one notification of a data characteristic: what fits is decoded, the rest is ``missing``."""
+def decode_data(cls: type[D], data: bytes, *, quirks: Selection = SPEC) -> D:
+    """Decode one notification of a data characteristic: what fits is decoded, the rest is ``missing``.
+
+    Reserved flag bits are ignored (what they append is kept in ``trailing``); bytes after the last field
+    that no reserved bit and no quirk accounts for are an :class:`InvalidFrame`."""
     data = bytes(data)
-    applied = quirk_registry.apply(cls.LAYOUT, model)
+    applied = quirk_registry.apply(cls.LAYOUT, quirks)
     layout = applied.layout
     flags = read_flags(layout, data)
     notes = list(applied.names)
     reserved = flags & layout.reserved_mask
     if reserved:
-        if not applied.tolerate_reserved:
-            raise InvalidFrame(cls.SOURCE, f"reserved flag bits {reserved:#x} set", 0)
         notes.append(f"reserved_flags:{reserved:#x}")
     found = read_fields(layout, data, flags | applied.force_bits)
     extra = len(data) - found.end
     # A truncated frame ends inside the first field that did not fit: those bytes are not "extra".
-    if extra > applied.trailing_bytes and not found.truncated:
+    if extra > applied.trailing_bytes and not found.truncated and not reserved:
         raise InvalidFrame(cls.SOURCE, f"{extra} bytes after the last flagged field", found.end)
     values: dict[str, Any] = dict(found.values)
     for name in applied.zero_is_unavailable:
@@ -275,14 +296,15 @@ def decode_data(cls: type[D], data: bytes, *, model: str | None = None) -> D:
         truncated=found.truncated,
         missing=found.missing,
         quirks=tuple(notes),
+        reserved_flags=reserved,
         trailing=data[found.end :],
         **values,
     )
 
 
-def encode_data(record: FtmsData, *, model: str | None = None) -> bytes:
+def encode_data(record: FtmsData, *, quirks: Selection = SPEC) -> bytes:
     """The notification ``record`` was decoded from (for a simulator's raw-frame devices)."""
-    applied = quirk_registry.apply(record.LAYOUT, model)
+    applied = quirk_registry.apply(record.LAYOUT, quirks)
     layout = applied.layout
     lo, hi = kind_range(layout.flags_kind)
     if not lo <= record.flags <= hi:
@@ -363,6 +385,7 @@ def _merge(first: FtmsData, later: FtmsData) -> FtmsData:
         truncated=bool(missing),
         missing=missing,
         quirks=tuple(dict.fromkeys((*first.quirks, *later.quirks, "merged"))),
+        reserved_flags=first.reserved_flags | later.reserved_flags,
         trailing=later.trailing,
     )
 
@@ -401,23 +424,30 @@ class TrainingStatus:
     training: str
     text: str | None = None
     extended_string: bool = False
+    reserved_flags: int = 0
+    trailing: bytes = b""
 
 
 def decode_training_status(data: bytes) -> TrainingStatus:
+    """Flags u8 (bit 0: a training status string follows, bit 1: an extended string is to be read; bits
+    2-7 reserved for future use and ignored), status u8, then the string. Bytes after the status without
+    the string flag are refused unless a reserved bit is set (then they are kept in ``trailing``)."""
     src = TrainingStatus.SOURCE
     if len(data) < 2:
         raise FrameTooShort(src, "flags and status need 2 bytes", len(data))
     flags, code = data[0], data[1]
-    if flags & ~0x03:
-        raise InvalidFrame(src, f"reserved flag bits {flags & ~0x03:#x} set", 0)
-    if not flags & 0x01 and len(data) > 2:
-        raise InvalidFrame(src, "bytes after the status but the string flag is clear", 2)
+    reserved = flags & ~0x03
+    trailing = b""
     text = None
     if flags & 0x01:
         try:
             text = bytes(data[2:]).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise InvalidFrame(src, "training status string is not UTF-8", 2 + exc.start) from None
+    elif len(data) > 2:
+        if not reserved:
+            raise InvalidFrame(src, "bytes after the status but the string flag is clear", 2)
+        trailing = bytes(data[2:])
     status, training = TRAINING_STATUS.get(code, (f"reserved_{code:#04x}", "other"))
     return TrainingStatus(
         flags=flags,
@@ -426,12 +456,14 @@ def decode_training_status(data: bytes) -> TrainingStatus:
         training=training,
         text=text,
         extended_string=bool(flags & 2),
+        reserved_flags=reserved,
+        trailing=trailing,
     )
 
 
 def encode_training_status(record: TrainingStatus) -> bytes:
     text = (record.text or "").encode("utf-8") if record.flags & 1 else b""
-    return bytes((record.flags & 0xFF, record.status_code & 0xFF)) + text
+    return bytes((record.flags & 0xFF, record.status_code & 0xFF)) + text + record.trailing
 
 
 # --- Fitness Machine Status 0x2ADA ------------------------------------------------------------------------

@@ -2,8 +2,13 @@
 
 Layout per org.bluetooth.characteristic.heart_rate_measurement (Bluetooth SIG; mirrored in oesmith/gatt-xml):
 flags u8 (bit 0: heart rate is u16, else u8; bits 1-2 sensor contact; bit 3 energy expended u16 kJ present;
-bit 4 RR intervals present; bits 5-7 reserved), heart rate, energy expended, then RR intervals (u16,
-1/1024 s, oldest first) filling the rest of the frame.
+bit 4 RR intervals present; bits 5-7 reserved for future use), heart rate, energy expended, then RR
+intervals (u16, 1/1024 s, oldest first) filling the rest of the frame.
+
+Reserved flag bits are ignored, as the specification asks of a receiver: the defined fields are decoded and
+the bits kept in ``reserved_flags``. Without RR intervals, the bytes a reserved bit appended are kept in
+``trailing``; with them, the RR list fills the rest of the frame as the specification says, so a future
+field after it could not be told apart (none is defined).
 """
 
 from __future__ import annotations
@@ -53,20 +58,20 @@ class HeartRateMeasurement:
     truncated: bool = False
     missing: tuple[str, ...] = ()
     quirks: tuple[str, ...] = ()
-    trailing: bytes = b""  # a cut field of a truncated frame, or the odd last byte of the RR list
+    reserved_flags: int = 0
+    trailing: bytes = b""
+    """A cut field of a truncated frame, the odd last byte of the RR list, or what reserved bits added."""
 
 
 def decode_heart_rate(data: bytes) -> HeartRateMeasurement:
     data = bytes(data)
     flags = read_flags(LAYOUT, data)
     reserved = flags & LAYOUT.reserved_mask
-    if reserved:
-        raise InvalidFrame(SOURCE, f"reserved flag bits {reserved:#x} set", 0)
     found = read_fields(LAYOUT, data, flags)
     if "hr_bpm" in found.missing:
         raise FrameTooShort(SOURCE, "the heart rate value is mandatory", len(data))
     missing = list(found.missing)
-    notes: list[str] = []
+    notes: list[str] = [f"reserved_flags:{reserved:#x}"] if reserved else []
     rest = data[found.end :]
     rr: tuple[float, ...] = ()
     trailing = rest
@@ -80,7 +85,7 @@ def decode_heart_rate(data: bytes) -> HeartRateMeasurement:
             missing.append("rr_ms")
     elif flags & RR_BIT:
         missing.append("rr_ms")
-    elif rest and not missing:
+    elif rest and not missing and not reserved:
         raise InvalidFrame(SOURCE, f"{len(rest)} bytes after the last flagged field", found.end)
     hr = found.values["hr_bpm"]
     energy = found.values.get("energy_expended_kj")
@@ -93,6 +98,7 @@ def decode_heart_rate(data: bytes) -> HeartRateMeasurement:
         truncated=bool(missing),
         missing=tuple(missing),
         quirks=tuple(notes),
+        reserved_flags=reserved,
         trailing=trailing,
     )
 

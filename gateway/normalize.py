@@ -1,8 +1,11 @@
 """Decoded record -> one ``vitalab.wire.Sample`` (the wire contract), at a time the caller passes.
 
 Bounds come from the contract itself (``msgspec.inspect`` of ``Sample``), so a value outside them becomes
-``None`` here, with a note, instead of a Sample the ingester would reject. Records with no telemetry (machine
-status, features, control point, body sensor location, raw counters) map to ``None``.
+``None`` here, with a note (``out_of_bounds:<field>=<value>``) and the field's name in ``dropped`` (the
+gateway counts them per field), instead of a Sample the ingester would reject: an implausible value, such
+as a vendor's "not available" marker the decoder does not know, is never published. The decoders' own
+"not available" markers are ``None`` before they get here (see :mod:`gateway.ftms`). Records with no
+telemetry (machine status, features, control point, body sensor location, raw counters) map to ``None``.
 """
 
 from __future__ import annotations
@@ -78,6 +81,8 @@ FTMS_MAP: Final[dict[type[FtmsData], dict[str, str]]] = {
 class Normalized:
     sample: Sample | None
     notes: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+    """The Sample fields whose value was outside the wire contract's bounds (one entry per value)."""
 
 
 def _metrics(record: object, totals: FeTotals | None) -> dict[str, Any]:
@@ -114,35 +119,37 @@ def _fe_metrics(record: FePage) -> dict[str, Any]:
     return {}
 
 
-def _check(name: str, value: float, notes: list[str]) -> float | None:
+def _check(name: str, value: float, notes: list[str], dropped: list[str]) -> float | None:
     lo, hi = BOUNDS[name]
     if lo <= value <= hi:
         return value
     notes.append(f"out_of_bounds:{name}={value:g}")
+    dropped.append(name)
     return None
 
 
 def to_sample_with_notes(record: object, t: datetime, *, totals: FeTotals | None = None) -> Normalized:
     """The Sample for ``record`` at ``t`` (``None`` if it carries no telemetry) and what was dropped."""
     notes: list[str] = []
+    dropped: list[str] = []
     values: dict[str, Any] = {}
     for name, value in _metrics(record, totals).items():
         if value is None:
             continue
         if name == "rr_ms":
-            kept = [v for v in (_check(name, float(ms), notes) for ms in value) if v is not None]
+            kept = [v for v in (_check(name, float(ms), notes, dropped) for ms in value) if v is not None]
             if len(kept) > MAX_RR_PER_SAMPLE:
                 notes.append(f"rr_ms_over_{MAX_RR_PER_SAMPLE}")
                 kept = kept[-MAX_RR_PER_SAMPLE:]
             if kept:
                 values[name] = kept
             continue
-        checked = _check(name, float(value), notes)
+        checked = _check(name, float(value), notes, dropped)
         if checked is not None:
             values[name] = checked
     if not values:
-        return Normalized(None, tuple(notes))
-    return Normalized(Sample(t=t, **values), tuple(notes))
+        return Normalized(None, tuple(notes), tuple(dropped))
+    return Normalized(Sample(t=t, **values), tuple(notes), tuple(dropped))
 
 
 def to_sample(record: object, t: datetime, *, totals: FeTotals | None = None) -> Sample | None:

@@ -53,7 +53,7 @@ import logging
 import socket
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -66,7 +66,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.buffer import Buffer, DeadFrame, Entry, Outgoing
-from vitalab.errors import VitalabError
+from gateway.errors import DeliveryTimeout
 from vitalab.settings import MqttTarget
 from vitalab.wire import (
     DeviceMeta,
@@ -90,18 +90,6 @@ CLOSE_TIMEOUT_S: Final = 5.0
 """How long a clean exit waits for the broker to acknowledge the offline status."""
 
 
-# --- errors (to move into gateway/errors.py) ------------------------------------------------------------
-class DeliveryTimeout(VitalabError, TimeoutError):
-    """:meth:`GatewayPublisher.wait_delivered` gave up; the messages stay buffered."""
-
-    def __init__(self, buffered: int, in_flight: int, waited_s: float) -> None:
-        super().__init__(f"{buffered} messages still buffered ({in_flight} in flight) after {waited_s:.1f} s")
-        self.buffered = buffered
-        self.in_flight = in_flight
-        self.waited_s = waited_s
-
-
-# --------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class PublisherStats:
     published: int
@@ -120,6 +108,77 @@ class PublisherStats:
     """Entries in the buffer now, in flight included (entries of earlier runs included)."""
     in_flight: int
     """Entries sent and awaiting their PUBACK."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    """The publisher's tunables (see :class:`GatewayPublisher`), checked once."""
+
+    max_buffer_entries: int
+    max_buffer_bytes: int | None
+    batch_samples: int
+    batch_age_s: float
+    max_in_flight: int
+    retry_s: float
+    keepalive_s: int
+    v5: bool
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_samples <= MAX_SAMPLES_PER_MESSAGE:
+            raise ValueError(f"batch_samples must be within 1..{MAX_SAMPLES_PER_MESSAGE}")
+        if self.max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+
+
+@dataclass(slots=True)
+class _Batching:
+    """Samples still in memory (event loop only): per device the batch being filled and when it began,
+    and the batches sealed but not yet written to the buffer."""
+
+    topics: dict[str, str] = field(default_factory=dict)  # device -> telemetry topic
+    batches: dict[str, list[Sample]] = field(default_factory=dict)
+    started: dict[str, float] = field(default_factory=dict)
+    sealed: list[tuple[str, str, list[Sample]]] = field(default_factory=list)  # (device, topic, samples)
+
+
+@dataclass(slots=True)
+class _Counts:
+    """The counters behind :class:`PublisherStats`."""
+
+    published: int = 0
+    delivered: int = 0
+    retried: int = 0
+    unrouted: int = 0
+    refused: int = 0
+
+
+def _new_client(
+    target: MqttTarget, client_id: str, v5: bool, ca_file: Path | None, *, will: tuple[str, bytes]
+) -> paho.Client:
+    """A paho client for one gateway: a persistent session, credentials and TLS as the target says, no
+    limits of paho's own on what it holds (the publisher's window bounds it), the retained offline will."""
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+        clean_session=None if v5 else False,  # 3.1.1: a persistent session, like MQTT 5's (see __aenter__)
+    )
+    _authenticate(client, target, ca_file)
+    client.max_inflight_messages_set(0)  # unlimited in paho: the window bounds it
+    client.max_queued_messages_set(0)
+    client.reconnect_delay_set(min_delay=1, max_delay=5)
+    topic, payload = will
+    client.will_set(topic, payload, qos=1, retain=True)
+    return client
+
+
+def _authenticate(client: paho.Client, target: MqttTarget, ca_file: Path | None) -> None:
+    """Username / password and TLS, when the target has them."""
+    if target.username:
+        client.username_pw_set(target.username, target.password)
+    ctx = target.ssl_context(ca_file)
+    if ctx is not None:
+        client.tls_set_context(ctx)
 
 
 def _now_ms() -> datetime:
@@ -148,67 +207,59 @@ class GatewayPublisher:
         ca_file: Path | None = None,
         protocol: Literal["5", "3.1.1"] = "5",
     ) -> None:
-        if not 1 <= batch_samples <= MAX_SAMPLES_PER_MESSAGE:
-            raise ValueError(f"batch_samples must be within 1..{MAX_SAMPLES_PER_MESSAGE}")
-        if max_in_flight < 1:
-            raise ValueError("max_in_flight must be at least 1")
+        self._options = _Options(
+            max_buffer_entries=max_buffer_entries,
+            max_buffer_bytes=max_buffer_bytes,
+            batch_samples=batch_samples,
+            batch_age_s=batch_age_s,
+            max_in_flight=max_in_flight,
+            retry_s=retry_s,
+            keepalive_s=keepalive_s,
+            v5=protocol == "5",
+        )
         self.site = site
         self.gateway_id = gateway_id
         self._status_topic = gateway_status_topic(site, gateway_id)  # validates both ids
         self._target = target
         self._buffer_path = buffer_path
-        self._max_entries = max_buffer_entries
-        self._max_bytes = max_buffer_bytes
-        self._batch_samples = batch_samples
-        self._batch_age_s = batch_age_s
-        self._max_in_flight = max_in_flight
-        self._retry_s = retry_s
-        self._keepalive = keepalive_s
         self._devices: list[str] = []
+        self._client = _new_client(
+            target,
+            client_id or f"vitalab-gw-{site}-{gateway_id}",
+            self._options.v5,
+            ca_file,
+            will=(self._status_topic, encode(GatewayStatus(v=1, gateway=gateway_id, online=False))),
+        )
+        self._bind_callbacks()
+        self._init_lifecycle()
+        self._init_sending()
+        self._batching = _Batching()
+        self._counts = _Counts()
 
-        self._v5 = protocol == "5"
-        self._client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"vitalab-gw-{site}-{gateway_id}",
-            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
-            clean_session=None if self._v5 else False,  # 3.1.1: a persistent session, like MQTT 5's below
-        )
-        if target.username:
-            self._client.username_pw_set(target.username, target.password)
-        ctx = target.ssl_context(ca_file)
-        if ctx is not None:
-            self._client.tls_set_context(ctx)
-        self._client.max_inflight_messages_set(0)  # unlimited in paho: the window below bounds it
-        self._client.max_queued_messages_set(0)
-        self._client.reconnect_delay_set(min_delay=1, max_delay=5)
-        self._client.will_set(
-            self._status_topic,
-            encode(GatewayStatus(v=1, gateway=gateway_id, online=False)),
-            qos=1,
-            retain=True,
-        )
+    def _bind_callbacks(self) -> None:
+        """paho calls these on its network thread (see the section below)."""
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
         self._birth_mid: int | None = None  # paho's thread only
 
-        # event-loop state
+    def _init_lifecycle(self) -> None:
+        """What ``async with`` opens and closes: the loop, the buffer file, the two tasks."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._buffer: Buffer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._failure: BaseException | None = None
         self._closed = False
+
+    def _init_sending(self) -> None:
+        """The state of the connection and of the in-flight window (event loop only)."""
         self._connected = False
         self._gate = False  # connected and the birth acknowledged: entries may be sent
-        self._window = max_in_flight
+        self._window = self._options.max_in_flight
         self._kick = asyncio.Event()  # wakes the sender
         self._idle = asyncio.Event()  # set when nothing is buffered or in flight
         self._flush_wake = asyncio.Event()
         self._write_lock = asyncio.Lock()
-        self._topics: dict[str, str] = {}
-        self._batches: dict[str, list[Sample]] = {}
-        self._batch_started: dict[str, float] = {}
-        self._sealed: list[tuple[str, str, list[Sample]]] = []  # (device, topic, samples), oldest first
         self._in_flight: dict[int, Entry] = {}  # mid -> entry
         self._waiters: dict[int, asyncio.Future[int]] = {}  # mid -> PUBACK reason, direct publishes
         self._acked: list[int] = []  # entry ids delivered, to delete
@@ -217,22 +268,17 @@ class GatewayPublisher:
         self._retry_at: float | None = None  # not-delivered PUBACK seen: hold, then go back
         self._retry_timer: asyncio.TimerHandle | None = None
         self._failing = False  # a PUBACK said "not delivered" and none has said "delivered" since
-        self._published = 0
-        self._delivered = 0
-        self._retried = 0
-        self._unrouted = 0
-        self._refused = 0
 
     # --- public API -------------------------------------------------------------------------------------
     @property
     def stats(self) -> PublisherStats:
         buf = self._buffer
         return PublisherStats(
-            published=self._published,
-            delivered=self._delivered,
-            retried=self._retried,
-            unrouted=self._unrouted,
-            refused=self._refused,
+            published=self._counts.published,
+            delivered=self._counts.delivered,
+            retried=self._counts.retried,
+            unrouted=self._counts.unrouted,
+            refused=self._counts.refused,
             dropped_when_full=0 if buf is None else buf.dropped,
             buffered=0 if buf is None else len(buf),
             in_flight=len(self._in_flight),
@@ -246,22 +292,22 @@ class GatewayPublisher:
     def add_sample(self, device_id: str, sample: Sample) -> None:
         """Batch one sample of a device; never blocks. Raises :class:`TopicError` for an invalid id."""
         self._check()
-        batch = self._batches.get(device_id)
+        batch = self._batching.batches.get(device_id)
         if batch is None:
-            if device_id not in self._topics:
-                self._topics[device_id] = telemetry_topic(self.site, device_id)
-            batch = self._batches[device_id] = []
-            self._batch_started[device_id] = self._running_loop().time()
+            if device_id not in self._batching.topics:
+                self._batching.topics[device_id] = telemetry_topic(self.site, device_id)
+            batch = self._batching.batches[device_id] = []
+            self._batching.started[device_id] = self._running_loop().time()
             self._flush_wake.set()
         batch.append(sample)
-        if len(batch) >= self._batch_samples:
+        if len(batch) >= self._options.batch_samples:
             self._seal(device_id)
             self._flush_wake.set()
 
     async def flush(self) -> None:
         """Write every batch in progress to the buffer now; durable when this returns."""
         self._check()
-        for device in list(self._batches):
+        for device in list(self._batching.batches):
             self._seal(device)
         await self._write_sealed()
 
@@ -323,70 +369,94 @@ class GatewayPublisher:
     async def __aenter__(self) -> Self:
         self._loop = asyncio.get_running_loop()
         self._buffer = await asyncio.to_thread(
-            Buffer, self._buffer_path, max_entries=self._max_entries, max_bytes=self._max_bytes
+            Buffer,
+            self._buffer_path,
+            max_entries=self._options.max_buffer_entries,
+            max_bytes=self._options.max_buffer_bytes,
         )
-        props: Properties | None = None
-        if self._v5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = SESSION_EXPIRY_S
         try:
-            # does not wait for the broker: a gateway starts, and buffers, while the broker is down
-            self._client.connect_async(
-                self._target.host,
-                self._target.port,
-                keepalive=self._keepalive,
-                clean_start=False if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
-                properties=props,
-            )
+            self._connect()
         except (OSError, ValueError):
             await asyncio.to_thread(self._buffer.close)
             raise
-        self._client.loop_start()
         if len(self._buffer):
             logger.info("%d messages left in the buffer by an earlier run are sent first", len(self._buffer))
+        self._start_tasks()
+        return self
+
+    def _connect(self) -> None:
+        """Start paho connecting in the background, with a session that outlives the connection. Does not
+        wait for the broker: a gateway starts, and buffers, while the broker is down."""
+        props: Properties | None = None
+        if self._options.v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = SESSION_EXPIRY_S
+        self._client.connect_async(
+            self._target.host,
+            self._target.port,
+            keepalive=self._options.keepalive_s,
+            clean_start=False if self._options.v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=props,
+        )
+        self._client.loop_start()
+
+    def _start_tasks(self) -> None:
         self._tasks = [asyncio.create_task(self._send_loop()), asyncio.create_task(self._flush_loop())]
         for task in self._tasks:
             task.add_done_callback(self._task_done)
         self._update_idle()
-        return self
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        assert self._buffer is not None
         sender, flusher = self._tasks
-        self._closed = True  # no more samples; the flusher finishes the write it is in and stops
+        await self._stop_batching(flusher)
+        await _cancelled(sender)  # what is in flight stays buffered and is sent again by the next run
+        if self._connected:
+            await self._say_offline()
+        await self._close()
+        if self._failure is not None and et is None:
+            raise self._failure
+
+    async def _stop_batching(self, flusher: asyncio.Task[None]) -> None:
+        """No more samples: the flusher finishes the write it is in and stops, then the batches still in
+        memory are written to the buffer (durable: the next run sends them)."""
+        self._closed = True
         self._flush_wake.set()
         with contextlib.suppress(Exception):  # a failure was taken by _task_done
             await flusher
-        if self._failure is None:
-            for device in list(self._batches):
-                self._seal(device)
-            try:
-                await self._write_sealed()  # batched samples become durable: the next run sends them
-            except Exception:
-                logger.exception("could not buffer the last %d batches", len(self._sealed))
-        await _cancelled(sender)  # what is in flight stays buffered and is sent again by the next run
-        if self._connected:
-            status = GatewayStatus(v=1, gateway=self.gateway_id, online=False, t=_now_ms())
-            info = self._client.publish(self._status_topic, encode(status), qos=1, retain=True)
-            done = self._running_loop().create_future()
-            self._waiters[info.mid] = done
-            try:
-                async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                    await done
-            except TimeoutError:
-                logger.warning("no PUBACK for the offline status within %.0f s", CLOSE_TIMEOUT_S)
-        if self._acked:  # PUBACKs that came in meanwhile: fewer duplicates next time
+        if self._failure is not None:
+            return
+        for device in list(self._batching.batches):
+            self._seal(device)
+        try:
+            await self._write_sealed()
+        except Exception:
+            logger.exception("could not buffer the last %d batches", len(self._batching.sealed))
+
+    async def _say_offline(self) -> None:
+        """Publish the retained offline status and wait (a little) for its PUBACK."""
+        status = GatewayStatus(v=1, gateway=self.gateway_id, online=False, t=_now_ms())
+        info = self._client.publish(self._status_topic, encode(status), qos=1, retain=True)
+        done = self._running_loop().create_future()
+        self._waiters[info.mid] = done
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await done
+        except TimeoutError:
+            logger.warning("no PUBACK for the offline status within %.0f s", CLOSE_TIMEOUT_S)
+
+    async def _close(self) -> None:
+        """Delete what was acknowledged meanwhile (fewer duplicates next time), disconnect, close the file."""
+        buf = self._buf()
+        if self._acked:
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(self._buffer.ack, self._acked)
+                await asyncio.to_thread(buf.ack, self._acked)
         self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
-        await asyncio.to_thread(self._buffer.close)
+        await asyncio.to_thread(buf.close)
         if self._retry_timer is not None:
             self._retry_timer.cancel()
-        if self._failure is not None and et is None:
-            raise self._failure
 
     # --- paho's network thread ------------------------------------------------------------------------
     def _to_loop(self, fn: Callable[[], object]) -> None:
@@ -450,7 +520,7 @@ class GatewayPublisher:
     def _connected_cb(self, receive_maximum: object) -> None:
         self._connected = True
         if isinstance(receive_maximum, int) and receive_maximum > 0:
-            self._window = min(self._max_in_flight, receive_maximum)
+            self._window = min(self._options.max_in_flight, receive_maximum)
 
     def _disconnected_cb(self) -> None:
         self._connected = False
@@ -472,13 +542,13 @@ class GatewayPublisher:
             return
         if reason < 0x80 and (reason != NO_MATCHING_SUBSCRIBERS or entry.retain):
             self._acked.append(entry.id)
-            self._delivered += 1
+            self._counts.delivered += 1
             self._failing = False
         else:
             if reason == NO_MATCHING_SUBSCRIBERS:
-                self._unrouted += 1
+                self._counts.unrouted += 1
             else:
-                self._refused += 1
+                self._counts.refused += 1
             if not self._failing:  # once until something is delivered again, not once per retry
                 self._failing = True
                 logger.log(
@@ -486,10 +556,10 @@ class GatewayPublisher:
                     "PUBACK 0x%02x for %s: not delivered; holding new messages and retrying every %.1f s",
                     reason,
                     entry.topic,
-                    self._retry_s,
+                    self._options.retry_s,
                 )
             if self._retry_at is None:
-                self._retry_at = self._running_loop().time() + self._retry_s
+                self._retry_at = self._running_loop().time() + self._options.retry_s
         self._kick.set()
 
     def _retry_due(self) -> None:
@@ -527,46 +597,48 @@ class GatewayPublisher:
                 info = self._client.publish(e.topic, e.payload, qos=1, retain=e.retain)
                 if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
                     logger.warning("paho did not take %s (%s); retrying", e.topic, paho.error_string(info.rc))
-                    self._retry_at = self._running_loop().time() + self._retry_s
+                    self._retry_at = self._running_loop().time() + self._options.retry_s
                     return
                 self._in_flight[info.mid] = e
                 self._cursor = e.id
                 if e.id <= self._max_sent:
-                    self._retried += 1
+                    self._counts.retried += 1
                 else:
                     self._max_sent = e.id
             if len(entries) < room:
                 return
 
     def _update_idle(self) -> None:
-        if not self._in_flight and not self._acked and not self._sealed and len(self._buf()) == 0:
+        if not self._in_flight and not self._acked and not self._batching.sealed and len(self._buf()) == 0:
             self._idle.set()
         else:
             self._idle.clear()
 
     # --- event loop: batching ---------------------------------------------------------------------------
     def _seal(self, device: str) -> None:
-        self._sealed.append((device, self._topics[device], self._batches.pop(device)))
-        del self._batch_started[device]
+        self._batching.sealed.append(
+            (device, self._batching.topics[device], self._batching.batches.pop(device))
+        )
+        del self._batching.started[device]
 
     async def _flush_loop(self) -> None:
         loop = self._running_loop()
         while not self._closed:
-            oldest = min(self._batch_started.values(), default=None)
-            timeout = None if oldest is None else max(0.0, oldest + self._batch_age_s - loop.time())
+            oldest = min(self._batching.started.values(), default=None)
+            timeout = None if oldest is None else max(0.0, oldest + self._options.batch_age_s - loop.time())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._flush_wake.wait()
             self._flush_wake.clear()
             now = loop.time()
-            for device, started in list(self._batch_started.items()):
-                if now - started >= self._batch_age_s:
+            for device, started in list(self._batching.started.items()):
+                if now - started >= self._options.batch_age_s:
                     self._seal(device)
             await self._write_sealed()
 
     async def _write_sealed(self) -> None:
         async with self._write_lock:  # one writer: seq and buffer order follow the order of sealing
-            batches, self._sealed = self._sealed, []
+            batches, self._batching.sealed = self._batching.sealed, []
             if batches:
                 await asyncio.to_thread(self._write_telemetry, self._buf(), batches)
                 self._appended(len(batches))
@@ -587,7 +659,7 @@ class GatewayPublisher:
             self._appended(len(items))
 
     def _appended(self, n: int) -> None:
-        self._published += n
+        self._counts.published += n
         self._idle.clear()
         self._kick.set()
 

@@ -1,12 +1,28 @@
-"""Per-model deviations from the BLE FTMS tables, applied when a decoder or encoder is given ``model=``.
+"""Per-model deviations from the BLE FTMS tables, and how a device's deviations are chosen.
 
-The default (no model, or a model not listed here) is the specification's behaviour. Each quirk says where
-it was seen; "reported in ftms.md, not verified" marks the ones only our reference notes mention. The
-registry is keyed by a model string, compared case-insensitively after trimming.
+**Choosing.** A device's quirks follow from what the device says it is: the Device Information Service
+(0x180A: manufacturer name, model number, firmware revision; see :mod:`gateway.dis`) that a gateway reads
+on every connect. :func:`select` matches that :class:`DeviceIdentity` against :data:`RULES` (manufacturer,
+optionally a model-number prefix and a firmware range). An operator can name a profile instead
+(:data:`PROFILES`: the device list's ``quirks = "..."``, ``vitalab decode --model ...``), and that wins over
+the rules; the profile ``"specification"`` switches quirks off for a device a rule would match. No rule
+and no profile: the specification's reading.
+
+**What a quirk does.** Each :class:`Quirk` says where it was seen; "reported in ftms.md, not verified"
+marks the ones only our reference notes mention. Flag bits reserved for future use are not a quirk: every
+decoder ignores them and keeps what they add (:func:`gateway.ftms.decode_data`).
+
+**The rules' strings.** Manufacturer and model are compared after :func:`name_key` (case, spaces, ``-``,
+``_`` and NULs do not count: "Life Fitness", "LifeFitness" and "LIFE-FITNESS" are one name). Where the
+cited project matched a device by its advertised name rather than by the DIS, the rule says so in ``seen``:
+the DIS string itself has not been seen in a capture then. Firmware revisions are compared as the tuple
+of the numbers in them ("v2.10-b3" -> (2, 10, 3)); a rule with a firmware range does not match a device
+whose firmware revision is unknown.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Final
@@ -17,6 +33,7 @@ BIKE: Final = "ble:2ad2"
 TREADMILL: Final = "ble:2acd"
 ROWER: Final = "ble:2ad1"
 CROSS_TRAINER: Final = "ble:2ace"
+FTMS_DATA: Final = frozenset({BIKE, TREADMILL, ROWER, CROSS_TRAINER})
 
 
 @dataclass(frozen=True)
@@ -30,7 +47,6 @@ class Quirk:
     resolution: tuple[tuple[str, Fraction], ...] = ()
     extra_groups: tuple[FieldGroup, ...] = ()
     trailing_bytes: int = 0
-    tolerate_reserved: bool = False
     zero_is_unavailable: tuple[str, ...] = ()
 
 
@@ -47,7 +63,7 @@ CADENCE_WITHOUT_FLAG = Quirk(
 )
 TRAILING_BYTE = Quirk(
     name="trailing_byte",
-    sources=frozenset({BIKE, TREADMILL, ROWER, CROSS_TRAINER}),
+    sources=FTMS_DATA,
     trailing_bytes=1,
     seen=(
         "TrackMyIndoorWorkout/TrackMyIndoorWorkout#525 and test/concept2_old_ftms_test.dart @0ac2ac0: a "
@@ -61,7 +77,8 @@ TREADMILL_BIT13_STEPS = Quirk(
     extra_groups=(FieldGroup(13, (FieldSpec("step_count", "u24"),)),),
     seen=(
         "dudanov/pyftms src/pyftms/models/realtime_data/treadmill.py @675c5cb decodes reserved bit 13 as a "
-        "u24 'Steps Count' after Force on Belt; ftms.md reports vendor use of bit 13"
+        "u24 'Steps Count' after Force on Belt; ftms.md reports vendor use of bit 13. Without this quirk the "
+        "three bytes are kept unparsed (reserved bit)"
     ),
 )
 ROWER_WHOLE_SPM = Quirk(
@@ -76,17 +93,6 @@ RESISTANCE_X10 = Quirk(
     resolution=(("resistance_level", Fraction(1, 10)),),
     seen="reported in ftms.md, not verified: resistance level sent in tenths where the table says units",
 )
-RESERVED_FLAG_EXTRA_BYTES = Quirk(
-    name="reserved_flag_extra_bytes",
-    sources=frozenset({ROWER}),
-    tolerate_reserved=True,
-    trailing_bytes=4,
-    seen=(
-        "TrackMyIndoorWorkout/TrackMyIndoorWorkout#320: Technogym Aquafeel sets a reserved flag bit "
-        "and sends 15 bytes instead of 11 (4 extra bytes); test/technogym_skillrow_test.dart @0ac2ac0 holds "
-        "the frames (flags 0x2102); verified in tests/data/captures"
-    ),
-)
 SPEED_ZERO_UNAVAILABLE = Quirk(
     name="speed_zero_unavailable",
     sources=frozenset({CROSS_TRAINER}),
@@ -96,62 +102,197 @@ SPEED_ZERO_UNAVAILABLE = Quirk(
         "every packet"
     ),
 )
+LEGACY_HRM_PAGE_BYTE = Quirk(
+    name="legacy_page_byte",
+    sources=frozenset(f"ant:hrm:{p}" for p in range(8)),
+    seen="GoldenCheetah ANTMessage.cpp: older ANT+ straps send no page number in byte 0 (gateway.ant)",
+)
 
-MODELS: Final[dict[str, tuple[Quirk, ...]]] = {
-    # Behaviour classes from ftms.md, no vendor named there: keyed by what they do.
+SPEC_PROFILE: Final = "specification"
+PROFILES: Final[dict[str, tuple[Quirk, ...]]] = {
+    # For an operator to name explicitly (device list `quirks = "..."`); keyed by what they do.
+    SPEC_PROFILE: (),
     "bike-cadence-without-flag": (CADENCE_WITHOUT_FLAG,),
     "ftms-trailing-byte": (TRAILING_BYTE,),
     "treadmill-bit13-step-count": (TREADMILL_BIT13_STEPS,),
     "rower-whole-spm": (ROWER_WHOLE_SPM,),
     "resistance-x10": (RESISTANCE_X10,),
-    # Named equipment, each with its public report.
-    "technogym aquafeel": (RESERVED_FLAG_EXTRA_BYTES,),
-    "technogym skillrow": (RESERVED_FLAG_EXTRA_BYTES,),
+    "elliptical-speed-zero-unavailable": (SPEED_ZERO_UNAVAILABLE,),
+    "ant-hrm-legacy": (LEGACY_HRM_PAGE_BYTE,),
+    # Named equipment, kept so that configurations and `vitalab decode --model` written for them work.
     "life fitness bike": (CADENCE_WITHOUT_FLAG,),
-    "concept2 pm old ftms": (TRAILING_BYTE,),
     "life fitness elliptical": (SPEED_ZERO_UNAVAILABLE,),
+    "concept2 pm old ftms": (TRAILING_BYTE,),
 }
+
+
+def name_key(text: str) -> str:
+    """A manufacturer or model name for comparison: case, whitespace, ``-``, ``_`` and NULs removed."""
+    return re.sub(r"[\s\-_\x00]+", "", text.casefold())
+
+
+def version(text: str | None) -> tuple[int, ...] | None:
+    """A firmware revision as the tuple of the numbers in it; ``None`` when it has none."""
+    if text is None:
+        return None
+    numbers = re.findall(r"\d+", text)
+    return tuple(int(n) for n in numbers) if numbers else None
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    """What a device says it is: the Device Information Service strings (any may be missing)."""
+
+    manufacturer: str | None = None
+    model: str | None = None
+    firmware: str | None = None
+    hardware: str | None = None
+    software: str | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Devices of ``manufacturer`` (and, when given, whose model number starts with ``model`` and whose
+    firmware revision is within [``firmware_from``, ``firmware_before``)) get ``quirks``."""
+
+    name: str
+    manufacturer: str
+    quirks: tuple[Quirk, ...]
+    seen: str
+    model: str | None = None
+    firmware_from: str | None = None
+    firmware_before: str | None = None
+
+    def matches(self, identity: DeviceIdentity) -> bool:
+        if identity.manufacturer is None or name_key(identity.manufacturer) != name_key(self.manufacturer):
+            return False
+        if self.model is not None and (
+            identity.model is None or not name_key(identity.model).startswith(name_key(self.model))
+        ):
+            return False
+        if self.firmware_from is None and self.firmware_before is None:
+            return True
+        found = version(identity.firmware)
+        if found is None:
+            return False
+        low, high = version(self.firmware_from), version(self.firmware_before)
+        return (low is None or found >= low) and (high is None or found < high)
+
+
+RULES: Final[tuple[Rule, ...]] = (
+    Rule(
+        name="life-fitness",
+        manufacturer="LifeFitness",
+        quirks=(CADENCE_WITHOUT_FLAG, SPEED_ZERO_UNAVAILABLE),
+        seen=(
+            "the manufacturer name is TrackMyIndoorWorkout's LifeFitnessMixin.lfManufacturer "
+            '("LifeFitness"); that project finds Life Fitness machines by the advertised name prefix "LF" '
+            "and does not read the DIS manufacturer name for them, so the DIS string is not verified. "
+            "The quirks apply per characteristic: cadence on bikes (2ad2), speed on ellipticals (2ace)"
+        ),
+    ),
+    Rule(
+        name="concept2-pm",
+        manufacturer="Concept2",
+        model="PM",
+        quirks=(TRAILING_BYTE,),
+        seen=(
+            'TrackMyIndoorWorkout concept2_rower.dart (vendorName "Concept2", modelName "PM5", '
+            'manufacturerNamePart "Concept2") and test/concept2_old_ftms_test.dart: the extra byte of '
+            '"old FTMS" firmware. Which firmware stopped sending it is not known to us, so every firmware '
+            "gets the quirk; it only allows one byte more, a frame without it decodes the same"
+        ),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The quirks chosen for a device and why (``origin``: ``specification``, ``profile:<name>`` or
+    ``rule:<name>``)."""
+
+    quirks: tuple[Quirk, ...] = ()
+    origin: str = SPEC_PROFILE
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(q.name for q in self.quirks)
+
+    def has(self, quirk: Quirk) -> bool:
+        return quirk in self.quirks
+
+
+SPEC: Final = Selection()
+
+
+def profile(name: str | None) -> Selection | None:
+    """The profile an operator named (trimmed, case-insensitive); ``None`` for no name or an unknown one."""
+    if name is None:
+        return None
+    key = name.strip().casefold()
+    found = PROFILES.get(key)
+    return None if found is None else Selection(found, f"profile:{key}")
+
+
+def select(
+    identity: DeviceIdentity | None, *, override: str | None = None, rules: tuple[Rule, ...] = RULES
+) -> Selection:
+    """The quirks of a device: the named profile if any (raises ``ValueError`` for an unknown name), else
+    those of every rule the identity matches, else none."""
+    if override is not None:
+        named = profile(override)
+        if named is None:
+            raise ValueError(f"unknown quirk profile {override!r}; known: {', '.join(PROFILES)}")
+        return named
+    if identity is None:
+        return SPEC
+    matched = [r for r in rules if r.matches(identity)]
+    if not matched:
+        return SPEC
+    quirks = tuple(dict.fromkeys(q for r in matched for q in r.quirks))
+    return Selection(quirks, "rule:" + "+".join(r.name for r in matched))
+
+
+def quirks_for(selection: Selection, source: str) -> tuple[Quirk, ...]:
+    """The selected quirks that concern one characteristic (or ANT+ page)."""
+    return tuple(q for q in selection.quirks if source in q.sources)
 
 
 @dataclass(frozen=True)
 class Applied:
-    """The quirks of one model for one source, folded into decoder settings."""
+    """The quirks of one selection for one source, folded into decoder settings."""
 
     layout: FlagLayout
     names: tuple[str, ...] = ()
     force_bits: int = 0
     trailing_bytes: int = 0
-    tolerate_reserved: bool = False
     zero_is_unavailable: tuple[str, ...] = ()
 
 
-def quirks_for(model: str | None, source: str) -> tuple[Quirk, ...]:
-    if model is None:
-        return ()
-    return tuple(q for q in MODELS.get(model.strip().casefold(), ()) if source in q.sources)
+_APPLIED: dict[tuple[int, tuple[str, ...]], tuple[FlagLayout, Applied]] = {}
 
 
-_APPLIED: dict[tuple[int, str | None], tuple[FlagLayout, Applied]] = {}
+def apply(layout: FlagLayout, selection: Selection = SPEC) -> Applied:
+    """Fold the selected quirks for ``layout.source`` into an effective layout and settings.
 
-
-def apply(layout: FlagLayout, model: str | None) -> Applied:
-    """Fold the model's quirks for ``layout.source`` into an effective layout and settings.
-
-    Cached per (layout, registered model): the effective layout keeps its compiled read plans between frames.
-    A model the registry does not know is the specification's behaviour and shares the no-model entry.
+    Cached per (layout, quirk names): the effective layout keeps its compiled read plans between frames.
     """
-    key = model.strip().casefold() if model is not None else None
-    cache_key = (id(layout), key if key in MODELS else None)
+    if not selection.quirks:  # the common case: the specification's reading
+        return _apply_cached(layout, ())
+    return _apply_cached(layout, quirks_for(selection, layout.source))
+
+
+def _apply_cached(layout: FlagLayout, quirks: tuple[Quirk, ...]) -> Applied:
+    cache_key = (id(layout), tuple(q.name for q in quirks))
     cached = _APPLIED.get(cache_key)
     if cached is not None and cached[0] is layout:
         return cached[1]
-    applied = _apply(layout, model)
+    applied = _apply(layout, quirks)
     _APPLIED[cache_key] = (layout, applied)
     return applied
 
 
-def _apply(layout: FlagLayout, model: str | None) -> Applied:
-    quirks = quirks_for(model, layout.source)
+def _apply(layout: FlagLayout, quirks: tuple[Quirk, ...]) -> Applied:
     if not quirks:
         return Applied(layout=layout)
     resolution = {name: res for q in quirks for name, res in q.resolution}
@@ -167,6 +308,5 @@ def _apply(layout: FlagLayout, model: str | None) -> Applied:
         names=tuple(q.name for q in quirks),
         force_bits=force,
         trailing_bytes=max(q.trailing_bytes for q in quirks),
-        tolerate_reserved=any(q.tolerate_reserved for q in quirks),
         zero_is_unavailable=tuple(n for q in quirks for n in q.zero_is_unavailable),
     )

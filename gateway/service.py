@@ -1,6 +1,6 @@
 """The running gateway: frames from transports -> decoded, reassembled, normalised, merged -> published.
 
-Per frame: ``decode_frame`` with the device's model (quirks); FTMS records split over several notifications
+Per frame: ``decode_frame`` with the device's quirks; FTMS records split over several notifications
 are put back together (``ftms.Reassembler``, one per device); ANT+ FE pages update the device's wrapping
 totals (``ant.FeAccumulator``); Cycling Power / CSC crank data give cadence (``cycling.CadenceTracker``); an
 ANT+ HRM page contributes its RR interval only when it reports a new beat (a strap repeats each beat's page
@@ -16,6 +16,19 @@ reports its latest state). RR intervals of all records of the period are kept, i
 time has moved ``grace_s`` past its end (live transports; the simulator's batches close a tick at once),
 when the device has been quiet for ``hold_s`` of wall time, when it disconnects, and at the end.
 A frame of an older period than the device's current one (out of order) is published on its own.
+
+**Identity and quirks.** A device's quirks (``gateway.quirks``) are chosen from what it says it is: the
+Device Information Service strings a transport reads on connect and hands over as frames (``ble:2a29``
+manufacturer, ``ble:2a24`` model, ``ble:2a26`` firmware, ...), over what the device list configured; a
+``quirks`` profile in the device list wins over both. The strings also become the device's meta (vendor,
+model, firmware), published again when they change.
+
+**Reserved flag bits.** A frame that sets flag bits reserved for future use is decoded like any other (the
+decoders ignore those bits and keep what they add); it is counted per device in
+:attr:`ServiceStats.reserved_flags` and logged once per device.
+
+**Dropped values.** A decoded value outside the wire contract's bounds is left out of the sample and counted
+as ``out_of_bounds:<field>`` in :attr:`ServiceStats.notes`.
 
 **State.** Training Status -> ``state.training``; Fitness Machine Status started / stopped / reset /
 safety key -> training and ``errors``; an ANT+ FE state change (ready, in use, finished); a :class:`Link`
@@ -44,7 +57,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, get_args
 
-from gateway import ant, cycling, ftms, hrm
+from gateway import ant, cycling, dis, ftms, hrm, quirks
 from gateway.buffer import DeadFrame
 from gateway.decode import Record, canonical_source, decode_frame
 from gateway.errors import DecodeError
@@ -85,7 +98,10 @@ class ServiceStats:
     dead_frames: Counter[str] = field(default_factory=Counter)
     """Per device ("" when the device is unknown): frames that did not decode, payloads not readable."""
     notes: Counter[str] = field(default_factory=Counter)
-    """What normalisation dropped (out-of-bounds values) and reassembly flagged (incomplete splits)."""
+    """What normalisation dropped (``out_of_bounds:<field>``: values outside the wire contract's bounds) and
+    reassembly flagged (``incomplete_split``)."""
+    reserved_flags: Counter[str] = field(default_factory=Counter)
+    """Per device: frames that set flag bits reserved for future use (decoded; what the bits added kept)."""
 
     @property
     def dead_total(self) -> int:
@@ -122,6 +138,11 @@ class _Bucket:
 class _Device:
     device_id: str
     info: DeviceInfo | None = None
+    """As configured or announced by the transport."""
+    dis: quirks.DeviceIdentity | None = None
+    """What the device's Device Information Service said (strings read so far)."""
+    selection: quirks.Selection = quirks.SPEC
+    announced: DeviceInfo | None = None
     transport: str = ""
     bucket: _Bucket | None = None
     last_wall: float = 0.0
@@ -136,8 +157,33 @@ class _Device:
     stated: bool = False
 
     @property
-    def model(self) -> str | None:
-        return None if self.info is None else self.info.model
+    def override(self) -> str | None:
+        return None if self.info is None else self.info.quirks
+
+    def identity(self) -> quirks.DeviceIdentity | None:
+        """The configured vendor / model / firmware, with what the device said over them."""
+        info, said = self.info, self.dis
+        if info is None:
+            return said
+        base = quirks.DeviceIdentity(manufacturer=info.vendor, model=info.model, firmware=info.firmware)
+        if said is None:
+            return base
+        return quirks.DeviceIdentity(
+            manufacturer=said.manufacturer or base.manufacturer,
+            model=said.model or base.model,
+            firmware=said.firmware or base.firmware,
+            hardware=said.hardware,
+            software=said.software,
+        )
+
+    def meta(self) -> DeviceInfo | None:
+        """The device as its meta describes it: the configuration, with what the device said over it."""
+        identity = self.identity()
+        if self.info is None or identity is None:
+            return self.info
+        return replace(
+            self.info, vendor=identity.manufacturer, model=identity.model, firmware=identity.firmware
+        )
 
 
 @dataclass(slots=True)
@@ -261,7 +307,9 @@ class Pipeline:
         self._devices: dict[str, _Device] = {}
         self._sources: dict[str, str] = {}
         for info in devices:
-            self._devices[info.device_id] = _Device(info.device_id, info)
+            dev = self._devices[info.device_id] = _Device(info.device_id, info)
+            self._choose_quirks(dev)
+            dev.announced = dev.meta()
 
     def _canonical(self, source: str) -> str:
         canonical = canonical_source(source)  # raises UnknownSource (a DecodeError)
@@ -270,8 +318,8 @@ class Pipeline:
         return canonical
 
     def known(self) -> list[DeviceInfo]:
-        """Devices configured up front."""
-        return [d.info for d in self._devices.values() if d.info is not None]
+        """Devices configured up front (as their meta describes them)."""
+        return [m for d in self._devices.values() if (m := d.meta()) is not None]
 
     def expire(self, wall: float) -> Output:
         """Periods of devices quiet for ``hold_s`` since their last frame."""
@@ -307,7 +355,7 @@ class Pipeline:
                 dev = self._device(ev.device_id, transport)
                 if dev.info != ev:
                     dev.info = ev
-                    out.metas.append(ev)
+                    self._identified(dev, out)
             elif isinstance(ev, Link):
                 dev = self._device(ev.device_id, transport)
                 dev.online = ev.connected
@@ -334,11 +382,18 @@ class Pipeline:
         dev.last_wall = wall
         try:
             source = self._sources.get(f.source) or self._canonical(f.source)
-            record = decode_frame(source, f.data, model=dev.model)
+            record = decode_frame(source, f.data, model=dev.override, quirks=dev.selection)
         except DecodeError as exc:
             self._dead(out, f.device_id, f.source, f.data, f.t, str(exc))
             return
         self.stats.records += 1
+        if isinstance(record, dis.DisString):
+            dev.dis = dis.with_string(dev.dis, record)
+            self._identified(dev, out)
+            return
+        reserved = getattr(record, "reserved_flags", 0)
+        if reserved:
+            self._reserved(dev, source, reserved, record)
         if dev.info is None:
             self._discover(dev, source, record, out)
         t = floor_time(f.t, self.period_s)
@@ -372,7 +427,46 @@ class Pipeline:
             return
         radio: Radio = "ant" if source.startswith("ant:") else "ble"
         dev.info = DeviceInfo(dev.device_id, kind, "mqtt" if dev.transport == "mqtt" else radio)
-        out.metas.append(dev.info)
+        self._identified(dev, out)
+
+    def _identified(self, dev: _Device, out: Output) -> None:
+        """The device's configuration or identity changed: choose its quirks again, and publish its meta
+        again if that changed (once per batch)."""
+        self._choose_quirks(dev)
+        meta = dev.meta()
+        if meta is None or meta == dev.announced:
+            return
+        dev.announced = meta
+        out.metas[:] = [m for m in out.metas if m.device_id != dev.device_id]
+        out.metas.append(meta)
+
+    def _choose_quirks(self, dev: _Device) -> None:
+        try:
+            chosen = quirks.select(dev.identity(), override=dev.override)
+        except ValueError as exc:  # an unknown profile: the device list is checked, an event may not be
+            logger.warning("%s: %s; decoding per the specification", dev.device_id, exc)
+            chosen = quirks.SPEC
+        if chosen != dev.selection:
+            logger.info(
+                "%s: quirks %s (%s) for %s",
+                dev.device_id,
+                ", ".join(chosen.names) or "none",
+                chosen.origin,
+                dev.identity(),
+            )
+            dev.selection = chosen
+
+    def _reserved(self, dev: _Device, source: str, reserved: int, record: Record) -> None:
+        n = self.stats.reserved_flags[dev.device_id] = self.stats.reserved_flags[dev.device_id] + 1
+        if n == 1:
+            kept = len(getattr(record, "trailing", b""))
+            logger.info(
+                "%s (%s) sets flag bits %#x reserved for future use: decoded, %d bytes after the fields kept",
+                dev.device_id,
+                source,
+                reserved,
+                kept,
+            )
 
     def _record(self, dev: _Device, record: Record, bucket: _Bucket, out: Output) -> None:
         priority = MACHINE
@@ -402,8 +496,8 @@ class Pipeline:
         elif isinstance(record, ftms.FtmsData) and "incomplete_split" in record.quirks:
             self.stats.notes["incomplete_split"] += 1
         norm = to_sample_with_notes(record, bucket.t, totals=totals)
-        if norm.notes:
-            self.stats.notes.update(norm.notes)
+        for name in norm.dropped:
+            self.stats.notes[f"out_of_bounds:{name}"] += 1
         if norm.sample is not None:
             bucket.add(norm.sample, priority)
         if isinstance(record, cycling.CyclingPower | cycling.CscMeasurement):
@@ -421,7 +515,7 @@ class Pipeline:
         if lo <= rpm <= hi:
             b.add(Sample(t=b.t, cadence_rpm=rpm), SENSOR)
         else:
-            self.stats.notes[f"out_of_bounds:cadence_rpm={rpm:g}"] += 1
+            self.stats.notes["out_of_bounds:cadence_rpm"] += 1
 
     def _machine_status(self, dev: _Device, record: ftms.MachineStatus, t: datetime, out: Output) -> None:
         op = record.op_code

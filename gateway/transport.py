@@ -5,7 +5,11 @@ A :class:`Transport` is an async iterable of event batches. Events are
 * :class:`DeviceInfo` — a device the transport serves (announced before its first frame, again when it
   changes); the service publishes its retained meta;
 * :class:`Frame` — one raw notification: device, source (``decode_frame``'s names: ``"ble:2ad2"``,
-  ``"ant:fe:16"``), the bytes as received, and the time the transport took them;
+  ``"ant:fe:16"``), the bytes as received, and the time the transport took them. The values a BLE
+  transport reads from the Device Information Service when it connects (``"ble:2a29"`` manufacturer,
+  ``"ble:2a24"`` model, ``"ble:2a26"`` firmware, ``"ble:2a27"`` hardware, ``"ble:2a28"`` software;
+  see :mod:`gateway.dis`) are frames too, handed over before the device's first notification: the service
+  chooses the device's quirks from them;
 * :class:`Link` — a device connected or disconnected (published as its retained ``state``);
 * :class:`Rejected` — input the transport itself could not read (a raw-topic payload that breaks the
   wire contract): dead-lettered like an undecodable frame.
@@ -33,6 +37,7 @@ from pathlib import Path
 from typing import Final, Literal, Protocol, get_args
 
 from gateway.errors import DeviceListError
+from gateway.quirks import PROFILES, profile
 from vitalab.wire import DeviceKind, DeviceMeta
 from vitalab.wire.topics import valid_id
 
@@ -56,8 +61,10 @@ KIND_OF_SOURCE: Final[dict[str, DeviceKind]] = {
 
 @dataclass(frozen=True, slots=True)
 class DeviceInfo:
-    """A device a gateway serves. ``model`` is also the quirk key ``decode_frame`` gets (see
-    ``gateway.quirks``); ``address`` is the BLE address or the ANT+ device number."""
+    """A device a gateway serves. ``vendor`` / ``model`` / ``firmware`` as configured (what the device's
+    Device Information Service says replaces them); ``quirks`` names a profile of ``gateway.quirks.PROFILES``
+    that overrides the quirks the device's identity selects; ``address`` is the BLE address or the ANT+
+    device number."""
 
     device_id: str
     kind: DeviceKind
@@ -66,6 +73,7 @@ class DeviceInfo:
     vendor: str | None = None
     firmware: str | None = None
     address: str | None = None
+    quirks: str | None = None
 
     def meta(self) -> DeviceMeta:
         return DeviceMeta(
@@ -151,9 +159,11 @@ def load_device_list(path: Path) -> list[DeviceInfo]:
         kind = "bike"             # treadmill, bike, rower, cross_trainer, hr_strap, power_meter
         transport = "ble"         # ble, ant, mqtt (raw topic), sim
         address = "C4:12:..."     # BLE address, or ANT+ device number
-        model = "SimBike 1"       # optional: meta, and the quirk key (gateway.quirks)
-        vendor = "..."            # optional
-        firmware = "..."          # optional
+        vendor = "..."            # optional: meta and quirk selection, until the device's own
+        model = "SimBike 1"       #   Device Information Service says otherwise (BLE reads it on connect)
+        firmware = "..."          #
+        quirks = "..."            # optional: a quirk profile (gateway.quirks.PROFILES) that overrides
+                                  #   the one the identity selects; "specification" for none
 
     Raises :class:`DeviceListError` naming the entry and the problem.
     """
@@ -177,7 +187,7 @@ def load_device_list(path: Path) -> list[DeviceInfo]:
     return out
 
 
-_FIELDS: Final = {"id", "kind", "transport", "address", "model", "vendor", "firmware"}
+_FIELDS: Final = {"id", "kind", "transport", "address", "model", "vendor", "firmware", "quirks"}
 
 
 def _device(path: str, i: int, entry: object) -> DeviceInfo:
@@ -207,6 +217,8 @@ def _device(path: str, i: int, entry: object) -> DeviceInfo:
             number = -1
         if not 0 <= number <= 0xFFFF:
             raise DeviceListError(path, i, "an ANT+ address is the device number, 0..65535")
+    if "quirks" in entry and profile(entry["quirks"]) is None:
+        raise DeviceListError(path, i, f"quirks {entry['quirks']!r} is not one of {sorted(PROFILES)}")
     return DeviceInfo(
         device_id=device_id,
         kind=kind,
@@ -215,4 +227,5 @@ def _device(path: str, i: int, entry: object) -> DeviceInfo:
         vendor=entry.get("vendor"),
         firmware=entry.get("firmware"),
         address=entry.get("address"),
+        quirks=entry.get("quirks"),
     )

@@ -1,10 +1,19 @@
-"""BLE transport (optional extra ``ble``: ``bleak``): connects to the configured devices, subscribes to the
-notifications of their kind's characteristics and yields them as frames; reconnects after a disconnect.
+"""BLE transport (optional extra ``ble``: ``bleak``): connects to the configured devices, reads their Device
+Information Service, subscribes to the notifications of their kind's characteristics and yields all of it
+as frames; reconnects after a disconnect.
 
-Only what needs no radio is tested here (the characteristic table, the notification-to-frame mapping, and
-that a missing ``bleak`` gives :class:`gateway.errors.TransportUnavailable`); bleak's API as used:
+On every connect, before subscribing, the strings of the Device Information Service (0x180A; manufacturer,
+model number, firmware / hardware / software revision: :data:`gateway.dis.FIELDS`) that the device has are
+read and handed over as frames (``ble:2a29`` ...): the service chooses the device's quirks from them before
+its first notification arrives, without anyone naming the model. A string that cannot be read is logged
+and skipped.
+
+Only what needs no radio is tested here (the characteristic table, the notification-to-frame mapping, the
+DIS reads against a stand-in client, and that a missing ``bleak`` gives
+:class:`gateway.errors.TransportUnavailable`); bleak's API as used:
 ``BleakClient(address, disconnected_callback=..., timeout=...)`` as an async context manager,
-``client.services.get_characteristic(uuid)``, ``await client.start_notify(uuid, callback(char, data))``.
+``client.services.get_characteristic(uuid)``, ``await client.read_gatt_char(uuid)`` (a ``bytearray``),
+``await client.start_notify(uuid, callback(char, data))``.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from gateway import dis
 from gateway.errors import TransportUnavailable
 from gateway.transport import DeviceInfo, Event, Frame, Link
 from vitalab.wire import DeviceKind
@@ -54,6 +64,24 @@ def now_ms() -> datetime:
 def notification(device_id: str, char: str, data: bytes | bytearray) -> Frame:
     """A notification as a frame, stamped now (BLE notifications carry no time)."""
     return Frame(device_id, f"ble:{char}", bytes(data), now_ms())
+
+
+async def read_device_information(
+    client: Any, device_id: str, errors: tuple[type[BaseException], ...]
+) -> list[Frame]:
+    """The Device Information Service strings the connected ``client`` has, as frames (in
+    :data:`gateway.dis.FIELDS` order); a read that raises one of ``errors`` is logged and skipped."""
+    out: list[Frame] = []
+    for char in dis.FIELDS:
+        if client.services.get_characteristic(uuid16(char)) is None:
+            continue
+        try:
+            data = await client.read_gatt_char(uuid16(char))
+        except errors as exc:
+            logger.warning("BLE %s: could not read device information %s: %s", device_id, char, exc)
+            continue
+        out.append(notification(device_id, char, data))
+    return out
 
 
 class BleTransport:
@@ -97,6 +125,9 @@ class BleTransport:
                 ) as client:
                     connected = True
                     queue.put_nowait(Link(info.device_id, True, now_ms()))
+                    errors = (bleak.exc.BleakError, TimeoutError, OSError)
+                    for frame in await read_device_information(client, info.device_id, errors):
+                        queue.put_nowait(frame)
                     for char in CHARACTERISTICS[info.kind]:
                         if client.services.get_characteristic(uuid16(char)) is None:
                             continue

@@ -13,6 +13,19 @@ turns each step into the frames of its radio, made with the gateway's own record
 | hr_strap | Heart Rate Measurement 0x2A37 with RR intervals | HRM page 4, one per beat |
 | power_meter | Cycling Power Measurement 0x2A63 with crank revolutions | (BLE only) |
 
+**Identity.** A BLE device answers its Device Information Service (:meth:`RawDevice.dis_frames`:
+manufacturer, model number, firmware revision), which a gateway reads when it connects; its configured
+:meth:`RawDevice.info` says only what an operator knows (id, kind, radio). An ANT+ device has no DIS here: its
+info carries vendor, model and firmware as a device list would.
+
+**Vendor behaviour.** A device may be given one of :data:`QUIRKY` (``RawDevice.quirk``): it then identifies as
+that machine and breaks the specification the way the real one is reported to, by changing the frames after
+they are encoded (not through the gateway's quirk registry): ``trailing_byte`` (a Concept2 PM rower: one byte
+after the last field), ``cadence_without_flag`` (a Life Fitness bike: cadence sent, flag bit 2 clear; its
+record goes out whole, 21 bytes, as the real one negotiates a larger MTU), ``reserved_bits`` (a flag bit
+reserved for future use set, two vendor bytes after the fields). Values and expected samples stay the same:
+a gateway must decode them without anyone naming the model.
+
 FTMS machines also notify Fitness Machine Status 0x2ADA ("started" at the first tick, "stopped" at
 :meth:`RawDevice.finish`, "stopped by safety key" for a device error) and Training Status 0x2AD3 whenever
 the workout moves to another segment (warm-up, high/low interval, recovery, cool-down). In a gym day
@@ -42,9 +55,10 @@ from typing import Any, Final, Literal
 
 import numpy as np
 
-from gateway import ant, cycling, ftms, hrm
+from gateway import ant, cycling, dis, ftms, hrm
 from gateway.decode import Record, encode_frame, source_of
 from gateway.fields import SIZE, FlagLayout
+from gateway.quirks import DeviceIdentity
 from gateway.transport import DeviceInfo, Frame
 from simulators.faults import FaultInjector
 from simulators.fleet import VENDORS, SimDevice
@@ -52,6 +66,22 @@ from simulators.workouts import workout
 from vitalab.wire import Sample
 
 Radio = Literal["ble", "ant"]
+Behaviour = Literal["trailing_byte", "cadence_without_flag", "reserved_bits"]
+SIM_FIRMWARE: Final = "1.0.0"
+QUIRKY: Final[dict[str, tuple[DeviceIdentity, Behaviour]]] = {
+    "rower": (DeviceIdentity("Concept2", "PM5", "32.100"), "trailing_byte"),
+    "bike": (DeviceIdentity("LifeFitness", "IC Bike (simulated)", "2.4"), "cadence_without_flag"),
+    "treadmill": (DeviceIdentity("vitalab-sim", "SimRun 2 reserved-bit", SIM_FIRMWARE), "reserved_bits"),
+    "cross_trainer": (
+        DeviceIdentity("vitalab-sim", "SimCross 1 reserved-bit", SIM_FIRMWARE),
+        "reserved_bits",
+    ),
+    "power_meter": (DeviceIdentity("vitalab-sim", "SimPower reserved-bit", SIM_FIRMWARE), "reserved_bits"),
+}
+"""Per kind: the identity a quirky simulated device reads out and how its frames break the specification
+(the bike and rower identities are those of the reported machines, see ``gateway.quirks.RULES``)."""
+VENDOR_BYTES: Final = b"\x5a\xa5"
+"""What a ``reserved_bits`` device appends after the fields."""
 MTU_PAYLOAD: Final = 20
 """ATT payload of one notification at the default MTU of 23."""
 RR_TICK_MS: Final = Fraction(1000, 1024)
@@ -110,6 +140,8 @@ class _Part:
 class RawDevice:
     sim: SimDevice
     radio: Radio = "ble"
+    quirk: bool = False
+    """Behave like the kind's :data:`QUIRKY` machine (BLE only)."""
     _segment: int | None = None
     _started: bool = False
     _strokes: float = 0.0
@@ -134,16 +166,44 @@ class RawDevice:
     def __post_init__(self) -> None:
         if self.radio == "ant" and self.sim.kind == "power_meter":
             raise ValueError("simulated power meters speak BLE Cycling Power only")
+        if self.quirk and (self.radio != "ble" or self.sim.kind not in QUIRKY):
+            raise ValueError(f"no quirky {self.radio} {self.sim.kind} is simulated")
 
     @property
     def device_id(self) -> str:
         return self.sim.device_id
 
-    def info(self) -> DeviceInfo:
+    @property
+    def behaviour(self) -> Behaviour | None:
+        return QUIRKY[self.sim.kind][1] if self.quirk else None
+
+    def identity(self) -> DeviceIdentity:
+        """What the device says it is (its Device Information Service)."""
+        if self.quirk:
+            return QUIRKY[self.sim.kind][0]
         vendor, model = VENDORS[self.sim.kind]
+        return DeviceIdentity(vendor, model, SIM_FIRMWARE)
+
+    def info(self) -> DeviceInfo:
+        """What a gateway is configured with: for BLE the id, kind and radio (the rest it reads from the
+        device, :meth:`dis_frames`); for ANT+ also vendor, model and firmware."""
+        if self.radio == "ble":
+            return DeviceInfo(self.device_id, self.sim.kind, self.radio)
+        me = self.identity()
         return DeviceInfo(
-            self.device_id, self.sim.kind, self.radio, model=model, vendor=vendor, firmware="1.0.0"
+            self.device_id,
+            self.sim.kind,
+            self.radio,
+            model=me.model,
+            vendor=me.manufacturer,
+            firmware=me.firmware,
         )
+
+    def dis_frames(self, t: datetime) -> list[Frame]:
+        """The Device Information Service strings a gateway reads when it connects (none over ANT+)."""
+        if self.radio != "ble":
+            return []
+        return [self._frame(t, record) for record in dis.strings_of(self.identity())]
 
     # --- one tick -------------------------------------------------------------------------------------
     def tick(
@@ -204,8 +264,12 @@ class RawDevice:
         )
         return [self._frame(t, page)], expected
 
-    def _frame(self, t: datetime, record: Record) -> Frame:
-        return Frame(self.device_id, source_of(record), encode_frame(record), t)
+    def _frame(self, t: datetime, record: Record, *, last: bool = True) -> Frame:
+        data = encode_frame(record)
+        behaviour = self.behaviour
+        if behaviour is not None and isinstance(record, ftms.FtmsData | cycling.CyclingPower):
+            data = misbehave(behaviour, record.LAYOUT, data, last=last)
+        return Frame(self.device_id, source_of(record), data, t)
 
     def _add(
         self,
@@ -215,8 +279,9 @@ class RawDevice:
         data: bool = True,
         beat: int | None = None,
         rr_ms: float | None = None,
+        last: bool = True,
     ) -> None:
-        self._pending.append(_Part(self._frame(t, record), data, beat, rr_ms))
+        self._pending.append(_Part(self._frame(t, record, last=last), data, beat, rr_ms))
 
     def _status_frames(self, t: datetime, faults: FaultInjector | None, dt_s: float) -> None:
         if self.radio != "ble":
@@ -301,8 +366,9 @@ class RawDevice:
             }
             bits = (1 << 2) | (1 << 3) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 13) | _hr_bit(hr, 11)
             record = ftms.CrossTrainerData(flags=bits, steps_per_min=round(2 * cadence), **_rec(v, common))
-        for part in split(record):
-            self._add(t, part)
+        parts = [record] if self.behaviour == "cadence_without_flag" else split(record)
+        for i, part in enumerate(parts):
+            self._add(t, part, last=i == len(parts) - 1)
         return Sample(t=t, **{k: val for k, val in {**v, **common}.items() if val is not None})
 
     def _fe(self, t: datetime, s: Sample, hr: float | None) -> Sample:
@@ -531,11 +597,35 @@ def _split_plan(layout: FlagLayout, flags: int, mtu: int) -> tuple[int, ...]:
     return tuple(only | sum(1 << b for b in bits) | (0 if i == last else 1) for i, bits in enumerate(parts))
 
 
+# --- vendor behaviour -------------------------------------------------------------------------------------
+def misbehave(behaviour: Behaviour, layout: FlagLayout, frame: bytes, *, last: bool) -> bytes:
+    """A correctly encoded data frame as the vendor sends it (see the module doc); ``last``: the final part
+    of a split record (where the vendor's extra bytes go)."""
+    size = SIZE[layout.flags_kind]
+    flags = int.from_bytes(frame[:size], "little")
+    if behaviour == "trailing_byte":
+        return frame + b"\x00"
+    if behaviour == "cadence_without_flag":
+        return (flags & ~(1 << 2)).to_bytes(size, "little") + frame[size:]
+    if not last:
+        return frame
+    top_reserved = 1 << (layout.reserved_mask.bit_length() - 1)
+    return (flags | top_reserved).to_bytes(size, "little") + frame[size:] + VENDOR_BYTES
+
+
+FLAG_LAYOUTS: Final[dict[str, FlagLayout]] = {
+    **{cls.SOURCE: cls.LAYOUT for cls in ftms.DATA_TYPES},
+    cycling.CPM_LAYOUT.source: cycling.CPM_LAYOUT,
+    cycling.CSC_LAYOUT.source: cycling.CSC_LAYOUT,
+}
+
+
 # --- corrupted frames ------------------------------------------------------------------------------------
 def corrupt(source: str, data: bytes, rng: np.random.Generator) -> bytes:
-    """Bytes no decoder of ``source`` accepts (by the protocol's rules, for a frame of a model without
-    quirks): cut below the mandatory part, a reserved flag bit set, bytes after the last field, or an
-    ANT+ page with the wrong length or page number."""
+    """Bytes no decoder of ``source`` accepts (by the protocol's rules, also with the quirks of the device
+    that sent ``data``): cut below the mandatory part, bytes after the last field (not where a reserved flag
+    bit may account for them), a training status with text but no string flag, or an ANT+ page with the
+    wrong length or page number."""
     choice = int(rng.integers(3))
     if source.startswith("ant:"):
         if choice == 0:
@@ -544,14 +634,14 @@ def corrupt(source: str, data: bytes, rng: np.random.Generator) -> bytes:
             return data + bytes([int(rng.integers(256))])
         return bytes([(data[0] & 0x80) | ((data[0] & 0x7F) + 1) % 128]) + data[1:]
     if source == "ble:2a37":  # RR intervals fill the rest of an HRM frame: extra bytes are not an error
-        return data[:1] if choice == 0 else bytes([data[0] | 0x20]) + data[1:]
-    flag_size = 3 if source == "ble:2ace" else 1 if source in ("ble:2ad3", "ble:2ada") else 2
+        return data[:1] if choice == 0 else b""  # the heart rate cut
     if source == "ble:2ada":  # machine status: a reserved op code, or nothing
         return b"" if choice == 0 else bytes([0x16]) + data[1:]
-    if choice == 0:
+    if source == "ble:2ad3":  # training status: cut, or text without the string flag (no reserved bit)
+        return data[:1] if choice == 0 else bytes([data[0] & 0x02, data[1]]) + b"?"
+    layout = FLAG_LAYOUTS[source]
+    flag_size = SIZE[layout.flags_kind]
+    reserved = int.from_bytes(data[:flag_size], "little") & layout.reserved_mask
+    if choice == 0 or reserved:  # bytes after the fields of a frame with reserved bits are allowed
         return data[: int(rng.integers(0, flag_size if source != "ble:2a63" else 4))]
-    if choice == 1 or source == "ble:2ad3":
-        reserved = {"ble:2ace": 1 << 23, "ble:2ad3": 1 << 7, "ble:2a63": 1 << 15}.get(source, 1 << 15)
-        flags = int.from_bytes(data[:flag_size], "little") | reserved
-        return flags.to_bytes(flag_size, "little") + data[flag_size:]
-    return data + bytes(int(x) for x in rng.integers(0, 256, int(rng.integers(1, 4))))
+    return data + bytes(int(x) for x in rng.integers(2, 256, int(rng.integers(2, 5))))

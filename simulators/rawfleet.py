@@ -1,8 +1,10 @@
 """A fleet of raw-frame devices and the in-process transport that feeds their frames to a gateway.
 
 :class:`RawFleet` wraps a :class:`simulators.fleet.Fleet` (the same members, hearts and workouts) into
-:class:`simulators.rawdev.RawDevice` s, a share of them on ANT+, and steps them tick by tick under the fault
-injector: frame drops and corruption, heart-rate dropouts, device errors, disconnect/reconnect storms.
+:class:`simulators.rawdev.RawDevice` s, a share of them on ANT+ and a share of the BLE ones behaving like a
+quirky real machine (``quirky_share``, see ``simulators.rawdev.QUIRKY``), and steps them tick by tick under
+the fault injector: frame drops and corruption, heart-rate dropouts, device errors, disconnect/reconnect
+storms.
 What a correct gateway must make of it is recorded in :attr:`RawFleet.expected` ((device, t) -> the
 sample, exact when the tick was complete) and the fault log (``FaultInjector.log``: counts, and ``lost``:
 the (device, t) that can leave no row).
@@ -10,6 +12,10 @@ the (device, t) that can leave no row).
 :class:`SimTransport` is a ``gateway.transport.Transport``: it yields one batch of events per tick, in real
 time (``speed=1``), accelerated (``speed=N``: N seconds of device time per second) or as fast as the
 gateway takes it (``speed=None``, backfill: not ``live``, so the gateway paces it by its backlog).
+
+Connecting: the first batch announces the devices (``DeviceInfo``) and hands over what a gateway reads from
+each BLE device's Device Information Service when it connects (:meth:`RawFleet.connect`); a device that
+comes back after a disconnect (storm, a strap put on) is read again.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from gateway.transport import Event, Frame, Link
 from simulators.faults import FaultInjector
 from simulators.fleet import Fleet, UseChange
 from simulators.publisher import stop_if_cancelled
-from simulators.rawdev import RawDevice, Tick
+from simulators.rawdev import QUIRKY, RawDevice, Tick
 from vitalab.wire import Sample
 
 logger = logging.getLogger(__name__)
@@ -36,6 +42,8 @@ class RawFleet:
     fleet: Fleet
     ant_share: float = 0.25
     faults: FaultInjector | None = None
+    quirky_share: float = 0.0
+    """Share of the BLE devices of each kind with a quirky variant that behave like it."""
     record: bool = True
     """Keep :attr:`expected` (tests); off for long runs and benchmarks."""
     devices: list[RawDevice] = field(init=False)
@@ -49,14 +57,20 @@ class RawFleet:
     _by_id: dict[str, RawDevice] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.ant_share <= 1.0:
-            raise ValueError(f"ant_share={self.ant_share} is not within [0, 1]")
+        for name, share in (("ant_share", self.ant_share), ("quirky_share", self.quirky_share)):
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"{name}={share} is not within [0, 1]")
         self.devices = []
         per_kind: dict[str, int] = {}
+        ble_per_kind: dict[str, int] = {}
         for d in self.fleet.devices:  # every 1/ant_share-th device of each kind speaks ANT+
             k = per_kind[d.kind] = per_kind.get(d.kind, 0) + 1
-            ant = d.kind != "power_meter" and int(k * self.ant_share) > int((k - 1) * self.ant_share)
-            self.devices.append(RawDevice(d, "ant" if ant else "ble"))
+            ant = d.kind != "power_meter" and _every(k, self.ant_share)
+            quirky = False
+            if not ant and d.kind in QUIRKY:
+                b = ble_per_kind[d.kind] = ble_per_kind.get(d.kind, 0) + 1
+                quirky = _every(b, self.quirky_share)
+            self.devices.append(RawDevice(d, "ant" if ant else "ble", quirk=quirky))
         self._by_id = {d.device_id: d for d in self.devices}
 
     @property
@@ -65,6 +79,11 @@ class RawFleet:
 
     def infos(self) -> list[Event]:
         return [d.info() for d in self.devices]
+
+    def connect(self, t: datetime) -> list[Event]:
+        """What a gateway gets when it connects to every device at ``t``: the devices, then what their
+        Device Information Services say."""
+        return [*self.infos(), *(f for d in self.devices for f in d.dis_frames(t))]
 
     def tick(self, t: datetime, dt_s: float = 1.0) -> list[Event]:
         """Step every device in use once; the events a gateway receives for this tick (in a gym day also
@@ -86,6 +105,7 @@ class RawFleet:
                 if down <= 1:
                     del self._down[dev.device_id]
                     out.append(Link(dev.device_id, True, t))
+                    out.extend(dev.dis_frames(t))  # read again on the new connection
                 else:
                     self._down[dev.device_id] = down - 1
                 continue
@@ -114,7 +134,8 @@ class RawFleet:
         begins a new workout, or stops it (:meth:`RawDevice.end_visit`)."""
         dev = self._by_id[change.device.device_id]
         if dev.sim.kind == "hr_strap":
-            return [Link(dev.device_id, change.in_use, change.t)]
+            link: list[Event] = [Link(dev.device_id, change.in_use, change.t)]
+            return [*link, *dev.dis_frames(change.t)] if change.in_use else link
         if change.in_use:
             dev.begin_visit()
             return []
@@ -130,7 +151,9 @@ class RawFleet:
     def finish(self, t: datetime) -> list[Event]:
         """End of the run: machines stop (machine status, post-workout; in a gym day only those in use, and
         straps disconnect), devices still down come back."""
-        out: list[Event] = [Link(d, True, t) for d in sorted(self._down)]
+        out: list[Event] = []
+        for d in sorted(self._down):
+            out += [Link(d, True, t), *self._by_id[d].dis_frames(t)]
         self._down.clear()
         if not self.fleet.always_in_use:
             for change in self.fleet.stop(t):
@@ -188,8 +211,8 @@ class SimTransport:
         self.end: datetime | None = None
 
     async def events(self) -> AsyncIterator[Sequence[Event]]:
-        yield self.fleet.infos()
         start = self.start
+        yield self.fleet.connect(start - timedelta(seconds=self.backfill_s))
         if self.backfill_s > 0:
             self.live = False
             async for batch in self._play(start - timedelta(seconds=self.backfill_s), self.backfill_s, None):
@@ -234,6 +257,11 @@ class SimTransport:
                 await asyncio.sleep(0)
             stop_if_cancelled()
         self.end = start + timedelta(seconds=(i if n is None else min(i, n)) * self.dt_s)
+
+
+def _every(k: int, share: float) -> bool:
+    """Whether the ``k``-th (from 1) of a sequence is in a ``share`` of it spread evenly."""
+    return int(k * share) > int((k - 1) * share)
 
 
 def now_s() -> datetime:

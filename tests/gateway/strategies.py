@@ -1,8 +1,10 @@
 """Hypothesis settings and frame builders shared by the gateway property tests.
 
-The builders write frames straight from the layout tables (``gateway.fields.FlagLayout``) with
-``int.to_bytes``, so a test can state what the decoder must return without asking the decoder. The tables
-themselves are checked against other projects' frames in test_captures.py.
+The builders write frames straight from *our own* layout tables (``gateway.fields.FlagLayout``) with
+``int.to_bytes``, so a test can state what the decoder must return without asking the decoder. What they
+prove is that the decoder follows our tables (and that encoder and decoder agree): symmetry, not conformance.
+The tables themselves are checked against the specification's tables in test_conformance.py (frames written
+byte by byte in the test) and against other projects' frames in test_captures.py.
 """
 
 from __future__ import annotations
@@ -101,21 +103,23 @@ def flag_frames(
 
 
 @st.composite
-def data_frames(draw: st.DrawFn, cls: type[FtmsData], model: str | None = None) -> Built:
-    """A frame of an FTMS data characteristic as the quirks of ``model`` allow it (reserved bits where the
-    model tolerates them, forced groups, trailing bytes)."""
-    applied = quirks.apply(cls.LAYOUT, model)
+def data_frames(draw: st.DrawFn, cls: type[FtmsData], selection: quirks.Selection = quirks.SPEC) -> Built:
+    """A frame of an FTMS data characteristic as the selected quirks allow it (forced groups, trailing
+    bytes), sometimes with flag bits reserved for future use set and bytes after the fields that they
+    account for."""
+    applied = quirks.apply(cls.LAYOUT, selection)
     layout = applied.layout
-    allowed = layout.defined_mask | (layout.reserved_mask if applied.tolerate_reserved else 0)
-    built = draw(flag_frames(layout, allowed=allowed, force=applied.force_bits))
-    trailing = draw(st.binary(max_size=applied.trailing_bytes))
+    built = draw(
+        flag_frames(layout, allowed=layout.defined_mask | layout.reserved_mask, force=applied.force_bits)
+    )
+    reserved = built.flags & layout.reserved_mask
+    trailing = draw(st.binary(max_size=8 if reserved else applied.trailing_bytes))
     return Built(built.flags, built.frame + trailing, built.raws, built.header, trailing)
 
 
-def expected_record(cls: type[FtmsData], built: Built, model: str | None = None) -> FtmsData:
-    """The record the specification (and the model's quirks) say ``built`` holds, written without the
-    decoder."""
-    applied = quirks.apply(cls.LAYOUT, model)
+def expected_record(cls: type[FtmsData], built: Built, selection: quirks.Selection = quirks.SPEC) -> FtmsData:
+    """The record our tables (and the selected quirks) say ``built`` holds, written without the decoder."""
+    applied = quirks.apply(cls.LAYOUT, selection)
     values: dict[str, Any] = built.values()
     for name in applied.zero_is_unavailable:
         if values.get(name) == 0:
@@ -129,6 +133,7 @@ def expected_record(cls: type[FtmsData], built: Built, model: str | None = None)
         flags=built.flags,
         more_data=bool(built.flags & 1),
         quirks=tuple(notes),
+        reserved_flags=reserved,
         trailing=built.trailing,
         **values,
     )

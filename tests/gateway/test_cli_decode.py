@@ -86,7 +86,7 @@ def test_unknown_model_is_reported_and_the_specification_used() -> None:
     ("args", "message"),
     [
         (["2ad2", "4400ca0ca0002c"], None),  # truncated: decodes, marked
-        (["2ad2", "0020"], "decode: ble:2ad2: reserved flag bits 0x2000 set (byte 0)"),
+        (["2ad2", "4400ca0ca0002c017f"], "decode: ble:2ad2: 1 bytes after the last flagged field (byte 8)"),
         (["2a19", "00"], "decode: 2a19: unknown characteristic"),
         (["ant:fe:16", "1019"], "decode: ant:fe:16: an ANT+ payload has 8 bytes, got 2 (byte 2)"),
         (["2a37", ""], None),

@@ -85,8 +85,16 @@ def test_cycling_power_needs_flags_and_power() -> None:
     with pytest.raises(FrameTooShort) as info:
         cycling.decode_cycling_power(b"\x00\x00\x10")
     assert info.value.source == "ble:2a63"
-    with pytest.raises(InvalidFrame):  # bit 13 is reserved
-        cycling.decode_cycling_power((1 << 13).to_bytes(2, "little") + b"\x00\x00")
+
+
+def test_cycling_power_ignores_reserved_flag_bits_and_keeps_what_they_append() -> None:
+    # flags 0x2000 (bit 13 reserved), power 0x00fa = 250 W, then two bytes bit 13 appended
+    frame = (1 << 13).to_bytes(2, "little") + b"\xfa\x00" + b"\x01\x02"
+    record = cycling.decode_cycling_power(frame)
+    assert (record.power_w, record.reserved_flags, record.trailing) == (250, 0x2000, b"\x01\x02")
+    assert cycling.encode_cycling_power(record) == frame
+    with pytest.raises(InvalidFrame):  # the same bytes without a reserved bit
+        cycling.decode_cycling_power(b"\x00\x00\xfa\x00\x01\x02")
 
 
 def test_cycling_power_extreme_angles_unpack_12_bit_halves() -> None:
@@ -96,9 +104,11 @@ def test_cycling_power_extreme_angles_unpack_12_bit_halves() -> None:
     assert (record.extreme_angle_max_deg, record.extreme_angle_min_deg) == (90, 270)
 
 
-def test_csc_rejects_reserved_flags_and_extra_bytes() -> None:
-    with pytest.raises(InvalidFrame):
-        cycling.decode_csc(b"\x04")
+def test_csc_ignores_reserved_flags_and_rejects_unexplained_extra_bytes() -> None:
+    # flags 0x06: bit 1 crank data, bit 2 reserved; crank revs 1, event 0x0002 ticks, a byte bit 2 appended
+    record = cycling.decode_csc(b"\x06\x01\x00\x02\x00\x99")
+    assert (record.crank_revs, record.crank_event_s) == (1, 2 / 1024)
+    assert (record.reserved_flags, record.trailing) == (0x04, b"\x99")
     with pytest.raises(InvalidFrame) as info:
         cycling.decode_csc(b"\x02\x01\x00\x02\x00\x99")
     assert info.value.offset == 5

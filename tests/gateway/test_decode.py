@@ -18,7 +18,7 @@ NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 
 def test_sources_cover_every_decoder_and_are_canonical() -> None:
     listed = sources()
-    assert len(listed) == len(set(listed)) == 12 + 6 + 8
+    assert len(listed) == len(set(listed)) == 12 + 5 + 6 + 8  # FTMS/HRM/CPS/CSC, DIS, ANT+ FE, ANT+ HRM
     assert all(canonical_source(s) == s for s in listed)
     assert canonical_source("0x2AD2") == "ble:2ad2"
     assert canonical_source(" ANT:FE:016 ") == "ant:fe:16"

@@ -12,41 +12,48 @@ from gateway.errors import FrameTooShort, InvalidFrame
 BIKE = ftms.IndoorBikeData
 
 
-def test_reserved_flag_bits_are_rejected_unless_a_model_explains_them() -> None:
-    # rower: reserved bit 13, stroke rate 26 spm, 19 strokes, then two bytes the flags do not account for
-    frame = (0x2000).to_bytes(2, "little") + bytes.fromhex("341300") + bytes(2)
-    with pytest.raises(InvalidFrame) as info:
-        ftms.decode_data(ftms.RowerData, frame)
-    assert (info.value.source, info.value.offset) == ("ble:2ad1", 0)
-    record = ftms.decode_data(ftms.RowerData, frame, model="Technogym Aquafeel")
-    assert record.quirks == ("reserved_flag_extra_bytes", "reserved_flags:0x2000")
-    assert (record.stroke_rate_spm, record.stroke_count, record.trailing) == (26.0, 19, bytes(2))
+def test_reserved_flag_bits_are_ignored_and_what_they_append_is_kept() -> None:
+    # rower: reserved bit 13, stroke rate 26 spm (raw 52 at 0.5), 19 strokes, then two bytes bit 13 appended
+    frame = (0x2000).to_bytes(2, "little") + bytes.fromhex("341300") + b"\xab\xcd"
+    record = ftms.decode_data(ftms.RowerData, frame)
+    assert (record.stroke_rate_spm, record.stroke_count) == (26.0, 19)
+    assert (record.reserved_flags, record.trailing) == (0x2000, b"\xab\xcd")
+    assert record.quirks == ("reserved_flags:0x2000",)
+    assert not record.truncated
+    assert ftms.encode_data(record) == frame
 
 
-def test_extra_bytes_are_rejected_with_their_offset_unless_the_model_sends_them() -> None:
+def test_extra_bytes_without_a_reserved_bit_are_rejected_unless_the_quirk_allows_them() -> None:
     frame = bytes.fromhex("4400ca0ca0002c017f")
     with pytest.raises(InvalidFrame) as info:
         ftms.decode_data(BIKE, frame)
     assert info.value.offset == 8
-    record = ftms.decode_data(BIKE, frame, model="ftms-trailing-byte")
+    trailing = quirks.profile("ftms-trailing-byte")
+    assert trailing is not None
+    record = ftms.decode_data(BIKE, frame, quirks=trailing)
     assert record.trailing == b"\x7f"
     assert record.power_w == 300
-    assert ftms.encode_data(record, model="ftms-trailing-byte") == frame
+    assert ftms.encode_data(record, quirks=trailing) == frame
 
 
-def test_model_names_are_trimmed_and_case_insensitive_and_unknown_models_change_nothing() -> None:
-    assert quirks.quirks_for("  LIFE FITNESS BIKE ", "ble:2ad2") == (quirks.CADENCE_WITHOUT_FLAG,)
-    assert quirks.quirks_for("life fitness bike", "ble:2acd") == ()
-    assert quirks.apply(BIKE.LAYOUT, "no such bike").layout is BIKE.LAYOUT
-    assert quirks.apply(BIKE.LAYOUT, None).names == ()
+def test_profile_names_are_trimmed_and_case_insensitive() -> None:
+    named = quirks.profile("  LIFE FITNESS BIKE ")
+    assert named is not None
+    assert quirks.quirks_for(named, "ble:2ad2") == (quirks.CADENCE_WITHOUT_FLAG,)
+    assert quirks.quirks_for(named, "ble:2acd") == ()
+    assert quirks.profile("no such bike") is None
+    assert quirks.apply(BIKE.LAYOUT, quirks.SPEC).layout is BIKE.LAYOUT
+    assert quirks.apply(BIKE.LAYOUT).names == ()
 
 
-def test_every_registered_quirk_says_where_it_was_seen() -> None:
-    for model, found in quirks.MODELS.items():
-        assert found, model
+def test_every_quirk_says_where_it_was_seen_and_every_rule_cites_its_strings() -> None:
+    for name, found in quirks.PROFILES.items():
         for quirk in found:
-            assert quirk.seen
-            assert quirk.sources <= {"ble:2ad2", "ble:2acd", "ble:2ad1", "ble:2ace"}
+            assert quirk.seen, name
+    for rule in quirks.RULES:
+        assert rule.quirks
+        assert rule.seen
+        assert all(q.seen for q in rule.quirks)
 
 
 def test_too_short_for_the_flags() -> None:
@@ -134,8 +141,9 @@ def test_training_status_string_and_its_checks() -> None:
     assert info.value.offset == 2
     with pytest.raises(InvalidFrame):
         ftms.decode_training_status(b"\x00\x01x")  # text without the string flag
-    with pytest.raises(InvalidFrame):
-        ftms.decode_training_status(b"\x04\x01")
+    future = ftms.decode_training_status(b"\x04\x01\x99")  # reserved bit 2 and what it appended
+    assert (future.training, future.reserved_flags, future.trailing) == ("idle", 0x04, b"\x99")
+    assert ftms.encode_training_status(future) == b"\x04\x01\x99"
 
 
 def test_control_point_accepts_only_responses() -> None:

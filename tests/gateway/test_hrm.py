@@ -9,12 +9,14 @@ from gateway import hrm
 from gateway.errors import FrameTooShort, InvalidFrame
 
 
-def test_reserved_flag_bits_and_bytes_after_the_fields_are_invalid() -> None:
+def test_reserved_flag_bits_are_ignored_and_bytes_after_the_fields_need_one() -> None:
+    # flags 0x20: bit 5 (reserved), u8 heart rate 0x48 = 72 bpm, then a byte bit 5 appended
+    record = hrm.decode_heart_rate(b"\x20\x48\x01")
+    assert (record.hr_bpm, record.reserved_flags, record.trailing) == (72, 0x20, b"\x01")
+    assert record.quirks == ("reserved_flags:0x20",)
+    assert hrm.encode_heart_rate(record) == b"\x20\x48\x01"
     with pytest.raises(InvalidFrame) as info:
-        hrm.decode_heart_rate(b"\x20\x48")
-    assert info.value.offset == 0
-    with pytest.raises(InvalidFrame) as info:
-        hrm.decode_heart_rate(b"\x00\x48\x01")
+        hrm.decode_heart_rate(b"\x00\x48\x01")  # no reserved bit accounts for the last byte
     assert info.value.offset == 2
 
 

@@ -1,5 +1,10 @@
-"""Properties of every decoder: round trips, garbage in -> only DecodeError out, truncation, sentinels, and
-normalised Samples the wire contract accepts."""
+"""Properties of every decoder against our own tables and encoders: round trips, garbage in -> only
+DecodeError out, truncation, sentinels, and normalised Samples the wire contract accepts.
+
+These are symmetry and robustness tests, not protocol conformance: the frames are built from our layout
+tables (tests/gateway/strategies.py) or by our encoders, so a wrong table would pass here. Conformance to the
+specification is tested in test_conformance.py (frames written byte by byte from the spec tables, values
+worked out by hand) and test_captures.py (frames real devices sent, values other projects state)."""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from gateway import ant, cycling, ftms, hrm, quirks
 from gateway.decode import Record, decode_frame, encode_frame, record_to_json, sources
 from gateway.errors import DecodeError
 from gateway.fields import FlagLayout, kind_range
-from gateway.normalize import to_sample_with_notes
+from gateway.normalize import FTMS_MAP, to_sample_with_notes
 from tests.gateway.strategies import (
     FAST,
     FUZZ,
@@ -32,12 +37,17 @@ from vitalab.wire import TelemetryMessage, decode_telemetry, encode
 
 NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 DATA_TYPES = ftms.DATA_TYPES
-MODELS: list[str | None] = [None, *quirks.MODELS, "ant-hrm-legacy", "  Life Fitness Bike ", "no such model"]
+MODELS: list[str | None] = [None, *quirks.PROFILES, "  Life Fitness Bike ", "no such model"]
+SELECTIONS: list[quirks.Selection] = [
+    quirks.SPEC,
+    *(s for name in quirks.PROFILES if (s := quirks.profile(name)) is not None),
+    *(quirks.Selection(r.quirks, f"rule:{r.name}") for r in quirks.RULES),
+]
 
 
-def models_for(cls: type[ftms.FtmsData]) -> list[str | None]:
-    """The registered models with a quirk for this characteristic, and no model."""
-    return [None] + [m for m in quirks.MODELS if quirks.quirks_for(m, cls.SOURCE)]
+def selections_for(cls: type[ftms.FtmsData]) -> list[quirks.Selection]:
+    """The profiles and rules with a quirk for this characteristic, and none."""
+    return [quirks.SPEC] + [s for s in SELECTIONS if quirks.quirks_for(s, cls.SOURCE)]
 
 
 def assert_wire_valid(record: Record) -> None:
@@ -58,16 +68,17 @@ def assert_wire_valid(record: Record) -> None:
 @FUZZ
 @given(data=st.data())
 def test_ftms_record_round_trips_through_its_frame(cls: type[ftms.FtmsData], data: st.DataObject) -> None:
-    """Every registered model with a quirk for the characteristic, and no model."""
-    model = data.draw(st.sampled_from(models_for(cls)))
-    built = data.draw(data_frames(cls, model))
-    expected = expected_record(cls, built, model)
-    assert ftms.decode_data(cls, built.frame, model=model) == expected
+    """Symmetry: every quirk selection with a quirk for the characteristic, and none; reserved flag bits and
+    what they append included."""
+    selection = data.draw(st.sampled_from(selections_for(cls)))
+    built = data.draw(data_frames(cls, selection))
+    expected = expected_record(cls, built, selection)
+    assert ftms.decode_data(cls, built.frame, quirks=selection) == expected
     if not any(getattr(expected, n) is None and v == 0 for n, v in built.values().items()):
-        assert ftms.encode_data(expected, model=model) == built.frame
+        assert ftms.encode_data(expected, quirks=selection) == built.frame
     # a value a quirk reads as unavailable (0 -> None) is sent back as the sentinel; reading that gives the
     # same record
-    assert ftms.decode_data(cls, ftms.encode_data(expected, model=model), model=model) == expected
+    assert ftms.decode_data(cls, ftms.encode_data(expected, quirks=selection), quirks=selection) == expected
     assert_wire_valid(expected)
 
 
@@ -149,13 +160,34 @@ def test_not_available_values_decode_to_none_and_encode_back(cls: type[ftms.Ftms
             assert ftms.encode_data(record) == built.frame
 
 
+@pytest.mark.parametrize("cls", DATA_TYPES, ids=lambda c: c.__name__)
+def test_no_largest_value_of_a_published_field_reaches_the_wire(cls: type[ftms.FtmsData]) -> None:
+    """The largest value of a field's type is how vendors say "not available": for every field that feeds a
+    wire Sample field, a frame holding it there publishes nothing for that field."""
+    published = {record_field: wire for wire, record_field in FTMS_MAP[cls].items()}
+    for group in cls.LAYOUT.groups:
+        if not any(f.name in published for f in group.fields):
+            continue
+        flags = 0 if group.bit == 0 else (1 << group.bit) | 1  # bit 0 set: leave the first group out
+        raws = [(spec, kind_range(spec.kind)[1]) for spec in group.fields]
+        record = ftms.decode_data(cls, build(cls.LAYOUT, flags, raws).frame)
+        normalized = to_sample_with_notes(record, NOW)
+        for spec in group.fields:
+            if spec.name in published:
+                assert getattr(record, spec.name) is None, spec.name
+                assert normalized.sample is None or getattr(normalized.sample, published[spec.name]) is None
+
+
 def test_counters_have_no_sentinel_and_unavailable_values_have_the_ftms_ones() -> None:
     bike = {f.name: f for g in ftms.BIKE_LAYOUT.groups for f in g.fields}
     assert bike["energy_total_kcal"].sentinel == 0xFFFF
     assert bike["energy_per_minute_kcal"].sentinel == 0xFF
     assert bike["power_w"].sentinel == 0x7FFF
-    for counter in ("distance_m", "elapsed_s", "remaining_s"):
-        assert bike[counter].sentinel is None
+    assert (bike["distance_m"].sentinel, bike["elapsed_s"].sentinel) == (0xFFFFFF, 0xFFFF)
+    rower = {f.name: f for g in ftms.ROWER_LAYOUT.groups for f in g.fields}
+    cross = {f.name: f for g in ftms.CROSS_TRAINER_LAYOUT.groups for f in g.fields}
+    assert rower["stroke_count"].sentinel is None  # counters are kept as sent
+    assert cross["stride_count"].sentinel is None
     frame = (0x0101).to_bytes(2, "little") + bytes.fromhex("ffffffffff")  # no speed (bit 0 = 1), energy
     record = ftms.decode_data(ftms.IndoorBikeData, frame)
     assert (record.energy_total_kcal, record.energy_per_hour_kcal, record.energy_per_minute_kcal) == (
@@ -401,11 +433,12 @@ def test_plausible_flags_with_garbage_after_raise_only_decode_errors(
     flags = data.draw(st.integers(0, kind_range(cls.LAYOUT.flags_kind)[1])) & cls.LAYOUT.defined_mask
     tail = data.draw(st.binary(max_size=48))
     frame = flags.to_bytes(3 if cls is ftms.CrossTrainerData else 2, "little") + tail
+    selection = quirks.profile(model) or quirks.SPEC
     try:
-        record = ftms.decode_data(cls, frame, model=model)
+        record = ftms.decode_data(cls, frame, quirks=selection)
     except DecodeError:
         return
-    assert ftms.decode_data(cls, ftms.encode_data(record, model=model), model=model) == record
+    assert ftms.decode_data(cls, ftms.encode_data(record, quirks=selection), quirks=selection) == record
 
 
 @FUZZ

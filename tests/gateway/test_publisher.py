@@ -5,6 +5,7 @@ full buffer file, and the buffer-full policy under a long outage."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import subprocess
 import sys
 import threading
@@ -53,20 +54,31 @@ class Received:
 
 class Subscriber:
     """A QoS 1 paho subscriber on its network thread that records every message; subscribes on every
-    connect (Mosquitto 2.0 forgets shared subscriptions on restart). ``persistent``: clean start off and
-    a session that outlives the connection."""
+    connect (Mosquitto 2.0 forgets shared subscriptions on restart), or, with ``resubscribe=False``, on the
+    first connect only (what it gets after a reconnect then comes from the session the broker kept).
+    ``persistent``: clean start off and a session that outlives the connection. ``connects`` and
+    ``subscribes`` count the connections and SUBSCRIBE packets."""
 
     def __init__(
-        self, target: MqttTarget, client_id: str, filters: Sequence[str], *, persistent: bool
+        self,
+        target: MqttTarget,
+        client_id: str,
+        filters: Sequence[str],
+        *,
+        persistent: bool,
+        resubscribe: bool = True,
     ) -> None:
         self._target = target
         self._client_id = client_id
         self._filters = list(filters)
         self._persistent = persistent
+        self._resubscribe = resubscribe
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
         self._client: paho.Client | None = None
         self.messages: list[Received] = []
+        self.connects = 0
+        self.subscribes = 0
 
     def start(self, timeout_s: float = 10.0) -> Self:
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=paho.MQTTv5)
@@ -97,8 +109,15 @@ class Subscriber:
     def _on_connect(
         self, client: paho.Client, userdata: object, flags: object, reason: ReasonCode, props: object
     ) -> None:
-        if not reason.is_failure:
-            client.subscribe([(f, 1) for f in self._filters])
+        if reason.is_failure:
+            return
+        with self._cond:
+            self.connects += 1
+            if self.subscribes and not self._resubscribe:
+                self._cond.notify_all()
+                return
+            self.subscribes += 1
+        client.subscribe([(f, 1) for f in self._filters])
 
     def _on_subscribe(
         self, client: paho.Client, userdata: object, mid: int, reasons: list[ReasonCode], props: object
@@ -115,6 +134,11 @@ class Subscriber:
         with self._cond:
             if not self._cond.wait_for(lambda: check(self.messages), timeout_s):
                 raise AssertionError(f"{self._client_id}: timed out waiting for {what}")
+
+    def wait_connects(self, n: int, timeout_s: float = 20.0) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.connects >= n, timeout_s):
+                raise AssertionError(f"{self._client_id}: not connected {n} times after {timeout_s} s")
 
     def snapshot(self) -> list[Received]:
         with self._cond:
@@ -171,6 +195,10 @@ async def until(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+def _more_delivered(gw: GatewayPublisher, than: int) -> bool:
+    return gw.stats.delivered > than
 
 
 def add(
@@ -258,7 +286,12 @@ def test_birth_is_retained_and_the_last_will_says_offline_when_the_gateway_dies(
 
 @pytest.mark.asyncio
 async def test_broker_outage_mid_stream_loses_nothing(mosquitto: Mosquitto, tmp_path: Path) -> None:
-    sub = await asyncio.to_thread(Subscriber(mosquitto.target, "sub-b", [TELEMETRY], persistent=True).start)
+    """A plain (not shared) persistent subscription survives a broker restart in Mosquitto's persistence:
+    the subscriber subscribes once, before the outage, and still gets everything published after it, and
+    the gateway never hears "no matching subscribers" (0x10)."""
+    sub = await asyncio.to_thread(
+        Subscriber(mosquitto.target, "sub-b", [TELEMETRY], persistent=True, resubscribe=False).start
+    )
     devices = ["bike-01", "rower-01", "hr-01"]
     sent: dict[str, list[datetime]] = {}
     stop = asyncio.Event()
@@ -290,7 +323,10 @@ async def test_broker_outage_mid_stream_loses_nothing(mosquitto: Mosquitto, tmp_
         assert_in_order_and_complete(sub.snapshot(), sent)
     finally:
         sub.stop()
-    assert stats.unrouted == 0  # Mosquitto restores a plain persistent subscription
+    assert sub.connects >= 2  # it reconnected after the restart ...
+    assert sub.subscribes == 1  # ... without subscribing again: the broker restored the subscription
+    assert stats.unrouted == 0  # so no PUBACK said "no matching subscribers"
+    assert stats.retried == 0
     assert stats.buffered == 0
     assert stats.dropped_when_full == 0
 
@@ -435,10 +471,13 @@ async def test_a_cut_connection_fires_the_will_and_loses_nothing(
         batch_age_s=0.05,
         protocol=protocol,
     ) as gw:
+        undelivered_at_cut = []
         for cut in range(2):
-            add(gw, sent, devices, range(cut * 100, cut * 100 + 100))
-            await asyncio.sleep(0.05)
-            gw.drop_connection()  # mid-stream: some messages are in flight
+            before = gw.stats.delivered
+            add(gw, sent, devices, range(cut * 300, cut * 300 + 300))  # 300 messages of 2 samples
+            await until(functools.partial(_more_delivered, gw, before), "the first PUBACK of this stream")
+            undelivered_at_cut.append(gw.stats.buffered)  # written and not yet acknowledged
+            gw.drop_connection()  # mid-stream, in the same loop iteration as the count above
             await until(lambda: not gw.connected, "the cut to be noticed")
             await until(lambda: gw.connected, "the reconnect", timeout_s=20)
         await gw.wait_delivered(30)
@@ -448,6 +487,7 @@ async def test_a_cut_connection_fires_the_will_and_loses_nothing(
         states = [decode_gateway_status(m.payload).online for m in sub.snapshot() if m.topic == status]
     finally:
         sub.stop()
+    assert all(n > 0 for n in undelivered_at_cut), undelivered_at_cut  # each cut was mid-stream
     assert states.count(False) >= 3  # the will, twice, and the clean offline at the end
     assert states[-1] is False
     assert states.count(True) >= 3  # a birth on every connect

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from gateway import ant, cycling, encode_frame, ftms, hrm
 from gateway.buffer import Buffer
-from gateway.decode import Record
+from gateway.decode import Record, source_of
 from gateway.publisher import GatewayPublisher
 from gateway.service import GatewayService, Pipeline, floor_time
 from gateway.transport import DeviceInfo, Event, Frame, Link, Rejected
@@ -27,8 +28,7 @@ BIKE = DeviceInfo("bike-1", "bike", "ble", model="SimBike 1")
 
 
 def frame(device: str, record: Record, t: datetime) -> Frame:
-    source = record.source if isinstance(record, ant.FePage | ant.HrmPage) else record.SOURCE
-    return Frame(device, source, encode_frame(record), t)
+    return Frame(device, source_of(record), encode_frame(record), t)
 
 
 def bike(power: int, hr: int | None = 120) -> ftms.IndoorBikeData:
@@ -203,7 +203,7 @@ async def test_service_publishes_telemetry_and_state_and_keeps_dead_frames(
         parts = split(bike(150 + i))
         batches.append([*(frame("bike-1", p, t0 + timedelta(seconds=i)) for p in parts)])
         if i % 5 == 0:
-            batches[-1].append(Frame("bike-1", "ble:2ad2", b"\xff\xff\xff", t0 + timedelta(seconds=i)))
+            batches[-1].append(Frame("bike-1", "ble:2ad2", b"\xff", t0 + timedelta(seconds=i)))
     try:
         async with GatewayPublisher(
             mosquitto.target, "gym", "gw-svc", tmp_path / "gw.sqlite", batch_samples=5
@@ -223,8 +223,8 @@ async def test_service_publishes_telemetry_and_state_and_keeps_dead_frames(
     with Buffer(tmp_path / "gw.sqlite") as buf:
         dead = buf.dead_frames()
     assert len(dead) == 4
-    assert {d.data for d in dead} == {b"\xff\xff\xff"}
-    assert all(d.device == "bike-1" and d.source == "ble:2ad2" and "reserved" in d.reason for d in dead)
+    assert {d.data for d in dead} == {b"\xff"}
+    assert all(d.device == "bike-1" and d.source == "ble:2ad2" and "flags" in d.reason for d in dead)
 
 
 def _samples(messages: Sequence[Received]) -> list[Sample]:
@@ -233,3 +233,106 @@ def _samples(messages: Sequence[Received]) -> list[Sample]:
         if m.topic.endswith("/telemetry"):
             out.extend(msgspec.json.decode(m.payload, type=TelemetryMessage).samples)
     return sorted(out, key=lambda s: s.t)
+
+
+# --- identity, quirks, reserved bits, dropped values -----------------------------------------------------
+
+# Rower Data written per the FTMS table: flags 0x0020 (bit 0 clear: stroke rate u8 0.5 spm + stroke count
+# u16; bit 5: power s16), 0x34 = 52 -> 26 spm, 0x0013 = 19 strokes, 0x0096 = 150 W, then one byte the flags
+# do not account for, as the Concept2 PM consoles of TMIW#525 send.
+ROWER_WITH_TRAILING_BYTE = bytes.fromhex("2000341300960000")
+ROWER = DeviceInfo("row-1", "rower", "ble", address="C4:00:00:00:00:01")
+
+
+def dis_frames(device: str, t: datetime, *strings: tuple[str, bytes]) -> list[Frame]:
+    return [Frame(device, f"ble:{char}", data, t) for char, data in strings]
+
+
+CONCEPT2_DIS = (("2a29", b"Concept2\x00"), ("2a24", b"PM5"), ("2a26", b"32.100"))
+
+
+def test_quirks_follow_the_device_information_read_on_connect_and_the_meta_says_it() -> None:
+    p = Pipeline(devices=[ROWER])
+    p.handle([Frame("row-1", "ble:2ad1", ROWER_WITH_TRAILING_BYTE, at(0))], "t", 0.0, live=False)
+    assert p.stats.dead_frames == {"row-1": 1}  # per the specification, one byte too many
+    out = p.handle(
+        [
+            *dis_frames("row-1", at(1), *CONCEPT2_DIS),
+            Frame("row-1", "ble:2ad1", ROWER_WITH_TRAILING_BYTE, at(1)),
+        ],
+        "t",
+        0.0,
+        live=False,
+    )
+    assert p.stats.dead_frames == {"row-1": 1}  # no new one: the Concept2 rule allows the byte
+    assert out.metas == [replace(ROWER, vendor="Concept2", model="PM5", firmware="32.100")]  # once
+    [(_, sample)] = p.drain().samples
+    assert (sample.stroke_rate_spm, sample.power_w) == (26.0, 150.0)
+
+
+def test_an_operator_profile_overrides_what_the_identity_selects() -> None:
+    p = Pipeline(devices=[replace(ROWER, quirks="specification")])
+    p.handle(
+        [
+            *dis_frames("row-1", at(0), *CONCEPT2_DIS),
+            Frame("row-1", "ble:2ad1", ROWER_WITH_TRAILING_BYTE, at(0)),
+        ],
+        "t",
+        0.0,
+    )
+    assert p.stats.dead_frames == {"row-1": 1}
+    named = Pipeline(devices=[replace(ROWER, quirks="ftms-trailing-byte")])  # no identity needed
+    named.handle([Frame("row-1", "ble:2ad1", ROWER_WITH_TRAILING_BYTE, at(0))], "t", 0.0)
+    assert named.stats.dead_frames == {}
+    assert [s.power_w for _, s in named.drain().samples] == [150.0]
+
+
+def test_a_configured_identity_selects_quirks_until_the_device_says_otherwise() -> None:
+    configured = replace(ROWER, vendor="Concept2", model="PM5")
+    p = Pipeline(devices=[configured])
+    p.handle([Frame("row-1", "ble:2ad1", ROWER_WITH_TRAILING_BYTE, at(0))], "t", 0.0)
+    assert p.stats.dead_frames == {}
+    out = p.handle(dis_frames("row-1", at(1), ("2a29", b"Acme"), ("2a24", b"Row 1")), "t", 0.0)
+    assert [(m.vendor, m.model) for m in out.metas] == [("Acme", "Row 1")]
+    p.handle([Frame("row-1", "ble:2ad1", ROWER_WITH_TRAILING_BYTE, at(2))], "t", 0.0)
+    assert p.stats.dead_frames == {"row-1": 1}
+
+
+def test_unknown_devices_get_their_identity_into_the_discovered_meta() -> None:
+    p = Pipeline()
+    out = p.handle(
+        [
+            *dis_frames("row-9", at(0), *CONCEPT2_DIS),
+            Frame("row-9", "ble:2ad1", ROWER_WITH_TRAILING_BYTE, at(0)),
+        ],
+        "t",
+        0.0,
+    )
+    assert [(m.device_id, m.kind, m.vendor, m.model, m.firmware) for m in out.metas] == [
+        ("row-9", "rower", "Concept2", "PM5", "32.100")
+    ]
+    assert p.stats.dead_frames == {}
+
+
+def test_frames_with_reserved_flag_bits_are_decoded_and_counted() -> None:
+    # Indoor Bike Data per the table: flags 0x8041 (bit 0 set: no speed; bit 6: power s16; bit 15 reserved),
+    # 0x00c8 = 200 W, then two bytes bit 15 appended.
+    frame = bytes.fromhex("4180c800beef")
+    p = Pipeline(devices=[BIKE])
+    p.handle([Frame("bike-1", "ble:2ad2", frame, at(0))], "t", 0.0)
+    p.handle([Frame("bike-1", "ble:2ad2", bytes.fromhex("0000c409"), at(0.5))], "t", 0.0)  # speed 25 km/h
+    [(_, sample)] = p.drain().samples
+    assert (sample.power_w, sample.speed_kmh) == (200.0, 25.0)
+    assert p.stats.reserved_flags == {"bike-1": 1}
+    assert p.stats.dead_frames == {}
+
+
+def test_values_outside_the_wire_bounds_are_dropped_and_counted_per_field() -> None:
+    strap = hrm.HeartRateMeasurement(flags=0, hr_bpm=0)  # heart rate 0: no contact
+    power = cycling.CyclingPower(flags=0, power_w=0x7FFF)  # 32767 W: the sint16 "not available" habit
+    p = Pipeline()
+    p.handle(
+        [frame("hr-1", strap, at(0)), frame("pm-1", power, at(0)), frame("pm-1", power, at(0.5))], "t", 0.0
+    )
+    assert p.drain().samples == []  # nothing valid was left to publish
+    assert p.stats.notes == {"out_of_bounds:hr_bpm": 1, "out_of_bounds:power_w": 2}

@@ -20,9 +20,18 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import encode_frame, ftms, hrm
 from gateway.errors import DeviceListError, TransportUnavailable
-from gateway.transport import Frame, Rejected, ant_source, kind_of_source, load_device_list, raw_char_source
+from gateway.service import Pipeline
+from gateway.transport import (
+    DeviceInfo,
+    Frame,
+    Rejected,
+    ant_source,
+    kind_of_source,
+    load_device_list,
+    raw_char_source,
+)
 from gateway.transport_ant import broadcast, load_openant
-from gateway.transport_ble import CHARACTERISTICS, load_bleak, notification, uuid16
+from gateway.transport_ble import CHARACTERISTICS, load_bleak, notification, read_device_information, uuid16
 from gateway.transport_mqtt import MqttRawTransport, raw_event
 from tests.conftest import Mosquitto
 from tests.gateway.test_publisher import Subscriber
@@ -34,7 +43,8 @@ id = "bike-01"
 kind = "bike"
 transport = "ble"
 address = "C4:12:34:56:78:9A"
-model = "technogym aquafeel"
+model = "Skillrow"
+quirks = "FTMS-trailing-byte"
 
 [[device]]
 id = "hr-01"
@@ -54,7 +64,7 @@ def test_device_list(tmp_path: Path) -> None:
         "ble",
         "C4:12:34:56:78:9A",
     )
-    assert bike.model == "technogym aquafeel"  # also the quirk key
+    assert (bike.model, bike.quirks) == ("Skillrow", "FTMS-trailing-byte")
     assert bike.meta().transport == "ble"
     assert (strap.kind, strap.transport, strap.address) == ("hr_strap", "ant", "0x1234")
 
@@ -76,6 +86,11 @@ def test_device_list(tmp_path: Path) -> None:
             '[[device]]\nid = "a"\nkind = "bike"\ntransport = "sim"\n' * 2,
             1,
             "twice",
+        ),
+        (
+            '[[device]]\nid = "a"\nkind = "bike"\ntransport = "sim"\nquirks = "acme 3000"',
+            0,
+            "quirks",
         ),
         ("device = 3", None, "array of tables"),
         ("[[device]\n", None, ""),
@@ -129,6 +144,46 @@ def test_radio_callbacks_make_frames() -> None:
     assert (g.source, g.data) == ("ant:hrm:4", bytes([0x84, 0xFF, 0, 4, 0, 8, 7, 60]))
 
 
+class _Unreadable(Exception):
+    pass
+
+
+class _StandInClient:
+    """What ``read_device_information`` uses of a connected ``bleak.BleakClient``: ``services
+    .get_characteristic(uuid)`` (``None`` when absent) and ``await read_gatt_char(uuid)``."""
+
+    def __init__(self, values: dict[str, bytes], unreadable: set[str]) -> None:
+        self.values = values
+        self.unreadable = unreadable
+        self.services = self
+        self.reads: list[str] = []
+
+    def get_characteristic(self, uuid: str) -> object | None:
+        return uuid if uuid in self.values else None
+
+    async def read_gatt_char(self, uuid: str) -> bytearray:
+        self.reads.append(uuid)
+        if uuid in self.unreadable:
+            raise _Unreadable(uuid)
+        return bytearray(self.values[uuid])
+
+
+def test_ble_reads_the_device_information_service_it_finds_and_skips_what_fails() -> None:
+    client = _StandInClient(
+        {uuid16("2a29"): b"Concept2\x00", uuid16("2a24"): b"PM5", uuid16("2a27"): b"rev C"},
+        unreadable={uuid16("2a27")},
+    )
+    frames = asyncio.run(read_device_information(client, "row-1", (_Unreadable,)))
+    assert [(f.device_id, f.source, f.data) for f in frames] == [
+        ("row-1", "ble:2a29", b"Concept2\x00"),
+        ("row-1", "ble:2a24", b"PM5"),
+    ]
+    assert client.reads == [uuid16("2a29"), uuid16("2a24"), uuid16("2a27")]  # firmware absent: not read
+    pipeline = Pipeline(devices=[DeviceInfo("row-1", "rower", "ble", address="C4:00:00:00:00:01")])
+    out = pipeline.handle(frames, "ble", 0.0)
+    assert [(m.vendor, m.model, m.firmware) for m in out.metas] == [("Concept2", "PM5", None)]
+
+
 def test_raw_events() -> None:
     t = datetime.now(UTC).replace(microsecond=0)
     data = encode_frame(ftms.TrainingStatus(flags=0, status_code=2, status="", training="warm_up"))
@@ -146,12 +201,21 @@ def test_raw_events() -> None:
 
 @pytest.mark.asyncio
 async def test_mqtt_raw_transport_against_mosquitto(mosquitto: Mosquitto) -> None:
+    """Frames of the site in order, a payload that breaks the contract rejected, another site's frame not
+    taken. That absence is shown by order, not by waiting: one client publishes the other site's frame and
+    then a last frame of this site, QoS 1 each after the previous PUBACK; Mosquitto routes a client's
+    messages in the order it received them, so once the last one has arrived the other one was routed."""
     transport = MqttRawTransport(mosquitto.target, "gym", client_id="raw-in")
     got: list[object] = []
+    last_arrived = asyncio.Event()
+    t = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=5)
+    last = Frame("bike-1", "ble:2ad3", b"\x00\x01", t + timedelta(seconds=9))
 
     async def consume() -> None:
         async for batch in transport.events():
             got.extend(batch)
+            if last in batch:
+                last_arrived.set()
 
     task = asyncio.create_task(consume())
     try:
@@ -159,7 +223,6 @@ async def test_mqtt_raw_transport_against_mosquitto(mosquitto: Mosquitto) -> Non
         pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="raw-out", protocol=paho.MQTTv5)
         pub.connect("127.0.0.1", mosquitto.port)
         pub.loop_start()
-        t = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=5)
         frames = [
             encode_frame(ftms.TrainingStatus(flags=0, status_code=c, status="", training="")) for c in (2, 4)
         ]
@@ -168,10 +231,9 @@ async def test_mqtt_raw_transport_against_mosquitto(mosquitto: Mosquitto) -> Non
             pub.publish("vitalab/v1/gym/dev/bike-1/raw", payload, qos=1).wait_for_publish(5)
         pub.publish("vitalab/v1/gym/dev/bike-1/raw", b"not json", qos=1).wait_for_publish(5)
         pub.publish("vitalab/v1/other/dev/bike-1/raw", payload, qos=1).wait_for_publish(5)  # another site
-        for _ in range(100):
-            if len(got) >= 3:
-                break
-            await asyncio.sleep(0.05)
+        closing = encode(RawFrame(t=last.t, src="ble", char="2ad3", hex=last.data.hex()))
+        pub.publish("vitalab/v1/gym/dev/bike-1/raw", closing, qos=1).wait_for_publish(5)
+        await asyncio.wait_for(last_arrived.wait(), 10)
         pub.loop_stop()
         pub.disconnect()
     finally:
@@ -180,7 +242,7 @@ async def test_mqtt_raw_transport_against_mosquitto(mosquitto: Mosquitto) -> Non
             await task
     assert got[:2] == [Frame("bike-1", "ble:2ad3", d, t + timedelta(seconds=i)) for i, d in enumerate(frames)]
     assert isinstance(got[2], Rejected)
-    assert len(got) == 3
+    assert got[3:] == [last]  # nothing from the other site came between
 
 
 def _env(tmp_path: Path, mqtt_url: str) -> dict[str, str]:

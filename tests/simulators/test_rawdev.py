@@ -1,5 +1,11 @@
-"""Raw-frame devices: deterministic, real protocol frames that decode back to the simulated values, status
-frames, corrupted frames that no decoder accepts, storms, and classes that start together."""
+"""Raw-frame devices: deterministic frames that decode back to the simulated values, status frames,
+corrupted frames that no decoder accepts, quirky machines identified by their Device Information Service,
+storms, and classes that start together.
+
+The frames are made by the gateway's own encoders, so "decode back" is encoder/decoder symmetry at fleet
+scale (the expected samples are worked out from the protocol rules in simulators/rawdev.py, not by
+decoding), not protocol conformance: that is tests/gateway/test_conformance.py (frames written from the
+specification's tables) and tests/gateway/test_captures.py (frames real devices sent)."""
 
 from __future__ import annotations
 
@@ -9,35 +15,49 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from gateway import DecodeError, decode_frame, ftms, hrm
+from gateway import DecodeError, decode_frame, dis, ftms, hrm, quirks
 from gateway.service import Pipeline
 from gateway.transport import DeviceInfo, Frame, Link
 from simulators.faults import FaultInjector, FaultRates
-from simulators.fleet import MIX_ALL, Fleet
+from simulators.fleet import MIX_ALL, VENDORS, Fleet
 from simulators.rawdev import corrupt
 from simulators.rawfleet import RawFleet
 from vitalab.wire import Sample
 
 START = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+DIS_SOURCES = {f"ble:{c}" for c in dis.FIELDS}
 
 
 def run(fleet: RawFleet, seconds: int) -> list[list[object]]:
     return [list(fleet.tick(START + timedelta(seconds=i))) for i in range(seconds)]
 
 
-def through_pipeline(fleet: RawFleet, seconds: int) -> tuple[dict[tuple[str, datetime], Sample], Pipeline]:
+def through_pipeline(
+    fleet: RawFleet, seconds: int, *, read_dis: bool = True
+) -> tuple[dict[tuple[str, datetime], Sample], Pipeline, dict[str, DeviceInfo]]:
+    """The fleet's events through a gateway pipeline: the samples, the pipeline and the last meta of each
+    device. ``read_dis=False``: as a gateway that does not read the Device Information Service (every DIS
+    frame left out)."""
     pipeline = Pipeline()
     got: dict[tuple[str, datetime], Sample] = {}
-    outs = [pipeline.handle(fleet.infos(), "sim", 0.0)]
+    events = fleet.connect(START)
+    if not read_dis:
+        events = [e for e in events if not (isinstance(e, Frame) and e.source in DIS_SOURCES)]
+    outs = [pipeline.handle(events, "sim", 0.0)]
     for i in range(seconds):
-        outs.append(pipeline.handle(fleet.tick(START + timedelta(seconds=i)), "sim", float(i), live=False))
+        tick = fleet.tick(START + timedelta(seconds=i))
+        if not read_dis:
+            tick = [e for e in tick if not (isinstance(e, Frame) and e.source in DIS_SOURCES)]
+        outs.append(pipeline.handle(tick, "sim", float(i), live=False))
     outs.append(pipeline.handle(fleet.finish(START + timedelta(seconds=seconds)), "sim", 0.0, live=False))
     outs.append(pipeline.drain())
+    metas: dict[str, DeviceInfo] = {}
     for out in outs:
+        metas.update((m.device_id, m) for m in out.metas)
         for device, sample in out.samples:
             assert (device, sample.t) not in got  # one sample per device and period
             got[(device, sample.t)] = sample
-    return got, pipeline
+    return got, pipeline, metas
 
 
 def test_same_seed_same_frames() -> None:
@@ -61,12 +81,17 @@ def test_frames_decode_back_to_the_simulated_values() -> None:
     assert radios == Counter(
         {(k, "ble"): 1 for k in MIX_ALL} | {(k, "ant"): 1 for k in MIX_ALL[:5]}
     ) + Counter({("power_meter", "ble"): 1})
-    got, pipeline = through_pipeline(fleet, 400)
+    got, pipeline, metas = through_pipeline(fleet, 400)
     expected = {(d, t): s for d, samples in fleet.expected.items() for t, s in samples.items()}
     assert len(expected) == 12 * 400
     assert got == expected  # every field of every sample, exactly (values are quantised at the source)
     assert pipeline.stats.dead_total == 0
+    assert pipeline.stats.reserved_flags == {}  # none of these devices sets a reserved bit
     assert not fleet.partial
+    # BLE devices were configured with id, kind and radio only: vendor and model come from their DIS
+    assert {(m.transport, m.vendor, m.model) for m in metas.values()} == {
+        (d.radio, "vitalab-sim", VENDORS[d.sim.kind][1]) for d in fleet.devices
+    }
     strap = next(d for d in fleet.devices if d.sim.kind == "hr_strap" and d.radio == "ant")
     rr = [x for s in fleet.expected[strap.device_id].values() for x in s.rr_ms or []]
     assert len(rr) > 400  # ANT+: one RR per beat, repeats of a page not counted twice
@@ -145,25 +170,59 @@ def test_a_class_starts_and_changes_segments_together() -> None:
 
 @pytest.mark.parametrize("seed", range(3))
 def test_corrupted_frames_never_decode(seed: int) -> None:
-    fleet = RawFleet(Fleet.build("gym", 12, seed=seed, mix=MIX_ALL), ant_share=0.5)
+    """Not with the quirks of the device that sent them either (quirky machines included)."""
+    fleet = RawFleet(Fleet.build("gym", 12, seed=seed, mix=MIX_ALL), ant_share=0.5, quirky_share=0.5)
+    assert any(d.quirk for d in fleet.devices)
     rng = np.random.default_rng(seed)
+    by_id = {d.device_id: d for d in fleet.devices}
     n = 0
     for tick in run(fleet, 20):
         for ev in tick:
             assert isinstance(ev, Frame)
+            chosen = quirks.select(by_id[ev.device_id].identity())
+            decode_frame(ev.source, ev.data, quirks=chosen)  # the frame itself is fine
             for _ in range(5):
                 bad = corrupt(ev.source, ev.data, rng)
                 with pytest.raises(DecodeError):
-                    decode_frame(ev.source, bad, model=fleet.devices[0].info().model)
+                    decode_frame(ev.source, bad, quirks=chosen)
                 n += 1
     assert n > 1000
+
+
+def test_quirky_machines_decode_by_what_their_dis_says_without_anyone_naming_them() -> None:
+    fleet = RawFleet(Fleet.build("gym", 12, seed=4, mix=MIX_ALL), ant_share=0.0, quirky_share=1.0)
+    by_behaviour: dict[str | None, set[str]] = {}
+    for d in fleet.devices:
+        by_behaviour.setdefault(d.behaviour, set()).add(d.device_id)
+    assert set(by_behaviour) == {None, "trailing_byte", "cadence_without_flag", "reserved_bits"}
+    assert all(d.info().model is None for d in fleet.devices)  # nobody configured a model
+    got, pipeline, metas = through_pipeline(fleet, 120)
+    assert got == {(d, t): s for d, samples in fleet.expected.items() for t, s in samples.items()}
+    assert pipeline.stats.dead_total == 0
+    assert set(pipeline.stats.reserved_flags) == by_behaviour["reserved_bits"]
+    assert all(n >= 120 for n in pipeline.stats.reserved_flags.values())  # every record, counted
+    for d in fleet.devices:  # the meta says what the device said
+        said = d.identity()
+        assert (metas[d.device_id].vendor, metas[d.device_id].model, metas[d.device_id].firmware) == (
+            said.manufacturer,
+            said.model,
+            said.firmware,
+        )
+    assert metas[next(iter(by_behaviour["trailing_byte"]))].vendor == "Concept2"
+    # the same frames to a gateway that does not read the DIS: the spec-breaking ones are dead-lettered
+    blind = RawFleet(Fleet.build("gym", 12, seed=4, mix=MIX_ALL), ant_share=0.0, quirky_share=1.0)
+    _, without, _ = through_pipeline(blind, 120, read_dis=False)
+    assert (
+        set(without.stats.dead_frames) == by_behaviour["trailing_byte"] | by_behaviour["cadence_without_flag"]
+    )
+    assert set(without.stats.reserved_flags) == by_behaviour["reserved_bits"]  # these need no quirk
 
 
 def test_faults_are_logged_and_bad_frames_dead_lettered_beside_good_ones() -> None:
     rates = FaultRates(drop=0.05, malformed=0.05, dropout=0.1, storm=0.05, storm_ticks=3)
     injector = FaultInjector(rates, seed=4)
     fleet = RawFleet(Fleet.build("gym", 12, seed=7, mix=MIX_ALL), 0.5, injector)
-    got, pipeline = through_pipeline(fleet, 300)
+    got, pipeline, _ = through_pipeline(fleet, 300)
     counts = injector.log.counts
     assert counts["malformed_frame"] == sum(fleet.malformed_sent.values()) == pipeline.stats.dead_total > 0
     assert Counter(fleet.malformed_sent) == pipeline.stats.dead_frames
