@@ -91,12 +91,14 @@ def test_open_sessions_wait_and_late_data_reopens_sessions_and_days(database_url
     assert (start, end) == (d.T0, d.T0 + 50 * M - timedelta(seconds=1))
     load_after = d.rows(database_url, "SELECT load FROM participant_daily WHERE day = %s", d.T0.date())[0][0]
     assert load_after > load_before  # the day was recomputed
-    # the completed day has its quality row: 600 samples arrived a day late
-    [(samples, late_n, skew, received, dup)] = d.rows(
+    # the completed day has its quality row: the 600 samples the gateway kept arrived a day behind, all at
+    # once: backfill (a catch-up stream), not late data, and not clock skew
+    [(samples, late_n, backfill, skew, received, dup)] = d.rows(
         database_url,
-        "SELECT samples, late_samples, clock_skew_s, samples_received, duplicates FROM device_quality_daily",
+        "SELECT samples, late_samples, backfill_samples, clock_skew_s, samples_received, duplicates "
+        "FROM device_quality_daily",
     )
-    assert (samples, late_n, received, dup) == (3000, 600, 3020, 20)
+    assert (samples, late_n, backfill, received, dup) == (3000, 0, 600, 3020, 20)
     assert 0.0 < skew < 10.0
 
 
@@ -162,7 +164,7 @@ def test_concurrent_runs_do_not_double_and_a_busy_trigger_skips(database_url: st
         assert busy.skipped
         holder.rollback()
     with psycopg.connect(database_url, autocommit=True) as auto, pytest.raises(AnalyticsJobError):
-        run_once(auto)
+        run_once(auto, now=d.T0)
 
 
 def test_full_run_picks_up_rows_written_without_the_ingester(database_url: str) -> None:
