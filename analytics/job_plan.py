@@ -54,12 +54,12 @@ class Range:
 
 @dataclass
 class Work:
-    """What a run has to do, and what it set aside while finding out."""
+    """What a run has to do: the ranges to recompute, the device-days whose quality to compute, and the
+    dirty notes read (deleted at the end of the run)."""
 
     ranges: list[Range] = field(default_factory=list)
     quality_keys: set[tuple[str, date]] = field(default_factory=set)
     notes: list[store.DirtyNote] = field(default_factory=list)
-    rejects: list[Reject] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

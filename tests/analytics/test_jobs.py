@@ -226,3 +226,22 @@ def test_an_always_busy_device_is_reread_only_back_to_the_local_midnight(databas
         (evening, midnight - timedelta(seconds=1)),
         (midnight, midnight + 3.5 * H - timedelta(seconds=1)),
     ]
+
+
+def test_first_start_history_is_backfill_in_the_quality_row(database_url: str) -> None:
+    """The reported first start: the day's history up to 11:00 is published at 11:00 in one burst, then the
+    device is live (each message received a second after its newest sample). The quality row of the day
+    showed hours of clock skew and ~95 % late samples; the history is backfill."""
+    d.setup_site(database_url, [("bike-1", "bike")])
+    start = d.T0.replace(hour=8)
+    published = start + 3 * H
+    d.write(database_url, d.bike("bike-1", start, 3 * 3600), received_at=published)  # history, one burst
+    d.write(database_url, d.bike("bike-1", published, 1800, elapsed0=3 * 3600))  # live
+    run_once(database_url, now=d.T0 + 24 * H)
+    [(samples, late_n, backfill, skew)] = d.rows(
+        database_url, "SELECT samples, late_samples, backfill_samples, clock_skew_s FROM device_quality_daily"
+    )
+    assert samples == 3 * 3600 + 1800
+    # every history row more than a minute behind beyond the 1-s skew: all but its last 61 s
+    assert (late_n, backfill) == (0, 3 * 3600 - 61)
+    assert skew == pytest.approx(1.0)
