@@ -6,13 +6,15 @@ device's first to last sample. Each range is checked at this edge before any dat
 must be known, and it must lie in the job's time domain, :data:`EARLIEST` (no device data predates it: the
 wire contract accepts device times within 400 days of the ingester's clock) up to :data:`FUTURE_LIMIT` after
 ``now``. A range that fails is set aside (:class:`analytics.job_runs.Reject`) instead of stopping the run;
-its end is clipped to ``now``, as the job never looks past its clock.
+the end of one that passes is clipped to ``now`` (the job never looks past its clock; an end at
+PostgreSQL's ``infinity`` is fine). Times are read as epoch seconds, never as Python datetimes, so no stored
+value can make the reading itself fail.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -77,22 +79,13 @@ def collect_work(conn: psycopg.Connection[Any], now: datetime, *, full: bool) ->
     work = Work()
     today = now.astimezone(UTC).date()
     for r in store.fold_ingest_batches(conn):
-        work.ranges.append(
-            Range(
-                r.device_id,
-                r.t_from.timestamp(),
-                r.t_to.timestamp(),
-                "ingest_batches",
-                f"{r.device_id}/{r.day}",
-            )
-        )
-        if r.day < today:
+        key = f"{r.device_id}/{r.day}"
+        work.ranges.append(Range(r.device_id, r.t_from_s, r.t_to_s, "ingest_batches", key))
+        if r.day is not None and r.day < today:
             work.quality_keys.add((r.device_id, r.day))
     work.notes = store.dirty_notes(conn)
     for n in work.notes:
-        work.ranges.append(
-            Range(n.device_id, n.t_from.timestamp(), n.t_to.timestamp(), "analytics_dirty", str(n.id))
-        )
+        work.ranges.append(Range(n.device_id, n.t_from_s, n.t_to_s, "analytics_dirty", str(n.id)))
     if full:
         for dev, a, b in device_extents(conn):
             work.ranges.append(Range(dev, a, b, "samples", f"{dev}/extent"))
@@ -131,8 +124,8 @@ def check_range(r: Range, site_of: dict[str, str], tz_of: dict[str, ZoneInfo], n
         return "no devices row for this device"
     if site_of[r.device_id] not in tz_of:
         return f"site {site_of[r.device_id]} has no usable time zone"
-    if not (np.isfinite(r.t_from_s) and np.isfinite(r.t_to_s)):
-        return "range is not finite"
+    if not np.isfinite(r.t_from_s) or np.isnan(r.t_to_s):
+        return "range does not start at a finite time"
     if r.t_to_s < r.t_from_s:
         return "range ends before it starts"
     if r.t_from_s < EARLIEST_S:
@@ -151,8 +144,8 @@ def accepted(
     now_s = now.timestamp()
     for r in work.ranges:
         why = check_range(r, site_of, tz_of, now_s)
-        if why is None:
-            ok.append(r)
+        if why is None:  # the job never looks past its clock (an end at infinity included)
+            ok.append(replace(r, t_to_s=min(r.t_to_s, now_s)))
         else:  # keyed by what it names: the same range queued again is the same reject, seen again
             key = f"{r.device_id}/{iso(r.t_from_s)}/{iso(r.t_to_s)}"
             rejects.append(Reject(r.source, key, why, _range_detail(r)))

@@ -687,13 +687,15 @@ def upsert_device_quality(conn: psycopg.Connection[Any], rows: Sequence[tuple[An
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    """What the ingester received for one device and UTC day since the last run (from ``ingest_batches``)."""
+    """What the ingester received for one device and UTC day since the last run (from ``ingest_batches``).
+    Times are epoch seconds (read as numbers, so that no stored value can fail the conversion to a Python
+    datetime: PostgreSQL's ``infinity`` is ``inf``); ``day`` is None where it is not a finite date."""
 
     device_id: str
-    day: date
+    day: date | None
     samples: int
-    t_from: datetime
-    t_to: datetime
+    t_from_s: float
+    t_to_s: float
 
 
 _FOLD_BATCHES = """
@@ -712,7 +714,9 @@ WITH b AS (
     ON CONFLICT (device_id, day) DO UPDATE
     SET samples_received = s.samples_received + EXCLUDED.samples_received, updated_at = now()
 )
-SELECT device_id, day, samples, t_from, t_to FROM agg ORDER BY 1, 2
+SELECT device_id, CASE WHEN isfinite(day) THEN day END AS day, samples,
+       extract(epoch FROM t_from)::float8 AS t_from_s, extract(epoch FROM t_to)::float8 AS t_to_s
+FROM agg ORDER BY 1, 2
 """
 
 
@@ -726,15 +730,20 @@ def fold_ingest_batches(conn: psycopg.Connection[Any]) -> list[Received]:
 
 @dataclass(frozen=True, slots=True)
 class DirtyNote:
+    """A queued range (epoch seconds, like :class:`Received`)."""
+
     id: int
     device_id: str
-    t_from: datetime
-    t_to: datetime
+    t_from_s: float
+    t_to_s: float
 
 
 def dirty_notes(conn: psycopg.Connection[Any]) -> list[DirtyNote]:
     with conn.cursor(row_factory=class_row(DirtyNote)) as cur:
-        cur.execute("SELECT id, device_id, t_from, t_to FROM analytics_dirty ORDER BY id")
+        cur.execute(
+            "SELECT id, device_id, extract(epoch FROM t_from)::float8 AS t_from_s, "
+            "extract(epoch FROM t_to)::float8 AS t_to_s FROM analytics_dirty ORDER BY id"
+        )
         return cur.fetchall()
 
 

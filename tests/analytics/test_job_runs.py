@@ -87,6 +87,33 @@ def test_a_check_in_dated_year_1_is_set_aside_and_everything_else_is_computed(da
     assert _health(database_url, now + 6 * H).status == "ok"
 
 
+def test_infinite_times_are_read_and_judged_not_fatal(database_url: str) -> None:
+    """PostgreSQL's ``infinity`` cannot become a Python datetime: the job reads times as numbers. A range from
+    ``-infinity`` is set aside; a check-in open until ``infinity`` is an open check-in (clipped to now)."""
+    d.setup_site(database_url, [("bike-1", "bike")])
+    pid = d.participant(database_url)
+    d.write(database_url, d.bike("bike-1", d.T0, 900))
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "INSERT INTO analytics_dirty (device_id, t_from, t_to, reason) "
+            "VALUES ('bike-1', '-infinity', 'infinity', 'manual')"
+        )
+        conn.execute(
+            "INSERT INTO device_assignments (device_id, participant_id, started_at, ended_at) "
+            "VALUES ('bike-1', %s, %s, 'infinity')",
+            (pid, d.T0 - M),
+        )
+    report = run_once(database_url, now=d.T0 + 2 * H)
+    assert [(s[0], s[3]) for s in d.sessions(database_url)] == [(["bike-1"], pid)]
+    [(source, _, reason, detail, _)] = _rejects(database_url)
+    assert (source, reason, detail["t_from"]) == (
+        "analytics_dirty",
+        "range does not start at a finite time",
+        "-inf s since 1970",
+    )
+    assert report.set_aside == 1
+
+
 def test_a_site_without_a_usable_time_zone_is_set_aside_and_other_sites_go_on(database_url: str) -> None:
     d.setup_site(database_url, [("bike-1", "bike")])
     d.setup_site(database_url, [("bike-9", "bike")], site="gym-b")
