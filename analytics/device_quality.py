@@ -1,21 +1,40 @@
 """Data quality per device and day: pure NumPy over the stored samples of many device-days at once.
 
 Inputs are the stored rows of each device-day (CSR ``offsets`` over rows sorted by time within a device-day):
-device time ``t`` and the ingester's receive time ``received_at`` (seconds since the epoch), and whether the
-row has a valid heart rate. Duplicates and message counts are known only at ingest; they come from
-``ingest_device_stats`` (the ingester's per-batch receipt counts, folded in by the job) and are joined in by
-the store, not computed here.
+device time ``t`` and the ingester's receive time ``received_at`` (seconds since the epoch), the message
+sequence number ``seq`` the row came in (-1 unknown), and whether the row has a valid heart rate. Rows with
+the same ``(received_at, seq)`` came in one message. Duplicates and message counts are known only at ingest;
+they come from ``ingest_device_stats`` (the ingester's per-batch receipt counts, folded in by the job) and are
+joined in by the store, not computed here.
 
 Definitions (``Δt`` = step between consecutive rows of the same device-day):
 
 ``lag`` = ``received_at - t`` per row (s). ``lag_p05_s``, ``lag_p50_s``, ``lag_p95_s``: its 5th/50th/95th
-    percentiles (linear interpolation between order statistics, NumPy's default).
-``clock_skew_s`` = ``lag_p05_s``: the device clock's offset behind the ingester's clock, estimated from the
-    least-delayed rows. Network, gateway buffering and batching delays only ever add to the lag, so this is
-    biased upward by the smallest such delay (tens to hundreds of ms on a LAN); a negative value means the
-    device clock is ahead. A low percentile, not the minimum, so that one mis-stamped row does not set it.
-``late_samples``: rows whose lag exceeds the skew estimate by more than ``late_after_s`` (default 60 s):
-    delivered late (gateway store-and-forward, a broker or ingester outage), not merely skewed.
+    percentiles over all rows (linear interpolation between order statistics, NumPy's default).
+
+Delivery: live data, catch-up streams (backfill) and late data. Messages are taken in arrival order within
+a device-day; a message's *newest lag* is its ``received_at`` minus its newest row's ``t``. Between two
+messages, device time *runs ahead* when it advanced more than :data:`CATCHUP_PACE` times as far as arrival
+time (and by more than :data:`CATCHUP_MIN_S` s more): stored data emptied faster than real time, e.g. a
+gateway publishing history at a first start or its buffer after an outage. Live data, however skewed the
+device clock, arrives as fast as device time passes.
+
+``clock_skew_s`` = 5th percentile of the newest lags of the *in-step* messages: those outside *bursts*. A
+    burst is a run of two or more messages, each arriving less than 1/:data:`CATCHUP_PACE` of its device
+    time advance after the previous one, over which device time runs ahead (jitter between live messages
+    cannot: their lag varies only by the jitter). The device clock's offset behind the ingester's clock.
+    Network and batching delays only ever add to the lag, so this is biased upward by the smallest such
+    delay (tens to hundreds of ms on a LAN); a negative value means the device clock is ahead. Taken from
+    the newest sample of each message (a message's older samples lag by the batching, not by the clock) and
+    never from a burst (history would read as hours of skew). NaN when the day has no in-step message (a
+    day known only from history): the skew is then unknown, and 0 is assumed for the two figures below.
+A row is *behind* when its lag exceeds the skew by more than ``late_after_s`` (default 60 s); a message is
+    behind when one of its rows is. A *catch-up stream* is a run of two or more consecutive behind messages
+    over which device time runs ahead (from the oldest row of the run to its newest, against the arrival
+    of its first and last message).
+``backfill_samples``: behind rows of catch-up streams (stored history sent in bulk).
+``late_samples``: behind rows of other messages: delivered late on their own (a message held up in transit,
+    a device that uploads a stored workout as one message), neither skew nor backfill.
 ``period_s``: median ``Δt`` (the device's actual sampling period, 1 s nominal).
 ``on_s``: time the device was sending: ``Σ Δt`` over steps ``Δt <= gap_s`` plus one period per run of rows.
 ``expected_samples`` = ``on_s / period_s``; ``received_ratio`` = ``samples / expected_samples``.
@@ -46,6 +65,10 @@ I64 = NDArray[np.int64]
 LATE_AFTER_S: Final[float] = 60.0
 GAP_S: Final[float] = 300.0
 DROPOUT_FACTOR: Final[float] = 1.5
+CATCHUP_PACE: Final[float] = 2.0
+"""Device time advancing more than this many times as fast as arrival time is a catch-up stream."""
+CATCHUP_MIN_S: Final[float] = 1.0
+"""... and by at least this many seconds more than arrival time (jitter of sub-second messages)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +77,7 @@ class DeviceDayQuality:
 
     samples: I64
     late_samples: I64
+    backfill_samples: I64
     lag_p05_s: F64
     lag_p50_s: F64
     lag_p95_s: F64
@@ -92,18 +116,128 @@ def segment_quantile(values: F64, offsets: I64, q: float) -> F64:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Per device-day: the clock skew, and per row whether it came late or in a catch-up stream."""
+
+    clock_skew_s: F64  # (n,)
+    late: NDArray[np.bool_]  # (rows,)
+    backfill: NDArray[np.bool_]  # (rows,)
+
+
+@dataclass(frozen=True, slots=True)
+class _Messages:
+    """The messages of all device-days in arrival order (by device-day, then receive time, then seq)."""
+
+    of_row: I64  # message index of every row
+    day: I64  # device-day of each message (ascending)
+    received_s: F64
+    newest_s: F64  # device time of the message's newest / oldest row
+    oldest_s: F64
+    day_first: I64  # index of the first / last message of the same device-day
+    day_last: I64
+
+
+def _messages(seg: I64, t_s: F64, received_s: F64, seq: I64) -> _Messages:
+    order = np.lexsort((seq, received_s, seg))
+    sg, sr, sq = seg[order], received_s[order], seq[order]
+    starts = np.ones(sg.shape[0], dtype=bool)
+    starts[1:] = (sg[1:] != sg[:-1]) | (sr[1:] != sr[:-1]) | (sq[1:] != sq[:-1])
+    first_row = np.flatnonzero(starts)
+    of_row = np.empty(sg.shape[0], dtype=np.int64)
+    of_row[order] = np.cumsum(starts) - 1
+    day = sg[first_row]
+    return _Messages(
+        of_row=of_row,
+        day=day,
+        received_s=sr[first_row],
+        newest_s=np.maximum.reduceat(t_s[order], first_row),
+        oldest_s=np.minimum.reduceat(t_s[order], first_row),
+        day_first=np.searchsorted(day, day, side="left").astype(np.int64),
+        day_last=(np.searchsorted(day, day, side="right") - 1).astype(np.int64),
+    )
+
+
+def _in_step(m: _Messages) -> NDArray[np.bool_]:
+    """Messages not in a burst: a burst is a run of messages, each arriving sooner after the previous one
+    than :data:`CATCHUP_PACE` times less than its newest row advanced in device time, over which device time
+    runs ahead in all (so that network jitter between single live messages never makes one)."""
+    n_msg = m.day.shape[0]
+    k = np.arange(n_msg)
+    linked = np.zeros(n_msg, dtype=bool)  # message k arrived in pace with k - 1's burst
+    linked[1:] = (k[1:] != m.day_first[1:]) & (np.diff(m.newest_s) > CATCHUP_PACE * np.diff(m.received_s))
+    first = np.flatnonzero(~linked)
+    last = np.concatenate((first[1:], [n_msg])) - 1
+    burst = (last > first) & _catching_up(
+        m.newest_s[first], m.received_s[first], m.newest_s[last], m.received_s[last]
+    )
+    return ~np.repeat(burst, last - first + 1)
+
+
+def _catch_up_runs(m: _Messages, behind: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """Messages in a catch-up stream: runs of two or more consecutive behind messages of a device-day whose
+    arrival took less than the device time they cover (by :data:`CATCHUP_PACE`)."""
+    n_msg = m.day.shape[0]
+    k = np.arange(n_msg)
+    previous_behind = np.concatenate(([False], behind[:-1]))
+    run_start = behind & ((k == m.day_first) | ~previous_behind)
+    idx = np.flatnonzero(behind)
+    out = np.zeros(n_msg, dtype=bool)
+    if idx.size == 0:
+        return out
+    first = np.flatnonzero(run_start[idx])
+    run = np.cumsum(run_start[idx]) - 1
+    covered = np.maximum.reduceat(m.newest_s[idx], first) - np.minimum.reduceat(m.oldest_s[idx], first)
+    took = np.maximum.reduceat(m.received_s[idx], first) - np.minimum.reduceat(m.received_s[idx], first)
+    size = np.diff(np.concatenate((first, [idx.size])))
+    zero = np.zeros(first.shape[0])
+    fast = (size >= 2) & _catching_up(zero, zero, covered, took)
+    out[idx] = fast[run]
+    return out
+
+
+def delivery(
+    t_s: F64, received_s: F64, seq: I64, offsets: I64, *, late_after_s: float = LATE_AFTER_S
+) -> Delivery:
+    """Clock skew, late rows and backfilled rows of every device-day (definitions in the module docstring)."""
+    n = offsets.shape[0] - 1
+    seg = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
+    if t_s.shape[0] == 0:
+        return Delivery(np.full(n, np.nan), np.zeros(0, dtype=bool), np.zeros(0, dtype=bool))
+    m = _messages(seg, t_s, received_s, seq)
+    live = _in_step(m)
+    counts = np.bincount(m.day[live], minlength=n)
+    live_offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    skew = segment_quantile((m.received_s - m.newest_s)[live], live_offsets, 0.05)  # m.day is sorted
+    skew0 = np.where(np.isfinite(skew), skew, 0.0)
+    catch_up = _catch_up_runs(m, m.received_s - m.oldest_s - skew0[m.day] > late_after_s)
+    behind = received_s - t_s - skew0[seg] > late_after_s
+    in_catch_up = catch_up[m.of_row]
+    return Delivery(skew, behind & ~in_catch_up, behind & in_catch_up)
+
+
+def _catching_up(t0: F64, r0: F64, t1: F64, r1: F64) -> NDArray[np.bool_]:
+    """From (device time, arrival) ``0`` to ``1``: device time advanced more than :data:`CATCHUP_PACE` times
+    as fast as arrival time, and by more than :data:`CATCHUP_MIN_S` seconds more."""
+    d_dev, d_arr = t1 - t0, r1 - r0
+    return np.asarray((d_dev > CATCHUP_PACE * d_arr) & (d_dev - d_arr > CATCHUP_MIN_S), dtype=bool)
+
+
 def device_day_quality(
     t_s: F64,
     received_s: F64,
     hr_valid: NDArray[np.bool_],
     offsets: I64,
     *,
+    seq: I64 | None = None,
     late_after_s: float = LATE_AFTER_S,
     gap_s: float = GAP_S,
 ) -> DeviceDayQuality:
-    """Quality figures of every device-day (rows ``offsets[i]:offsets[i+1]``, ascending ``t``)."""
+    """Quality figures of every device-day (rows ``offsets[i]:offsets[i+1]``, ascending ``t``); ``seq``
+    (default: unknown, -1) tells rows received at the same instant in different messages apart."""
     n_rows = int(offsets[-1]) if offsets.shape[0] else 0
-    for name, arr in (("t_s", t_s), ("received_s", received_s), ("hr_valid", hr_valid)):
+    seq = np.full(n_rows, -1, dtype=np.int64) if seq is None else seq
+    for name, arr in (("t_s", t_s), ("received_s", received_s), ("hr_valid", hr_valid), ("seq", seq)):
         if arr.shape != (n_rows,):
             raise SessionInputError(name, f"shape {arr.shape}, expected ({n_rows},)")
     if gap_s <= 0 or late_after_s < 0:
@@ -117,7 +251,9 @@ def device_day_quality(
     p05 = segment_quantile(lag, offsets, 0.05)
     p50 = segment_quantile(lag, offsets, 0.50)
     p95 = segment_quantile(lag, offsets, 0.95)
-    late = segment_count(lag - p05[seg] > late_after_s, offsets)
+    how = delivery(t_s, received_s, seq, offsets, late_after_s=late_after_s)
+    late = segment_count(how.late, offsets)
+    backfill = segment_count(how.backfill, offsets)
 
     # steps within a device-day: the step after the last row of a segment is not one
     step = np.full(n_rows, np.nan)
@@ -146,10 +282,11 @@ def device_day_quality(
     return DeviceDayQuality(
         samples=samples,
         late_samples=late,
+        backfill_samples=backfill,
         lag_p05_s=p05,
         lag_p50_s=p50,
         lag_p95_s=p95,
-        clock_skew_s=p05,
+        clock_skew_s=how.clock_skew_s,
         period_s=period,
         on_s=on_s,
         expected_samples=expected,

@@ -3,10 +3,10 @@ with small groups suppressed. Pure NumPy, no I/O; times are seconds since the Un
 
 Utilisation (per device and bin, usually an hour): seconds of the bin covered by the device's *sessions*
 (first to last active sample; :mod:`analytics.sessions`), divided by the bin length. A device's overlapping
-intervals count once per second at most (the result is clipped to the bin length). Session time, not sample
-time, is the definition: a machine left running without anybody on it sends samples but is not in use;
-``device_hourly.minutes_with_data`` (minutes with any sample, from ``samples_1m``) is stored beside it for
-that other view.
+intervals count once: the union of its intervals is measured (:func:`union_intervals`), never their sum.
+Session time, not sample time, is the definition: a machine left running without anybody on it sends samples
+but is not in use; ``device_hourly.minutes_with_data`` (minutes with any sample, from ``samples_1m``) is
+stored beside it for that other view.
 
 Occupancy (per slot, 15 minutes by default): the time-weighted mean number of machines in use in the slot
 (in-session seconds of all devices / slot length) and the number of distinct participants with a session
@@ -52,10 +52,39 @@ WHO_TARGET_MIN: Final[float] = 150.0
 # ---------------------------------------------------------------------------------------------- time
 
 
+def union_intervals(group: I64, start_s: F64, end_s: F64) -> tuple[I64, F64, F64]:
+    """The union of the intervals ``[start, end)`` of each group as disjoint, sorted intervals
+    ``(group, start, end)`` (sorted by group, then start). Empty intervals (``end <= start``) are dropped;
+    intervals that overlap or touch merge. Vectorised: one sort by (group, start), then a running maximum of
+    the ends within each group (exact: the maximum runs over integer ranks offset by group, so it never
+    carries over from one group into the next); an interval starts a new run where it begins after every
+    earlier end of its group."""
+    ok = end_s > start_s
+    g, s, e = group[ok].astype(np.int64), start_s[ok], end_s[ok]
+    if g.shape[0] == 0:
+        return g, s, e
+    order = np.lexsort((s, g))
+    g, s, e = g[order], s[order], e[order]
+    n = g.shape[0]
+    ends_sorted = np.unique(e)
+    rank = np.searchsorted(ends_sorted, e).astype(np.int64)
+    group_code = np.concatenate(([0], np.cumsum(g[1:] != g[:-1]))).astype(np.int64)
+    running = np.maximum.accumulate(group_code * n + rank) - group_code * n  # rank of the running max end
+    reach = ends_sorted[running]  # furthest end of the group so far, this interval included
+    new_run = np.ones(n, dtype=bool)
+    new_run[1:] = (g[1:] != g[:-1]) | (s[1:] > reach[:-1])
+    first = np.flatnonzero(new_run)
+    last = np.concatenate((first[1:], [n])) - 1
+    return g[first], s[first], reach[last]
+
+
 def covered_seconds(group: I64, start_s: F64, end_s: F64, edges_s: F64, n_groups: int) -> F64:
-    """Seconds of each bin ``[edges[j], edges[j+1])`` covered by the intervals ``[start, end)`` of each group,
-    ``(n_groups, len(edges) - 1)``, clipped to the bin length. Exact: ``F(x) = Σ clip(x - s, 0, e - s)`` per
-    group from sorted prefix sums, evaluated at every edge (no loop over intervals or bins)."""
+    """Seconds of each bin ``[edges[j], edges[j+1])`` covered by the union of the intervals ``[start, end)``
+    of each group, ``(n_groups, len(edges) - 1)``: a second covered by several intervals of one group counts
+    once. Exact: the intervals are first merged into disjoint ones (:func:`union_intervals`), then
+    ``F(x) = Σ clip(x - s, 0, e - s)`` per group is evaluated at every edge from sorted prefix sums (no loop
+    over intervals or bins); times are taken relative to the first edge so that epoch magnitudes do not cost
+    precision. The final clip to ``[0, bin length]`` only absorbs rounding."""
     if edges_s.ndim != 1 or edges_s.shape[0] < 1 or bool(np.any(np.diff(edges_s) <= 0)):
         raise SessionInputError("edges_s", "must be a strictly increasing 1-D array")
     if not (group.shape == start_s.shape == end_s.shape):
@@ -63,10 +92,10 @@ def covered_seconds(group: I64, start_s: F64, end_s: F64, edges_s: F64, n_groups
     m = edges_s.shape[0]
     if n_groups == 0:
         return np.zeros((0, m - 1))
-    ok = end_s > start_s
-    g, s, e = group[ok].astype(np.int64), start_s[ok], end_s[ok]
+    origin = float(edges_s[0])
+    g, s, e = union_intervals(group, start_s - origin, end_s - origin)
     qg = np.repeat(np.arange(n_groups, dtype=np.int64), m)
-    qx = np.tile(edges_s, n_groups)
+    qx = np.tile(edges_s - origin, n_groups)
     f = _ramp_sum(g, s, qg, qx) - _ramp_sum(g, e, qg, qx)
     per_edge = f.reshape(n_groups, m)
     covered = np.diff(per_edge, axis=1)

@@ -21,6 +21,7 @@ import psycopg
 from numpy.typing import NDArray
 from psycopg import sql
 from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
 
 from analytics.batch import KIND_CODE
 from analytics.errors import AnalyticsJobError
@@ -578,11 +579,12 @@ class QualityRows:
     t_s: F64
     received_s: F64
     hr_valid: NDArray[np.bool_]
+    seq: I64  # the message's sequence number, -1 unknown
 
 
 _QUALITY_QUERY = sql.SQL(
     "SELECT k.code - 1, s.t, s.received_at, "
-    "CASE WHEN s.hr_bpm BETWEEN 30 AND 240 THEN 1 ELSE 0 END::int8 "
+    "CASE WHEN s.hr_bpm BETWEEN 30 AND 240 THEN 1 ELSE 0 END::int8, coalesce(s.seq, -1) "
     "FROM unnest(%(dev)s::text[], %(day)s::date[]) WITH ORDINALITY AS k(device_id, day, code) "
     "JOIN samples s ON s.device_id = k.device_id AND s.t >= k.day::timestamp AT TIME ZONE 'UTC' "
     "AND s.t < (k.day + 1)::timestamp AT TIME ZONE 'UTC' ORDER BY k.code, s.t"
@@ -594,13 +596,18 @@ def load_quality_rows(conn: psycopg.Connection[Any], keys: Sequence[tuple[str, d
         conn,
         _QUALITY_QUERY,
         {"dev": [k[0] for k in keys], "day": [k[1] for k in keys]},
-        ["i8", "ts", "ts", "i8"],
+        ["i8", "ts", "ts", "i8", "i8"],
     )
     code = col_i8(rec, 0)
     counts = np.bincount(code, minlength=len(keys)) if code.size else np.zeros(len(keys), dtype=np.int64)
     offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
     return QualityRows(
-        list(keys), offsets, us_to_s(col_i8(rec, 1)), us_to_s(col_i8(rec, 2)), col_i8(rec, 3).astype(bool)
+        list(keys),
+        offsets,
+        us_to_s(col_i8(rec, 1)),
+        us_to_s(col_i8(rec, 2)),
+        col_i8(rec, 3).astype(bool),
+        col_i8(rec, 4),
     )
 
 
@@ -612,6 +619,7 @@ QUALITY_COLUMNS: Final[tuple[str, ...]] = (
     "samples_received",
     "duplicates",
     "late_samples",
+    "backfill_samples",
     "lag_p05_s",
     "lag_p50_s",
     "lag_p95_s",
@@ -626,7 +634,7 @@ QUALITY_COLUMNS: Final[tuple[str, ...]] = (
     "hr_valid_share",
 )
 _QUALITY_TYPES = (
-    ["text", "date", "text", "int8", "int8", "int8", "int8"]
+    ["text", "date", "text", "int8", "int8", "int8", "int8", "int8"]
     + ["float4"] * 8
     + ["int8", "int4", "float4", "float4"]
 )
@@ -679,13 +687,15 @@ def upsert_device_quality(conn: psycopg.Connection[Any], rows: Sequence[tuple[An
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    """What the ingester received for one device and UTC day since the last run (from ``ingest_batches``)."""
+    """What the ingester received for one device and UTC day since the last run (from ``ingest_batches``).
+    Times are epoch seconds (read as numbers, so that no stored value can fail the conversion to a Python
+    datetime: PostgreSQL's ``infinity`` is ``inf``); ``day`` is None where it is not a finite date."""
 
     device_id: str
-    day: date
+    day: date | None
     samples: int
-    t_from: datetime
-    t_to: datetime
+    t_from_s: float
+    t_to_s: float
 
 
 _FOLD_BATCHES = """
@@ -704,7 +714,9 @@ WITH b AS (
     ON CONFLICT (device_id, day) DO UPDATE
     SET samples_received = s.samples_received + EXCLUDED.samples_received, updated_at = now()
 )
-SELECT device_id, day, samples, t_from, t_to FROM agg ORDER BY 1, 2
+SELECT device_id, CASE WHEN isfinite(day) THEN day END AS day, samples,
+       extract(epoch FROM t_from)::float8 AS t_from_s, extract(epoch FROM t_to)::float8 AS t_to_s
+FROM agg ORDER BY 1, 2
 """
 
 
@@ -718,15 +730,20 @@ def fold_ingest_batches(conn: psycopg.Connection[Any]) -> list[Received]:
 
 @dataclass(frozen=True, slots=True)
 class DirtyNote:
+    """A queued range (epoch seconds, like :class:`Received`)."""
+
     id: int
     device_id: str
-    t_from: datetime
-    t_to: datetime
+    t_from_s: float
+    t_to_s: float
 
 
 def dirty_notes(conn: psycopg.Connection[Any]) -> list[DirtyNote]:
     with conn.cursor(row_factory=class_row(DirtyNote)) as cur:
-        cur.execute("SELECT id, device_id, t_from, t_to FROM analytics_dirty ORDER BY id")
+        cur.execute(
+            "SELECT id, device_id, extract(epoch FROM t_from)::float8 AS t_from_s, "
+            "extract(epoch FROM t_to)::float8 AS t_to_s FROM analytics_dirty ORDER BY id"
+        )
         return cur.fetchall()
 
 
@@ -745,3 +762,67 @@ def note_dirty(
             "INSERT INTO analytics_dirty (device_id, t_from, t_to, reason) VALUES (%s, %s, %s, %s)",
             [(d, a, b, reason) for d, a, b in rows],
         )
+
+
+# ---------------------------------------------------------------------------------------------- job state
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    algorithm_version: str | None
+    daily_through: date | None
+
+
+def job_state(conn: psycopg.Connection[Any], job: str) -> JobState | None:
+    with conn.cursor(row_factory=class_row(JobState)) as cur:
+        cur.execute("SELECT algorithm_version, daily_through FROM analytics_state WHERE job = %s", (job,))
+        return cur.fetchone()
+
+
+def save_job_state(
+    conn: psycopg.Connection[Any], job: str, version: str, daily_through: date, now: datetime
+) -> None:
+    conn.execute(
+        "INSERT INTO analytics_state (job, algorithm_version, daily_through, last_run_at) "
+        "VALUES (%s, %s, %s, %s) "
+        "ON CONFLICT (job) DO UPDATE SET algorithm_version = EXCLUDED.algorithm_version, "
+        "daily_through = EXCLUDED.daily_through, last_run_at = EXCLUDED.last_run_at",
+        (job, version, daily_through, now),
+    )
+
+
+def save_job_result(conn: psycopg.Connection[Any], job: str, seconds: float, result: dict[str, Any]) -> None:
+    conn.execute(
+        "UPDATE analytics_state SET last_run_s = %s, last_result = %s WHERE job = %s",
+        (seconds, Jsonb(result), job),
+    )
+
+
+def device_sites(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    """device id -> site id of every registered device."""
+    return {r[0]: r[1] for r in conn.execute("SELECT device_id, site_id FROM devices").fetchall()}
+
+
+def received_device_days(conn: psycopg.Connection[Any], first: date, before: date) -> list[tuple[str, date]]:
+    """(device, UTC day) with samples received through the ingester in ``[first, before)``."""
+    rows = conn.execute(
+        "SELECT device_id, day FROM ingest_device_stats WHERE day >= %s AND day < %s", (first, before)
+    ).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def participants_with_daily_rows(conn: psycopg.Connection[Any]) -> list[str]:
+    return [
+        r[0] for r in conn.execute("SELECT DISTINCT participant_id::text FROM participant_daily").fetchall()
+    ]
+
+
+def participants_with_results(conn: psycopg.Connection[Any]) -> list[str]:
+    """Participants with a stored session or daily row."""
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT DISTINCT participant_id::text FROM sessions WHERE participant_id IS NOT NULL "
+            "UNION SELECT DISTINCT participant_id::text FROM participant_daily"
+        ).fetchall()
+    ]

@@ -196,6 +196,9 @@ class DeviceQualityDay(BaseModel):
     samples_received: int | None
     duplicates: int | None
     late_samples: int
+    backfill_samples: int
+    """Rows that came more than a minute behind in a catch-up stream (history, a buffer emptied after an
+    outage): neither late data nor clock skew."""
     lag_p05_s: float | None
     lag_p50_s: float | None
     lag_p95_s: float | None

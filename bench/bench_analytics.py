@@ -8,7 +8,7 @@ Prints, in the same run:
   session), i.e. the memory-bandwidth floor of any metric that reads a column once;
 - ``analytics.session_metrics.compute`` on the whole batch: seconds per stage, samples/s, RR beats/s, ms per
   session and peak RSS;
-- the naive per-session loop (``analytics.naive``) on a subset, extrapolated per session;
+- the naive per-session loop (``tests/analytics/naive.py``) on a subset, extrapolated per session;
 - a peer HRV library on a subset (time + frequency domain from the same RR), run in its own interpreter
   because peers are not project dependencies: pass ``--peer-python`` (or ``VITALAB_PEER_PYTHON``) pointing at
   a throwaway venv, e.g. ``python3 -m venv /tmp/peers && /tmp/peers/bin/pip install neurokit2`` and/or
@@ -37,9 +37,9 @@ from numpy.typing import NDArray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analytics import naive
 from analytics.batch import KIND_CODE, SessionBatch
 from analytics.session_metrics import BLOCK_SAMPLES, compute
+from tests.analytics import naive  # the naive baseline is test code, not part of the package
 
 F64 = NDArray[np.float64]
 
@@ -249,7 +249,8 @@ def main() -> None:
         naive.session_metrics(s)
     naive_per = (time.perf_counter() - t0) / k
     print(
-        f"\nnaive per-session loop (analytics.naive) on {k} sessions: {naive_per * 1e3:.1f} ms per session, "
+        f"\nnaive per-session loop (tests/analytics/naive.py) on {k} sessions: "
+        f"{naive_per * 1e3:.1f} ms per session, "
         f"extrapolated {naive_per * n:.0f} s for the batch ({naive_per * n / total:.0f}× slower than compute)"
     )
 

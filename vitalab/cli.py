@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -84,7 +85,7 @@ def analytics_run(
 
     settings = _setup(log_level)
     try:
-        report = run_once(_database_url(settings), full=full)
+        report = run_once(_database_url(settings), now=datetime.now(UTC), full=full)
     except AnalyticsError as exc:
         typer.echo(f"analytics run failed: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -87,13 +87,13 @@ async def device_quality(
     conn: ConnDep, device_id: str, since: date | None = None, until: date | None = None
 ) -> list[DeviceQualityDay]:
     """Data quality per completed UTC day in ``[since, until]`` (analytics/device_quality.py): duplicates and
-    late samples, clock skew, sampling period, dropouts, gaps, received vs expected samples."""
+    late and backfilled samples, clock skew, sampling period, dropouts, gaps, received vs expected samples."""
     await get_device(conn, device_id)  # 404 for an unknown device
     async with conn.cursor(row_factory=class_row(DeviceQualityDay)) as cur:
         await cur.execute(
-            "SELECT day, samples, samples_received, duplicates, late_samples, lag_p05_s, lag_p50_s, "
-            "lag_p95_s, clock_skew_s, period_s, on_s, expected_samples, received_ratio, dropouts, gaps, "
-            "gap_s, hr_valid_share "
+            "SELECT day, samples, samples_received, duplicates, late_samples, backfill_samples, lag_p05_s, "
+            "lag_p50_s, lag_p95_s, clock_skew_s, period_s, on_s, expected_samples, received_ratio, dropouts, "
+            "gaps, gap_s, hr_valid_share "
             "FROM device_quality_daily WHERE device_id = %(d)s "
             "AND (%(since)s::date IS NULL OR day >= %(since)s) "
             "AND (%(until)s::date IS NULL OR day <= %(until)s) ORDER BY day",

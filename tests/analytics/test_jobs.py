@@ -91,12 +91,14 @@ def test_open_sessions_wait_and_late_data_reopens_sessions_and_days(database_url
     assert (start, end) == (d.T0, d.T0 + 50 * M - timedelta(seconds=1))
     load_after = d.rows(database_url, "SELECT load FROM participant_daily WHERE day = %s", d.T0.date())[0][0]
     assert load_after > load_before  # the day was recomputed
-    # the completed day has its quality row: 600 samples arrived a day late
-    [(samples, late_n, skew, received, dup)] = d.rows(
+    # the completed day has its quality row: the 600 samples the gateway kept arrived a day behind, all at
+    # once: backfill (a catch-up stream), not late data, and not clock skew
+    [(samples, late_n, backfill, skew, received, dup)] = d.rows(
         database_url,
-        "SELECT samples, late_samples, clock_skew_s, samples_received, duplicates FROM device_quality_daily",
+        "SELECT samples, late_samples, backfill_samples, clock_skew_s, samples_received, duplicates "
+        "FROM device_quality_daily",
     )
-    assert (samples, late_n, received, dup) == (3000, 600, 3020, 20)
+    assert (samples, late_n, backfill, received, dup) == (3000, 0, 600, 3020, 20)
     assert 0.0 < skew < 10.0
 
 
@@ -162,7 +164,7 @@ def test_concurrent_runs_do_not_double_and_a_busy_trigger_skips(database_url: st
         assert busy.skipped
         holder.rollback()
     with psycopg.connect(database_url, autocommit=True) as auto, pytest.raises(AnalyticsJobError):
-        run_once(auto)
+        run_once(auto, now=d.T0)
 
 
 def test_full_run_picks_up_rows_written_without_the_ingester(database_url: str) -> None:
@@ -224,3 +226,22 @@ def test_an_always_busy_device_is_reread_only_back_to_the_local_midnight(databas
         (evening, midnight - timedelta(seconds=1)),
         (midnight, midnight + 3.5 * H - timedelta(seconds=1)),
     ]
+
+
+def test_first_start_history_is_backfill_in_the_quality_row(database_url: str) -> None:
+    """The reported first start: the day's history up to 11:00 is published at 11:00 in one burst, then the
+    device is live (each message received a second after its newest sample). The quality row of the day
+    showed hours of clock skew and ~95 % late samples; the history is backfill."""
+    d.setup_site(database_url, [("bike-1", "bike")])
+    start = d.T0.replace(hour=8)
+    published = start + 3 * H
+    d.write(database_url, d.bike("bike-1", start, 3 * 3600), received_at=published)  # history, one burst
+    d.write(database_url, d.bike("bike-1", published, 1800, elapsed0=3 * 3600))  # live
+    run_once(database_url, now=d.T0 + 24 * H)
+    [(samples, late_n, backfill, skew)] = d.rows(
+        database_url, "SELECT samples, late_samples, backfill_samples, clock_skew_s FROM device_quality_daily"
+    )
+    assert samples == 3 * 3600 + 1800
+    # every history row more than a minute behind beyond the 1-s skew: all but its last 61 s
+    assert (late_n, backfill) == (0, 3 * 3600 - 61)
+    assert skew == pytest.approx(1.0)

@@ -1,5 +1,16 @@
-"""compute() over a batch == the straightforward per-session implementation (analytics.naive), on random
-CSR layouts including empty sessions, gaps, NaNs and values exactly on zone edges; plus the row() contract."""
+"""compute(), the vectorised and blocked computation of every session metric, checked three ways:
+
+1. against published worked examples (tests/data/analytics/session_references.json: Banister TRIMP, Keytel,
+   Karvonen and ACSM intensity bands, ACSM walking and cycling, Coggan NP/IF/TSS, Cole's heart-rate
+   recovery), each value with its source, run through compute() as sessions;
+2. against peer libraries run in throwaway environments (hrv_references.json: neurokit2 and hrv-analysis
+   for HRV time domain; power_references.json: sweat for NP, TSS and W′ balance; make_references.py), and
+   SciPy's CubicSpline and Welch for the HRV spectrum;
+3. against the straightforward per-session loop of tests/analytics/naive.py (its constants written out from
+   their sources, not imported) on random CSR layouts including empty sessions, gaps, NaNs and values
+   exactly on zone edges: the vectorisation and blocking, not the science;
+
+plus the row() contract and the blocking."""
 
 from __future__ import annotations
 
@@ -7,15 +18,148 @@ import json
 import math
 import platform
 import resource
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scipy.interpolate import CubicSpline
+from scipy.signal import welch
 
-from analytics import naive
 from analytics.batch import KINDS, SessionBatch, SessionInput
 from analytics.session_metrics import ALGORITHM_VERSION, SessionMetrics, compute, keep_block_memory
+from tests.analytics import naive
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "analytics"
+PUBLISHED: dict[str, Any] = json.loads((DATA / "session_references.json").read_text())
+HRV_REFS: dict[str, Any] = json.loads((DATA / "hrv_references.json").read_text())
+POWER_REFS: dict[str, Any] = json.loads((DATA / "power_references.json").read_text())
+SEX = {"male": 1, "female": 0}
+
+
+def _from_recipe(recipe: dict[str, Any]) -> SessionInput:
+    """A 1 Hz session from constant (or linear, ``[from, to]``) segments of a reference case."""
+    channels: dict[str, list[np.ndarray]] = {}
+    n = sum(seg["seconds"] for seg in recipe["segments"])
+    for seg in recipe["segments"]:
+        for name in ("hr_bpm", "power_w", "speed_kmh", "incline_pct"):
+            value = seg.get(name)
+            part = (
+                np.full(seg["seconds"], math.nan)
+                if value is None
+                else np.linspace(value[0], value[1], seg["seconds"])
+                if isinstance(value, list)
+                else np.full(seg["seconds"], float(value))
+            )
+            channels.setdefault(name, []).append(part)
+    arrays = {k: np.concatenate(v) for k, v in channels.items() if not np.isnan(np.concatenate(v)).all()}
+    return SessionInput(
+        t_s=1.7e9 + np.arange(n, dtype=np.float64),
+        kind=recipe["kind"],
+        sex=SEX.get(recipe.get("sex", ""), -1),
+        age_y=recipe.get("age_y", math.nan),
+        weight_kg=recipe.get("weight_kg", math.nan),
+        hr_rest_bpm=recipe.get("hr_rest_bpm", math.nan),
+        hr_max_bpm=recipe.get("hr_max_bpm", math.nan),
+        ftp_w=recipe.get("ftp_w", math.nan),
+        **arrays,
+    )
+
+
+def test_published_worked_examples() -> None:
+    """Every case of session_references.json through compute() in one batch (blocks of a few sessions, so
+    the examples also cross block edges), each expected value within its source's tolerance."""
+    cases = PUBLISHED["cases"]
+    batch = SessionBatch.from_sessions([_from_recipe(c["session"]) for c in cases])
+    metrics = compute(batch, block_samples=4000)
+    checked = 0
+    for i, case in enumerate(cases):
+        for name, want in case["expected"].items():
+            got = getattr(metrics, name)[i]
+            where = f"{case['name']}: {name} ({want['source']})"
+            if want["value"] is None:
+                assert np.isnan(got).all(), where
+            else:
+                np.testing.assert_allclose(
+                    got, want["value"], rtol=want.get("rel", 0.0), atol=want.get("abs", 0.0), err_msg=where
+                )
+            checked += 1
+    assert checked >= 50
+
+
+def _strap_with_rr(rr_ms: list[float]) -> SessionInput:
+    """A strap session carrying ``rr_ms``: one sample per second with the beats that ended in it."""
+    beat_end_s = np.cumsum(rr_ms) / 1000.0
+    seconds = math.ceil(beat_end_s[-1])
+    return SessionInput(
+        t_s=1.7e9 + np.arange(seconds, dtype=np.float64),
+        hr_bpm=np.full(seconds, 60000.0 / float(np.mean(rr_ms))),
+        rr_ms=np.asarray(rr_ms, dtype=np.float64),
+        kind="hr_strap",
+        sex=1,
+        age_y=40.0,
+        weight_kg=80.0,
+    )
+
+
+def test_hrv_against_neurokit2_hrv_analysis_and_scipy() -> None:
+    """The clean RR series of hrv_references.json as strap sessions through compute(): time domain equals
+    neurokit2 0.2.13 and hrv-analysis 1.0.6 (their pNN50 and SDSD conventions converted as in test_hrv.py);
+    the spectrum equals SciPy's CubicSpline at 4 Hz and Welch (Hann, 1024 points) with Task Force bands."""
+    series = HRV_REFS["inputs"]["clean_rr_ms"]
+    nk = HRV_REFS["references"]["neurokit2"]["clean"]
+    ha = HRV_REFS["references"]["hrv-analysis"]["clean_time"]
+    metrics = compute(SessionBatch.from_sessions([_strap_with_rr(rr) for rr in series]))
+    for i, rr in enumerate(series):
+        n = len(rr)
+        assert metrics.rr_corrected_pct[i] == 0.0
+        assert metrics.hrv_beats[i] == n
+        assert metrics.hrv_mean_nn_ms[i] == pytest.approx(nk[i]["MeanNN"], rel=1e-12)
+        assert metrics.hrv_sdnn_ms[i] == pytest.approx(nk[i]["SDNN"], rel=1e-9)
+        assert metrics.hrv_rmssd_ms[i] == pytest.approx(ha[i]["rmssd"], rel=1e-9)
+        assert metrics.hrv_sdsd_ms[i] == pytest.approx(nk[i]["SDSD"], rel=1e-9)
+        assert metrics.hrv_pnn50_pct[i] == pytest.approx(ha[i]["pnni_50"], rel=1e-12)
+        x = np.cumsum(np.asarray(rr) / 1000.0)
+        grid = np.arange(0.0, x[-1] - x[0], 0.25)
+        if grid.size < 1024:
+            assert math.isnan(metrics.hrv_lf_ms2[i])  # shorter than one Welch segment
+            continue
+        f, psd = welch(CubicSpline(x - x[0], rr)(grid), fs=4.0, window="hann", nperseg=1024)
+        bands = [np.trapezoid(psd[(f >= lo) & (f < hi)], f[(f >= lo) & (f < hi)]) for lo, hi in TASK_FORCE]
+        assert metrics.hrv_vlf_ms2[i] == pytest.approx(bands[0], rel=1e-9)
+        assert metrics.hrv_lf_ms2[i] == pytest.approx(bands[1], rel=1e-9)
+        assert metrics.hrv_hf_ms2[i] == pytest.approx(bands[2], rel=1e-9)
+        assert metrics.hrv_lf_hf[i] == pytest.approx(bands[1] / bands[2], rel=1e-9)
+        assert metrics.hrv_total_ms2[i] == pytest.approx(sum(bands), rel=1e-9)
+
+
+TASK_FORCE = ((0.0033, 0.04), (0.04, 0.15), (0.15, 0.40))  # VLF, LF, HF in Hz (Task Force 1996)
+
+
+def test_power_against_sweat() -> None:
+    """The power series of power_references.json as bike sessions through compute(): NP and TSS equal sweat
+    0.25.0 (NP over full 30-s windows); W′ balance with CP = FTP within 0.1 % of W′ of sweat's Euler-step
+    form (test_power.py explains the difference)."""
+    inputs, refs = POWER_REFS["inputs"], POWER_REFS["references"]["sweat"]
+    assert (inputs["cp_w"], inputs["ftp_w"], inputs["w_prime_j"]) == (250.0, 250.0, 20000.0)
+    sessions = [
+        SessionInput(
+            t_s=1.7e9 + np.arange(len(p), dtype=np.float64), power_w=np.asarray(p), kind="bike", ftp_w=250.0
+        )
+        for p in inputs["power_w"]
+    ]
+    metrics = compute(SessionBatch.from_sessions(sessions))
+    for i, ref in enumerate(refs["series"]):
+        p = np.asarray(inputs["power_w"][i])
+        assert metrics.avg_power_w[i] == pytest.approx(float(np.mean(p)), rel=1e-12)
+        assert metrics.max_power_w[i] == float(np.max(p))
+        assert metrics.np_w[i] == pytest.approx(ref["np_full_windows_w"], rel=1e-12)
+        assert metrics.if_[i] == pytest.approx(ref["np_full_windows_w"] / 250.0, rel=1e-12)
+        assert metrics.tss[i] == pytest.approx(ref["tss_for_np_full"], rel=1e-12)
+        assert metrics.wbal_min_j[i] == pytest.approx(ref["wbal_min_j"], abs=0.001 * 20000.0)
+        assert metrics.moving_s[i] == float(np.count_nonzero(p > 0))
 
 
 def _assert_same(metrics: SessionMetrics, batch: SessionBatch) -> None:

@@ -10,12 +10,38 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from analytics.errors import SessionInputError
-from analytics.site import covered_seconds, occupancy, segment_median, suppress, vitality, weekly_profile
+from analytics.site import (
+    covered_seconds,
+    occupancy,
+    segment_median,
+    suppress,
+    union_intervals,
+    vitality,
+    weekly_profile,
+)
 
 H = 3600.0
 
 
-def test_covered_seconds_matches_counting_seconds() -> None:
+def _busy_seconds(
+    group: list[int], start: list[int], end: list[int], edges: list[int], n_groups: int
+) -> np.ndarray:
+    """The independent count: per group, the set of whole seconds some interval covers, then per bin how
+    many of those seconds fall into it (plain Python sets, no interval arithmetic)."""
+    out = np.zeros((n_groups, len(edges) - 1))
+    for g in range(n_groups):
+        busy: set[int] = set()
+        for gg, s, e in zip(group, start, end, strict=True):
+            if gg == g:
+                busy.update(range(s, e))
+        for j in range(len(edges) - 1):
+            out[g, j] = sum(1 for x in busy if edges[j] <= x < edges[j + 1])
+    return out
+
+
+def test_covered_seconds_is_the_union_counted_second_by_second() -> None:
+    """The data this test has always used: 40 intervals in 3 groups over 7 hours, many overlapping. Their
+    sum exceeds the union by up to 1,275 s in one hour; the result must be the union."""
     rng = np.random.default_rng(1)
     n = 40
     group = rng.integers(0, 3, n).astype(np.int64)
@@ -23,25 +49,81 @@ def test_covered_seconds_matches_counting_seconds() -> None:
     end = start + rng.integers(0, 5000, n).astype(float)
     edges = np.arange(0.0, 7 * H + 1, H)
     got = covered_seconds(group, start, end, edges, 4)
-    want = np.zeros((4, 7))
-    for g in range(4):
-        busy = np.zeros(7 * 3600, dtype=bool)
-        for s, e in zip(start[group == g], end[group == g], strict=True):
-            busy[int(s) : int(min(e, 7 * 3600))] = True
-        want[g] = busy.reshape(7, 3600).sum(axis=1)
-    # overlapping intervals of one group may count twice inside a bin before clipping, so compare where the
-    # group's intervals do not overlap each other, and check the clip everywhere
-    assert np.all(got <= 3600.0)
-    assert np.all(got[3] == 0)
-    single = np.zeros((4, 7))
-    for g in range(4):
-        for s, e in zip(start[group == g], end[group == g], strict=True):
-            b = np.zeros(7 * 3600)
-            b[int(s) : int(min(e, 7 * 3600))] = 1
-            single[g] += b.reshape(7, 3600).sum(axis=1)
-    np.testing.assert_allclose(got, np.minimum(single, 3600.0))
-    no_overlap = np.all(single == want, axis=1)
-    assert no_overlap.any()
+    want = _busy_seconds(
+        group.tolist(), start.astype(int).tolist(), end.astype(int).tolist(), edges.astype(int).tolist(), 4
+    )
+    np.testing.assert_array_equal(got, want)
+    # the data does overlap: the sum of the overlaps clipped to the bin (what was computed before) exceeds
+    # the union by up to 1,275 s in one hour
+    summed = np.zeros((4, 7))
+    for g, s, e in zip(group, start, end, strict=True):
+        lo = np.clip(edges[:-1], s, e)
+        hi = np.clip(edges[1:], s, e)
+        summed[g] += hi - lo
+    assert (np.minimum(summed, H) - want).max() == 1275.0
+
+
+def test_covered_seconds_at_epoch_magnitudes_is_exact() -> None:
+    t0 = 1_790_000_000.0  # 2026: coverage is computed relative to the first edge, no precision is lost
+    group = np.array([0, 0, 0, 1])
+    start = t0 + np.array([0.0, 100.5, 100.25, 3000.0])
+    end = t0 + np.array([200.0, 3700.0, 150.0, 3000.125])
+    got = covered_seconds(group, start, end, t0 + np.array([0.0, 3600.0, 7200.0]), 2)
+    assert got.tolist() == [[3600.0, 100.0], [0.125, 0.0]]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    intervals=st.lists(
+        st.tuples(st.integers(0, 3), st.integers(-20, 200), st.integers(0, 120)), min_size=0, max_size=25
+    ),
+    cuts=st.lists(st.integers(-30, 230), min_size=1, max_size=8, unique=True),
+    scale=st.sampled_from([1.0, 0.5, 0.25]),
+)
+def test_covered_seconds_matches_a_per_second_count(
+    intervals: list[tuple[int, int, int]], cuts: list[int], scale: float
+) -> None:
+    """Any set of intervals (nested, overlapping, touching, empty, reaching past the edges) against the
+    brute-force per-second count; ``scale`` shrinks every time so that fractional seconds are checked on a
+    finer grid (counted in grid steps, then scaled back)."""
+    group = [g for g, _, _ in intervals]
+    start = [s for _, s, _ in intervals]
+    end = [s + length for _, s, length in intervals]
+    edges = sorted(cuts)
+    got = covered_seconds(
+        np.array(group, dtype=np.int64),
+        np.array(start, dtype=float) * scale,
+        np.array(end, dtype=float) * scale,
+        np.array(edges, dtype=float) * scale,
+        4,
+    )
+    want = _busy_seconds(group, start, end, edges, 4) * scale
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    intervals=st.lists(
+        st.tuples(st.integers(0, 2), st.integers(0, 100), st.integers(-5, 40)), min_size=0, max_size=20
+    )
+)
+def test_union_intervals_are_disjoint_and_cover_the_same_seconds(
+    intervals: list[tuple[int, int, int]],
+) -> None:
+    group = np.array([g for g, _, _ in intervals], dtype=np.int64)
+    start = np.array([s for _, s, _ in intervals], dtype=float)
+    end = np.array([s + length for _, s, length in intervals], dtype=float)
+    g, s, e = union_intervals(group, start, end)
+    assert np.all(e > s)
+    same = g[1:] == g[:-1]
+    assert np.all(s[1:][same] > e[:-1][same])  # disjoint, not touching, sorted within each group
+    assert np.all(np.diff(g) >= 0)
+    for k in range(3):
+        want = {
+            x for gg, a, b in zip(group, start, end, strict=True) if gg == k for x in range(int(a), int(b))
+        }
+        have = {x for gg, a, b in zip(g, s, e, strict=True) if gg == k for x in range(int(a), int(b))}
+        assert have == want
 
 
 def test_covered_seconds_edge_cases() -> None:

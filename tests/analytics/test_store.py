@@ -66,11 +66,11 @@ def test_ingester_logs_receipts_per_batch_and_the_job_folds_them(database_url: s
     with psycopg.connect(database_url) as conn:
         got = store.fold_ingest_batches(conn)
         conn.commit()
-        assert [(r.device_id, r.day.isoformat(), r.samples) for r in got] == [
+        assert [(r.device_id, str(r.day), r.samples) for r in got] == [
             ("bike-1", "2026-11-23", 149),
             ("bike-1", "2026-11-24", 1),
         ]
-        assert got[0].t_from == d.T0
+        assert got[0].t_from_s == d.T0.timestamp()
         assert conn.execute("SELECT count(*) FROM ingest_batches").fetchone() == (0,)
         stats = conn.execute("SELECT day, samples_received FROM ingest_device_stats ORDER BY day").fetchall()
     assert [(day.isoformat(), n) for day, n in stats] == [("2026-11-23", 149), ("2026-11-24", 1)]
@@ -103,11 +103,12 @@ def test_triggers_queue_events_and_check_ins(database_url: str) -> None:
         conn.execute("UPDATE device_assignments SET ended_at = %s", (d.T0 + timedelta(minutes=20),))
         conn.commit()
         notes = store.dirty_notes(conn)
-    assert [(n.device_id, n.t_from, n.t_to) for n in notes] == [
-        ("bike-1", d.T0 + timedelta(minutes=5), d.T0 + timedelta(minutes=5)),  # the state event
-        ("bike-1", d.T0, d.T0 + timedelta(minutes=30)),  # check-in added
-        ("bike-1", d.T0, d.T0 + timedelta(minutes=30)),  # ... changed: its old range
-        ("bike-1", d.T0, d.T0 + timedelta(minutes=20)),  # ... and its new one
+    m = timedelta(minutes=1)
+    assert [(n.device_id, n.t_from_s, n.t_to_s) for n in notes] == [
+        ("bike-1", (d.T0 + 5 * m).timestamp(), (d.T0 + 5 * m).timestamp()),  # the state event
+        ("bike-1", d.T0.timestamp(), (d.T0 + 30 * m).timestamp()),  # check-in added
+        ("bike-1", d.T0.timestamp(), (d.T0 + 30 * m).timestamp()),  # ... changed: its old range
+        ("bike-1", d.T0.timestamp(), (d.T0 + 20 * m).timestamp()),  # ... and its new one
     ]
 
 

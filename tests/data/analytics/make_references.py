@@ -1,5 +1,9 @@
 """Regenerate the peer reference values in this folder (run by hand, never by the tests).
 
+(session_references.json is not generated: it holds published worked examples typed in from their
+sources, each value with its citation; the peer values here are used for sessions as well, by
+tests/analytics/test_session_metrics.py.)
+
 The inputs are made here with a seeded NumPy generator and stored *as values* in the JSON files, so the tests
 do not depend on NumPy's random streams. Each peer runs in its own throwaway venv (the peers are not project
 dependencies and do not install together); run this script once with each interpreter, it fills in the part

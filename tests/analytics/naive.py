@@ -1,9 +1,13 @@
-"""A straightforward per-session implementation of the same conventions as :mod:`analytics.session_metrics`.
+"""A straightforward per-session implementation of the conventions of ``/work/shared/reference/metrics.md``
+(test code, not installed with the package).
 
 It handles one session at a time with plain NumPy / Python loops (sample-by-sample W′ recursion and Malik
-rule, ``scipy.interpolate.CubicSpline`` and ``scipy.signal.welch`` for the spectrum). It exists to check the
-vectorised code (tests assert that both agree on random batches) and as the naive baseline of
-``bench/bench_analytics.py``; production code uses :func:`analytics.session_metrics.compute`.
+rule, ``scipy.interpolate.CubicSpline`` and ``scipy.signal.welch`` for the spectrum). Its constants are
+written out below from their published sources, not imported from the ``analytics`` modules, so a wrong
+constant there makes the tests that compare the two fail. Two uses: tests/analytics/test_session_metrics.py
+checks that the vectorised, blocked :func:`analytics.session_metrics.compute` equals this loop on random
+batches (the science itself is checked there against published worked examples and peer libraries), and
+``bench/bench_analytics.py`` times it as the naive baseline.
 """
 
 from __future__ import annotations
@@ -15,10 +19,40 @@ from numpy.typing import NDArray
 from scipy.interpolate import CubicSpline
 from scipy.signal import welch
 
-from analytics import energy, hr, hrv, power, quality
 from analytics.batch import KIND_CODE, SEX_FEMALE, SEX_MALE, SessionInput
 
 F64 = NDArray[np.float64]
+
+# --- conventions, from their sources (metrics.md)
+EXPECTED_INTERVAL_S = 1.0  # nominal 1 Hz
+WEIGHT_CAP_S = 5.0  # a gap counts at most 5 s ("never count gaps as effort", GoldenCheetah FixGaps)
+GAP_FACTOR = 1.5  # a step over 1.5 nominal intervals is a gap
+HR_VALID_MIN_BPM, HR_VALID_MAX_BPM = 30.0, 240.0  # physiologically plausible
+BANISTER_MALE = (0.64, 1.92)  # Banister/Morton 1990
+BANISTER_FEMALE = (0.86, 1.67)
+EDGE_TOLERANCE_BPM = 1e-9  # zone edges lower-inclusive despite rounding
+ZONE5_EDGES_PCT_HRMAX = (50.0, 60.0, 70.0, 80.0, 90.0)  # 5-zone model
+SPLAT_PCT_HRMAX = 84.0  # minutes >= 84 % HRmax (Orangetheory)
+ACSM_EDGES_PCT_HRR = (30.0, 40.0, 60.0, 90.0)  # ACSM (Garber 2011) light/moderate/vigorous/near-max, %HRR
+ACSM_EDGES_PCT_HRMAX = (57.0, 64.0, 77.0, 96.0)  # the same bands in %HRmax (Garber 2011, table 4)
+EDWARDS_WEIGHTS = (1.0, 2.0, 3.0, 4.0, 5.0)  # Edwards 1993
+EFFORT_POINTS_PER_MIN = (1.0, 2.0, 3.0, 4.0, 4.0)  # Myzone MEPs as publicly described
+HR_LOOKUP_TOLERANCE_S = 2.0  # HR "at" an instant: the nearest sample at most 2 s before it
+KEYTEL_MALE = (-55.0969, 0.6309, 0.1988, 0.2017)  # Keytel 2005, kJ/min: const, HR, weight, age
+KEYTEL_FEMALE = (-20.4022, 0.4472, -0.1263, 0.0740)
+KEYTEL_MIN_BPM_NO_HRMAX = 90.0  # exercise heart rates only
+KJ_PER_KCAL = 4.184
+HR_BEST_COVERAGE = 0.8  # the HR energy estimate is preferred with >= 80 % heart-rate coverage
+NP_WINDOW_SAMPLES = 30  # Coggan: 30-s rolling mean
+W_PRIME_J = 20_000.0  # W′ when not measured
+RR_MIN_MS, RR_MAX_MS = 300.0, 2000.0  # plausible RR
+MALIK_FRACTION = 0.2  # Malik 1989: > 20 % change from the previous beat is ectopic
+MAX_CORRECTED_PCT = 20.0  # no HRV from a series with more than 20 % of beats corrected
+NN50_MS = 50.0  # Task Force 1996
+RESAMPLE_HZ = 4.0  # Task Force / Kubios: 4 Hz cubic spline
+NPERSEG = 1024  # Welch segment (256 s at 4 Hz)
+BANDS_HZ = ((0.0033, 0.04), (0.04, 0.15), (0.15, 0.40))  # VLF, LF, HF (Task Force 1996)
+POWER_FLOOR_MS2 = 1e-9  # no LF/HF ratio from an empty HF band
 
 
 def _arr(x: object, like: F64) -> F64:
@@ -43,19 +77,19 @@ def session_metrics(s: SessionInput) -> dict[str, float | F64]:
     # --- time weights and quality
     w = np.empty(n)
     for k in range(n):
-        dt = t[k + 1] - t[k] if k + 1 < n else quality.EXPECTED_INTERVAL_S
-        w[k] = min(dt, quality.WEIGHT_CAP_S)
-    ok = np.array([quality.HR_VALID_MIN_BPM <= x <= quality.HR_VALID_MAX_BPM for x in hr_bpm], dtype=bool)
+        dt = t[k + 1] - t[k] if k + 1 < n else EXPECTED_INTERVAL_S
+        w[k] = min(dt, WEIGHT_CAP_S)
+    ok = np.array([HR_VALID_MIN_BPM <= x <= HR_VALID_MAX_BPM for x in hr_bpm], dtype=bool)
     steps = np.diff(t)
-    gaps = steps[steps > quality.GAP_FACTOR * quality.EXPECTED_INTERVAL_S]
+    gaps = steps[steps > GAP_FACTOR * EXPECTED_INTERVAL_S]
     span = t[-1] - t[0] if n else 0.0
-    out["duration_s"] = span + quality.EXPECTED_INTERVAL_S if n else 0.0
+    out["duration_s"] = span + EXPECTED_INTERVAL_S if n else 0.0
     out["recorded_s"] = float(w.sum())
     out["quality_samples_received"] = float(n)
     out["quality_samples_expected"] = float(round(span) + 1) if n else 0.0
     out["quality_received_pct"] = 100.0 * n / (round(span) + 1) if n else _nan()
     out["quality_gap_count"] = float(gaps.size)
-    out["quality_gap_s"] = float((gaps - quality.EXPECTED_INTERVAL_S).sum())
+    out["quality_gap_s"] = float((gaps - EXPECTED_INTERVAL_S).sum())
     out["quality_max_gap_s"] = float(gaps.max()) if gaps.size else 0.0
     coverage = float(w[ok].sum() / w.sum()) if n else _nan()
     out["quality_hr_coverage"] = coverage
@@ -79,28 +113,28 @@ def session_metrics(s: SessionInput) -> dict[str, float | F64]:
     splat = 0.0
     banister = 0.0
     if s.sex == SEX_MALE:
-        a, b = hr.BANISTER_MALE
+        a, b = BANISTER_MALE
     elif s.sex == SEX_FEMALE:
-        a, b = hr.BANISTER_FEMALE
+        a, b = BANISTER_FEMALE
     else:
         a, b = _nan(), _nan()
     for k in range(n):
         if not ok[k] or not math.isfinite(hrmax):
             continue
         h = float(hr_bpm[k])
-        tol = hr.EDGE_TOLERANCE_BPM
+        tol = EDGE_TOLERANCE_BPM
         for z in range(4, -1, -1):
-            if h >= hr.ZONE5_EDGES_PCT_HRMAX[z] / 100.0 * hrmax - tol:
+            if h >= ZONE5_EDGES_PCT_HRMAX[z] / 100.0 * hrmax - tol:
                 zone5[z] += w[k]
                 break
-        if h >= hr.SPLAT_PCT_HRMAX / 100.0 * hrmax - tol:
+        if h >= SPLAT_PCT_HRMAX / 100.0 * hrmax - tol:
             splat += w[k]
         if rest_ok:
-            thresholds = [rest + e / 100.0 * (hrmax - rest) - tol for e in hr.ACSM_EDGES_PCT_HRR]
+            thresholds = [rest + e / 100.0 * (hrmax - rest) - tol for e in ACSM_EDGES_PCT_HRR]
             xc = min(max((h - rest) / (hrmax - rest), 0.0), 1.0)
             banister += w[k] / 60.0 * xc * a * math.exp(b * xc)
         else:
-            thresholds = [e / 100.0 * hrmax - tol for e in hr.ACSM_EDGES_PCT_HRMAX]
+            thresholds = [e / 100.0 * hrmax - tol for e in ACSM_EDGES_PCT_HRMAX]
         for z in range(3, -1, -1):
             if h >= thresholds[z]:
                 acsm[z] += w[k]
@@ -108,8 +142,8 @@ def session_metrics(s: SessionInput) -> dict[str, float | F64]:
     has_hr = bool(ok.any()) and math.isfinite(hrmax)
     out["zone5_s"] = zone5 if has_hr else np.full(5, np.nan)
     out["acsm_band_s"] = acsm if has_hr else np.full(4, np.nan)
-    out["trimp_edwards"] = float(np.dot(zone5 / 60.0, hr.EDWARDS_WEIGHTS)) if has_hr else _nan()
-    out["effort_points"] = float(np.dot(zone5 / 60.0, hr.EFFORT_POINTS_PER_MIN)) if has_hr else _nan()
+    out["trimp_edwards"] = float(np.dot(zone5 / 60.0, EDWARDS_WEIGHTS)) if has_hr else _nan()
+    out["effort_points"] = float(np.dot(zone5 / 60.0, EFFORT_POINTS_PER_MIN)) if has_hr else _nan()
     out["min_ge_84pct_hrmax"] = splat / 60.0 if has_hr else _nan()
     out["moderate_min"] = acsm[1] / 60.0 if has_hr else _nan()
     out["vigorous_min"] = (acsm[2] + acsm[3]) / 60.0 if has_hr else _nan()
@@ -127,7 +161,7 @@ def session_metrics(s: SessionInput) -> dict[str, float | F64]:
         for k in range(n - 1, -1, -1):
             if t[k] <= when:
                 for j in range(k, max(k - 8, -1), -1):
-                    if ok[j] and t[j] >= when - hr.HR_LOOKUP_TOLERANCE_S:
+                    if ok[j] and t[j] >= when - HR_LOOKUP_TOLERANCE_S:
                         return float(hr_bpm[j])
                 return _nan()
         return _nan()
@@ -144,15 +178,15 @@ def session_metrics(s: SessionInput) -> dict[str, float | F64]:
 
     machine = counter(kcal_c)
     out["energy_machine_kcal"] = machine
-    thr = 0.55 * hrmax if math.isfinite(hrmax) else energy.KEYTEL_MIN_BPM_NO_HRMAX
+    thr = 0.55 * hrmax if math.isfinite(hrmax) else KEYTEL_MIN_BPM_NO_HRMAX
     known = math.isfinite(s.weight_kg) and math.isfinite(s.age_y) and s.sex in (SEX_MALE, SEX_FEMALE)
     if known and ok.any():
-        c = energy.KEYTEL_MALE if s.sex == SEX_MALE else energy.KEYTEL_FEMALE
+        c = KEYTEL_MALE if s.sex == SEX_MALE else KEYTEL_FEMALE
         e_hr = 0.0
         for k in range(n):
             if ok[k] and hr_bpm[k] >= thr:
                 kj = c[0] + c[1] * hr_bpm[k] + c[2] * s.weight_kg + c[3] * s.age_y
-                e_hr += max(kj, 0.0) / energy.KJ_PER_KCAL * w[k] / 60.0
+                e_hr += max(kj, 0.0) / KJ_PER_KCAL * w[k] / 60.0
     else:
         e_hr = _nan()
     out["energy_hr_kcal"] = e_hr
@@ -173,7 +207,7 @@ def session_metrics(s: SessionInput) -> dict[str, float | F64]:
                 vo2 = 7.0 + 1.8 * 6.12 * p_w[k] / s.weight_kg
                 e_acsm += vo2 * s.weight_kg / 1000.0 * 5.0 * w[k] / 60.0
     out["energy_acsm_kcal"] = e_acsm
-    if math.isfinite(e_hr) and coverage >= energy.HR_BEST_COVERAGE:
+    if math.isfinite(e_hr) and coverage >= HR_BEST_COVERAGE:
         out["energy_kcal"], out["energy_source"] = e_hr, 0.0
     elif math.isfinite(e_acsm):
         out["energy_kcal"], out["energy_source"] = e_acsm, 1.0
@@ -197,8 +231,8 @@ def session_metrics(s: SessionInput) -> dict[str, float | F64]:
         out["avg_power_w"] = float(np.sum(w[fin] * p_w[fin]) / w[fin].sum())
         out["max_power_w"] = float(p_w[fin].max())
         p0 = np.where(fin, p_w, 0.0)
-        if n >= power.NP_WINDOW_SAMPLES:
-            roll = np.convolve(p0, np.ones(power.NP_WINDOW_SAMPLES) / power.NP_WINDOW_SAMPLES, "valid")
+        if n >= NP_WINDOW_SAMPLES:
+            roll = np.convolve(p0, np.ones(NP_WINDOW_SAMPLES) / NP_WINDOW_SAMPLES, "valid")
             np_w = float(np.mean(roll**4) ** 0.25)
         else:
             np_w = _nan()
@@ -207,16 +241,16 @@ def session_metrics(s: SessionInput) -> dict[str, float | F64]:
         out["if_"] = np_w / ftp
         out["tss"] = float(w[fin].sum()) / 3600.0 * (np_w / ftp) ** 2 * 100.0
         if math.isfinite(ftp):
-            bal = lowest = power.W_PRIME_J
+            bal = lowest = W_PRIME_J
             lowest = math.inf
             for k in range(n):
                 if p0[k] >= ftp:
                     bal -= (p0[k] - ftp) * w[k]
                 else:
-                    step = max(-(ftp - p0[k]) * w[k] / power.W_PRIME_J, -2.0)
-                    bal = power.W_PRIME_J - (power.W_PRIME_J - bal) * math.exp(step)
+                    step = max(-(ftp - p0[k]) * w[k] / W_PRIME_J, -2.0)
+                    bal = W_PRIME_J - (W_PRIME_J - bal) * math.exp(step)
                 lowest = min(lowest, bal)
-            out["wbal_min_j"] = min(lowest, power.W_PRIME_J)
+            out["wbal_min_j"] = min(lowest, W_PRIME_J)
         else:
             out["wbal_min_j"] = _nan()
     else:
@@ -237,7 +271,7 @@ def clean_rr(rr: F64) -> tuple[F64, int]:
         idx = np.arange(values.shape[0])
         return np.where(good, values, np.interp(idx, idx[good], values[good]))
 
-    in_range = (rr >= hrv.RR_MIN_MS) & (rr <= hrv.RR_MAX_MS)
+    in_range = (rr >= RR_MIN_MS) & (rr <= RR_MAX_MS)
     step1 = interp(rr, in_range)
     ectopic = np.zeros(rr.shape[0], dtype=bool)
     previous_outlier = False
@@ -245,7 +279,7 @@ def clean_rr(rr: F64) -> tuple[F64, int]:
         if previous_outlier:
             previous_outlier = False
             continue
-        if not abs(step1[i] - step1[i + 1]) <= hrv.MALIK_FRACTION * step1[i]:
+        if not abs(step1[i] - step1[i + 1]) <= MALIK_FRACTION * step1[i]:
             ectopic[i + 1] = True
             previous_outlier = True
     nn = interp(step1, ~ectopic)
@@ -264,7 +298,7 @@ def hrv_metrics(rr: F64) -> dict[str, float | F64]:
     nn, corrected = clean_rr(rr)
     pct = 100.0 * corrected / rr.shape[0]
     out["rr_corrected_pct"] = pct
-    if pct > hrv.MAX_CORRECTED_PCT:
+    if pct > MAX_CORRECTED_PCT:
         out.update({k: _nan() for k in names + fnames})
         return out
     n = nn.shape[0]
@@ -273,21 +307,21 @@ def hrv_metrics(rr: F64) -> dict[str, float | F64]:
     out["hrv_sdnn_ms"] = float(np.std(nn, ddof=1)) if n >= 2 else _nan()
     out["hrv_rmssd_ms"] = float(np.sqrt(np.mean(d**2))) if n >= 2 else _nan()
     out["hrv_sdsd_ms"] = float(np.std(d, ddof=1)) if n >= 3 else _nan()
-    out["hrv_pnn50_pct"] = 100.0 * float(np.sum(np.abs(d) > hrv.NN50_MS)) / (n - 1) if n >= 2 else _nan()
+    out["hrv_pnn50_pct"] = 100.0 * float(np.sum(np.abs(d) > NN50_MS)) / (n - 1) if n >= 2 else _nan()
     for k in fnames:
         out[k] = _nan()
     if n >= 4 and np.all(np.isfinite(nn)):
         x = np.cumsum(nn / 1000.0)
         x -= x[0]
-        grid = np.arange(0.0, x[-1], 1.0 / hrv.RESAMPLE_HZ)
-        if grid.shape[0] >= hrv.NPERSEG:
+        grid = np.arange(0.0, x[-1], 1.0 / RESAMPLE_HZ)
+        if grid.shape[0] >= NPERSEG:
             series = CubicSpline(x, nn)(grid)
-            f, psd = welch(series, fs=hrv.RESAMPLE_HZ, window="hann", nperseg=hrv.NPERSEG)
+            f, psd = welch(series, fs=RESAMPLE_HZ, window="hann", nperseg=NPERSEG)
             powers = []
-            for lo, hi in hrv.BANDS_HZ:
+            for lo, hi in BANDS_HZ:
                 m = (f >= lo) & (f < hi)
                 powers.append(float(np.trapezoid(psd[m], f[m])))
             out["hrv_vlf_ms2"], out["hrv_lf_ms2"], out["hrv_hf_ms2"] = powers
-            out["hrv_lf_hf"] = powers[1] / powers[2] if powers[2] > hrv.POWER_FLOOR_MS2 else _nan()
+            out["hrv_lf_hf"] = powers[1] / powers[2] if powers[2] > POWER_FLOOR_MS2 else _nan()
             out["hrv_total_ms2"] = sum(powers)
     return out
