@@ -70,7 +70,7 @@ def create_app(
     errors.install(app)
     for module in (health, devices, samples, dead_letters, sessions, participants, check_ins, sites):
         app.include_router(module.router)
-    app.add_middleware(RejectNul, router=app.router)
+    app.add_middleware(RejectNul, templates=lambda: app.openapi()["paths"])
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES)
 
     def openapi() -> dict[str, Any]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from api.health import CheckResult
 from vitalab.wire.topics import ID_PATTERN
@@ -245,13 +245,8 @@ class ParticipantIn(BaseModel):
     hr_max_bpm: float | None = Field(default=None, ge=100, le=250)
     consent_given_at: AwareDatetime | None = None
     """When the participant consented to the use of their data (null: no consent recorded)."""
-
-    @model_validator(mode="after")
-    def _plausible(self) -> Self:
-        rest, top = self.hr_rest_bpm, self.hr_max_bpm
-        if rest is not None and top is not None and rest >= top:
-            raise ValueError(f"hr_rest_bpm {self.hr_rest_bpm:g} must be below hr_max_bpm {self.hr_max_bpm:g}")
-        return self
+    # checked by the route, which names the field: birth_year not in the future, hr_rest_bpm < hr_max_bpm,
+    # consent_given_at within the accepted clock window
 
 
 class ParticipantOut(BaseModel):
@@ -279,13 +274,6 @@ class CheckInIn(BaseModel):
     participant_id: UUID
     started_at: AwareDatetime | None = None
     ended_at: AwareDatetime | None = None
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Self:
-        # without started_at (now), the route compares ended_at with its clock
-        if self.ended_at is not None and self.started_at is not None and self.ended_at <= self.started_at:
-            raise ValueError("ended_at must be after started_at")
-        return self
 
 
 class CheckOutIn(BaseModel):

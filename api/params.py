@@ -83,4 +83,3 @@ def check_written(t: datetime, field: str, now: datetime, max_future_s: float) -
     if t > now + timedelta(seconds=max_future_s):
         raise invalid(field, f"{t.isoformat()} is in the future (more than {max_future_s:g} s ahead)")
     return t.astimezone(UTC)
-

@@ -34,6 +34,9 @@ async def register_participant(
     reported)."""
     if body.birth_year is not None and body.birth_year > now.year:
         raise invalid("body.birth_year", f"birth_year {body.birth_year} is in the future")
+    rest, top = body.hr_rest_bpm, body.hr_max_bpm
+    if rest is not None and top is not None and rest >= top:
+        raise invalid("body.hr_rest_bpm", f"hr_rest_bpm {rest:g} must be below hr_max_bpm {top:g}")
     if body.consent_given_at is not None:
         check_written(body.consent_given_at, "body.consent_given_at", now, settings.max_future_s)
     async with conn.transaction():

@@ -1,0 +1,61 @@
+"""Running the API for a test: a real uvicorn server on a loopback port, with a pinned clock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from api.health import HealthCheck
+from api.main import create_app
+from tests.conftest import free_port
+from tests.support.helpers import make_settings
+
+PROBLEM = "application/problem+json"
+
+
+def app_at(
+    database_url: str, now: datetime, health_checks: Sequence[HealthCheck] = (), **settings: Any
+) -> FastAPI:
+    """The API over ``database_url`` whose clock always says ``now``."""
+    return create_app(make_settings(**settings), database_url, clock=lambda: now, health_checks=health_checks)
+
+
+@contextlib.asynccontextmanager
+async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """``app`` served by uvicorn on a free loopback port; yields a client with that base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as http:
+            yield http
+    finally:
+        server.should_exit = True
+        await task
+
+
+def assert_problem(r: httpx.Response, status: int, field: str | None = None) -> dict[str, Any]:
+    """``r`` is an RFC 9457 problem of ``status`` (naming ``field`` when given); returns its body."""
+    assert r.status_code == status, (r.request.url, r.status_code, r.text)
+    assert r.headers["content-type"].startswith(PROBLEM), r.headers["content-type"]
+    body: dict[str, Any] = r.json()
+    assert body["status"] == status
+    assert body["type"].startswith("tag:vitalab.dev,2026:problem/")
+    assert isinstance(body["title"], str)
+    assert body["title"]
+    assert isinstance(body["detail"], str)
+    assert body["detail"]
+    if field is not None:
+        assert body.get("field") == field, (r.request.url, body)
+    return body
