@@ -63,6 +63,8 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
         static_url=DOCS_STATIC,
+        # no badge fetched from the public validator: the page makes no request off this server
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.settings = settings
     app.state.clock = clock

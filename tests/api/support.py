@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -20,11 +20,28 @@ from tests.support.helpers import make_settings
 PROBLEM = "application/problem+json"
 
 
+class PinnedClock:
+    """A clock for the API that says ``now`` until a test moves it."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, by: timedelta) -> None:
+        self.now += by
+
+
 def app_at(
-    database_url: str, now: datetime, health_checks: Sequence[HealthCheck] = (), **settings: Any
+    database_url: str,
+    now: datetime | PinnedClock,
+    health_checks: Sequence[HealthCheck] = (),
+    **settings: Any,
 ) -> FastAPI:
-    """The API over ``database_url`` whose clock always says ``now``."""
-    return create_app(make_settings(**settings), database_url, clock=lambda: now, health_checks=health_checks)
+    """The API over ``database_url`` whose clock says ``now`` (or what the pinned clock says)."""
+    clock = now if isinstance(now, PinnedClock) else PinnedClock(now)
+    return create_app(make_settings(**settings), database_url, clock=clock, health_checks=health_checks)
 
 
 @contextlib.asynccontextmanager
