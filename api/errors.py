@@ -136,6 +136,8 @@ async def _on_validation(_request: Request, exc: Exception) -> JSONResponse:
 async def _on_http(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else _title(exc.status_code)
+    if exc.status_code == 400:  # a body that cannot be parsed (e.g. not UTF-8): bad input like any other
+        return response(invalid("body", detail))
     return response(Problem(exc.status_code, detail), headers=exc.headers)
 
 

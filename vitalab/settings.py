@@ -101,7 +101,8 @@ class Settings(BaseSettings):
     device_offline_after_s: float = Field(
         default=300.0,
         gt=0,
-        description="the API shows a device offline once nothing (sample or state) came from it for this long",
+        description="the API shows a device offline once nothing (sample or state) came from it for this "
+        "many seconds",
     )
 
     # --- wire validation -----------------------------------------------------------------------------
