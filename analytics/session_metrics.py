@@ -33,9 +33,8 @@ from numpy.typing import NDArray
 
 from analytics import energy, hr, hrv, power, quality
 from analytics.batch import SessionBatch, segment_ids, segment_sum
+from analytics.version import ALGORITHM_VERSION as ALGORITHM_VERSION  # stored with every summary
 
-ALGORITHM_VERSION: Final[str] = "2026.11.1"
-"""Bump when any metric's convention changes (stored next to every summary)."""
 BLOCK_SAMPLES: Final[int] = 1 << 18
 HEAP_MMAP_THRESHOLD_BYTES: Final[int] = 32 << 20
 """glibc ``M_MMAP_THRESHOLD`` set by :func:`keep_block_memory`: requests up to this come from the heap."""

@@ -1,15 +1,20 @@
-"""Dependencies of the routes, as ``Annotated`` aliases."""
+"""Dependencies of the routes, as ``Annotated`` aliases. Everything comes from ``app.state``, set once by
+:func:`api.main.create_app` (settings, clock, health checks) and its lifespan (the connection pool)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from api.health import HealthCheck
 from vitalab.settings import Settings
+
+Clock = Callable[[], datetime]
 
 
 def get_settings(request: Request) -> Settings:
@@ -27,6 +32,19 @@ async def get_conn(pool: Annotated[AsyncConnectionPool, Depends(get_pool)]) -> A
         yield conn
 
 
+def get_now(request: Request) -> datetime:
+    """The request's "now" (aware, UTC), from the app's clock: the one place a handler learns the time."""
+    clock: Clock = request.app.state.clock
+    return clock()
+
+
+def get_health_checks(request: Request) -> Sequence[HealthCheck]:
+    checks: Sequence[HealthCheck] = request.app.state.health_checks
+    return checks
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PoolDep = Annotated[AsyncConnectionPool, Depends(get_pool)]
 ConnDep = Annotated[AsyncConnection, Depends(get_conn)]
+NowDep = Annotated[datetime, Depends(get_now)]
+HealthChecksDep = Annotated[Sequence[HealthCheck], Depends(get_health_checks)]

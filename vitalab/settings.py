@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     # --- API -----------------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
+    device_offline_after_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="the API shows a device offline once nothing (sample or state) came from it for this "
+        "many seconds",
+    )
 
     # --- wire validation -----------------------------------------------------------------------------
     max_payload_bytes: int = Field(default=256 * 1024, ge=256)

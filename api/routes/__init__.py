@@ -1,1 +1,1 @@
-"""One module of routes per resource."""
+"""One router per resource. Handlers validate, (later) authorise, call the queries or services, and shape."""

@@ -1,40 +1,52 @@
+"""What the ingester refused, with why."""
+
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, Response
 
+from api import pagination
 from api.deps import ConnDep
+from api.errors import not_found, responses
 from api.models import DeadLetterOut
+from api.pagination import CursorParam, PageLimit
+from api.queries import dead_letters
+from vitalab.wire.topics import ID_PATTERN
 
-router = APIRouter(prefix="/v1/dead-letters", tags=["dead letters"])
+router = APIRouter(prefix="/v1/dead-letters", tags=["dead letters"], responses=responses(404, 422))
 
 
-@router.get("", response_model=list[DeadLetterOut])
+@router.get("", response_model=list[DeadLetterOut], responses=pagination.PAGED)
 async def list_dead_letters(
     conn: ConnDep,
-    reason: str | None = None,
-    device_id: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    request: Request,
+    response: Response,
+    reason: Annotated[str | None, Query(max_length=64, description="e.g. schema, implausible_value")] = None,
+    device_id: Annotated[
+        str | None, Query(pattern=ID_PATTERN, description="only this device (404 if never heard of)")
+    ] = None,
+    limit: PageLimit = 100,
+    cursor: CursorParam = None,
 ) -> list[DeadLetterOut]:
     """What the ingester refused, newest first, with the reason and the offending field."""
-    cur = await conn.execute(
-        "SELECT id, received_at, topic, reason, detail, path, device_id, payload_size, payload "
-        "FROM dead_letters WHERE (%(r)s::text IS NULL OR reason = %(r)s) "
-        "AND (%(d)s::text IS NULL OR device_id = %(d)s) ORDER BY received_at DESC, id DESC LIMIT %(n)s",
-        {"r": reason, "d": device_id, "n": limit},
+    if device_id is not None and not await dead_letters.device_named(conn, device_id):
+        raise not_found("device", device_id, field="query.device_id")
+    page = await dead_letters.list_dead_letters(
+        conn, reason, device_id, pagination.decode(cursor, dead_letters.KEYSET), limit
     )
+    pagination.link(request, response, page)
     return [
         DeadLetterOut(
-            id=r[0],
-            received_at=r[1],
-            topic=r[2],
-            reason=r[3],
-            detail=r[4],
-            path=r[5],
-            device_id=r[6],
-            payload_size=r[7],
-            payload_preview=bytes(r[8]).decode("utf-8", errors="replace"),
+            id=r.id,
+            received_at=r.received_at,
+            topic=r.topic,
+            reason=r.reason,
+            detail=r.detail,
+            path=r.path,
+            device_id=r.device_id,
+            payload_size=r.payload_size,
+            payload_preview=bytes(r.payload).decode("utf-8", errors="replace"),
         )
-        for r in await cur.fetchall()
+        for r in page.rows
     ]

@@ -1,23 +1,32 @@
+"""The newest sample of every device."""
+
 from __future__ import annotations
 
-from fastapi import APIRouter
-from psycopg.rows import class_row
+from fastapi import APIRouter, Request, Response
 
+from api import pagination
 from api.deps import ConnDep
+from api.errors import responses
 from api.models import SampleOut
-from api.routes.devices import _SAMPLE_COLS
+from api.pagination import CursorParam, PageLimit
+from api.params import SiteFilter
+from api.queries import samples
+from api.routes.lookup import require_site
 
-router = APIRouter(prefix="/v1/samples", tags=["samples"])
+router = APIRouter(prefix="/v1/samples", tags=["samples"], responses=responses(404, 422))
 
 
-@router.get("/latest", response_model=list[SampleOut])
-async def latest_samples(conn: ConnDep, site: str | None = None) -> list[SampleOut]:
-    """The newest sample of every device (one index probe per device)."""
-    async with conn.cursor(row_factory=class_row(SampleOut)) as cur:
-        await cur.execute(
-            f"SELECT s.* FROM devices d CROSS JOIN LATERAL ("
-            f"  SELECT {_SAMPLE_COLS} FROM samples WHERE device_id = d.device_id ORDER BY t DESC LIMIT 1"
-            f") s WHERE %(site)s::text IS NULL OR d.site_id = %(site)s ORDER BY s.device_id",
-            {"site": site},
-        )
-        return await cur.fetchall()
+@router.get("/latest", response_model=list[SampleOut], responses=pagination.PAGED)
+async def latest_samples(
+    conn: ConnDep,
+    request: Request,
+    response: Response,
+    site: SiteFilter = None,
+    limit: PageLimit = 1000,
+    cursor: CursorParam = None,
+) -> list[SampleOut]:
+    """The newest sample of every device that has one, by device id (one index probe per device)."""
+    await require_site(conn, site, "query.site")
+    page = await samples.latest(conn, site, pagination.decode(cursor, samples.LATEST_KEYSET), limit)
+    pagination.link(request, response, page)
+    return page.rows

@@ -2,72 +2,65 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, HTTPException, Query
-from psycopg.rows import class_row
+from fastapi import APIRouter, Path, Query, Request, Response
 
-from analytics.session_metrics import ALGORITHM_VERSION
+from analytics.version import ALGORITHM_VERSION
+from api import pagination
 from api.deps import ConnDep
+from api.errors import not_found, responses
 from api.models import SessionDetail, SessionOut
+from api.pagination import CursorParam, PageLimit
+from api.params import DeviceFilter, Since, SiteFilter, Until, check_range
+from api.queries import sessions
+from api.routes.lookup import require_device, require_participant, require_site
 
-router = APIRouter(prefix="/v1/sessions", tags=["analytics"])
-
-SESSION_COLS = (
-    "session_id, site_id, participant_id, device_ids, started_at, ended_at, source, hr_source, "
-    "algorithm_version, duration_s, hr_avg_bpm, trimp, moderate_min, vigorous_min, pai_as, rmssd_ms, "
-    "energy_kcal, distance_m"
-)
-Limit = Annotated[int, Query(ge=1, le=10_000)]
+router = APIRouter(prefix="/v1/sessions", tags=["analytics"], responses=responses(404, 422))
 
 
-@router.get("", response_model=list[SessionOut])
+@router.get("", response_model=list[SessionOut], responses=pagination.PAGED)
 async def list_sessions(
     conn: ConnDep,
-    site: str | None = None,
-    device: str | None = None,
-    participant: UUID | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    algorithm_version: str = ALGORITHM_VERSION,
-    limit: Limit = 100,
+    request: Request,
+    response: Response,
+    site: SiteFilter = None,
+    device: DeviceFilter = None,
+    participant: Annotated[UUID | None, Query(description="only this participant (404 if unknown)")] = None,
+    since: Since = None,
+    until: Until = None,
+    algorithm_version: Annotated[str, Query(max_length=32)] = ALGORITHM_VERSION,
+    limit: PageLimit = 100,
+    cursor: CursorParam = None,
 ) -> list[SessionOut]:
-    """Sessions starting in ``[since, until)`` in start order; with neither bound, the newest ``limit``.
-    ``device`` matches any device of a session (machine or strap)."""
-    newest_first = since is None and until is None
-    async with conn.cursor(row_factory=class_row(SessionOut)) as cur:
-        await cur.execute(
-            f"SELECT * FROM (SELECT {SESSION_COLS} FROM sessions WHERE algorithm_version = %(v)s "
-            "AND (%(site)s::text IS NULL OR site_id = %(site)s) "
-            "AND (%(device)s::text IS NULL OR device_ids @> ARRAY[%(device)s::text]) "
-            "AND (%(pid)s::uuid IS NULL OR participant_id = %(pid)s) "
-            "AND (%(since)s::timestamptz IS NULL OR started_at >= %(since)s) "
-            "AND (%(until)s::timestamptz IS NULL OR started_at < %(until)s) "
-            f"ORDER BY started_at {'DESC' if newest_first else ''}, session_id LIMIT %(limit)s) s "
-            "ORDER BY started_at, session_id",
-            {
-                "v": algorithm_version,
-                "site": site,
-                "device": device,
-                "pid": participant,
-                "since": since,
-                "until": until,
-                "limit": limit,
-            },
-        )
-        return await cur.fetchall()
+    """Sessions starting in ``[since, until)`` in start order. With neither bound, the newest page
+    (``Link: rel="prev"`` leads to older sessions). ``device`` matches any device of a session (machine or
+    strap)."""
+    check_range(since, until)
+    await require_site(conn, site, "query.site")
+    await require_device(conn, device, "query.device")
+    await require_participant(conn, participant, "query.participant")
+    default = pagination.FROM_END if since is None and until is None else pagination.FROM_START
+    page = await sessions.list_sessions(
+        conn,
+        algorithm_version=algorithm_version,
+        site=site,
+        device=device,
+        participant=participant,
+        since=since,
+        until=until,
+        cursor=pagination.decode(cursor, sessions.KEYSET, default),
+        limit=limit,
+    )
+    pagination.link(request, response, page)
+    return page.rows
 
 
 @router.get("/{session_id}", response_model=SessionDetail)
-async def get_session(conn: ConnDep, session_id: int) -> SessionDetail:
+async def get_session(conn: ConnDep, session_id: Annotated[int, Path(ge=1, le=2**63 - 1)]) -> SessionDetail:
     """One session with its full metric summary."""
-    async with conn.cursor(row_factory=class_row(SessionDetail)) as cur:
-        await cur.execute(
-            f"SELECT {SESSION_COLS}, summary, computed_at FROM sessions WHERE session_id = %s", (session_id,)
-        )
-        found = await cur.fetchone()
+    found = await sessions.get_session(conn, session_id)
     if found is None:
-        raise HTTPException(status_code=404, detail=f"no session {session_id}")
+        raise not_found("session", session_id, field="path.session_id")
     return found

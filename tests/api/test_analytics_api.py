@@ -55,7 +55,8 @@ async def test_sessions_participants_sites_and_quality(database_url: str) -> Non
             http, "/v1/sessions", since=(d.T0 + 30 * M).isoformat(), until=(d.T0 + 61 * M).isoformat()
         )
         assert [s["device_ids"][0] for s in window] == ["bike-3", "bike-4"]  # [since, until) by start
-        assert await get(http, "/v1/sessions", site="elsewhere") == []
+        elsewhere = await http.get("/v1/sessions", params={"site": "elsewhere"})
+        assert (elsewhere.status_code, elsewhere.json()["field"]) == (404, "query.site")  # not 200 []
         one = await get(http, f"/v1/sessions/{sessions[0]['session_id']}")
         assert one["summary"]["hr_avg_bpm"] == 120.0
         assert one["summary"]["duration_s"] == 1800.0

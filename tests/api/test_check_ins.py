@@ -9,11 +9,12 @@ import httpx
 import psycopg
 import pytest
 
-from tests.support.helpers import make_settings, running_api
+from tests.api.support import PinnedClock, app_at, assert_problem, serve
 
 pytestmark = pytest.mark.asyncio
 
 T0 = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+NOW = T0 + timedelta(hours=6)  # the API's clock in these tests
 PROFILE: dict[str, Any] = {
     "site_id": "gym-a",
     "external_ref": "m0007",
@@ -55,7 +56,7 @@ def rows(url: str) -> list[tuple[Any, ...]]:
 
 async def test_register_participants_idempotently_by_reference(database_url: str) -> None:
     seed(database_url)
-    async with running_api(make_settings(), database_url) as base, httpx.AsyncClient(base_url=base) as http:
+    async with serve(app_at(database_url, NOW)) as http:
         first = await http.post("/v1/participants", json=PROFILE)
         assert first.status_code == 201, first.text
         pid = first.json()["participant_id"]
@@ -101,7 +102,8 @@ async def test_register_participants_idempotently_by_reference(database_url: str
 
 async def test_check_in_and_out(database_url: str) -> None:
     seed(database_url)
-    async with running_api(make_settings(), database_url) as base, httpx.AsyncClient(base_url=base) as http:
+    clock = PinnedClock(NOW)
+    async with serve(app_at(database_url, clock)) as http:
         ann = (await http.post("/v1/participants", json=PROFILE)).json()["participant_id"]
         bob = (await http.post("/v1/participants", json=PROFILE | {"external_ref": "m0008"})).json()[
             "participant_id"
@@ -185,8 +187,14 @@ async def test_check_in_and_out(database_url: str) -> None:
         expect(r, 422, "gym-b")
         r = await http.post("/v1/check-ins", json=body(ann, T0, ended_at=iso(T0 - timedelta(minutes=1))))
         expect(r, 422, "ended_at must be after started_at")
-        r = await http.post("/v1/check-ins", json=body(ann, datetime.now(UTC) + timedelta(hours=1)))
+        r = await http.post("/v1/check-ins", json=body(ann, NOW + timedelta(hours=1)))
         expect(r, 422, "in the future")
+        # a check-in dated year 1 (or before 2000) is refused at the edge, and so is one far ahead
+        stored = rows(database_url)
+        for bad in ("0001-01-01T00:00:00Z", "1999-12-31T23:59:59Z", "9999-12-31T00:00:00Z"):
+            r = await http.post("/v1/check-ins", json=body(ann, T0) | {"started_at": bad})
+            assert_problem(r, 422, "body.started_at")
+        assert rows(database_url) == stored
         r = await http.post("/v1/check-ins", json={"device_id": "bike-1", "participant_id": ann, "seat": 3})
         expect(r, 422, "seat")
         r = await http.post("/v1/check-ins", json=body(ann, T0) | {"started_at": "yesterday"})
@@ -196,16 +204,17 @@ async def test_check_in_and_out(database_url: str) -> None:
         r = await http.post("/v1/check-ins", json={"device_id": "bike-1", "participant_id": bob})
         assert r.status_code == 201
         started = datetime.fromisoformat(r.json()["started_at"])
-        assert abs((datetime.now(UTC) - started).total_seconds()) < 30
+        assert started == NOW  # the API's clock
         r = await http.post(
             "/v1/check-ins/bike-1/end", json={"ended_at": iso(started - timedelta(seconds=5))}
         )
         expect(r, 422, "not after")
         r = await http.post("/v1/check-ins/bike-1/end", json={"participant_id": ann})
         expect(r, 409, bob)
+        clock.advance(timedelta(minutes=20))
         r = await http.post("/v1/check-ins/bike-1/end")  # no body: now
         expect(r, 200)
-        assert r.json()["ended_at"] is not None
+        assert r.json()["ended_at"] == iso(NOW + timedelta(minutes=20))
     with psycopg.connect(database_url) as conn:
         dirty = conn.execute("SELECT count(*) FROM analytics_dirty WHERE reason = 'check_in'").fetchone()
     assert dirty is not None

@@ -1,0 +1,51 @@
+"""What the ingester refused (``dead_letters``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg import AsyncConnection, sql
+
+from api.pagination import Cursor, Keyset, Page
+from api.queries import exists, fetch_page
+
+KEYSET = Keyset(("received_at", "id"), (datetime, int), descending=True)
+"""Newest first; (received_at, id) is the primary key (many letters share a received_at)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRow:
+    id: int
+    received_at: datetime
+    topic: str
+    reason: str
+    detail: str
+    path: str | None
+    device_id: str | None
+    payload_size: int
+    payload: bytes
+
+
+async def device_named(conn: AsyncConnection, device_id: str) -> bool:
+    """A registered device, or one named by a dead letter (a refused device need not be registered)."""
+    query = sql.SQL(
+        "SELECT 1 FROM devices WHERE device_id = %(d)s "
+        "UNION ALL SELECT 1 FROM dead_letters WHERE device_id = %(d)s"
+    )
+    return await exists(conn, query, {"d": device_id})
+
+
+async def list_dead_letters(
+    conn: AsyncConnection, reason: str | None, device_id: str | None, cursor: Cursor, limit: int
+) -> Page[DeadLetterRow]:
+    select = sql.SQL(
+        "SELECT id, received_at, topic, reason, detail, path, device_id, payload_size, payload "
+        "FROM dead_letters"
+    )
+    where = sql.SQL("(%(r)s::text IS NULL OR reason = %(r)s) AND (%(d)s::text IS NULL OR device_id = %(d)s)")
+    params: dict[str, Any] = {"r": reason, "d": device_id}
+    return await fetch_page(
+        conn, DeadLetterRow, select, where, params, KEYSET, cursor, limit, lambda r: (r.received_at, r.id)
+    )
