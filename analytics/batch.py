@@ -33,9 +33,10 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from analytics.errors import BatchShapeError
+from vitalab.wire import registry
 
-KINDS: Final[tuple[str, ...]] = ("treadmill", "bike", "rower", "cross_trainer", "hr_strap", "power_meter")
-"""Machine kind codes: ``kind[i]`` is an index into this tuple, ``-1`` unknown."""
+KINDS: Final[tuple[str, ...]] = registry.KIND_NAMES
+"""Kind codes (the registry's order, append only): ``kind[i]`` is an index into this tuple, ``-1`` unknown."""
 
 KIND_CODE: Final[dict[str, int]] = {name: code for code, name in enumerate(KINDS)}
 

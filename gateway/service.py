@@ -73,13 +73,13 @@ from gateway.transport import (
     Transport,
     kind_of_source,
 )
-from vitalab.wire import DeviceKind, DeviceState, Sample
+from vitalab.wire import DeviceKind, DeviceState, Sample, registry
 from vitalab.wire.payload import MAX_RR_PER_SAMPLE, TrainingStatus
 
 logger = logging.getLogger(__name__)
 
 TRAINING: Final[dict[str, TrainingStatus]] = {name: name for name in get_args(TrainingStatus)}
-FE_KIND: Final[dict[int, DeviceKind]] = {25: "bike", 19: "treadmill", 22: "rower", 20: "cross_trainer"}
+FE_KIND: Final[dict[int, DeviceKind]] = {k.ant_fe: k.name for k in registry.KINDS if k.ant_fe is not None}
 FE_TRAINING: Final[dict[int, TrainingStatus]] = {2: "idle", 3: "manual", 4: "post_workout"}
 SENSOR: Final = 2
 MACHINE: Final = 1

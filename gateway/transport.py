@@ -38,7 +38,7 @@ from typing import Final, Literal, Protocol, get_args
 
 from gateway.errors import DeviceListError
 from gateway.quirks import PROFILES, profile
-from vitalab.wire import DeviceKind, DeviceMeta
+from vitalab.wire import DeviceKind, DeviceMeta, registry
 from vitalab.wire.topics import valid_id
 
 logger = logging.getLogger(__name__)
@@ -47,15 +47,9 @@ Radio = Literal["ble", "ant", "sim", "mqtt"]
 ANT_FE: Final = 17
 ANT_HRM: Final = 120
 
-# the kind of device a data characteristic / ANT+ profile comes from (for devices nobody configured)
+# the kind of device a data characteristic comes from (for devices nobody configured): the registry's
 KIND_OF_SOURCE: Final[dict[str, DeviceKind]] = {
-    "ble:2ad2": "bike",
-    "ble:2acd": "treadmill",
-    "ble:2ad1": "rower",
-    "ble:2ace": "cross_trainer",
-    "ble:2a37": "hr_strap",
-    "ble:2a63": "power_meter",
-    "ble:2a5b": "power_meter",
+    f"ble:{c}": k.name for k in registry.KINDS for c in k.ble_data
 }
 
 
@@ -147,7 +141,7 @@ def raw_char_source(src: str, char: str) -> str:
 
 
 # --- device list file ---------------------------------------------------------------------------------
-KINDS: Final[dict[str, DeviceKind]] = {k: k for k in get_args(DeviceKind)}
+KINDS: Final[dict[str, DeviceKind]] = {k: k for k in registry.KIND_NAMES}
 RADIOS: Final[dict[str, Radio]] = {r: r for r in get_args(Radio)}
 
 

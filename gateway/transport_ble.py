@@ -28,19 +28,12 @@ from typing import Any, Final
 from gateway import dis
 from gateway.errors import TransportUnavailable
 from gateway.transport import DeviceInfo, Event, Frame, Link
-from vitalab.wire import DeviceKind
+from vitalab.wire import DeviceKind, registry
 
 logger = logging.getLogger(__name__)
 
-CHARACTERISTICS: Final[dict[DeviceKind, tuple[str, ...]]] = {
-    # data first, then Fitness Machine Status and Training Status
-    "bike": ("2ad2", "2ada", "2ad3"),
-    "treadmill": ("2acd", "2ada", "2ad3"),
-    "rower": ("2ad1", "2ada", "2ad3"),
-    "cross_trainer": ("2ace", "2ada", "2ad3"),
-    "hr_strap": ("2a37",),
-    "power_meter": ("2a63", "2a5b"),
-}
+CHARACTERISTICS: Final[dict[DeviceKind, tuple[str, ...]]] = {k.name: k.ble for k in registry.KINDS if k.ble}
+"""Per kind, from the registry: data first, then (machines) Fitness Machine Status and Training Status."""
 
 
 def uuid16(char: str) -> str:
