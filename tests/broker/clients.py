@@ -11,7 +11,6 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 TIMEOUT_S = 10.0
@@ -145,14 +144,23 @@ class Connector:
             session.client.loop_stop()
 
 
-def disconnect_with_will(session: Session) -> None:
-    """MQTT 5 DISCONNECT with reason 0x04: the broker publishes the will (if it may) while handling it."""
-    session.client.disconnect(reasoncode=ReasonCode(mqtt.PacketTypes.DISCONNECT, identifier=0x04))
-    assert session.disconnected.wait(TIMEOUT_S)
+def assert_not_authorized(session: Session) -> None:
+    """Refused at CONNACK with "Not authorized" (MQTT 3.1.1 return code 5 / MQTT 5 reason 0x87)."""
+    assert session.connack is not None, "no CONNACK"
+    assert session.connack.is_failure, f"{session.username} was let in"
+    assert session.connack.getName() == "Not authorized", session.connack
 
 
 def token() -> bytes:
     return uuid.uuid4().hex.encode()
 
 
-__all__ = ["NOT_AUTHORIZED", "TIMEOUT_S", "Connector", "NoMessage", "Properties", "Session", "token"]
+__all__ = [
+    "NOT_AUTHORIZED",
+    "TIMEOUT_S",
+    "Connector",
+    "NoMessage",
+    "Session",
+    "assert_not_authorized",
+    "token",
+]

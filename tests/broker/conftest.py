@@ -75,7 +75,7 @@ class AmqttThread:
         asyncio.set_event_loop(self.loop)
         try:
             self.loop.run_until_complete(self._start())
-        except BaseException as exc:  # reported to the test thread by start()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread by start()
             self._error = exc
             self._ready.set()
             return

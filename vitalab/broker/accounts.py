@@ -133,8 +133,12 @@ def filter_covers(allowed: str, requested: str) -> bool:
         if level == "#":
             # 'x/#' also matches 'x' itself, so 'requested' may stop right before the '#'
             return len(r) >= i
-        if i >= len(r) or r[i] == "#":
+        if i >= len(r):
             return False
+        if r[i] == "#":
+            # 'requested' goes on with any number of levels here; only '+/#' against a bare '#' (both
+            # match every topic of one level or more) covers that without a '#' at this level
+            return i == 0 and a == ["+", "#"]
         if level != "+" and r[i] != level:
             return False
     return len(r) == len(a)

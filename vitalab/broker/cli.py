@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from vitalab.broker.accounts import GatewayAccount, Role, permissions, role_of
+from vitalab.broker.accounts import permissions, role_of
 from vitalab.broker.errors import BrokerAuthError
 from vitalab.broker.init import ServiceSpec, chown_tree, init_services
 from vitalab.broker.reload import GenerationReload, Reloader, SignalReload
@@ -27,13 +27,16 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Broker accou
 StateDir = Annotated[
     Path, typer.Option("--state-dir", envvar="VITALAB_BROKER_STATE_DIR", help="the account store directory")
 ]
+WaitS = Annotated[
+    float, typer.Option("--wait-s", help="wait this long for the broker to confirm the reload (generation)")
+]
 PidFile = Annotated[
     Path | None,
     typer.Option("--pid-file", help="SIGHUP this broker instead of bumping the generation counter"),
 ]
 
 
-def _auth(state_dir: Path, pid_file: Path | None, wait_s: float = 5.0) -> MosquittoAuth:
+def _auth(state_dir: Path, pid_file: Path | None, wait_s: float) -> MosquittoAuth:
     reloader: Reloader = (
         SignalReload(pid_file=pid_file) if pid_file else GenerationReload(state_dir, wait_s=wait_s)
     )
@@ -100,11 +103,15 @@ def list_accounts(state_dir: StateDir) -> None:
 
 @app.command("add-device")
 def add_device(
-    device_id: str, site: Annotated[str, typer.Option()], state_dir: StateDir, pid_file: PidFile = None
+    device_id: str,
+    site: Annotated[str, typer.Option()],
+    state_dir: StateDir,
+    pid_file: PidFile = None,
+    wait_s: WaitS = 5.0,
 ) -> None:
     """A device's own login (username = device id), bound to one site. Prints the password once."""
     try:
-        _show(_auth(state_dir, pid_file).add_device(device_id, site))
+        _show(_auth(state_dir, pid_file, wait_s).add_device(device_id, site))
     except BrokerAuthError as exc:
         raise _fail(exc) from None
 
@@ -116,47 +123,50 @@ def add_gateway(
     state_dir: StateDir,
     device: Annotated[list[str] | None, typer.Option(help="attached device id, repeatable")] = None,
     pid_file: PidFile = None,
+    wait_s: WaitS = 5.0,
 ) -> None:
     """A gateway's login, allowed to publish for its attached devices. Prints the password once."""
     try:
-        _show(_auth(state_dir, pid_file).add_gateway(gateway_id, site, device or []))
+        _show(_auth(state_dir, pid_file, wait_s).add_gateway(gateway_id, site, device or []))
     except BrokerAuthError as exc:
         raise _fail(exc) from None
 
 
 @app.command()
-def attach(gateway_id: str, device: list[str], state_dir: StateDir, pid_file: PidFile = None) -> None:
-    """Let a gateway publish for more devices."""
+def attach(
+    gateway_id: str, device: list[str], state_dir: StateDir, pid_file: PidFile = None, wait_s: WaitS = 5.0
+) -> None:
+    """Let a gateway publish for more devices (which then belong to its site)."""
     try:
-        _auth(state_dir, pid_file).attach(gateway_id, device)
+        _auth(state_dir, pid_file, wait_s).attach(gateway_id, device)
     except BrokerAuthError as exc:
         raise _fail(exc) from None
 
 
 @app.command()
-def detach(gateway_id: str, device: list[str], state_dir: StateDir, pid_file: PidFile = None) -> None:
+def detach(
+    gateway_id: str, device: list[str], state_dir: StateDir, pid_file: PidFile = None, wait_s: WaitS = 5.0
+) -> None:
+    """The gateway may no longer publish for these devices."""
     try:
-        _auth(state_dir, pid_file).detach(gateway_id, device)
+        _auth(state_dir, pid_file, wait_s).detach(gateway_id, device)
     except BrokerAuthError as exc:
         raise _fail(exc) from None
 
 
 @app.command()
-def rotate(username: str, state_dir: StateDir, pid_file: PidFile = None) -> None:
+def rotate(username: str, state_dir: StateDir, pid_file: PidFile = None, wait_s: WaitS = 5.0) -> None:
     """A new password for an account (the old one stops working at the reload). Prints it once."""
     try:
-        _show(_auth(state_dir, pid_file).rotate(username))
+        _show(_auth(state_dir, pid_file, wait_s).rotate(username))
     except BrokerAuthError as exc:
         raise _fail(exc) from None
 
 
 @app.command()
-def revoke(username: str, state_dir: StateDir, pid_file: PidFile = None) -> None:
+def revoke(username: str, state_dir: StateDir, pid_file: PidFile = None, wait_s: WaitS = 5.0) -> None:
     """Remove an account: the broker refuses it and closes its connections at the reload."""
     try:
-        _auth(state_dir, pid_file).revoke(username)
+        _auth(state_dir, pid_file, wait_s).revoke(username)
     except BrokerAuthError as exc:
         raise _fail(exc) from None
-
-
-__all__ = ["GatewayAccount", "Role", "app"]
