@@ -82,6 +82,17 @@ def test_init_is_idempotent_and_repairs_lost_client_files(tmp_path: Path) -> Non
     assert init_services(auth, clients, SERVICES, host="mosquitto", port=1883) == ["monitor"]
 
 
+def test_init_rotates_on_request(tmp_path: Path) -> None:
+    auth = MosquittoAuth(tmp_path / "auth")
+    clients = tmp_path / "clients"
+    init_services(auth, clients, SERVICES, host="mosquitto", port=1883)
+    old = (clients / "ingest.password").read_text()
+    assert init_services(auth, clients, SERVICES, host="mosquitto", port=1883, rotate=["ingest"]) == ["ingest"]
+    assert (clients / "ingest.password").read_text() != old
+    with pytest.raises(InvalidAccount, match="only the service accounts"):
+        init_services(auth, clients, SERVICES, host="mosquitto", port=1883, rotate=["bike-01"])
+
+
 def test_init_refuses_an_account_with_another_role(tmp_path: Path) -> None:
     auth = MosquittoAuth(tmp_path / "auth")
     auth.add_device("ingest", "demo")
@@ -110,6 +121,17 @@ def test_subject_alt_names() -> None:
     assert subject_alt_names(["broker.example.org", "::1"]) == "DNS:broker.example.org,IP:::1"
     with pytest.raises(CertificateError):
         subject_alt_names(["a,b"])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may give files away")
+def test_root_keeps_the_owner_of_rewritten_files(tmp_path: Path) -> None:
+    """An operator's `docker compose run` (root) must not leave the broker's 0600 files to root."""
+    state = tmp_path / "auth"
+    MosquittoAuth(state).apply()
+    chown_tree([state], 10001, 10001)
+    MosquittoAuth(state).add_device("bike-01", "demo")
+    for path in state.iterdir():
+        assert (path.stat().st_uid, path.stat().st_gid) == (10001, 10001), path
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root may give files away")

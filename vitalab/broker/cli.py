@@ -68,6 +68,10 @@ def init(
     tls_name: Annotated[
         list[str] | None, typer.Option(help="host names/addresses of the certificate")
     ] = None,
+    rotate: Annotated[
+        list[str] | None,
+        typer.Option(envvar="VITALAB_BROKER_ROTATE", help="give these service accounts new passwords"),
+    ] = None,
     owner: Annotated[str | None, typer.Option(help="uid:gid that should own the state, clients, tls")] = None,
     own: Annotated[list[Path] | None, typer.Option(help="further directories to give to --owner")] = None,
 ) -> None:
@@ -77,7 +81,7 @@ def init(
         specs = [ServiceSpec.parse(s) for s in service or []]
         # the broker is not running yet (the job runs before it); a running one reloads at the next bump
         auth = _auth(state_dir, None, wait_s=0.0)
-        issued = init_services(auth, clients_dir, specs, host=host, port=port)
+        issued = init_services(auth, clients_dir, specs, host=host, port=port, rotate=rotate or [])
         created = ensure_self_signed(tls_dir, tls_name or [host]) if tls_dir else False
     except BrokerAuthError as exc:
         raise _fail(exc) from None

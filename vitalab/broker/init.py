@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,9 +75,14 @@ def init_services(
     host: str,
     port: int,
     tls: bool = False,
+    rotate: Collection[str] = (),
 ) -> list[str]:
     """Make sure every service account exists with a matching client file; return the usernames that got
-    a new password. Re-renders the broker's files at the end (also when nothing changed)."""
+    a new password (also those named in ``rotate``). Re-renders the broker's files at the end (also when
+    nothing changed)."""
+    unknown = set(rotate) - {spec.username for spec in services}
+    if unknown:
+        raise InvalidAccount(sorted(unknown)[0], "only the service accounts given here can be rotated")
     clients_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     issued: list[str] = []
     for spec in services:
@@ -89,7 +94,9 @@ def init_services(
                 raise InvalidAccount(
                     spec.username, f"exists as a {role_of(current).value}, not a {spec.role.value}"
                 )
-            if _client_file_ok(current.password_hash, password_file, url_file):
+            if spec.username not in rotate and _client_file_ok(
+                current.password_hash, password_file, url_file
+            ):
                 continue
             credential = auth.rotate(spec.username)
         elif spec.role is Role.SIMULATOR:
