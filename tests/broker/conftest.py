@@ -67,6 +67,7 @@ class AmqttThread:
         self.port = port
         self.loop = asyncio.new_event_loop()
         self.broker: Any = None
+        self.stop_disconnecting: Callable[[], None] = lambda: None
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="amqtt", daemon=True)
@@ -88,7 +89,7 @@ class AmqttThread:
 
         self.broker = Broker(broker_config(self.live, "127.0.0.1", self.port))
         await self.broker.start()
-        self.live.disconnect_revoked_on(self.broker, asyncio.get_running_loop())
+        self.stop_disconnecting = self.live.disconnect_revoked_on(self.broker, asyncio.get_running_loop())
 
     def start(self) -> None:
         self._thread.start()
@@ -100,6 +101,7 @@ class AmqttThread:
         return asyncio.run_coroutine_threadsafe(make(), self.loop).result(10)
 
     def stop(self) -> None:
+        self.stop_disconnecting()
         if self.broker is not None:
             self.call(self.broker.shutdown)
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -87,7 +87,9 @@ def test_init_rotates_on_request(tmp_path: Path) -> None:
     clients = tmp_path / "clients"
     init_services(auth, clients, SERVICES, host="mosquitto", port=1883)
     old = (clients / "ingest.password").read_text()
-    assert init_services(auth, clients, SERVICES, host="mosquitto", port=1883, rotate=["ingest"]) == ["ingest"]
+    assert init_services(auth, clients, SERVICES, host="mosquitto", port=1883, rotate=["ingest"]) == [
+        "ingest"
+    ]
     assert (clients / "ingest.password").read_text() != old
     with pytest.raises(InvalidAccount, match="only the service accounts"):
         init_services(auth, clients, SERVICES, host="mosquitto", port=1883, rotate=["bike-01"])

@@ -20,7 +20,11 @@ Wiring (see :func:`broker_config`)::
     auth.reloader = live
     broker = Broker(broker_config(live, host, port))
     await broker.start()
-    live.disconnect_revoked_on(broker, asyncio.get_running_loop())
+    stop = live.disconnect_revoked_on(broker, asyncio.get_running_loop())
+    ...
+    stop(); await broker.shutdown()
+
+:func:`vitalab.embedded.embedded_broker_with_accounts` does exactly this.
 """
 
 from __future__ import annotations
@@ -69,21 +73,33 @@ class LiveAccounts:
             for listener in listeners:
                 listener(gone)
 
-    def on_revoked(self, listener: Callable[[frozenset[str]], None]) -> None:
+    def on_revoked(self, listener: Callable[[frozenset[str]], None]) -> Callable[[], None]:
+        """Call ``listener`` with the usernames that lost their login at each reload; returns the
+        function that removes it again."""
         with self._lock:
             self._listeners.append(listener)
 
-    def disconnect_revoked_on(self, broker: Any, loop: asyncio.AbstractEventLoop) -> None:
+        def remove() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return remove
+
+    def disconnect_revoked_on(self, broker: Any, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
         """Close the connections of revoked accounts on ``broker`` (an ``amqtt.broker.Broker`` running on
-        ``loop``); :meth:`reload` may be called from any thread."""
+        ``loop``); :meth:`reload` may be called from any thread. Returns the function that stops it (call
+        it when the broker shuts down)."""
         tasks: set[concurrent.futures.Future[int]] = set()
 
         def listener(usernames: frozenset[str]) -> None:
+            if loop.is_closed():
+                return
             future = asyncio.run_coroutine_threadsafe(disconnect_users(broker, usernames), loop)
             tasks.add(future)
             future.add_done_callback(tasks.discard)
 
-        self.on_revoked(listener)
+        return self.on_revoked(listener)
 
 
 async def disconnect_users(broker: Any, usernames: frozenset[str]) -> int:

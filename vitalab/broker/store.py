@@ -92,6 +92,23 @@ def encode_state(accounts: Accounts) -> bytes:
     return msgspec.json.format(msgspec.json.encode(_State(version=STATE_VERSION, accounts=list(accounts))))
 
 
+def _service(
+    role: Role, username: str, password_hash: str, *, sites: Iterable[str] | None, site: str | None
+) -> Account:
+    scope = None if sites is None else frozenset(sites)
+    if role is Role.INGESTER:
+        return IngesterAccount(username=username, password_hash=password_hash, sites=scope)
+    if role is Role.LIVE_VIEW:
+        return LiveViewAccount(username=username, password_hash=password_hash, sites=scope)
+    if role is Role.MONITOR:
+        return MonitorAccount(username=username, password_hash=password_hash)
+    if role is Role.SIMULATOR:
+        if site is None:
+            raise InvalidAccount(username, "a simulator account is bound to one site")
+        return SimulatorAccount(username=username, site=site, password_hash=password_hash)
+    raise InvalidAccount(username, f"{role.value} is not a service role")
+
+
 class MosquittoAuth:
     """Issue, rotate and revoke broker credentials; keep Mosquitto's files and the broker in step."""
 
@@ -200,22 +217,41 @@ class MosquittoAuth:
     ) -> IssuedCredential:
         """A platform account: ingester or live-view (``sites``; ``None`` = all), monitor, or simulator
         (one ``site``)."""
+        return self._issue(lambda h: _service(role, username, h, sites=sites, site=site))
 
-        def make(h: str) -> Account:
-            scope = None if sites is None else frozenset(sites)
-            if role is Role.INGESTER:
-                return IngesterAccount(username=username, password_hash=h, sites=scope)
-            if role is Role.LIVE_VIEW:
-                return LiveViewAccount(username=username, password_hash=h, sites=scope)
-            if role is Role.MONITOR:
-                return MonitorAccount(username=username, password_hash=h)
-            if role is Role.SIMULATOR:
-                if site is None:
-                    raise InvalidAccount(username, "a simulator account is bound to one site")
-                return SimulatorAccount(username=username, site=site, password_hash=h)
-            raise InvalidAccount(username, f"{role.value} is not a service role")
+    def issue_service(
+        self,
+        role: Role,
+        username: str,
+        *,
+        sites: Iterable[str] | None = None,
+        site: str | None = None,
+    ) -> IssuedCredential:
+        """Like :meth:`add_service`, but an existing account of that name and role gets a fresh password
+        (and the given scope): for in-process clients that hold their password only in memory
+        (``vitalab up`` issues its ingester a new one at every start)."""
+        return self._upsert(lambda h: _service(role, username, h, sites=sites, site=site))
 
-        return self._issue(make)
+    def issue_gateway(self, gateway_id: str, site: str, devices: Iterable[str]) -> IssuedCredential:
+        """A gateway account with exactly these devices, new or with a fresh password (simulated gateways
+        of ``vitalab up``)."""
+        attached = frozenset(devices)
+        return self._upsert(
+            lambda h: GatewayAccount(username=gateway_id, site=site, devices=attached, password_hash=h)
+        )
+
+    def _upsert(self, make: Callable[[str], Account]) -> IssuedCredential:
+        secret = self._secret()
+        account = make(hash_password(secret))
+
+        def change(accounts: Accounts) -> tuple[Accounts, IssuedCredential]:
+            exists = account.username in accounts
+            updated = accounts.replacing(account) if exists else accounts.with_account(account)
+            return updated, IssuedCredential(account.username, role_of(account), secret)
+
+        issued = self._change(change)
+        logger.info("broker account %s (%s) issued", issued.username, issued.role.value)
+        return issued
 
     def rotate(self, username: str) -> IssuedCredential:
         """A new password for an existing account; the old one stops working at the reload."""
