@@ -227,7 +227,7 @@ def check_account(account: Account) -> None:
 class Accounts:
     """An immutable, validated set of accounts keyed by username. Every change returns a new set."""
 
-    __slots__ = ("_by_name",)
+    __slots__ = ("_by_name", "_granted")
 
     def __init__(self, accounts: Iterable[Account] = ()) -> None:
         by_name: dict[str, Account] = {}
@@ -238,6 +238,7 @@ class Accounts:
                 raise AccountExists(account.username, role_of(taken).value)
             by_name[account.username] = account
         self._by_name = dict(sorted(by_name.items()))
+        self._granted: dict[str, Permissions] = {}  # the embedded broker asks on every message
         self.device_sites()  # the identity rule
 
     def __iter__(self) -> Iterator[Account]:
@@ -307,5 +308,10 @@ class Accounts:
         return Accounts(a for a in self._by_name.values() if a.username != username)
 
     def permissions(self, username: str) -> Permissions | None:
-        account = self._by_name.get(username)
-        return None if account is None else permissions(account)
+        granted = self._granted.get(username)
+        if granted is None:
+            account = self._by_name.get(username)
+            if account is None:
+                return None
+            granted = self._granted[username] = permissions(account)
+        return granted

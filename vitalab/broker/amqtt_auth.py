@@ -25,6 +25,12 @@ Wiring (see :func:`broker_config`)::
     stop(); await broker.shutdown()
 
 :func:`vitalab.embedded.embedded_broker_with_accounts` does exactly this.
+
+Known amqtt 0.12.1 weakness the plugins cannot close: a CONNECT with ``clean_session`` and an existing
+client id deletes that session's subscriptions *before* authentication, so an unauthenticated client that
+knows a client id can unsubscribe it (observed: the login is refused, the victim receives nothing
+afterwards). The embedded broker listens on loopback only; give its clients unguessable client ids, and
+use Mosquitto (deploy/) for anything reachable from other machines.
 """
 
 from __future__ import annotations
