@@ -16,8 +16,12 @@ import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vitalab.settings import MqttTarget
+
+if TYPE_CHECKING:
+    from vitalab.broker.amqtt_auth import LiveAccounts
 
 logger = logging.getLogger(__name__)
 
@@ -87,4 +91,31 @@ async def embedded_broker(port: int = 1883, host: str = "127.0.0.1") -> AsyncIte
     try:
         yield MqttTarget(host=host, port=port)
     finally:
+        await broker.shutdown()
+
+
+@asynccontextmanager
+async def embedded_broker_with_accounts(
+    accounts: LiveAccounts, port: int = 1883, host: str = "127.0.0.1"
+) -> AsyncIterator[MqttTarget]:
+    """The in-process broker (3.1.1) enforcing broker accounts (:mod:`vitalab.broker`) like the deploy
+    Mosquitto: no anonymous access, each client publishes and reads only what its account allows, and
+    the connections of revoked accounts are closed. The target carries no credentials: every client
+    brings its own (``dataclasses.replace(target, username=..., password=...)``)."""
+    from amqtt.broker import Broker
+
+    from vitalab.broker.amqtt_auth import broker_config
+
+    if port == 0 or not _port_free(host, port):
+        wanted, port = port, free_port(host)
+        if wanted:
+            logger.warning("port %d is taken (another broker?); the in-process broker uses %d", wanted, port)
+    broker = Broker(broker_config(accounts, host, port))
+    await broker.start()
+    stop_disconnecting = accounts.disconnect_revoked_on(broker, asyncio.get_running_loop())
+    logger.info("in-process MQTT broker on %s:%d (%d accounts)", host, port, len(accounts.current()))
+    try:
+        yield MqttTarget(host=host, port=port)
+    finally:
+        stop_disconnecting()
         await broker.shutdown()

@@ -19,8 +19,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 
-VITALAB_SERVICES = {"migrate", "ingest-1", "ingest-2", "api", "simulator"}
-ONE_SHOT = {"migrate"}
+VITALAB_SERVICES = {"migrate", "broker-init", "ingest-1", "ingest-2", "api", "simulator"}
+ONE_SHOT = {"migrate", "broker-init"}
 HEALTH_CONDITIONS = {"service_healthy", "service_completed_successfully"}
 
 
@@ -107,8 +107,8 @@ def test_ingesters_share_one_subscription(services: dict[str, dict[str, Any]]) -
     one, two = _env(services["ingest-1"]), _env(services["ingest-2"])
     assert one["VITALAB_INGEST_SHARE_GROUP"] == two["VITALAB_INGEST_SHARE_GROUP"] == "ingest"
     assert one["VITALAB_INGEST_CLIENT_ID"] != two["VITALAB_INGEST_CLIENT_ID"]
-    assert one["VITALAB_MQTT_URL"] == two["VITALAB_MQTT_URL"]
-    assert urlsplit(one["VITALAB_MQTT_URL"]).username == "ingest"
+    # one broker account (its client file written by broker-init, see test_mosquitto_config.py)
+    assert one["VITALAB_MQTT_URL_FILE"] == two["VITALAB_MQTT_URL_FILE"] == "/run/vitalab/mqtt/ingest.url"
     assert one["VITALAB_MQTT_PROTOCOL"] == two["VITALAB_MQTT_PROTOCOL"] == "5"  # shared subs are MQTT 5
     for env in (one, two):
         port = env["VITALAB_INGEST_METRICS_PORT"]
@@ -186,26 +186,30 @@ def test_timescaledb(services: dict[str, dict[str, Any]]) -> None:
 def test_mosquitto(services: dict[str, dict[str, Any]]) -> None:
     broker = services["mosquitto"]
     assert broker["image"] == "eclipse-mosquitto:2"
-    assert "1883:1883" in broker["ports"]
+    assert "127.0.0.1:1883:1883" in broker["ports"]  # plain MQTT on the host's loopback only
+    assert "8883:8883" in broker["ports"]  # TLS
     mounts = {}
     for volume in broker["volumes"]:
         source, target, *mode = volume.split(":")
         mounts[target] = (source, mode)
-    for name in ("mosquitto.conf", "acl", "passwd"):
+    for name in ("mosquitto.conf", "run.sh"):
         source, mode = mounts[f"/mosquitto/config/{name}"]
         assert source == f"./deploy/mosquitto/{name}"
         assert mode == ["ro"]
         assert (REPO / source).is_file()
-    source, _ = mounts["/mosquitto/data"]
-    assert not source.startswith((".", "/")), "persistence belongs in a named volume"
-    test = broker["healthcheck"]["test"]
-    assert test[:2] == ["CMD", "mosquitto_sub"]
-    assert test[test.index("-u") + 1] == "monitor"
+    for target in ("/mosquitto/data", "/mosquitto/auth", "/mosquitto/tls"):
+        source, _ = mounts[target]
+        assert not source.startswith((".", "/")), f"{target} belongs in a named volume"
+    kind, script = broker["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"
+    assert script.startswith("mosquitto_sub ")
+    assert "-u monitor" in script
 
 
 def test_simulator_uses_own_credentials(services: dict[str, dict[str, Any]]) -> None:
     env = _env(services["simulator"])
-    assert urlsplit(env["VITALAB_MQTT_URL"]).username == "simulator"
+    assert env["VITALAB_MQTT_URL_FILE"] == "/run/vitalab/mqtt/simulator.url"
+    assert "--service=simulator=simulator@demo" in services["broker-init"]["command"]  # its site only
     assert int(env["VITALAB_SIM_DEVICES"]) > 0
 
 

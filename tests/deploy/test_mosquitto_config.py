@@ -1,30 +1,26 @@
-"""The compose stack's Mosquitto configuration (deploy/mosquitto/) against a real mosquitto 2 broker.
+"""The compose stack's broker (deploy/mosquitto/ + docker-compose.yml) against a real mosquitto 2 broker.
 
-The broker is started from a temporary copy of ``deploy/mosquitto/mosquitto.conf`` whose listener and
-file paths are rewritten (free loopback port, the repository's ``passwd``/``acl``, a temporary
-persistence directory); the committed file is never modified. Everything else (anonymous access,
-throughput limits, ...) is exactly what compose runs.
-
-Observed with mosquitto 2.0.11: SUBSCRIBE is granted for any filter, ``read`` is enforced per delivered
-message against its concrete topic (so ``topic read vitalab/v1/#`` covers ``$share/ingest/...``); a
-denied PUBLISH is dropped, answered with PUBACK reason code 0x87 under MQTT 5 and a plain PUBACK under
-MQTT 3.1.1.
+The test does what `docker compose up` does, on this host: it runs the broker-init job's command
+(``python -m vitalab.broker init ...`` from docker-compose.yml, container paths mapped to a temp dir), then
+starts mosquitto through ``deploy/mosquitto/run.sh`` with a temporary copy of
+``deploy/mosquitto/mosquitto.conf`` whose listeners and file paths are rewritten (free loopback ports, the
+temp dir); the committed file is never modified. Everything else (anonymous access, TLS, throughput
+limits, ...) is exactly what compose runs. The account rules themselves are tested in tests/broker.
 """
 
 from __future__ import annotations
 
 import os
 import pwd
-import queue
 import shutil
 import socket
+import ssl
+import stat
 import subprocess
 import sys
-import threading
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -32,25 +28,18 @@ from urllib.parse import urlsplit, urlunsplit
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.enums import MQTTProtocolVersion
+
+from tests.broker.clients import Connector, Session, assert_not_authorized, token
+from vitalab.broker import GenerationReload, MosquittoAuth
+from vitalab.broker.reload import read_counter
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "mosquitto"
 COMPOSE_FILE = REPO / "docker-compose.yml"
-
-# Demo-only credentials, documented in deploy/mosquitto/README.md.
-DEMO_PASSWORDS = {
-    user: f"demo-{user}"
-    for user in ("ingest", "api", "simulator", "monitor", "gw-01", "bike-01", "treadmill-01")
-}
 SHARED_TELEMETRY = "$share/ingest/vitalab/v1/+/dev/+/telemetry"
-NOT_AUTHORIZED = 0x87
-TIMEOUT = 5.0
-PROTOCOLS = [pytest.param(mqtt.MQTTv5, id="mqtt5"), pytest.param(mqtt.MQTTv311, id="mqtt311")]
-
-
-# --- the broker ------------------------------------------------------------------------------------------
+TIMEOUT_S = 10.0
+IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
 def _find_binary(name: str) -> str | None:
@@ -58,13 +47,11 @@ def _find_binary(name: str) -> str | None:
     return shutil.which(name, path=path)
 
 
-def _require_binary(name: str) -> str:
+def _require_binary(name: str, package: str) -> str:
     found = _find_binary(name)
     if found is None:
-        reason = (
-            f"{name} binary not found (install Debian's `mosquitto` package); cannot test deploy/mosquitto"
-        )
-        if os.environ.get("CI") == "true":
+        reason = f"{name} not found (Debian package {package}); cannot test deploy/mosquitto"
+        if IN_CI:
             pytest.fail(reason)
         pytest.skip(reason)
     return found
@@ -87,212 +74,35 @@ def _directives(conf: Path) -> dict[str, list[str]]:
     return found
 
 
-def test_config_rewrite_targets_present() -> None:
-    """The directives the test rewrites exist exactly once, so the broker below really runs this file."""
+def _compose() -> dict[str, Any]:
+    with COMPOSE_FILE.open() as fh:
+        data: dict[str, Any] = yaml.safe_load(fh)
+    return data
+
+
+def _mounts(service: str) -> dict[str, str]:
+    """``{container path: volume or host path}`` of a compose service."""
+    found = {}
+    for volume in _compose()["services"][service].get("volumes", []):
+        source, target, *_mode = volume.split(":")
+        found[target] = source
+    return found
+
+
+# --- the committed files ---------------------------------------------------------------------------------
+
+
+def test_production_conf_requires_authentication_and_offers_tls() -> None:
     found = _directives(DEPLOY / "mosquitto.conf")
-    for key in ("listener", "password_file", "acl_file", "persistence_location"):
-        assert len(found.get(key, [])) == 1, key
-
-
-def _test_config(tmp: Path, port: int) -> Path:
-    rewrites = {
-        "listener": f"listener {port} 127.0.0.1",
-        "password_file": f"password_file {DEPLOY / 'passwd'}",
-        "acl_file": f"acl_file {DEPLOY / 'acl'}",
-        "persistence_location": f"persistence_location {tmp / 'data'}/",
-    }
-    lines = []
-    for line in (DEPLOY / "mosquitto.conf").read_text().splitlines():
-        key = line.strip().split(" ", 1)[0]
-        lines.append(rewrites.get(key, line))
-    # As root, mosquitto would switch to the `mosquitto` user, which cannot write the temp directory.
-    lines.append(f"user {pwd.getpwuid(os.geteuid()).pw_name}")
-    (tmp / "data").mkdir()
-    conf = tmp / "mosquitto.conf"
-    conf.write_text("\n".join(lines) + "\n")
-    return conf
-
-
-@dataclass
-class Broker:
-    port: int
-    log: Path
-    host: str = "127.0.0.1"
-
-    def log_tail(self) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
-
-
-def _wait_listening(proc: subprocess.Popen[bytes], port: int) -> bool:
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return True
-        except OSError:
-            time.sleep(0.02)
-    return False
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    binary = _require_binary("mosquitto")
-    for attempt in range(3):  # another process may grab the free port before mosquitto binds it
-        tmp = tmp_path_factory.mktemp(f"mosquitto{attempt}")
-        port = _free_port()
-        conf = _test_config(tmp, port)
-        log = tmp / "mosquitto.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen([binary, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
-        try:
-            if _wait_listening(proc, port):
-                yield Broker(port=port, log=log)
-                return
-        finally:
-            _stop(proc)
-    pytest.fail(f"mosquitto did not start with deploy/mosquitto/mosquitto.conf:\n{log.read_text()}")
-
-
-# --- an MQTT client with synchronous helpers -------------------------------------------------------------
-
-
-@dataclass
-class Session:
-    client: mqtt.Client
-    connack: ReasonCode | None = None
-    connected: threading.Event = field(default_factory=threading.Event)
-    disconnected: threading.Event = field(default_factory=threading.Event)
-    messages: queue.Queue[mqtt.MQTTMessage] = field(default_factory=queue.Queue)
-    pubacks: dict[int, ReasonCode] = field(default_factory=dict)
-    subacks: dict[int, list[ReasonCode]] = field(default_factory=dict)
-    subscribed: threading.Event = field(default_factory=threading.Event)
-
-    def subscribe(self, topic: str, qos: int = 1) -> list[ReasonCode]:
-        self.subscribed.clear()
-        _, mid = self.client.subscribe(topic, qos=qos)
-        assert mid is not None
-        assert self.subscribed.wait(TIMEOUT), f"no SUBACK for {topic}"
-        return self.subacks[mid]
-
-    def publish(self, topic: str, payload: bytes, qos: int = 1) -> ReasonCode:
-        """Publish and return the PUBACK reason code (QoS 1)."""
-        info = self.client.publish(topic, payload, qos=qos)
-        info.wait_for_publish(TIMEOUT)
-        assert info.is_published(), f"no PUBACK for {topic}"
-        return self.pubacks[info.mid]
-
-    def next_message(self) -> mqtt.MQTTMessage:
-        try:
-            return self.messages.get(timeout=TIMEOUT)
-        except queue.Empty:
-            pytest.fail("no message delivered within the timeout")
-
-
-@dataclass
-class Connector:
-    broker: Broker
-    sessions: list[Session] = field(default_factory=list)
-
-    def __call__(
-        self,
-        username: str | None,
-        password: str | None = None,
-        *,
-        protocol: MQTTProtocolVersion = mqtt.MQTTv5,
-    ) -> Session:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:12]}", protocol=protocol
-        )
-        client.reconnect_delay_set(min_delay=30, max_delay=30)  # a refused client must not retry here
-        session = Session(client)
-        if username is not None:
-            client.username_pw_set(username, password)
-
-        def on_connect(_c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
-            session.connack = reason
-            if reason.is_failure:
-                client.disconnect()  # ends the network loop now instead of after its reconnect wait
-            session.connected.set()
-
-        def on_disconnect(_c: mqtt.Client, _u: Any, _f: Any, _reason: ReasonCode, _p: Any) -> None:
-            session.disconnected.set()
-
-        def on_publish(_c: mqtt.Client, _u: Any, mid: int, reason: ReasonCode, _p: Any) -> None:
-            session.pubacks[mid] = reason
-
-        def on_subscribe(_c: mqtt.Client, _u: Any, mid: int, reasons: list[ReasonCode], _p: Any) -> None:
-            session.subacks[mid] = reasons
-            session.subscribed.set()
-
-        def on_message(_c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-            session.messages.put(message)
-
-        client.on_connect = on_connect
-        client.on_disconnect = on_disconnect
-        client.on_publish = on_publish
-        client.on_subscribe = on_subscribe
-        client.on_message = on_message
-        self.sessions.append(session)
-        client.connect(self.broker.host, self.broker.port, keepalive=30)
-        client.loop_start()
-        assert session.connected.wait(TIMEOUT), f"no CONNACK\n{self.broker.log_tail()}"
-        return session
-
-    def login(self, username: str, *, protocol: MQTTProtocolVersion = mqtt.MQTTv5) -> Session:
-        """Connect with the demo password and insist on success."""
-        session = self(username, DEMO_PASSWORDS[username], protocol=protocol)
-        assert session.connack is not None
-        assert not session.connack.is_failure, f"{username}: {session.connack}\n{self.broker.log_tail()}"
-        return session
-
-    def close(self) -> None:
-        for session in self.sessions:
-            session.client.disconnect()
-            if session.connack is not None and not session.connack.is_failure:
-                session.disconnected.wait(TIMEOUT)
-            session.client.loop_stop()
-
-
-@pytest.fixture
-def connect(broker: Broker) -> Iterator[Connector]:
-    connector = Connector(broker)
-    try:
-        yield connector
-    finally:
-        connector.close()
-
-
-def _token() -> bytes:
-    return uuid.uuid4().hex.encode()
-
-
-def _assert_refused(session: Session) -> None:
-    assert session.connack is not None
-    assert session.connack.is_failure
-    assert session.connack.getName() == "Not authorized"
-
-
-# --- the committed config --------------------------------------------------------------------------------
-
-
-def test_production_conf_requires_authentication() -> None:
-    found = _directives(DEPLOY / "mosquitto.conf")
-    assert found["listener"] == ["1883"]
+    assert found["listener"] == ["1883", "8883"]
     assert found["allow_anonymous"] == ["false"]
-    assert found["password_file"] == ["/mosquitto/config/passwd"]
-    assert found["acl_file"] == ["/mosquitto/config/acl"]
+    assert found["password_file"] == ["/mosquitto/auth/passwd"]
+    assert found["acl_file"] == ["/mosquitto/auth/acl"]
+    assert found["certfile"] == ["/mosquitto/tls/server.crt"]
+    assert found["keyfile"] == ["/mosquitto/tls/server.key"]
     assert found["persistence"] == ["true"]
     assert found["persistence_location"] == ["/mosquitto/data/"]
+    assert "pattern" not in found  # a pattern would apply to every account
 
 
 def test_throughput_settings_match_test_conf() -> None:
@@ -309,206 +119,335 @@ def test_throughput_settings_match_test_conf() -> None:
         assert suite.get(key) == value, key
 
 
-def test_passwd_holds_hashed_demo_users() -> None:
-    entries = dict(line.split(":", 1) for line in (DEPLOY / "passwd").read_text().splitlines() if line)
-    assert set(entries) == set(DEMO_PASSWORDS)
-    for user, hashed in entries.items():
-        assert hashed.startswith("$7$"), f"{user}: not a mosquitto_passwd PBKDF2 hash"
-
-
-# --- authentication --------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_anonymous_connect_refused(connect: Connector, protocol: MQTTProtocolVersion) -> None:
-    _assert_refused(connect(None, protocol=protocol))
-
-
-@pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_wrong_password_refused(connect: Connector, protocol: MQTTProtocolVersion) -> None:
-    _assert_refused(connect("bike-01", "demo-treadmill-01", protocol=protocol))
-
-
-@pytest.mark.parametrize("user", sorted(DEMO_PASSWORDS))
-def test_every_demo_user_logs_in(connect: Connector, user: str) -> None:
-    connect.login(user)
-
-
-# --- authorization (acl) ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_device_telemetry_reaches_shared_ingest_subscription(
-    connect: Connector, protocol: MQTTProtocolVersion
-) -> None:
-    ingest = connect.login("ingest")
-    assert not ingest.subscribe(SHARED_TELEMETRY)[0].is_failure
-    device = connect.login("bike-01", protocol=protocol)
-
-    payload = _token()
-    assert not device.publish("vitalab/v1/demo/dev/bike-01/telemetry", payload).is_failure
-
-    message = ingest.next_message()
-    assert (message.topic, message.payload) == ("vitalab/v1/demo/dev/bike-01/telemetry", payload)
-
-
-@pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_device_cannot_publish_as_another_device(connect: Connector, protocol: MQTTProtocolVersion) -> None:
-    ingest = connect.login("ingest")
-    ingest.subscribe(SHARED_TELEMETRY)
-    device = connect.login("bike-01", protocol=protocol)
-
-    reason = device.publish("vitalab/v1/demo/dev/treadmill-01/telemetry", b"spoofed")
-    if protocol == mqtt.MQTTv5:
-        assert reason.value == NOT_AUTHORIZED
-    else:  # MQTT 3.1.1 has no PUBACK reason codes: mosquitto acknowledges and drops the message
-        assert not reason.is_failure
-
-    # The broker handles one connection's packets in order: once this later, allowed message arrives, the
-    # spoofed one would have been delivered before it.
-    sentinel = _token()
-    device.publish("vitalab/v1/demo/dev/bike-01/telemetry", sentinel)
-    message = ingest.next_message()
-    assert (message.topic, message.payload) == ("vitalab/v1/demo/dev/bike-01/telemetry", sentinel)
-    assert ingest.messages.empty()
-
-
-def test_device_can_publish_all_its_own_kinds(connect: Connector) -> None:
-    device = connect.login("treadmill-01")
-    for kind in ("telemetry", "state", "meta", "raw"):
-        assert not device.publish(f"vitalab/v1/gym-2/dev/treadmill-01/{kind}", b"{}").is_failure, kind
-    assert device.publish("vitalab/v1/demo/gw/treadmill-01/status", b"{}").value == NOT_AUTHORIZED
-
-
-def test_gateway_publishes_own_status_and_device_topics(connect: Connector) -> None:
-    ingest = connect.login("ingest")
-    ingest.subscribe("vitalab/v1/+/gw/+/status")
-    ingest.subscribe(SHARED_TELEMETRY)
-    gateway = connect.login("gw-01")
-
-    assert gateway.publish("vitalab/v1/demo/gw/gw-02/status", b"spoofed").value == NOT_AUTHORIZED
-    status = _token()
-    assert not gateway.publish("vitalab/v1/demo/gw/gw-01/status", status).is_failure
-    telemetry = _token()
-    assert not gateway.publish("vitalab/v1/demo/dev/bike-01/telemetry", telemetry).is_failure
-
-    received = [ingest.next_message(), ingest.next_message()]
-    assert [(m.topic, m.payload) for m in received] == [
-        ("vitalab/v1/demo/gw/gw-01/status", status),
-        ("vitalab/v1/demo/dev/bike-01/telemetry", telemetry),
-    ]
-
-
-def test_simulator_writes_any_device_but_cannot_read(connect: Connector) -> None:
-    ingest = connect.login("ingest")
-    ingest.subscribe(SHARED_TELEMETRY)
-    simulator = connect.login("simulator")
-    assert not simulator.publish("vitalab/v1/demo/dev/sim-0007/telemetry", b"x").is_failure
-    assert ingest.next_message().topic == "vitalab/v1/demo/dev/sim-0007/telemetry"
-    assert simulator.publish("other/topic", b"x").value == NOT_AUTHORIZED
-
-
-@pytest.mark.parametrize("user", ["ingest", "api", "monitor"])
-def test_readers_cannot_publish(connect: Connector, user: str) -> None:
-    session = connect.login(user)
-    assert session.publish("vitalab/v1/demo/dev/bike-01/telemetry", b"x").value == NOT_AUTHORIZED
-
-
-def test_subscribe_is_granted_but_delivery_is_filtered(connect: Connector) -> None:
-    """mosquitto 2.0 checks `read` per delivered message, not at SUBSCRIBE (hence $share works)."""
-    device = connect.login("bike-01")
-    assert not device.subscribe("vitalab/v1/#")[0].is_failure  # granted, although bike-01 may read nothing
-    ingest = connect.login("ingest")
-    ingest.subscribe("vitalab/v1/#")
-
-    payload = _token()
-    device.publish("vitalab/v1/demo/dev/bike-01/state", payload)
-    assert ingest.next_message().payload == payload
-    # mosquitto queues a message for every permitted subscriber before it sends the PUBACK, on one
-    # connection in order: a copy for bike-01 would have arrived before the PUBACK publish() waited for.
-    assert device.messages.empty()
-
-
-def test_monitor_reads_sys_tree(connect: Connector) -> None:
-    monitor = connect.login("monitor")
-    monitor.subscribe("$SYS/broker/uptime")
-    message = monitor.next_message()
-    assert message.topic == "$SYS/broker/uptime"
-    assert message.payload.endswith(b"seconds")
-
-
-# --- docker-compose.yml against the broker ---------------------------------------------------------------
-
-
-def _compose() -> dict[str, Any]:
-    with COMPOSE_FILE.open() as fh:
-        data: dict[str, Any] = yaml.safe_load(fh)
-    return data
-
-
-def _compose_mqtt_urls() -> dict[str, str]:
-    urls = {}
+def test_no_secret_in_the_repository() -> None:
+    """No password file, no ACL with write-anywhere rules, no hash, no demo password (all generated at
+    first start)."""
+    assert not (DEPLOY / "passwd").exists()
+    assert not (DEPLOY / "acl").exists()
+    for path in [*DEPLOY.iterdir(), COMPOSE_FILE]:
+        text = path.read_text()
+        assert "$7$" not in text, path
+        assert "$6$" not in text, path
+        assert "demo-" not in text, path
     for name, service in _compose()["services"].items():
-        url = (service.get("environment") or {}).get("VITALAB_MQTT_URL")
-        if url is not None:
-            urls[name] = url
-    return urls
+        env = service.get("environment") or {}
+        assert "VITALAB_MQTT_URL" not in env, f"{name}: MQTT credentials come from broker-init's client files"
 
 
-def _local_url(url: str, broker: Broker, password: str | None = None) -> str:
-    parts = urlsplit(url)
-    userinfo = f"{parts.username}:{password if password is not None else parts.password}"
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{broker.host}:{broker.port}"))
+def test_broker_reads_what_broker_init_writes() -> None:
+    """Same volumes behind the paths: the init job's state dir is the broker's /mosquitto/auth, its TLS dir
+    the broker's /mosquitto/tls, its clients dir what the MQTT services mount."""
+    init, broker = _mounts("broker-init"), _mounts("mosquitto")
+    assert init["/broker/auth"] == broker["/mosquitto/auth"]
+    assert init["/broker/tls"] == broker["/mosquitto/tls"]
+    assert init["/broker/data"] == broker["/mosquitto/data"]
+    assert broker["/mosquitto/config/run.sh"] == "./deploy/mosquitto/run.sh"
+    services = _compose()["services"]
+    assert services["mosquitto"]["command"] == ["sh", "/mosquitto/config/run.sh"]
+    assert services["mosquitto"]["depends_on"]["broker-init"]["condition"] == "service_completed_successfully"
+    # the broker runs as the uid broker-init gives the volumes to (the account files are mode 0600)
+    owner = [a for a in services["broker-init"]["command"] if a.startswith("--owner=")]
+    assert owner == [f"--owner={services['mosquitto']['user']}"]
+    for name, service in services.items():
+        url_file = (service.get("environment") or {}).get("VITALAB_MQTT_URL_FILE")
+        if url_file is not None:
+            assert _mounts(name)[str(Path(url_file).parent)] == init["/broker/clients"], name
+            assert service["entrypoint"] == services["ingest-1"]["entrypoint"], name
 
 
-def test_compose_mqtt_credentials_are_accepted(connect: Connector) -> None:
-    urls = _compose_mqtt_urls()
-    assert {"ingest-1", "ingest-2", "api", "simulator"} <= set(urls)
-    for service, url in urls.items():
-        parts = urlsplit(url)
-        assert (parts.scheme, parts.hostname, parts.port) == ("mqtt", "mosquitto", 1883), service
-        session = connect(parts.username, parts.password)
-        assert session.connack is not None
-        assert not session.connack.is_failure, (
-            f"{service}: {parts.username} refused by deploy/mosquitto/passwd"
-        )
+# --- the broker as compose starts it -------------------------------------------------------------------
 
 
-def _mosquitto_healthcheck() -> list[str]:
-    test = _compose()["services"]["mosquitto"]["healthcheck"]["test"]
-    assert test[0] == "CMD"
-    return [arg.replace("$$", "$") for arg in test[1:]]  # compose turns `$$` into a literal `$`
+@dataclass
+class Stack:
+    port: int
+    tls_port: int
+    root: Path
+    log: Path
+    proc: subprocess.Popen[bytes]
+    host: str = "127.0.0.1"
+
+    @property
+    def auth_dir(self) -> Path:
+        return self.root / "auth"
+
+    @property
+    def clients_dir(self) -> Path:
+        return self.root / "clients"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.root / "tls" / "server.crt"
+
+    def password(self, account: str) -> str:
+        return (self.clients_dir / f"{account}.password").read_text().strip()
+
+    def local_url(self, container_url_file: str, password: str | None = None) -> str:
+        """The URL in a client file, pointed at this broker."""
+        url = urlsplit((self.clients_dir / Path(container_url_file).name).read_text().strip())
+        userinfo = f"{url.username}:{url.password if password is None else password}"
+        return urlunsplit(url._replace(netloc=f"{userinfo}@{self.host}:{self.port}"))
+
+    def log_tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
 
 
-def test_compose_mosquitto_healthcheck_passes(broker: Broker) -> None:
-    command = _mosquitto_healthcheck()
-    binary = _find_binary(command[0])
-    if binary is None:
-        reason = f"{command[0]} not found (Debian package mosquitto-clients); healthcheck not exercised"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    assert command[command.index("-t") + 1] == "$SYS/broker/uptime"
-    command[0] = binary
-    command[command.index("-h") + 1] = broker.host
-    command[command.index("-p") + 1] = str(broker.port)
-    result = subprocess.run(command, capture_output=True, timeout=10, check=False)
-    assert result.returncode == 0, result.stderr.decode() + broker.log_tail()
+def _container_to_local(root: Path, value: str) -> str:
+    for container in ("/broker/auth", "/broker/clients", "/broker/tls", "/broker/data"):
+        if value.startswith(container):
+            return str(root / container.rsplit("/", 1)[1]) + value[len(container) :]
+    return value
+
+
+def _run_broker_init(root: Path) -> list[str]:
+    """docker-compose.yml's broker-init command on this host (without the chown to the container uid)."""
+    service = _compose()["services"]["broker-init"]
+    assert service["entrypoint"] == ["python", "-m", "vitalab.broker"]
+    args = []
+    for arg in service["command"]:
+        if arg.startswith(("--owner=", "--own=")):
+            continue
+        key, sep, value = arg.partition("=")
+        args.append(f"{key}={_container_to_local(root, value)}" if sep else arg)
+    result = subprocess.run(
+        [sys.executable, "-m", "vitalab.broker", *args], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return args
+
+
+def _broker_conf(root: Path, port: int, tls_port: int) -> Path:
+    rewrites = {
+        "listener 1883": f"listener {port} 127.0.0.1",
+        "listener 8883": f"listener {tls_port} 127.0.0.1",
+        "password_file": f"password_file {root / 'auth' / 'passwd'}",
+        "acl_file": f"acl_file {root / 'auth' / 'acl'}",
+        "certfile": f"certfile {root / 'tls' / 'server.crt'}",
+        "keyfile": f"keyfile {root / 'tls' / 'server.key'}",
+        "persistence_location": f"persistence_location {root / 'data'}/",
+    }
+    lines = []
+    for line in (DEPLOY / "mosquitto.conf").read_text().splitlines():
+        stripped = line.strip()
+        key = next((k for k in rewrites if stripped == k or stripped.startswith(k + " ")), None)
+        lines.append(rewrites.pop(key) if key else line)
+    assert not rewrites, f"not found in mosquitto.conf: {sorted(rewrites)}"
+    # as root, mosquitto would switch to the `mosquitto` user, which cannot read the 0600 account files
+    lines.append(f"user {pwd.getpwuid(os.geteuid()).pw_name}")
+    conf = root / "mosquitto.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    return conf
+
+
+def _wait_listening(proc: subprocess.Popen[bytes], *ports: int) -> bool:
+    deadline = time.monotonic() + TIMEOUT_S
+    pending = set(ports)
+    while pending and time.monotonic() < deadline and proc.poll() is None:
+        for port in list(pending):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                pending.discard(port)
+            except OSError:
+                time.sleep(0.02)
+    return not pending
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()  # run.sh forwards it to mosquitto
+        try:
+            proc.wait(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    binary = _require_binary("mosquitto", "mosquitto")
+    _require_binary("openssl", "openssl")
+    root = tmp_path_factory.mktemp("compose")
+    (root / "data").mkdir()
+    _run_broker_init(root)
+    for attempt in range(3):  # another process may grab a free port before mosquitto binds it
+        port, tls_port = _free_port(), _free_port()
+        conf = _broker_conf(root, port, tls_port)
+        log = root / f"mosquitto{attempt}.log"
+        env = {
+            **os.environ,
+            "MOSQUITTO_CONF": str(conf),
+            "MOSQUITTO_BIN": binary,
+            "VITALAB_BROKER_STATE": str(root / "auth"),
+            "VITALAB_BROKER_POLL_S": "0.1",
+        }
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                ["sh", str(DEPLOY / "run.sh")], stdout=out, stderr=subprocess.STDOUT, env=env
+            )
+        try:
+            if _wait_listening(proc, port, tls_port):
+                yield Stack(port, tls_port, root, log, proc)
+                return
+        finally:
+            _stop(proc)
+    pytest.fail(f"mosquitto did not start with deploy/mosquitto/mosquitto.conf:\n{log.read_text()}")
+
+
+@pytest.fixture
+def connect(stack: Stack) -> Iterator[Connector]:
+    connector = Connector(stack.host, stack.port, mqtt.MQTTv5)
+    try:
+        yield connector
+    finally:
+        connector.close()
+
+
+def test_broker_init_files(stack: Stack) -> None:
+    for name in ("accounts.json", "passwd", "acl"):
+        assert stat.S_IMODE((stack.auth_dir / name).stat().st_mode) == 0o600, name
+    for path in stack.clients_dir.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE((stack.root / "tls" / "server.key").stat().st_mode) == 0o600
+    # a second start changes nothing: the services keep their passwords
+    before = {p.name: p.read_text() for p in stack.clients_dir.iterdir()}
+    _run_broker_init(stack.root)
+    assert {p.name: p.read_text() for p in stack.clients_dir.iterdir()} == before
+
+
+@pytest.mark.parametrize("protocol", [mqtt.MQTTv5, mqtt.MQTTv311], ids=["mqtt5", "mqtt311"])
+def test_anonymous_is_refused(connect: Connector, protocol: MQTTProtocolVersion) -> None:
+    assert_not_authorized(connect(None, protocol=protocol))
+
+
+def test_compose_services_log_in_with_their_client_files(stack: Stack, connect: Connector) -> None:
+    found = {}
+    for name, service in _compose()["services"].items():
+        url_file = (service.get("environment") or {}).get("VITALAB_MQTT_URL_FILE")
+        if url_file is None:
+            continue
+        url = urlsplit(stack.local_url(url_file))
+        found[name] = url.username
+        session = connect(url.username, url.password)
+        assert not session.refused, f"{name}: {url.username} refused\n{stack.log_tail()}"
+    assert found == {"ingest-1": "ingest", "ingest-2": "ingest", "api": "api", "simulator": "simulator"}
+
+
+def test_telemetry_reaches_the_ingesters_shared_subscription(stack: Stack, connect: Connector) -> None:
+    ingest = connect.login("ingest", stack.password("ingest"))
+    assert not ingest.subscribe(SHARED_TELEMETRY)[0].is_failure
+    simulator = connect.login("simulator", stack.password("simulator"))
+    topic, payload = "vitalab/v1/demo/dev/bike-001/telemetry", token()
+    assert not simulator.publish(topic, payload).is_failure
+    message = ingest.next_message()
+    assert (message.topic, message.payload) == (topic, payload)
+    # the simulator is confined to its site
+    assert simulator.publish("vitalab/v1/other/dev/bike-001/telemetry", b"x").value == 0x87
+
+
+def test_tls_listener(stack: Stack) -> None:
+    connector = Connector(stack.host, stack.tls_port, mqtt.MQTTv5)
+    try:
+        session = connector.login("monitor", stack.password("monitor"), tls_ca=str(stack.ca_file))
+        assert session.subscribe("$SYS/broker/uptime")[0].value == 1
+        assert session.next_message().payload.endswith(b"seconds")
+        assert_not_authorized(connector(None, tls_ca=str(stack.ca_file)))
+    finally:
+        connector.close()
+    # the certificate names 127.0.0.1; a client that does not trust it refuses the broker
+    context = ssl.create_default_context()
+    with (
+        socket.create_connection((stack.host, stack.tls_port), timeout=5) as raw,
+        pytest.raises(ssl.SSLCertVerificationError),
+    ):
+        context.wrap_socket(raw, server_hostname=stack.host)
+    trusting = ssl.create_default_context(cafile=str(stack.ca_file))
+    with (
+        socket.create_connection((stack.host, stack.tls_port), timeout=5) as raw,
+        trusting.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")
+
+
+def test_account_changes_reach_the_running_broker(stack: Stack, connect: Connector) -> None:
+    """run.sh turns the store's generation counter into a SIGHUP: a new device can log in once the
+    reload is confirmed, and revoking it drops its connection and refuses it."""
+    auth = MosquittoAuth(stack.auth_dir, GenerationReload(stack.auth_dir, wait_s=TIMEOUT_S))
+    device = auth.add_device("bike-777", "demo")
+    assert read_counter(stack.auth_dir / "applied") == read_counter(stack.auth_dir / "generation")
+    session: Session = connect.login("bike-777", device.password)
+
+    auth.revoke("bike-777")
+    assert session.disconnected.wait(TIMEOUT_S), stack.log_tail()
+    assert_not_authorized(connect("bike-777", device.password))
+
+
+# --- the health checks and the entrypoint in docker-compose.yml -------------------------------------------
+
+
+def test_compose_mosquitto_healthcheck_passes(stack: Stack, tmp_path: Path) -> None:
+    _require_binary("mosquitto_sub", "mosquitto-clients")
+    service = _compose()["services"]["mosquitto"]
+    kind, script = service["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"
+    script = script.replace("$$", "$")  # compose's escape for a literal `$`
+    assert "-p 1883" in script
+    script = script.replace("-p 1883", f"-p {stack.port}")
+    env_name = "VITALAB_MONITOR_PASSWORD_FILE"
+    assert service["environment"][env_name] == "/run/vitalab/mqtt/monitor.password"
+    assert _mounts("mosquitto")["/run/vitalab/mqtt"] == _mounts("broker-init")["/broker/clients"]
+
+    def run(password_file: Path) -> subprocess.CompletedProcess[bytes]:
+        env = {**os.environ, env_name: str(password_file)}
+        return subprocess.run(["sh", "-c", script], capture_output=True, timeout=15, env=env, check=False)
+
+    result = run(stack.clients_dir / "monitor.password")
+    assert result.returncode == 0, result.stderr.decode() + stack.log_tail()
     assert result.stdout.strip().endswith(b"seconds")
+    wrong = tmp_path / "wrong"
+    wrong.write_text("wrong\n")
+    assert run(wrong).returncode != 0
 
-    command[command.index("-P") + 1] = "wrong"
-    assert subprocess.run(command, capture_output=True, timeout=10, check=False).returncode != 0
 
-
-def test_compose_simulator_healthcheck_script(broker: Broker) -> None:
+def test_compose_simulator_healthcheck_script(stack: Stack, tmp_path: Path) -> None:
     simulator = _compose()["services"]["simulator"]
     test = simulator["healthcheck"]["test"]
     assert test[:3] == ["CMD", "python", "-c"]
-    url = simulator["environment"]["VITALAB_MQTT_URL"]
+    url_file = simulator["environment"]["VITALAB_MQTT_URL_FILE"]
 
-    def run(mqtt_url: str) -> int:
-        env = {**os.environ, "VITALAB_MQTT_URL": mqtt_url}
+    def run(url: str) -> int:
+        local = tmp_path / "simulator.url"
+        local.write_text(url + "\n")
+        env = {**os.environ, "VITALAB_MQTT_URL_FILE": str(local)}
         return subprocess.run([sys.executable, "-c", test[3]], env=env, timeout=15, check=False).returncode
 
-    assert run(_local_url(url, broker)) == 0
-    assert run(_local_url(url, broker, password="wrong")) == 1
+    assert run(stack.local_url(url_file)) == 0
+    assert run(stack.local_url(url_file, password="wrong")) == 1
+
+
+def test_compose_entrypoint_reads_the_url_file(stack: Stack, tmp_path: Path) -> None:
+    """The MQTT services' entrypoint exports VITALAB_MQTT_URL from the client file, then runs `vitalab`."""
+    entrypoint = _compose()["services"]["ingest-1"]["entrypoint"]
+    assert entrypoint[:2] == ["sh", "-c"]
+    script = entrypoint[2].replace("$$", "$")
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    fake = fake_bin / "vitalab"
+    fake.write_text('#!/bin/sh\nprintf "%s|%s\\n" "$VITALAB_MQTT_URL" "$*"\n')
+    fake.chmod(0o755)
+    url_file = stack.clients_dir / "ingest.url"
+    env = {
+        **os.environ,
+        "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}",
+        "VITALAB_MQTT_URL_FILE": str(url_file),
+    }
+    result = subprocess.run(
+        ["sh", "-c", script, *entrypoint[3:], "ingest"], capture_output=True, text=True, env=env, check=True
+    )
+    assert result.stdout.strip() == f"{url_file.read_text().strip()}|ingest"
+    # no client file, no start (rather than a broker URL without credentials)
+    env["VITALAB_MQTT_URL_FILE"] = str(tmp_path / "missing.url")
+    failed = subprocess.run(
+        ["sh", "-c", script, *entrypoint[3:], "ingest"], capture_output=True, env=env, check=False
+    )
+    assert failed.returncode != 0
+    assert failed.stdout == b""
