@@ -384,7 +384,9 @@ def _process_window(
         step *= 2
     report.samples_read += loaded.samples.n
 
-    joined = join_straps(seg, is_strap=devices.is_strap, site=devices.site_codes(), params=params)
+    joined = join_straps(
+        seg, is_strap=devices.is_strap, site=devices.site_codes(), params=params, samples=loaded.samples
+    )
     for i in np.flatnonzero(~joined.final).tolist():
         p, s = int(joined.primary[i]), int(joined.strap[i])
         for k in (p, s) if s >= 0 else (p,):
