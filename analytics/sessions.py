@@ -414,10 +414,10 @@ def assemble(
 
 
 def join_scores(seg: Segments, pm: I64, ps: I64) -> F64:
-    """How well machine segments ``pm`` and strap segments ``ps`` coincide, pairwise, in [0, 1]: the share of
-    the machine segment the strap covers, times the share of the strap segment the machine covers, times
-    ``1 / (1 + (|start difference| + |end difference|) / JOIN_EDGE_S)``. 1 for identical intervals; a strap worn
-    only during a short visit scores far higher with that visit than with a long session around it."""
+    """How well machine segments ``pm`` and strap segments ``ps`` coincide, pairwise, in [0, 1]: the share
+    of the machine segment the strap covers, times the share of the strap segment the machine covers, times
+    ``1 / (1 + (|start difference| + |end difference|) / JOIN_EDGE_S)``. 1 for identical intervals; a strap
+    worn only during a short visit scores far higher with that visit than with a long session around it."""
     m0, m1, s0, s1 = seg.start_s[pm], seg.end_s[pm], seg.start_s[ps], seg.end_s[ps]
     ov = np.maximum(np.minimum(m1, s1) - np.maximum(m0, s0), 0.0)
     # an instant segment (one active sample) counts as one second long
@@ -430,8 +430,9 @@ def join_scores(seg: Segments, pm: I64, ps: I64) -> F64:
 
 def hr_disagreement(samples: DeviceSamples, seg: Segments, pm: I64, ps: I64, tolerance_s: float) -> F64:
     """Per (machine segment, strap segment) pair: the median absolute difference (bpm) between the heart rate
-    the machine reports and the strap's nearest sample within ``tolerance_s``, over the machine's samples
-    inside both segments; NaN where they have no such pair of valid values (20–250 bpm)."""
+    the machine reports and the strap's nearest sample within ``tolerance_s`` (the earlier one on a tie),
+    over the machine's samples inside both segments; NaN where they have no such pair of valid values
+    (20–250 bpm)."""
     n = int(pm.shape[0])
     if n == 0:
         return np.zeros(0)

@@ -1,20 +1,26 @@
 """How well the analytics attribute straps and participants, measured against a simulated gym's truth.
 
 A :class:`~simulators.gymfleet.GymPlan` knows which member used which machine when, wearing which strap,
-and which visits were checked in. :func:`render` turns local days of the plan into exactly what the
-analytics job loads from the database after the wire-contract path (samples, the machines' training-status
-and the straps' online/offline events, check-ins: each strap paired with its owner for good, and the
-checked-in visits from :data:`~simulators.gymfleet.CHECK_IN_LEAD` before stepping on to
-:data:`~simulators.gymfleet.CHECK_OUT_LAG` after leaving), with the job's local-midnight breaks. No broker,
-no database: :func:`attribute` then runs the job's pure steps (:func:`analytics.sessions.assemble`, then
-:func:`analytics.sessions.join_straps`) and :func:`score` compares the sessions with the visits:
+and which visits were checked in. :func:`render` turns local days of the plan into what the analytics job
+loads from the database after the wire-contract path: every sample the devices send (the simulator's own
+:class:`~simulators.gymfleet.GymFleet`, tick by tick), the device events the publisher sends when a use
+starts or ends (a machine's first training status of the workout and ``post_workout``; a strap online and
+offline), the check-ins the kiosk makes (each member's strap paired with them for good; the checked-in visits
+from :data:`~simulators.gymfleet.CHECK_IN_LEAD` before stepping on to
+:data:`~simulators.gymfleet.CHECK_OUT_LAG` after leaving), and the job's breaks at the site's local
+midnights. No broker, no database, no clock: :func:`attribute` runs the job's pure steps
+(:func:`analytics.sessions.assemble`, then :func:`analytics.sessions.join_straps`) on the whole span and
+:func:`score` compares the sessions with the visits:
 
-* **strap visits joined right**: of the visits by a member who owns a strap (the strap sends during the
-  visit), the share whose strap ended up in the session of that visit's machine, and nowhere else;
-* **sessions with the right participant**: of the visits that became a session, the share whose session names
-  the visit's member when the platform can know them (a check-in, or their strap) and nobody otherwise.
+* **strap visits joined right**: of the visits by a member who owns a strap (it sends during their visits),
+  the share whose strap is in the session of that visit's machine and in no other machine session during
+  the visit;
+* **sessions with the right participant**: of the visits, the share whose machine session names the visit's
+  member when the platform can know them (the visit was checked in, or the member wears their strap) and
+  nobody otherwise.
 
-Sessions are matched to visits by machine and overlap. Deterministic from the plan's seed.
+A visit's session is the session of its machine that overlaps it most. Visits shorter than the shortest
+session are not counted. Deterministic from the plan's seed.
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 import numpy as np
+from numpy.typing import NDArray
 
 from analytics.sessions import (
     AssemblyParams,
@@ -52,21 +59,24 @@ _FIELDS = (
     "energy_kcal",
     "elapsed_s",
 )
+PAIRED_BEFORE = timedelta(days=1)
+"""Straps are paired with their owners this long before the first rendered day."""
 
 
 @dataclass(frozen=True, slots=True)
 class Rendered:
-    """Local days of a gym plan as the analytics' inputs; device codes index :attr:`device_ids`."""
+    """Local days of a gym plan as the analytics' inputs; device codes index :attr:`device_ids`,
+    participant codes :attr:`members`."""
 
     device_ids: list[str]
-    is_strap: np.ndarray
+    is_strap: NDArray[np.bool_]
     samples: DeviceSamples
-    breaks_device: np.ndarray
-    breaks_t_s: np.ndarray
+    breaks_device: NDArray[np.int64]
+    breaks_t_s: NDArray[np.float64]
     check_ins: CheckIns
     members: list[str]
-    """Participant code -> member id."""
     visits: list[Visit]
+    """The visits overlapping the rendered days."""
     start_s: float
     end_s: float
 
@@ -74,87 +84,83 @@ class Rendered:
 def render(plan: GymPlan, first_day: date, days: int = 1) -> Rendered:
     """``days`` local days of ``plan`` from ``first_day`` (see the module docstring)."""
     tz = plan.tz
-    start = datetime.combine(first_day, time(), tz)
-    end = datetime.combine(first_day + timedelta(days=days), time(), tz)
-    seconds = (end - start).total_seconds()
+    # in UTC: differences of aware datetimes in one zone are wall-clock differences (24 h on a DST day)
+    start = datetime.combine(first_day, time(), tz).astimezone(UTC)
+    end = datetime.combine(first_day + timedelta(days=days), time(), tz).astimezone(UTC)
     fleet = plan.fleet()
     ids = [d.device_id for d in plan.devices]
     code = {d: i for i, d in enumerate(ids)}
-    cols: dict[str, list[float]] = {f: [] for f in ("t_s", *_FIELDS)}
+    values: list[list[float]] = []
     dev: list[int] = []
-    ev_dev: list[int] = []
-    ev_t: list[float] = []
-    ev_kind: list[str] = []
-    ev_training: list[str | None] = []
-    for tick in fleet.iter_history(start, seconds):
+    events: list[tuple[int, float, str, str | None]] = []
+    for tick in fleet.iter_history(start, (end - start).total_seconds()):
         for change in fleet.use_changes():
-            d = change.device
-            ev_dev.append(code[d.device_id])
-            ev_t.append(change.t.timestamp())
-            if d.kind == "hr_strap":
-                ev_kind.append("state" if change.in_use else "offline")
-                ev_training.append(None)
-            else:
-                ev_kind.append("state")
-                ev_training.append(workout(d.plan).segments[0].training if change.in_use else "post_workout")
+            events.append(
+                _event(
+                    code[change.device.device_id],
+                    change.device.kind,
+                    change.device.plan,
+                    change.t,
+                    change.in_use,
+                )
+            )
         for d, s in tick:
             dev.append(code[d.device_id])
-            cols["t_s"].append(s.t.timestamp())
-            for f in _FIELDS:
-                v = getattr(s, f)
-                cols[f].append(math.nan if v is None else float(v))
-    for change in fleet.stop(end):
-        ev_dev.append(code[change.device.device_id])
-        ev_t.append(change.t.timestamp())
-        ev_kind.append("offline" if change.device.kind == "hr_strap" else "state")
-        ev_training.append(None if change.device.kind == "hr_strap" else "post_workout")
+            values.append(
+                [s.t.timestamp(), *(math.nan if (x := getattr(s, f)) is None else x for f in _FIELDS)]
+            )
+    for change in fleet.stop(end):  # a visit going on at the end (a day rendered on its own) ends there
+        events.append(
+            _event(code[change.device.device_id], change.device.kind, change.device.plan, change.t, False)
+        )
 
-    order = np.lexsort((np.asarray(cols["t_s"]), np.asarray(dev, dtype=np.int64)))
-    arrays = {k: np.asarray(v, dtype=np.float64)[order] for k, v in cols.items()}
+    table = np.asarray(values, dtype=np.float64).reshape(-1, 1 + len(_FIELDS))
+    device = np.asarray(dev, dtype=np.int64)
+    order = np.lexsort((table[:, 0], device))
+    table, device = table[order], device[order]
     samples = DeviceSamples(
-        device=np.asarray(dev, dtype=np.int64)[order],
-        t_s=arrays["t_s"],
-        **{f: arrays[f] for f in _FIELDS},
+        device, table[:, 0].copy(), *(table[:, 1 + i].copy() for i in range(len(_FIELDS)))
     )
-    ev_order = np.lexsort((np.asarray(ev_t), np.asarray(ev_dev, dtype=np.int64)))
+
+    events.sort(key=lambda e: (e[0], e[1]))
     bd, bt = status_breaks(
-        np.asarray(ev_dev, dtype=np.int64)[ev_order],
-        np.asarray(ev_t, dtype=np.float64)[ev_order],
-        [ev_kind[i] for i in ev_order.tolist()],
-        [ev_training[i] for i in ev_order.tolist()],
-        np.zeros(len(ev_dev), dtype=np.int64),
+        np.array([e[0] for e in events], dtype=np.int64),
+        np.array([e[1] for e in events], dtype=np.float64),
+        [e[2] for e in events],
+        [e[3] for e in events],
+        np.zeros(len(events), dtype=np.int64),
     )
-    # the job's local midnights: no session spans one
-    midnights = [
-        datetime.combine(first_day + timedelta(days=i), time(), tz).timestamp() for i in range(days + 1)
-    ]
-    bd = np.concatenate((bd, np.repeat(np.arange(len(ids), dtype=np.int64), len(midnights))))
-    bt = np.concatenate((bt, np.tile(np.asarray(midnights), len(ids))))
+    midnights = np.array(
+        [datetime.combine(first_day + timedelta(days=i), time(), tz).timestamp() for i in range(days + 1)]
+    )
+    bd = np.concatenate((bd, np.repeat(np.arange(len(ids), dtype=np.int64), midnights.size)))
+    bt = np.concatenate((bt, np.tile(midnights, len(ids))))
+    order = np.lexsort((bt, bd))
+    bd, bt = bd[order], bt[order]
 
     members = [m.member_id for m in plan.members]
     pcode = {m: i for i, m in enumerate(members)}
-    ci_dev: list[int] = []
-    ci_p: list[int] = []
-    ci_lo: list[float] = []
-    ci_hi: list[float] = []
-    for member_id, strap_id in plan.strap_of.items():  # paired once, for good
-        ci_dev.append(code[strap_id])
-        ci_p.append(pcode[member_id])
-        ci_lo.append(start.timestamp() - 86400.0)
-        ci_hi.append(math.inf)
+    rows = [
+        (code[strap_id], pcode[member_id], (start - PAIRED_BEFORE).timestamp(), math.inf)
+        for member_id, strap_id in plan.strap_of.items()
+    ]
     visits = plan.visits(start, end)
-    for v in visits:
-        if plan.checked_in(v):
-            ci_dev.append(code[v.device_id])
-            ci_p.append(pcode[v.member_id])
-            ci_lo.append((v.start - CHECK_IN_LEAD).timestamp())
-            ci_hi.append((v.end + CHECK_OUT_LAG).timestamp())
-    ci_order = np.lexsort((np.asarray(ci_lo), np.asarray(ci_dev, dtype=np.int64)))
+    rows += [
+        (
+            code[v.device_id],
+            pcode[v.member_id],
+            (v.start - CHECK_IN_LEAD).timestamp(),
+            (v.end + CHECK_OUT_LAG).timestamp(),
+        )
+        for v in visits
+        if plan.checked_in(v)
+    ]
+    rows.sort(key=lambda c: (c[0], c[2]))
     check_ins = CheckIns(
-        np.asarray(ci_dev, dtype=np.int64)[ci_order],
-        np.asarray(ci_p, dtype=np.int64)[ci_order],
-        np.asarray(ci_lo, dtype=np.float64)[ci_order],
-        np.asarray(ci_hi, dtype=np.float64)[ci_order],
+        np.array([c[0] for c in rows], dtype=np.int64),
+        np.array([c[1] for c in rows], dtype=np.int64),
+        np.array([c[2] for c in rows], dtype=np.float64),
+        np.array([c[3] for c in rows], dtype=np.float64),
     )
     is_strap = np.array([d.kind == "hr_strap" for d in plan.devices], dtype=bool)
     return Rendered(
@@ -162,8 +168,21 @@ def render(plan: GymPlan, first_day: date, days: int = 1) -> Rendered:
     )
 
 
-def attribute(r: Rendered, params: AssemblyParams = AssemblyParams()) -> tuple[Segments, Joined]:
-    """The job's pure steps on rendered days: the whole span is loaded and over (``now`` after it)."""
+def _event(
+    device: int, kind: str, plan: str, t: datetime, in_use: bool
+) -> tuple[int, float, str, str | None]:
+    """(device code, t, event kind, training status) of a use starting or ending, as the publisher sends it
+    and the ingester stores it."""
+    if kind == "hr_strap":
+        return device, t.timestamp(), "state" if in_use else "offline", None
+    return device, t.timestamp(), "state", workout(plan).segments[0].training if in_use else "post_workout"
+
+
+def attribute(
+    r: Rendered, params: AssemblyParams = AssemblyParams(), *, machine_hr: bool = True
+) -> tuple[Segments, Joined]:
+    """The job's pure steps on rendered days (the whole span loaded and over). ``machine_hr=False`` joins
+    by timing alone, as for machines that report no heart rate."""
     n = len(r.device_ids)
     active = active_mask(r.samples, r.is_strap)
     seg = assemble(
@@ -171,16 +190,15 @@ def attribute(r: Rendered, params: AssemblyParams = AssemblyParams()) -> tuple[S
         active,
         window_lo_s=np.full(n, -math.inf),
         window_hi_s=np.full(n, math.inf),
-        now_s=r.end_s + 86400.0,
+        now_s=math.inf,
         breaks_device=r.breaks_device,
         breaks_t_s=r.breaks_t_s,
         check_ins=r.check_ins,
         params=params,
     )
-    joined = join_straps(
-        seg, is_strap=r.is_strap, site=np.zeros(n, dtype=np.int64), params=params, samples=r.samples
-    )
-    return seg, joined
+    site = np.zeros(n, dtype=np.int64)
+    samples = r.samples if machine_hr else None
+    return seg, join_straps(seg, is_strap=r.is_strap, site=site, params=params, samples=samples)
 
 
 @dataclass(slots=True)
@@ -207,43 +225,65 @@ class Score:
         return self.sessions_right / self.sessions if self.sessions else math.nan
 
 
-def score(plan: GymPlan, r: Rendered, seg: Segments, joined: Joined, min_active_s: float = 120.0) -> Score:
-    """Compare joined sessions with the visits (module docstring)."""
+@dataclass(frozen=True, slots=True)
+class _Session:
+    start_s: float
+    end_s: float
+    strap: int  # device code, -1 none
+    member: str | None
+
+
+def score(
+    plan: GymPlan, r: Rendered, seg: Segments, joined: Joined, params: AssemblyParams = AssemblyParams()
+) -> Score:
+    """Compare the joined sessions with the visits (module docstring); :attr:`Score.failures` says which
+    visits went wrong and how."""
     out = Score()
     code = {d: i for i, d in enumerate(r.device_ids)}
-    # joined sessions per machine device: (start, end, strap device or -1, participant member or None)
-    by_machine: dict[int, list[tuple[float, float, int, str | None]]] = defaultdict(list)
-    strap_sessions: dict[int, list[tuple[float, float]]] = defaultdict(list)
-    for p, s, part in zip(joined.primary.tolist(), joined.strap.tolist(), joined.participant.tolist(), strict=True):
+    by_machine: dict[int, list[_Session]] = defaultdict(list)
+    for p, s, part in zip(
+        joined.primary.tolist(), joined.strap.tolist(), joined.participant.tolist(), strict=True
+    ):
         d = int(seg.device[p])
-        member = r.members[part] if part >= 0 else None
-        if r.is_strap[d]:
-            strap_sessions[d].append((float(seg.start_s[p]), float(seg.end_s[p])))
-            continue
-        strap_dev = int(seg.device[s]) if s >= 0 else -1
-        by_machine[d].append((float(seg.start_s[p]), float(seg.end_s[p]), strap_dev, member))
+        if not r.is_strap[d]:
+            strap = int(seg.device[s]) if s >= 0 else -1
+            member = r.members[part] if part >= 0 else None
+            by_machine[d].append(_Session(float(seg.start_s[p]), float(seg.end_s[p]), strap, member))
+
+    def overlap(x: _Session, lo: float, hi: float) -> float:
+        return min(x.end_s, hi) - max(x.start_s, lo)
+
     for v in r.visits:
-        lo, hi = v.start.timestamp(), v.end.timestamp() - 1.0
-        if hi - lo < min_active_s:
+        lo, hi = max(v.start.timestamp(), r.start_s), min(v.end.timestamp(), r.end_s) - 1.0
+        if hi - lo < params.min_active_s:
             continue
-        cands = by_machine.get(code[v.device_id], [])
-        best = max(cands, key=lambda c: min(c[1], hi) - max(c[0], lo), default=None)
-        if best is not None and min(best[1], hi) - max(best[0], lo) <= 0:
+        best = max(by_machine.get(code[v.device_id], []), key=lambda x: overlap(x, lo, hi), default=None)
+        if best is not None and overlap(best, lo, hi) <= 0:
             best = None
-        strap = plan.strap_of.get(v.member_id)
-        label = f"{v.member_id} on {v.device_id} {v.start:%Y-%m-%d %H:%M:%S}–{v.end:%H:%M:%S}"
-        if strap is not None:
+        label = f"{v.member_id} on {v.device_id} {v.start:%Y-%m-%d %H:%M:%S}-{v.end:%H:%M:%S}"
+        strap_id = plan.strap_of.get(v.member_id)
+        if strap_id is not None:
             out.strap_visits += 1
-            if best is not None and best[2] == code[strap]:
+            strap = code[strap_id]
+            elsewhere = [
+                r.device_ids[d]
+                for d, sessions in by_machine.items()
+                if d != code[v.device_id]
+                for x in sessions
+                if x.strap == strap and overlap(x, lo, hi) > 0
+            ]
+            if best is not None and best.strap == strap and not elsewhere:
                 out.strap_visits_right += 1
             else:
-                got = "no session" if best is None else (r.device_ids[best[2]] if best[2] >= 0 else "no strap")
-                out.failures.append(f"strap of {label}: {got}")
+                got = (
+                    "no session" if best is None else r.device_ids[best.strap] if best.strap >= 0 else "none"
+                )
+                out.failures.append(f"strap of {label}: joined {got}, also on {elsewhere}")
         out.sessions += 1
-        want = v.member_id if plan.checked_in(v) or strap is not None else None
-        if best is not None and best[3] == want:
+        want = v.member_id if plan.checked_in(v) or strap_id is not None else None
+        if best is not None and best.member == want:
             out.sessions_right += 1
         else:
-            got = "no session" if best is None else str(best[3])
+            got = "no session" if best is None else str(best.member)
             out.failures.append(f"participant of {label}: {got}, want {want}")
     return out
