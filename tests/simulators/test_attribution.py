@@ -11,10 +11,10 @@ import pytest
 
 from analytics.sessions import Joined
 from simulators.attribution import Score, attribute, render, score
-from simulators.gymfleet import GymConfig, GymPlan
+from simulators.gymfleet import MACHINE_MIX, GymConfig, GymPlan
 
 TARGET = 0.99
-KINDS = ("bike", "treadmill", "rower", "cross_trainer")
+KINDS = MACHINE_MIX  # bike, treadmill, rower, cross trainer: the mix of the end-to-end test
 # the gym of tests/test_gym_day_end_to_end.py: two busy hours, short visits, a class of two at 09:00
 CONFIG = GymConfig(
     open_h=8,
