@@ -36,11 +36,11 @@ run; it closes once ``gap_s`` passes without activity, or a break arrives). Any 
 caller must widen that window and assemble again (:attr:`Segments.needs_wider`).
 
 Strap + machine. :func:`join_straps` gives each machine segment at most one strap segment of the same site,
-the one it coincides with best, in one globally consistent assignment. Candidates are the overlapping pairs
-whose strap is checked in for a participant (a member's own strap is checked in to them for good) and whose
-machine segment is either checked in for the same participant or has no check-in, in which case they must
-overlap by at least ``min_join_overlap`` (default 0.5) of the shorter of the two; a strap never joins a
-machine another participant is checked in on. Each candidate gets a score (:func:`join_scores`): the share
+the one it coincides with best, in one globally consistent assignment. Candidates are the pairs that overlap
+by at least ``min_join_overlap`` (default 0.5) of the shorter of the two, whose strap is checked in for a
+participant (a member's own strap is checked in to them for good) and whose machine segment is checked in
+for the same participant or has no check-in: a strap never joins a machine another participant is checked
+in on. Each candidate gets a score (:func:`join_scores`): the share
 of the machine segment the strap covers times the share of the strap segment the machine covers, discounted
 by how far apart their starts and ends are; when the samples are given, times a heart-rate factor
 (:func:`hr_disagreement`: the median difference between the heart rate the machine reports and the strap's,
@@ -483,8 +483,8 @@ def join_straps(
         ov = np.minimum(seg.end_s[pm], seg.end_s[ps]) - np.maximum(seg.start_s[pm], seg.start_s[ps])
         shorter = np.minimum(seg.end_s[pm] - seg.start_s[pm], seg.end_s[ps] - seg.start_s[ps])
         checked_in = seg.participant[pm] == seg.participant[ps]
-        anonymous = (seg.participant[pm] < 0) & (ov >= params.min_join_overlap * np.maximum(shorter, 1e-9))
-        ok = np.flatnonzero(checked_in | anonymous)
+        enough = ov >= params.min_join_overlap * np.maximum(shorter, 1e-9)
+        ok = np.flatnonzero((checked_in | (seg.participant[pm] < 0)) & enough)
         score = join_scores(seg, pm, ps)
         if samples is not None:
             # heart-rate evidence: agreeing heart rates (machine and strap) count for the pair, disagreeing

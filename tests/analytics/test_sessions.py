@@ -469,6 +469,22 @@ def test_a_check_in_outranks_timing_and_names_the_session_without_a_strap() -> N
     assert got == {("bike", "strap"): 2, ("rower",): -1, ("treadmill",): 5}
 
 
+def test_a_check_in_needs_the_same_overlap_as_an_anonymous_join() -> None:
+    # P2 checked in on the bike (0..600) wearing their strap (0..600), then on the treadmill (590..1800)
+    # without it: the strap's last 10 s on the treadmill do not make it the treadmill's strap; both sessions
+    # are P2's through their check-ins
+    s = samples([(0, secs(0, 600)), (1, secs(0, 600)), (2, secs(590, 1800))])
+    ci = CheckIns(
+        device=np.array([0, 1, 2], dtype=np.int64),
+        participant=np.array([2, 2, 2], dtype=np.int64),
+        start_s=np.array([T0 - 30, T0 - 3600, T0 + 560]),
+        end_s=np.array([T0 + 615, math.inf, T0 + 1815]),
+    )
+    seg = run(s, 3, strap=(1,), check_ins=ci)
+    joined = join_straps(seg, is_strap=np.array([False, True, False]), site=np.zeros(3, np.int64))
+    assert _named(joined, seg, ["bike", "strap", "treadmill"]) == {("bike", "strap"): 2, ("treadmill",): 2}
+
+
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1))
 def test_hr_disagreement_matches_a_plain_loop(seed: int) -> None:
