@@ -38,23 +38,23 @@ caller must widen that window and assemble again (:attr:`Segments.needs_wider`).
 Strap + machine. :func:`join_straps` gives each machine segment at most one strap segment of the same site,
 the one it coincides with best, in one globally consistent assignment. Candidates are the pairs that overlap
 by at least ``min_join_overlap`` (default 0.5) of the shorter of the two, whose strap is checked in for a
-participant (a member's own strap is checked in to them for good) and whose machine segment is checked in
-for the same participant or has no check-in: a strap never joins a machine another participant is checked
-in on. Each candidate gets a score (:func:`join_scores`): the share
-of the machine segment the strap covers times the share of the strap segment the machine covers, discounted
-by how far apart their starts and ends are; when the samples are given, times a heart-rate factor
-(:func:`hr_disagreement`: the median difference between the heart rate the machine reports and the strap's,
-``exp(-d / HR_AGREEMENT_BPM)``, 0.5 when the machine reports none). Pairs are then taken greedily, those whose
-machine the strap's participant is checked in on first, then by descending score: a machine takes its best
-remaining strap; a strap may serve several machine segments one after the other (a member switching
+participant (a member's own strap is checked in to them for good) and whose machine segment is checked in for
+the same participant or has no check-in: a strap never joins a machine another participant is checked in on.
+Each candidate gets a score (:func:`join_scores`): the share of the machine segment the strap covers times the
+share of the strap segment the machine covers, discounted by how far apart their starts and ends are; when the
+samples are given, times a heart-rate factor ``exp(-d / HR_AGREEMENT_BPM)`` with ``d`` the median difference
+between the heart rate the machine reports and the strap's (:func:`hr_disagreement`), or 0.5 when the machine
+reports none (no evidence ranks between agreement and disagreement). Pairs are then taken greedily, those
+whose machine the strap's participant is checked in on first, then by descending score: a machine takes its
+best remaining strap; a strap may serve several machine segments one after the other (a member switching
 machines) but not two at once (their overlap at most ``switch_overlap_s``). So a strap worn only during a
-five-minute visit joins that visit, not a half-hour session on another machine covering the same minutes,
-and straps of a class that starts and ends together go to the machines whose heart rate they match. A joined
+five-minute visit joins that visit, not a half-hour session on another machine covering the same minutes, and
+straps of a class that starts and ends together go to the machines whose heart rate they match. A joined
 session spans the machine segment and lists both devices; its participant is the strap's (which equals the
-machine's check-in when there is one), else the machine's check-in; its heart rate and RR intervals come
-from the strap (machine heart rate only without a strap). Strap time outside every joined machine segment is
-not a session of its own when the strap joined at least one machine; a strap segment joined to none is a
-session of its own.
+machine's check-in when there is one), else the machine's check-in; its heart rate and RR intervals come from
+the strap (machine heart rate only without a strap). Strap time outside every joined machine segment is not a
+session of its own when the strap joined at least one machine; a strap segment joined to none is a session of
+its own.
 
 Identity. A session is identified by its sorted device ids, its start (first active sample of its primary
 device) and the algorithm version: the unique index of ``sessions`` in 0001; re-running on the same data
@@ -486,10 +486,11 @@ def join_straps(
         enough = ov >= params.min_join_overlap * np.maximum(shorter, 1e-9)
         ok = np.flatnonzero((checked_in | (seg.participant[pm] < 0)) & enough)
         score = join_scores(seg, pm, ps)
-        if samples is not None:
+        if samples is not None and ok.size:
             # heart-rate evidence: agreeing heart rates (machine and strap) count for the pair, disagreeing
             # ones against it, none is neutral (halfway)
-            mad = hr_disagreement(samples, seg, pm, ps, params.strap_hr_tolerance_s)
+            mad = np.full(pm.size, np.nan)
+            mad[ok] = hr_disagreement(samples, seg, pm[ok], ps[ok], params.strap_hr_tolerance_s)
             score = score * np.where(np.isnan(mad), 0.5, np.exp(-np.nan_to_num(mad) / HR_AGREEMENT_BPM))
         # globally greedy: checked-in pairs first, then by how well the intervals coincide; a machine takes
         # one strap, a strap serves machines one after the other (not two at once). Few pairs: a short loop.
