@@ -83,7 +83,13 @@ def process_window(
     data = read_window(conn, devices, lo_s, hi_s, tz=tz, now_s=now.timestamp(), params=params, grow=grow)
     result.samples_read = data.loaded.samples.n
     result.rejects = data_rejects(data.check_ins, devices, site_id)
-    joined = join_straps(data.seg, is_strap=devices.is_strap, site=devices.site_codes(), params=params)
+    joined = join_straps(
+        data.seg,
+        is_strap=devices.is_strap,
+        site=devices.site_codes(),
+        params=params,
+        samples=data.loaded.samples,
+    )
     result.open_ranges = open_ranges(joined, data.seg, devices)
     result.sessions_open = int((~joined.final).sum())
     final = finished(joined)

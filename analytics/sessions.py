@@ -35,13 +35,26 @@ device may still be in use, so it is not finalised (the job re-queues its range 
 run; it closes once ``gap_s`` passes without activity, or a break arrives). Any other uncertain edge means the
 caller must widen that window and assemble again (:attr:`Segments.needs_wider`).
 
-Strap + machine. :func:`join_straps` pairs a strap segment of participant P with a machine segment of the
-same site when P is checked in on that machine (best overlap first; a strap may serve several machines one
-after the other), or, for a machine without check-in, when their overlap is at least ``min_join_overlap``
-(default 0.5) of the shorter of the two (greedy by overlap; each strap and each machine then used once). A
-joined session spans the machine segment and lists both devices; its heart rate and RR intervals come from
-the strap (machine heart rate only without a strap). Strap time outside every joined machine segment is not
-a session of its own when the strap joined at least one machine.
+Strap + machine. :func:`join_straps` gives each machine segment at most one strap segment of the same site,
+the one it coincides with best, in one globally consistent assignment. Candidates are the pairs that overlap
+by at least ``min_join_overlap`` (default 0.5) of the shorter of the two, whose strap is checked in for a
+participant (a member's own strap is checked in to them for good) and whose machine segment is checked in for
+the same participant or has no check-in: a strap never joins a machine another participant is checked in on.
+Each candidate gets a score (:func:`join_scores`): the share of the machine segment the strap covers times the
+share of the strap segment the machine covers, discounted by how far apart their starts and ends are; when the
+samples are given, times a heart-rate factor ``exp(-d / HR_AGREEMENT_BPM)`` with ``d`` the median difference
+between the heart rate the machine reports and the strap's (:func:`hr_disagreement`), or 0.5 when the machine
+reports none (no evidence ranks between agreement and disagreement). Pairs are then taken greedily, those
+whose machine the strap's participant is checked in on first, then by descending score: a machine takes its
+best remaining strap; a strap may serve several machine segments one after the other (a member switching
+machines) but not two at once (their overlap at most ``switch_overlap_s``). So a strap worn only during a
+five-minute visit joins that visit, not a half-hour session on another machine covering the same minutes, and
+straps of a class that starts and ends together go to the machines whose heart rate they match. A joined
+session spans the machine segment and lists both devices; its participant is the strap's (which equals the
+machine's check-in when there is one), else the machine's check-in; its heart rate and RR intervals come from
+the strap (machine heart rate only without a strap). Strap time outside every joined machine segment is not a
+session of its own when the strap joined at least one machine; a strap segment joined to none is a session of
+its own.
 
 Identity. A session is identified by its sorted device ids, its start (first active sample of its primary
 device) and the algorithm version: the unique index of ``sessions`` in 0001; re-running on the same data
@@ -75,6 +88,12 @@ MAX_SESSION_S: Final[float] = 4 * 3600.0
 """Uninterrupted activity is cut into sessions of at most this length, counted from its start."""
 MIN_JOIN_OVERLAP: Final[float] = 0.5
 """Share of the shorter session a strap and a machine without check-in must overlap to be joined."""
+JOIN_EDGE_S: Final[float] = 60.0
+"""Scale of the start and end differences in :func:`join_scores` (s)."""
+SWITCH_OVERLAP_S: Final[float] = 60.0
+"""Two machine segments one strap serves may overlap by this much (s): a member switching machines."""
+HR_AGREEMENT_BPM: Final[float] = 10.0
+"""Scale of the heart-rate disagreement between a machine and a strap in the join score (bpm)."""
 STRAP_HR_TOLERANCE_S: Final[float] = 1.0
 """A machine row takes the strap heart rate of the nearest strap sample within this many seconds."""
 
@@ -98,6 +117,7 @@ class AssemblyParams:
     min_active_s: float = MIN_ACTIVE_S
     min_join_overlap: float = MIN_JOIN_OVERLAP
     max_session_s: float = MAX_SESSION_S
+    switch_overlap_s: float = SWITCH_OVERLAP_S
     strap_hr_tolerance_s: float = STRAP_HR_TOLERANCE_S
 
     def __post_init__(self) -> None:
@@ -107,6 +127,8 @@ class AssemblyParams:
             raise SessionInputError("min_active_s", f"must be >= 0, got {self.min_active_s}")
         if not self.max_session_s > self.min_active_s:
             raise SessionInputError("max_session_s", f"must be > min_active_s, got {self.max_session_s}")
+        if not self.switch_overlap_s >= 0:
+            raise SessionInputError("switch_overlap_s", f"must be >= 0, got {self.switch_overlap_s}")
         if not 0 < self.min_join_overlap <= 1:
             raise SessionInputError("min_join_overlap", f"must be in (0, 1], got {self.min_join_overlap}")
 
@@ -391,8 +413,60 @@ def assemble(
     )
 
 
+def join_scores(seg: Segments, pm: I64, ps: I64) -> F64:
+    """How well machine segments ``pm`` and strap segments ``ps`` coincide, pairwise, in [0, 1]: the share
+    of the machine segment the strap covers, times the share of the strap segment the machine covers, times
+    ``1 / (1 + (|start difference| + |end difference|) / JOIN_EDGE_S)``. 1 for identical intervals; a strap
+    worn only during a short visit scores far higher with that visit than with a long session around it."""
+    m0, m1, s0, s1 = seg.start_s[pm], seg.end_s[pm], seg.start_s[ps], seg.end_s[ps]
+    ov = np.maximum(np.minimum(m1, s1) - np.maximum(m0, s0), 0.0)
+    # an instant segment (one active sample) counts as one second long
+    m_len = np.maximum(m1 - m0, 1.0)
+    s_len = np.maximum(s1 - s0, 1.0)
+    cover = np.minimum(ov / m_len, 1.0) * np.minimum(ov / s_len, 1.0)
+    edges = np.abs(m0 - s0) + np.abs(m1 - s1)
+    return np.asarray(cover / (1.0 + edges / JOIN_EDGE_S), dtype=np.float64)
+
+
+def hr_disagreement(samples: DeviceSamples, seg: Segments, pm: I64, ps: I64, tolerance_s: float) -> F64:
+    """Per (machine segment, strap segment) pair: the median absolute difference (bpm) between the heart rate
+    the machine reports and the strap's nearest sample within ``tolerance_s`` (the earlier one on a tie),
+    over the machine's samples inside both segments; NaN where they have no such pair of valid values
+    (20–250 bpm)."""
+    n = int(pm.shape[0])
+    if n == 0:
+        return np.zeros(0)
+    first, last = seg.first_row[pm], seg.last_row[pm]
+    lengths = last - first + 1
+    rows = concat_ranges(first, lengths)
+    pair = np.repeat(np.arange(n), lengths)
+    t = samples.t_s[rows]
+    inside = (t >= seg.start_s[ps][pair]) & (t <= seg.end_s[ps][pair])
+    rows, pair, t = rows[inside], pair[inside], t[inside]
+    strap_dev = seg.device[ps][pair]
+    hr_s = _nearest_value(samples.device, samples.t_s, samples.hr_bpm, strap_dev, t, tolerance_s)
+    hr_m = samples.hr_bpm[rows]
+    with np.errstate(invalid="ignore"):
+        ok = (hr_m >= 20) & (hr_m <= 250) & (hr_s >= 20) & (hr_s <= 250)
+    d, g = np.abs(hr_m[ok] - hr_s[ok]), pair[ok]
+    order = np.lexsort((d, g))
+    d, g = d[order], g[order]
+    count = np.bincount(g, minlength=n)
+    start = np.concatenate(([0], np.cumsum(count)[:-1]))
+    lo, hi = start + (count - 1) // 2, start + count // 2
+    out = np.full(n, np.nan)
+    has = count > 0
+    out[has] = 0.5 * (d[lo[has]] + d[hi[has]])
+    return out
+
+
 def join_straps(
-    seg: Segments, *, is_strap: B, site: I64, params: AssemblyParams = AssemblyParams()
+    seg: Segments,
+    *,
+    is_strap: B,
+    site: I64,
+    params: AssemblyParams = AssemblyParams(),
+    samples: DeviceSamples | None = None,
 ) -> Joined:
     """Pair strap segments with machine segments (rules in the module docstring); ``is_strap`` and ``site``
     are indexed by device code. Segments that are too short and not open are left out."""
@@ -408,27 +482,31 @@ def join_straps(
     if pm.size:
         ov = np.minimum(seg.end_s[pm], seg.end_s[ps]) - np.maximum(seg.start_s[pm], seg.start_s[ps])
         shorter = np.minimum(seg.end_s[pm] - seg.start_s[pm], seg.end_s[ps] - seg.start_s[ps])
-        assigned = seg.participant[pm] == seg.participant[ps]
-        unassigned_ok = (seg.participant[pm] < 0) & (
-            ov >= params.min_join_overlap * np.maximum(shorter, 1e-9)
-        )
-        # checked-in pairs: each machine takes its best-overlapping strap of the same participant
-        a = np.flatnonzero(assigned & (ov > 0))
-        if a.size:
-            order = a[np.lexsort((ps[a], -ov[a], pm[a]))]
-            first = np.ones(order.size, dtype=bool)
-            first[1:] = pm[order][1:] != pm[order][:-1]
-            best = order[first]
-            strap_of[pm[best]] = ps[best]
-            strap_used[ps[best]] = True
-        # machines without check-in: greedy one-to-one by overlap (few pairs: a short loop over them)
-        u = np.flatnonzero(unassigned_ok)
-        if u.size:
-            for j in u[np.lexsort((ps[u], pm[u], -ov[u]))]:
-                m, s = int(pm[j]), int(ps[j])
-                if strap_of[m] < 0 and not strap_used[s]:
-                    strap_of[m] = s
-                    strap_used[s] = True
+        checked_in = seg.participant[pm] == seg.participant[ps]
+        enough = ov >= params.min_join_overlap * np.maximum(shorter, 1e-9)
+        ok = np.flatnonzero((checked_in | (seg.participant[pm] < 0)) & enough)
+        score = join_scores(seg, pm, ps)
+        if samples is not None and ok.size:
+            # heart-rate evidence: agreeing heart rates (machine and strap) count for the pair, disagreeing
+            # ones against it, none is neutral (halfway)
+            mad = np.full(pm.size, np.nan)
+            mad[ok] = hr_disagreement(samples, seg, pm[ok], ps[ok], params.strap_hr_tolerance_s)
+            score = score * np.where(np.isnan(mad), 0.5, np.exp(-np.nan_to_num(mad) / HR_AGREEMENT_BPM))
+        # globally greedy: checked-in pairs first, then by how well the intervals coincide; a machine takes
+        # one strap, a strap serves machines one after the other (not two at once). Few pairs: a short loop.
+        order = ok[np.lexsort((ps[ok], pm[ok], -score[ok], ~checked_in[ok]))]
+        served: dict[int, list[tuple[float, float]]] = {}
+        for j in order.tolist():
+            m, s = int(pm[j]), int(ps[j])
+            if strap_of[m] >= 0:
+                continue
+            m0, m1 = float(seg.start_s[m]), float(seg.end_s[m])
+            busy = served.setdefault(s, [])
+            if any(min(m1, b1) - max(m0, b0) > params.switch_overlap_s for b0, b1 in busy):
+                continue
+            busy.append((m0, m1))
+            strap_of[m] = s
+            strap_used[s] = True
 
     machines = m_idx
     straps_alone = np.flatnonzero(strap_seg & ~strap_used).astype(np.int64)

@@ -7,5 +7,6 @@ from __future__ import annotations
 
 from typing import Final
 
-ALGORITHM_VERSION: Final[str] = "2026.11.1"
-"""Bump when any metric's convention changes (stored next to every summary)."""
+ALGORITHM_VERSION: Final[str] = "2026.12.1"
+"""Bump when any metric's convention changes (stored next to every summary).
+2026.12.1: a strap joins the machine session it coincides with best (overlap, start, end, heart rate)."""

@@ -78,8 +78,10 @@ class GymClock:
     speed: float = 1.0
 
     @classmethod
-    def realtime(cls) -> GymClock:
-        return cls(datetime.now(UTC), asyncio.get_running_loop().time())
+    def starting_at(cls, anchor: datetime, speed: float = 1.0) -> GymClock:
+        """Gym time ``anchor`` now (the running event loop's time), then ``speed`` gym seconds per second.
+        The wall clock is never read: a real-time run passes the current time, a test a pinned one."""
+        return cls(anchor, asyncio.get_running_loop().time(), speed)
 
     def now(self) -> datetime:
         return self.anchor + timedelta(seconds=(asyncio.get_running_loop().time() - self.loop_t) * self.speed)

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -65,9 +65,14 @@ def stop_if_cancelled() -> None:
 
 
 def now_ms() -> datetime:
-    """Device clocks tick in milliseconds."""
+    """Device clocks tick in milliseconds. The wall clock: the default :data:`Clock` of real-time runs, read
+    only where a run starts (tests pass a pinned one)."""
     t = datetime.now(UTC)
     return t.replace(microsecond=t.microsecond // 1000 * 1000)
+
+
+Clock = Callable[[], datetime]
+"""What time it is for the simulated devices."""
 
 
 class FleetPublisher:
@@ -81,10 +86,12 @@ class FleetPublisher:
         *,
         max_in_flight: int = 1000,
         ack_timeout_s: float | None = None,
+        clock: Clock = now_ms,
     ) -> None:
         """Telemetry goes out with up to ``max_in_flight`` messages awaiting their PUBACK at once (aiomqtt
         waits for each PUBACK; one at a time would cap a fleet at one message per round trip); a PUBACK
-        later than ``ack_timeout_s`` (default: the client's timeout) fails the run."""
+        later than ``ack_timeout_s`` (default: the client's timeout) fails the run. ``clock`` stamps the
+        announcements and error states and paces :meth:`run_realtime` (default: the wall clock)."""
         self._client = client
         self.fleet = fleet
         self.gateway_id = gateway_id
@@ -97,6 +104,7 @@ class FleetPublisher:
         client.pending_calls_threshold = max(client.pending_calls_threshold, max_in_flight + 16)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._failure: BaseException | None = None
+        self.clock = clock
 
     async def announce(self) -> None:
         site = self.fleet.site
@@ -107,7 +115,7 @@ class FleetPublisher:
                     v=1,
                     gateway=self.gateway_id,
                     online=True,
-                    t=now_ms(),
+                    t=self.clock(),
                     devices=[d.device_id for d in self.fleet.devices],
                 )
             ),
@@ -120,7 +128,7 @@ class FleetPublisher:
             await self._client.publish(
                 device_topic(site, d.device_id, TopicKind.META), encode(d.meta()), qos=1, retain=True
             )
-            state = DeviceState(v=1, device=d.device_id, t=now_ms(), online=True, training=training)
+            state = DeviceState(v=1, device=d.device_id, t=self.clock(), online=True, training=training)
             await self._client.publish(
                 device_topic(site, d.device_id, TopicKind.STATE), encode(state), qos=1, retain=True
             )
@@ -187,7 +195,9 @@ class FleetPublisher:
             return
         for d in self.fleet.devices:
             if self.faults.device_error():
-                state = DeviceState(v=1, device=d.device_id, t=now_ms(), online=True, errors=["E_SIM_FAULT"])
+                state = DeviceState(
+                    v=1, device=d.device_id, t=self.clock(), online=True, errors=["E_SIM_FAULT"]
+                )
                 topic = device_topic(self.fleet.site, d.device_id, TopicKind.STATE)
                 await self._out(topic, encode(state), retain=True)
 
@@ -272,7 +282,7 @@ class FleetPublisher:
         await self.drain()
 
     async def run_realtime(self, *, samples_per_message: int = 1, duration_s: float | None = None) -> None:
-        """1 Hz device time following the wall clock, until cancelled or ``duration_s`` has passed."""
+        """1 Hz device time following the publisher's clock, until cancelled or ``duration_s`` has passed."""
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         pending: dict[str, list[Sample]] = defaultdict(list)
@@ -280,7 +290,7 @@ class FleetPublisher:
         while duration_s is None or tick < duration_s:
             self._tick += 1
             await self.report_errors()
-            await self._add(self.fleet.tick(now_ms()), pending, samples_per_message)
+            await self._add(self.fleet.tick(self.clock()), pending, samples_per_message)
             tick += 1
             await asyncio.sleep(max(0.0, t0 + tick - loop.time()))
             stop_if_cancelled()
@@ -309,6 +319,6 @@ def gateway_client(target: MqttTarget, gateway_id: str, site: str, *, protocol: 
     )
 
 
-def history_start(seconds: int) -> datetime:
-    """A backfill window that ends now."""
-    return now_ms() - timedelta(seconds=seconds)
+def history_start(seconds: int, clock: Clock = now_ms) -> datetime:
+    """A backfill window that ends now (by ``clock``)."""
+    return clock() - timedelta(seconds=seconds)

@@ -191,6 +191,7 @@ class SimTransport:
         on_uplink_storm: Callable[[], None] | None = None,
         backfill_s: float = 0.0,
         finish: bool = True,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         if speed is not None and speed <= 0:
             raise ValueError("speed must be positive (None: as fast as the gateway takes it)")
@@ -204,6 +205,7 @@ class SimTransport:
         self.speed = speed
         self.backfill_s = backfill_s
         self.finish = finish
+        self.clock = clock or now_s  # the current second of device time (tests pin it)
         self.live = speed is not None and backfill_s == 0
         self.dt_s = 1.0 / rate_hz
         self.on_uplink_storm = on_uplink_storm
@@ -219,9 +221,10 @@ class SimTransport:
                 yield batch
             self.live = self.speed is not None
         seconds = self.seconds
-        if self.backfill_s > 0 and self.speed == 1.0 and now_s() > start:
+        now = self.clock().replace(microsecond=0)
+        if self.backfill_s > 0 and self.speed == 1.0 and now > start:
             # real time after a backfill: from the current second, to the planned end
-            late = now_s() - start
+            late = now - start
             start += late
             seconds = None if seconds is None else max(0.0, seconds - late.total_seconds())
         async for batch in self._play(start, seconds, self.speed):

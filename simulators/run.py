@@ -1,9 +1,15 @@
 """Running a simulated gym: wire-contract devices on their own MQTT connection (``FleetPublisher``), raw-frame
 devices through an in-process gateway (``SimTransport`` -> ``GatewayService`` -> ``GatewayPublisher``).
 
-Speeds: ``speed=1`` follows the wall clock (open-ended without a duration); ``speed=N`` plays ``duration``
+Speeds: ``speed=1`` follows the clock (open-ended without a duration); ``speed=N`` plays ``duration``
 seconds of device time N times faster, ending now; a backfill plays history as fast as the broker (wire
 devices) or the gateway's backlog (raw devices) allows, before the live part.
+
+Clocks. What "now" is comes from the caller: ``clock`` (default the wall clock, read where a run starts)
+or, for a gym, ``SimulationPlan.start``. A gym run keeps one :class:`~simulators.kiosk.GymClock` from its
+start (gym time ``start`` at that moment, then ``speed`` gym seconds per second) for everything that asks
+for the current time afterwards (the live part after a backfill, the devices' announcements, the kiosk), so
+a run pinned to a chosen moment behaves the same whatever the wall clock says.
 
 With ``SimulationPlan.gym`` the devices are those of a gym day (:mod:`simulators.gymfleet`): machines used
 by members who come and go, and members' own straps; the backfill (``--days``) is history ending where the
@@ -18,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from gateway.publisher import GatewayPublisher
@@ -36,7 +42,7 @@ from simulators.gymfleet import (
     parse_range,
 )
 from simulators.kiosk import GymClock, Kiosk, stays
-from simulators.publisher import FleetPublisher, gateway_client, history_start, now_ms
+from simulators.publisher import Clock, FleetPublisher, gateway_client, history_start, now_ms
 from simulators.rawfleet import RawFleet, SimTransport, now_s
 from vitalab.settings import MqttTarget, Settings
 from vitalab.wire import DeviceKind
@@ -105,11 +111,13 @@ async def run_raw_gateway(
     protocol: str = "5",
     backfill_s: float = 0.0,
     finish: bool = True,
+    clock: Clock | None = None,
 ) -> ServiceStats:
     """Raw-frame devices through an in-process gateway; returns once everything was delivered (a finite
     run) or when cancelled (what is batching is then kept in the buffer file for the next run). With
     ``backfill_s``, the history before ``start`` first; ``finish=False`` leaves the machines as they are at
-    the end (see :class:`SimTransport`)."""
+    the end (see :class:`SimTransport`). ``clock``: the current device time of a real-time run after a
+    backfill (default: the wall clock)."""
     async with GatewayPublisher(
         target, fleet.site, gateway_id, buffer_path, protocol="5" if protocol == "5" else "3.1.1"
     ) as publisher:
@@ -121,6 +129,7 @@ async def run_raw_gateway(
             on_uplink_storm=publisher.drop_connection,
             backfill_s=backfill_s,
             finish=finish,
+            clock=clock,
         )
         service = GatewayService(publisher, [transport])
         await service.run()
@@ -148,7 +157,8 @@ class SimulationPlan:
     api_url: str | None = None
     """With a gym: the platform's HTTP API, for the kiosk (members, strap pairing, check-ins)."""
     start: datetime | None = None
-    """With a gym: where history ends and the live part starts (default: now; accelerated: now - duration)."""
+    """With a gym: where history ends and the live part starts (default: now; accelerated: now - duration);
+    the gym's clock reads this at the start of the run, whatever the wall clock says."""
     close_at_end: bool = True
     """With a gym and a finite run: members still training at the end leave then (machines stop, straps
     disconnect, the kiosk checks them out). ``False``: a history run whose visits a live run continues."""
@@ -164,13 +174,19 @@ class SimulationPlan:
 
 
 async def simulate(
-    target: MqttTarget, site: str, plan: SimulationPlan, *, protocol: str = "5", data_dir: Path
+    target: MqttTarget,
+    site: str,
+    plan: SimulationPlan,
+    *,
+    protocol: str = "5",
+    data_dir: Path,
+    clock: Clock = now_ms,
 ) -> None:
-    """`vitalab simulate`: both kinds of devices, concurrently."""
+    """`vitalab simulate`: both kinds of devices, concurrently; ``clock`` says what time it is."""
     if plan.speed != 1.0 and plan.duration_s is None:
         raise ValueError("an accelerated run needs a duration")
     if plan.gym is not None:
-        await simulate_gym(target, site, plan, protocol=protocol, data_dir=data_dir)
+        await simulate_gym(target, site, plan, protocol=protocol, data_dir=data_dir, clock=clock)
         return
     fleet = Fleet.build(site, plan.devices, seed=plan.seed, mix=plan.mix, class_share=plan.class_share)
     wire, raw = split_fleet(fleet, plan.raw_share)
@@ -178,32 +194,37 @@ async def simulate(
     async with asyncio.TaskGroup() as tg:
         if wire.devices:
             injector = FaultInjector(plan.faults, seed=plan.seed) if faulty and plan.faults else None
-            tg.create_task(_wire(target, wire, plan, protocol, injector))
+            tg.create_task(_wire(target, wire, plan, protocol, injector, clock))
         if raw.devices:
             injector = FaultInjector(plan.faults, seed=plan.seed + 1) if faulty and plan.faults else None
             raw_fleet = RawFleet(raw, plan.ant_share, injector, record=False)
-            tg.create_task(_raw(target, raw_fleet, plan, protocol, data_dir))
+            tg.create_task(_raw(target, raw_fleet, plan, protocol, data_dir, clock))
 
 
-def _live_start(plan: SimulationPlan) -> datetime:
+def _live_start(plan: SimulationPlan, clock: Clock) -> datetime:
     if plan.speed == 1.0 or plan.duration_s is None:
-        return now_ms()
-    return now_ms() - timedelta(seconds=plan.duration_s)
+        return clock()
+    return clock() - timedelta(seconds=plan.duration_s)
 
 
 async def _wire(
-    target: MqttTarget, fleet: Fleet, plan: SimulationPlan, protocol: str, faults: FaultInjector | None
+    target: MqttTarget,
+    fleet: Fleet,
+    plan: SimulationPlan,
+    protocol: str,
+    faults: FaultInjector | None,
+    clock: Clock,
 ) -> None:
     async with gateway_client(target, "sim-gw", fleet.site, protocol=protocol) as client:
-        publisher = FleetPublisher(client, fleet, "sim-gw", faults=faults)
+        publisher = FleetPublisher(client, fleet, "sim-gw", faults=faults, clock=clock)
         await publisher.announce()
         if plan.backfill_s:
             await publisher.backfill(
-                history_start(plan.backfill_s), plan.backfill_s, plan.samples_per_message
+                history_start(plan.backfill_s, clock), plan.backfill_s, plan.samples_per_message
             )
         if plan.duration_s is None or plan.duration_s > 0:
             await publisher.run_paced(
-                _live_start(plan),
+                _live_start(plan, clock),
                 plan.duration_s,
                 speed=plan.speed,
                 samples_per_message=plan.samples_per_message,
@@ -217,11 +238,11 @@ async def _wire(
 
 
 async def _raw(
-    target: MqttTarget, fleet: RawFleet, plan: SimulationPlan, protocol: str, data_dir: Path
+    target: MqttTarget, fleet: RawFleet, plan: SimulationPlan, protocol: str, data_dir: Path, clock: Clock
 ) -> None:
     buffer = data_dir / "gateway" / "sim-raw-gw.sqlite"
     if plan.backfill_s:
-        start = history_start(plan.backfill_s)
+        start = history_start(plan.backfill_s, clock)
         stats = await run_raw_gateway(
             target,
             fleet,
@@ -237,7 +258,7 @@ async def _raw(
         stats = await run_raw_gateway(
             target,
             fleet,
-            _live_start(plan),
+            _live_start(plan, clock),
             plan.duration_s,
             speed=plan.speed,
             gateway_id="sim-raw-gw",
@@ -249,38 +270,54 @@ async def _raw(
         logger.info("faults injected (raw devices): %s", dict(fleet.faults.log.counts))
 
 
+def _ms(t: datetime) -> datetime:
+    """Device clocks tick in milliseconds."""
+    return t.replace(microsecond=t.microsecond // 1000 * 1000)
+
+
 # --- a gym day ----------------------------------------------------------------------------------------------
 
 
 async def simulate_gym(
-    target: MqttTarget, site: str, plan: SimulationPlan, *, protocol: str = "5", data_dir: Path
+    target: MqttTarget,
+    site: str,
+    plan: SimulationPlan,
+    *,
+    protocol: str = "5",
+    data_dir: Path,
+    clock: Clock = now_s,
 ) -> GymPlan:
     """A gym (``plan.gym``): wire-contract and raw-frame devices and the kiosk, concurrently; returns the
-    :class:`GymPlan` (the truth: visits, check-ins, straps)."""
+    :class:`GymPlan` (the truth: visits, check-ins, straps). ``clock`` is read once, when ``plan.start``
+    is not set; from then on the run's :class:`GymClock` tells the time (module docstring)."""
     if plan.gym is None:
         raise ValueError("simulate_gym needs plan.gym")
     if plan.speed != 1.0 and plan.duration_s is None:
         raise ValueError("an accelerated run needs a duration")
     gym = GymPlan(site, plan.devices, seed=plan.seed, config=plan.gym, kinds=plan.mix)
     wire, raw = split_fleet(gym.fleet(), plan.raw_share)
-    now = now_s()
     duration = plan.duration_s
-    live = plan.start or (now if plan.speed == 1.0 or not duration else now - timedelta(seconds=duration))
-    live = live.replace(microsecond=0)
+    if plan.start is not None:
+        live = plan.start
+    else:
+        now = clock()
+        live = now if plan.speed == 1.0 or not duration else now - timedelta(seconds=duration)
+    live = live.astimezone(UTC).replace(microsecond=0)
+    gym_clock = GymClock.starting_at(live, plan.speed)
     history = live - timedelta(seconds=plan.backfill_s)
     end = None if duration is None else live + timedelta(seconds=duration)
     faults = plan.faults if plan.faults is not None and plan.faults != FaultRates() else None
     async with asyncio.TaskGroup() as tg:
         if wire.devices:
             injector = FaultInjector(faults, seed=plan.seed) if faults else None
-            tg.create_task(_gym_wire(target, wire, plan, protocol, injector, live, end))
+            tg.create_task(_gym_wire(target, wire, plan, protocol, injector, live, end, gym_clock))
         if raw.devices:
             injector = FaultInjector(faults, seed=plan.seed + 1) if faults else None
             raw_fleet = RawFleet(raw, plan.ant_share, injector, record=False)
             buffer = data_dir / "gateway" / f"{plan.gateway_id}-raw.sqlite"
-            tg.create_task(_gym_raw(target, raw_fleet, plan, protocol, buffer, live))
+            tg.create_task(_gym_raw(target, raw_fleet, plan, protocol, buffer, live, gym_clock))
         if plan.api_url:
-            tg.create_task(_gym_kiosk(gym, plan, plan.api_url, history, live, end))
+            tg.create_task(_gym_kiosk(gym, plan, plan.api_url, history, end, gym_clock))
     return gym
 
 
@@ -292,6 +329,7 @@ async def _gym_wire(
     faults: FaultInjector | None,
     live: datetime,
     end: datetime | None,
+    clock: GymClock,
 ) -> None:
     gw = plan.gateway_id
     async with gateway_client(target, gw, fleet.site, protocol=protocol) as client:
@@ -303,6 +341,7 @@ async def _gym_wire(
             faults=faults,
             max_in_flight=plan.max_in_flight,
             ack_timeout_s=GYM_ACK_TIMEOUT_S,
+            clock=lambda: _ms(clock.now()),
         )
         await publisher.announce()
         if plan.backfill_s:
@@ -311,7 +350,7 @@ async def _gym_wire(
             )
         if end is None or end > live:
             # real time: from the current second (the backfill took time) to the planned end
-            start = max(live, now_s()) if plan.speed == 1.0 else live
+            start = max(live, clock.now().replace(microsecond=0)) if plan.speed == 1.0 else live
             seconds = None if end is None else max(0.0, (end - start).total_seconds())
             await publisher.run_paced(
                 start, seconds, speed=plan.speed, samples_per_message=plan.samples_per_message
@@ -325,7 +364,13 @@ async def _gym_wire(
 
 
 async def _gym_raw(
-    target: MqttTarget, fleet: RawFleet, plan: SimulationPlan, protocol: str, buffer: Path, live: datetime
+    target: MqttTarget,
+    fleet: RawFleet,
+    plan: SimulationPlan,
+    protocol: str,
+    buffer: Path,
+    live: datetime,
+    clock: GymClock,
 ) -> None:
     stats = await run_raw_gateway(
         target,
@@ -338,15 +383,14 @@ async def _gym_raw(
         protocol=protocol,
         backfill_s=plan.backfill_s,
         finish=plan.close_at_end,
+        clock=lambda: clock.now().replace(microsecond=0),
     )
     logger.info("gym, raw devices: %s", stats)
 
 
 async def _gym_kiosk(
-    gym: GymPlan, plan: SimulationPlan, api_url: str, history: datetime, live: datetime, end: datetime | None
+    gym: GymPlan, plan: SimulationPlan, api_url: str, history: datetime, end: datetime | None, clock: GymClock
 ) -> None:
-    loop = asyncio.get_running_loop()
-    clock = GymClock.realtime() if plan.speed == 1.0 else GymClock(live, loop.time(), plan.speed)
     async with Kiosk(api_url, gym) as kiosk:
         try:
             await kiosk.register(plan.registered_from or history - timedelta(minutes=1))

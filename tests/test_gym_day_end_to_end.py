@@ -1,7 +1,11 @@
 """Two days of a simulated gym (`vitalab simulate --gym --days 2`, half of it as BLE/ANT+ frames through the
 in-process gateway) -> Mosquitto -> ingester -> PostgreSQL, members registered and checked in by the kiosk
 through the HTTP API, then `analytics run`: the sessions are the simulator's visits, with their participant,
-members' straps joined with the machines they used, and daily series for the members."""
+members' straps joined with the machines they used, and daily series for the members.
+
+The simulated clock is pinned (the wall clock is never read): the two days ending at the moment of issue
+10's failing CI run (a strap joined to the wrong session), both DST changes of a gym in Brussels (23- and
+25-hour local days), and a gym in Tokyo whose opening hours (08-10 local) straddle midnight UTC."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -18,7 +23,6 @@ import pytest
 from analytics.jobs import run_once
 from simulators.gym import Visit
 from simulators.gymfleet import GymConfig, GymPlan
-from simulators.rawfleet import now_s
 from simulators.run import SimulationPlan, simulate_gym
 from tests.conftest import Mosquitto
 from tests.support.helpers import make_settings, running_api, running_ingester, scalar, wait_until
@@ -27,6 +31,8 @@ pytestmark = pytest.mark.asyncio
 
 SITE = "gym-e2e"
 MIN_ACTIVE_S = 120  # analytics.sessions.MIN_ACTIVE_S
+CENTURY_S = 100 * 365 * 86400
+"""Accepted sample age: the pinned days stay acceptable to the ingester whenever the test runs."""
 
 
 def rows(url: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -41,9 +47,25 @@ def clipped(v: Visit, lo: Any, hi: Any) -> tuple[Any, Any]:
     return first, last
 
 
+@pytest.mark.parametrize(
+    ("live", "timezone"),
+    [
+        pytest.param(datetime(2026, 12, 4, 14, 0, tzinfo=UTC), "UTC", id="issue-10-run"),
+        pytest.param(datetime(2026, 3, 30, 12, 0, tzinfo=UTC), "Europe/Brussels", id="dst-spring"),
+        pytest.param(datetime(2026, 10, 26, 12, 0, tzinfo=UTC), "Europe/Brussels", id="dst-autumn"),
+        pytest.param(datetime(2026, 7, 15, 0, 30, tzinfo=UTC), "Asia/Tokyo", id="midnight-utc"),
+    ],
+)
 async def test_two_gym_days_become_sessions_with_participants_and_straps(
-    mosquitto: Mosquitto, database_url: str, tmp_path: Path
+    mosquitto: Mosquitto, database_url: str, tmp_path: Path, live: datetime, timezone: str
 ) -> None:
+    tz = ZoneInfo(timezone)
+    with psycopg.connect(database_url) as conn:  # the site's local days and midnights
+        conn.execute(
+            "INSERT INTO sites (site_id, timezone) VALUES (%s, %s) "
+            "ON CONFLICT (site_id) DO UPDATE SET timezone = EXCLUDED.timezone",
+            (SITE, timezone),
+        )
     config = GymConfig(
         open_h=8,
         close_h=10,
@@ -54,8 +76,8 @@ async def test_two_gym_days_become_sessions_with_participants_and_straps(
         check_in_share=0.7,
         classes=((9 * 60, "hiit30"),),
         class_size=2,
+        timezone=timezone,
     )
-    live = now_s()
     plan = SimulationPlan(
         devices=6,  # bike-005 and treadmill-006 send BLE FTMS frames, so do half of the straps (or ANT+)
         seed=5,
@@ -69,7 +91,9 @@ async def test_two_gym_days_become_sessions_with_participants_and_straps(
         start=live,
     )
     history = live - timedelta(seconds=plan.backfill_s)
-    settings = make_settings(site=SITE, ingest_client_id="ingest-gym-e2e", ingest_batch_rows=2000)
+    settings = make_settings(
+        site=SITE, ingest_client_id="ingest-gym-e2e", ingest_batch_rows=2000, max_past_s=CENTURY_S
+    )
     async with (
         running_ingester(settings, mosquitto.target, database_url),
         running_api(settings, database_url) as api,
@@ -106,7 +130,7 @@ async def test_two_gym_days_become_sessions_with_participants_and_straps(
         (v.device_id, pids[v.member_id], v.start - timedelta(seconds=30)) for v in checked
     )
 
-    report = run_once(database_url, now=datetime.now(UTC))  # the simulation ran on the wall clock
+    report = run_once(database_url, now=live + timedelta(minutes=10))
     assert report.sessions_open == 0
     sessions = rows(
         database_url,
@@ -138,7 +162,9 @@ async def test_two_gym_days_become_sessions_with_participants_and_straps(
     # daily series for every member with a session, counting their sessions per day
     query = "SELECT participant_id::text, day, sessions FROM participant_daily WHERE sessions > 0"
     daily = Counter({(p, d): n for p, d, n in rows(database_url, query)})
-    per_day = Counter((owner, first.date()) for _, first, _, owner in want if owner is not None)
+    per_day = Counter(
+        (owner, first.astimezone(tz).date()) for _, first, _, owner in want if owner is not None
+    )
     assert daily == per_day
     assert {p for p, _ in per_day} >= {pids[v.member_id] for v in checked if (v.end - v.start).seconds > 200}
     assert await scalar(database_url, "SELECT count(*) FROM dead_letters") == 0

@@ -237,6 +237,7 @@ def simulate(
         class_share=class_share,
         gym=config,
         api_url=api_url,
+        start=settings.sim_start if gym else None,
     )
     asyncio.run(run_simulator(settings, plan))
 

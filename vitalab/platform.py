@@ -113,7 +113,7 @@ def _bound_url(server: uvicorn.Server, settings: Settings) -> str:
 def _gym_plans(settings: Settings, api_url: str) -> tuple[SimulationPlan, SimulationPlan | None, str]:
     """The live gym of `vitalab up`, the optional history run beside it, and the banner's description."""
     config = gym_config(settings, demo=True)
-    live = now_s()
+    live = settings.sim_start or now_s()
     days = settings.sim_backfill_days
     registered = live - timedelta(days=days, minutes=1)
     plan = SimulationPlan(

@@ -13,7 +13,7 @@ from typing import Literal
 from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator
+from pydantic import AwareDatetime, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vitalab.errors import ConfigError
@@ -166,6 +166,11 @@ class Settings(BaseSettings):
     )
     sim_backfill_days: float = Field(
         default=2.0, ge=0, le=60, description="`vitalab up`: days of gym history published in the background"
+    )
+    sim_start: AwareDatetime | None = Field(
+        default=None,
+        description="the simulated gym's clock when the simulator starts (ISO 8601 with its offset), then "
+        "running in real time; unset: now. Pins the gym's plan to a chosen moment (tests, demos)",
     )
 
     # --- gateway (`vitalab gateway`; `vitalab up` runs one in-process for the raw-frame simulators) -------

@@ -1,12 +1,18 @@
 """End to end: a simulated gym morning (simulators.gym.GymDay, whose visits are the known truth) written
-through the ingester's router and writer, then `analytics run`: the sessions are the visits."""
+through the ingester's router and writer, then `analytics run`: the sessions are the visits.
+
+Pinned days (no clock is read): an ordinary Tuesday morning (06-11), the Sunday mornings (08-13, the weekend
+peak) of both DST changes of a gym in Brussels, and a Tuesday morning of a gym in Tokyo (06-11 local,
+21:00-02:00 UTC: across midnight UTC)."""
 
 from __future__ import annotations
 
 from collections import Counter
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import numpy as np
+import pytest
 
 from analytics.jobs import run_once
 from simulators.fleet import Fleet
@@ -15,16 +21,34 @@ from simulators.people import Member
 from tests.analytics import dbdata as d
 from vitalab.wire import Sample
 
-DAY = date(2026, 11, 24)  # a Tuesday
 SITE = "gym-sim"
 
 
-def test_a_simulated_morning_becomes_its_visits(database_url: str) -> None:
+@pytest.mark.parametrize(
+    ("day", "timezone", "hours"),
+    [
+        pytest.param(date(2026, 11, 24), "UTC", (6, 11), id="tuesday"),
+        pytest.param(date(2026, 3, 29), "Europe/Brussels", (8, 13), id="dst-spring"),
+        pytest.param(date(2026, 10, 25), "Europe/Brussels", (8, 13), id="dst-autumn"),
+        pytest.param(date(2026, 7, 14), "Asia/Tokyo", (6, 11), id="midnight-utc"),
+    ],
+)
+def test_a_simulated_morning_becomes_its_visits(
+    database_url: str, day: date, timezone: str, hours: tuple[int, int]
+) -> None:
     fleet = Fleet.build(SITE, 6, seed=11, mix=("bike", "treadmill", "rower", "cross_trainer"))
     rng = np.random.default_rng(11)
     members = [Member.random(f"m{i:03d}", rng) for i in range(30)]
     gym = GymDay(
-        DAY, fleet.devices, members, seed=11, open_h=6, close_h=11, peak_arrivals_per_h=20, classes=()
+        day,
+        fleet.devices,
+        members,
+        seed=11,
+        open_h=hours[0],
+        close_h=hours[1],
+        peak_arrivals_per_h=20,
+        classes=(),
+        timezone=timezone,
     )
     # a busy morning: members follow each other on a machine after a 2-minute wipe-down (less than the
     # 5-minute session gap), and some members come back for a second workout
@@ -38,7 +62,9 @@ def test_a_simulated_morning_becomes_its_visits(database_url: str) -> None:
     assert back_to_back >= 5
     assert max(Counter(v.member_id for v in gym.visits).values()) >= 2
 
-    d.setup_site(database_url, [(dev.device_id, dev.kind) for dev in fleet.devices], site=SITE)
+    d.setup_site(
+        database_url, [(dev.device_id, dev.kind) for dev in fleet.devices], site=SITE, timezone=timezone
+    )
     per_device: dict[str, list[Sample]] = {}
     for _, samples in gym.ticks():
         for dev, sample in samples:
@@ -47,7 +73,7 @@ def test_a_simulated_morning_becomes_its_visits(database_url: str) -> None:
     for i in range(0, len(messages), 500):  # batches of ~5,000 samples, as the ingester writes them
         d.write(database_url, messages[i : i + 500], site=SITE)
 
-    evening = datetime(DAY.year, DAY.month, DAY.day, 20, tzinfo=gym.visits[0].start.tzinfo)
+    evening = datetime.combine(day, time(20), ZoneInfo(timezone))  # the analytics run's "now"
     report = run_once(database_url, now=evening)
     assert report.sessions_open == 0
     stored = d.sessions(database_url)
@@ -62,7 +88,7 @@ def test_a_simulated_morning_becomes_its_visits(database_url: str) -> None:
             database_url,
             site=SITE,
             sex=m.sex,
-            birth_year=DAY.year - m.age_y,
+            birth_year=day.year - m.age_y,
             hr_rest=m.hr_rest_bpm,
             hr_max=m.hr_max_bpm,
             weight=m.weight_kg,
@@ -83,7 +109,7 @@ def test_a_simulated_morning_becomes_its_visits(database_url: str) -> None:
     assert all(t is not None and t > 0 and src == "machine" for t, src in trimps)
     daily = dict(
         d.rows(
-            database_url, "SELECT participant_id::text, sessions FROM participant_daily WHERE day = %s", DAY
+            database_url, "SELECT participant_id::text, sessions FROM participant_daily WHERE day = %s", day
         )
     )
     visits_per_member = Counter(pids[v.member_id] for v in gym.visits)

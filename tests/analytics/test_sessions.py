@@ -22,6 +22,7 @@ from analytics.sessions import (
     AssemblyParams,
     CheckIns,
     DeviceSamples,
+    Joined,
     RrIntervals,
     Segments,
     SessionContext,
@@ -30,6 +31,8 @@ from analytics.sessions import (
     build_batch,
     count_le,
     device_ids_of,
+    hr_disagreement,
+    join_scores,
     join_straps,
     last_le,
     status_breaks,
@@ -340,6 +343,183 @@ def test_strap_without_overlap_enough_stays_alone_and_two_machines_compete_for_o
     seg3 = run(s, 3, strap=(1,), check_ins=ci3)
     j3 = join_straps(seg3, is_strap=np.array([False, True, False]), site=np.zeros(3, np.int64))
     assert ["bike-a"] in device_ids_of(j3, seg3, ["bike-a", "strap", "bike-b"])
+
+
+def _named(joined: Joined, seg: Segments, names: list[str]) -> dict[tuple[str, ...], int]:
+    """Joined sessions as {sorted device names: participant code}."""
+    ids = [tuple(d) for d in device_ids_of(joined, seg, names)]
+    return dict(zip(ids, joined.participant.tolist(), strict=True))
+
+
+def _paired(straps: dict[int, int], since: float = T0 - 3600) -> CheckIns:
+    """Straps (device -> participant) paired with their owners for good."""
+    devs = sorted(straps)
+    return CheckIns(
+        device=np.array(devs, dtype=np.int64),
+        participant=np.array([straps[d] for d in devs], dtype=np.int64),
+        start_s=np.full(len(devs), since),
+        end_s=np.full(len(devs), math.inf),
+    )
+
+
+@pytest.mark.parametrize("rower_first", [True, False])
+def test_a_strap_worn_for_a_short_visit_joins_it_not_a_long_session_around_it(rower_first: bool) -> None:
+    # issue 10: m0004's strap, worn only during a 5-minute treadmill visit (09:07-09:11:59), was joined to an
+    # anonymous 30-minute rower session (09:00-09:29:59) covering the same minutes. Device codes in both
+    # orders: the join must not depend on which machine comes first.
+    rower, treadmill, strap = (0, 1, 2) if rower_first else (1, 0, 2)
+    s = samples(
+        [(rower, secs(0, 1800)), (treadmill, secs(420, 720)), (strap, secs(420, 720))],
+        speed_kmh={treadmill: np.full(300, 10.0)},
+        power_w={treadmill: np.full(300, np.nan)},
+    )
+    seg = run(s, 3, strap=(strap,), check_ins=_paired({strap: 4}))
+    is_strap = np.array([False, False, True])
+    names = ["", "", "strap-m0004"]
+    names[rower], names[treadmill] = "rower-003", "treadmill-002"
+    for with_samples in (None, s):  # timing alone decides this one
+        joined = join_straps(seg, is_strap=is_strap, site=np.zeros(3, np.int64), samples=with_samples)
+        got = _named(joined, seg, names)
+        assert got == {("rower-003",): -1, ("strap-m0004", "treadmill-002"): 4}
+
+
+def test_join_scores_rank_coinciding_intervals_first() -> None:
+    # machine segments 0..3 against strap segment 4 (T0+100 .. T0+700)
+    s = samples(
+        [
+            (0, secs(100, 701)),  # identical
+            (1, secs(110, 711)),  # shifted by 10 s
+            (2, secs(0, 1800)),  # a long session around it
+            (3, secs(400, 1000)),  # half of it
+            (4, secs(100, 701)),
+        ]
+    )
+    seg = run(s, 5, strap=(4,))
+    pm = np.arange(4, dtype=np.int64)
+    score = join_scores(seg, pm, np.full(4, 4, dtype=np.int64))
+    assert score[0] == pytest.approx(1.0)
+    assert score[0] > score[1] > score[3]
+    assert score[1] > score[2]
+    assert score[2] == pytest.approx((600 / 1799) / (1 + (100 + 1099) / 60))
+    assert join_scores(seg, np.array([4]), np.array([0]))[0] == pytest.approx(1.0)  # symmetric
+
+
+def test_a_class_that_starts_together_is_told_apart_by_heart_rate() -> None:
+    # two anonymous rowers and two members' straps, all from the same second to the same second; each machine
+    # reports its rower's heart rate (hand grips or the strap itself), 118-122 bpm vs 150-156 bpm
+    t = secs(0, 1800)
+    wave = 2.0 * np.sin(np.arange(t.size) / 60.0)
+    hr = {0: 120.0 + wave, 1: 153.0 + 1.5 * wave, 2: 152.0 + 1.5 * wave + 0.4, 3: 121.0 + wave}
+    s = samples([(d, t) for d in range(4)])
+    s = replace(s, hr_bpm=np.concatenate([hr[d] for d in range(4)]))
+    seg = run(s, 4, strap=(2, 3), check_ins=_paired({2: 8, 3: 13}))
+    is_strap = np.array([False, False, True, True])
+    joined = join_straps(seg, is_strap=is_strap, site=np.zeros(4, np.int64), samples=s)
+    names = ["rower-a", "rower-b", "strap-m0008", "strap-m0013"]
+    assert sorted(map(tuple, device_ids_of(joined, seg, names))) == [
+        ("rower-a", "strap-m0013"),
+        ("rower-b", "strap-m0008"),
+    ]
+    # a machine that reports no heart rate loses a tie to one whose heart rate agrees, and wins it against one
+    # whose heart rate disagrees
+    no_hr = replace(s, hr_bpm=np.where(s.device == 1, np.nan, s.hr_bpm))
+    joined = join_straps(seg, is_strap=is_strap, site=np.zeros(4, np.int64), samples=no_hr)
+    assert sorted(map(tuple, device_ids_of(joined, seg, names))) == [
+        ("rower-a", "strap-m0013"),
+        ("rower-b", "strap-m0008"),
+    ]
+
+
+def test_a_strap_serves_machines_one_after_the_other_never_two_at_once() -> None:
+    # a member wears one strap from the bike (0..1150) to the treadmill (1200..2400), both machines showing
+    # the strap's heart rate; meanwhile an anonymous rower (0..1200) runs beside the bike, as well placed in
+    # time but at another member's heart rate: the strap goes to the bike and the treadmill, not the rower
+    s = samples(
+        [(0, secs(0, 1150)), (1, secs(1200, 2400)), (2, secs(0, 1200)), (3, secs(0, 2400))],
+        hr={0: 140.0, 1: 140.0, 2: 104.0, 3: 140.0},
+    )
+    seg = run(s, 4, strap=(3,), check_ins=_paired({3: 2}))
+    is_strap = np.array([False, False, False, True])
+    joined = join_straps(seg, is_strap=is_strap, site=np.zeros(4, np.int64), samples=s)
+    names = ["bike", "treadmill", "rower", "strap"]
+    got = _named(joined, seg, names)
+    assert got == {("bike", "strap"): 2, ("strap", "treadmill"): 2, ("rower",): -1}
+    # by timing alone the rower (0..1200) coincides a little better than the bike: it takes the strap, and
+    # then the bike beside it cannot have it too
+    joined = join_straps(seg, is_strap=is_strap, site=np.zeros(4, np.int64))
+    got = _named(joined, seg, names)
+    assert got == {("rower", "strap"): 2, ("strap", "treadmill"): 2, ("bike",): -1}
+
+
+def test_a_check_in_outranks_timing_and_names_the_session_without_a_strap() -> None:
+    # P2 is checked in on the bike (0..1000); their strap (100..1200) coincides better with an anonymous rower
+    # (100..1200) that overlaps the bike: the check-in wins, the rower stays anonymous; P5, checked in on the
+    # treadmill without a strap, names that session
+    s = samples([(0, secs(0, 1000)), (1, secs(100, 1200)), (2, secs(100, 1200)), (3, secs(0, 900))])
+    ci = CheckIns(
+        device=np.array([0, 2, 3], dtype=np.int64),
+        participant=np.array([2, 2, 5], dtype=np.int64),
+        start_s=np.array([T0 - 30, T0 - 3600, T0 - 30]),
+        end_s=np.array([T0 + 1015, math.inf, T0 + 915]),
+    )
+    seg = run(s, 4, strap=(2,), check_ins=ci)
+    joined = join_straps(seg, is_strap=np.array([False, False, True, False]), site=np.zeros(4, np.int64))
+    names = ["bike", "rower", "strap", "treadmill"]
+    got = _named(joined, seg, names)
+    assert got == {("bike", "strap"): 2, ("rower",): -1, ("treadmill",): 5}
+
+
+def test_a_check_in_needs_the_same_overlap_as_an_anonymous_join() -> None:
+    # P2 checked in on the bike (0..600) wearing their strap (0..600), then on the treadmill (590..1800)
+    # without it: the strap's last 10 s on the treadmill do not make it the treadmill's strap; both sessions
+    # are P2's through their check-ins
+    s = samples([(0, secs(0, 600)), (1, secs(0, 600)), (2, secs(590, 1800))])
+    ci = CheckIns(
+        device=np.array([0, 1, 2], dtype=np.int64),
+        participant=np.array([2, 2, 2], dtype=np.int64),
+        start_s=np.array([T0 - 30, T0 - 3600, T0 + 560]),
+        end_s=np.array([T0 + 615, math.inf, T0 + 1815]),
+    )
+    seg = run(s, 3, strap=(1,), check_ins=ci)
+    joined = join_straps(seg, is_strap=np.array([False, True, False]), site=np.zeros(3, np.int64))
+    assert _named(joined, seg, ["bike", "strap", "treadmill"]) == {("bike", "strap"): 2, ("treadmill",): 2}
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_hr_disagreement_matches_a_plain_loop(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    parts = []
+    for d in range(4):
+        start = float(rng.integers(0, 300))
+        t = secs(start, start + float(rng.integers(130, 600)), float(rng.choice([1.0, 2.0])))
+        t = t + (0.5 if d >= 2 and rng.random() < 0.5 else 0.0)  # a strap clock half a second off
+        parts.append((d, t))
+    s = samples(parts)
+    hr = np.round(rng.uniform(60, 180, s.n))
+    hr[rng.random(s.n) < 0.2] = np.nan
+    s = replace(s, hr_bpm=hr)
+    seg = run(s, 4, strap=(2, 3), params=AssemblyParams(min_active_s=0))
+    pm = np.array([k for k in range(seg.n) if seg.device[k] < 2 for _ in range(2)], dtype=np.int64)
+    ps = np.array(
+        [j for k in range(seg.n) if seg.device[k] < 2 for j in range(seg.n) if seg.device[j] >= 2][: pm.size],
+        dtype=np.int64,
+    )
+    got = hr_disagreement(s, seg, pm, ps, 1.0)
+    for i, (m, k) in enumerate(zip(pm.tolist(), ps.tolist(), strict=True)):
+        diffs = []
+        strap_rows = [r for r in range(s.n) if s.device[r] == seg.device[k]]
+        for r in range(int(seg.first_row[m]), int(seg.last_row[m]) + 1):
+            t = s.t_s[r]
+            if not seg.start_s[k] <= t <= seg.end_s[k] or not 20 <= s.hr_bpm[r] <= 250:
+                continue
+            near = min(strap_rows, key=lambda q: (abs(s.t_s[q] - t), s.t_s[q]))  # a tie: the earlier
+            if abs(s.t_s[near] - t) <= 1.0 and 20 <= s.hr_bpm[near] <= 250:
+                diffs.append(abs(s.hr_bpm[r] - s.hr_bpm[near]))
+        if diffs:
+            assert got[i] == pytest.approx(float(np.median(diffs)))
+        else:
+            assert math.isnan(got[i])
 
 
 def test_open_strap_keeps_the_joined_session_open() -> None:

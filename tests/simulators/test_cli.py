@@ -91,21 +91,17 @@ def test_simulate_backfill_with_faults(mosquitto: Mosquitto) -> None:
 
 
 HISTORY = timedelta(days=0.03)
+START = datetime(2026, 11, 24, 18, 0, tzinfo=UTC)
+"""The simulated clock (VITALAB_SIM_START): a Tuesday's evening peak, whatever the wall clock says."""
 
 
-def _busy_gym() -> tuple[str, int]:
-    """(site timezone, seed) of a gym with enough visits in the last ``HISTORY`` to test what it sends.
-
-    A real gym's demand follows the local time of day (none at night), so the test puts the site in the
-    fixed-offset zone whose local time is now about 18:00 (the evening peak) and takes the first seed whose
-    plan, computed like the simulator does, has 1,000 machine-seconds, a visit that starts and ends inside
-    the window and a visit by a strap owner."""
-    now = datetime.now(UTC)
-    offset = (18 - now.hour + 12) % 24 - 12  # local = UTC + offset hours, within the -12..+11 zones
-    timezone = f"Etc/GMT{-offset:+d}" if offset else "UTC"  # POSIX-style names: the sign is inverted
-    settings = load_settings(site_timezone=timezone, sim_members=12)
+def _busy_seed() -> int:
+    """A seed whose gym has enough visits in the ``HISTORY`` before ``START`` to test what it sends: 1,000
+    machine-seconds, a visit that starts and ends inside the window and a visit by a strap owner (computed
+    like the simulator does; the same seed on every run, since the moment is pinned)."""
+    settings = load_settings(site_timezone="UTC", sim_members=12)
     config = gym_config(settings, demo=False, open_hours="0-24", visit_minutes="5-10")
-    lo, hi = now - HISTORY + timedelta(seconds=30), now - timedelta(seconds=5)
+    lo, hi = START - HISTORY + timedelta(seconds=30), START - timedelta(seconds=5)
     for seed in range(200):
         plan = GymPlan("cli-gym", 3, seed=seed, config=config)
         visits = plan.visits(lo, hi)
@@ -113,14 +109,14 @@ def _busy_gym() -> tuple[str, int]:
         whole = any(lo < v.start and v.end < hi for v in visits)
         strapped = any(v.member_id in plan.strap_of for v in visits)
         if busy_s >= 1000 and whole and strapped:
-            return timezone, seed
-    raise AssertionError(f"no seed in 0..199 has a busy gym in {timezone} now")
+            return seed
+    raise AssertionError(f"no seed in 0..199 has a busy gym before {START}")
 
 
 def test_simulate_gym_history(mosquitto: Mosquitto) -> None:
     """`vitalab simulate --gym --days`: machines and members' straps send only during the visits of the gym
     plan of that seed, and report the start and end of every use."""
-    timezone, seed = _busy_gym()
+    seed = _busy_seed()
     received: list[tuple[str, bytes]] = []
     subscribed = threading.Event()
     sub = paho.Client(CallbackAPIVersion.VERSION2, client_id="cli-gym-sub", protocol=paho.MQTTv5)
@@ -130,8 +126,8 @@ def test_simulate_gym_history(mosquitto: Mosquitto) -> None:
     sub.subscribe([("vitalab/v1/+/dev/+/telemetry", 1), ("vitalab/v1/+/dev/+/state", 1)])
     sub.loop_start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VITALAB_")}
-    env.update(VITALAB_MQTT_URL=mosquitto.url, VITALAB_SITE="cli-gym")
-    env.update(VITALAB_SITE_TIMEZONE=timezone)
+    env.update(VITALAB_MQTT_URL=mosquitto.url, VITALAB_SITE="cli-gym", VITALAB_SITE_TIMEZONE="UTC")
+    env.update(VITALAB_SIM_START=START.isoformat())
     gym = ["--gym", "--days", str(HISTORY / timedelta(days=1)), "--duration", "0", "--devices", "3"]
     gym += ["--members", "12", "--open-hours", "0-24", "--visit-minutes", "5-10"]
     gym += ["--samples-per-message", "10", "--seed", str(seed)]
@@ -161,21 +157,22 @@ def test_simulate_gym_history(mosquitto: Mosquitto) -> None:
     finally:
         sub.loop_stop()
         sub.disconnect()
-    settings = load_settings(site_timezone=timezone, sim_members=12)
+    settings = load_settings(site_timezone="UTC", sim_members=12)
     config = gym_config(settings, demo=False, open_hours="0-24", visit_minutes="5-10")
     plan = GymPlan("cli-gym", 3, seed=seed, config=config)
-    now = datetime.now(UTC)
-    visits = plan.visits(now - timedelta(days=1), now)
+    visits = plan.visits(START - HISTORY, START)
     samples: set[tuple[str, datetime]] = set()
     states: list[DeviceState] = []
     for topic, payload in received:
         parsed = parse_topic(topic)
         if topic.endswith("/telemetry"):
-            msg = decode_telemetry(payload, topic_device=parsed.source, now=now)
+            msg = decode_telemetry(payload, topic_device=parsed.source, now=START)
             samples |= {(parsed.source, s.t) for s in msg.samples}
         else:
             states.append(msgspec.json.decode(payload, type=DeviceState))
     assert len(samples) > 3 * 300
+    # the history ends at the pinned moment, not at the wall clock's
+    assert START - HISTORY <= min(t for _, t in samples) < max(t for _, t in samples) < START
     in_use = {(d, v.start, v.end) for v in visits for d in plan.devices_of(v)}
     for device, t in samples:
         assert any(d == device and s <= t < e for d, s, e in in_use), (device, t)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from simulators.faults import FaultInjector, FaultRates
@@ -11,6 +13,8 @@ from tests.conftest import Mosquitto
 from tests.support.helpers import count, make_settings, running_ingester, wait_until
 from tests.support.workload import stored
 
+START = datetime(2026, 11, 24, 7, 0, tzinfo=UTC)  # the simulated clock: pinned, never the wall clock
+CENTURY_S = 100 * 365 * 86400  # accepted sample age: the pinned morning stays acceptable to the ingester
 RATES = FaultRates(
     drop=0.05, duplicate=0.05, reorder=0.05, delay=0.05, malformed=0.05, clock_skew=0.3, dropout=0.1
 )
@@ -44,12 +48,12 @@ async def test_platform_keeps_every_valid_sample_once_under_faults(
 ) -> None:
     fleet = Fleet.build("faulty-gym", 8, seed=11)
     injector = FaultInjector(RATES, seed=5)
-    settings = make_settings(ingest_client_id="ingest-faults", ingest_share_group=None)
+    settings = make_settings(ingest_client_id="ingest-faults", ingest_share_group=None, max_past_s=CENTURY_S)
     async with running_ingester(settings, mosquitto.target, database_url) as ingester:
         async with gateway_client(mosquitto.target, "gw-faults", "faulty-gym") as client:
-            publisher = FleetPublisher(client, fleet, "gw-faults", faults=injector)
+            publisher = FleetPublisher(client, fleet, "gw-faults", faults=injector, clock=lambda: START)
             await publisher.announce()
-            await publisher.backfill(history_start(300), 300, samples_per_message=5)
+            await publisher.backfill(history_start(300, clock=lambda: START), 300, samples_per_message=5)
         log = publisher.log
         metrics = ingester.metrics.registry
 

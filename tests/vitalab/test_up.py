@@ -19,29 +19,42 @@ from tests.conftest import Mosquitto, free_port
 from vitalab.settings import Settings
 
 MACHINES = ("bike-001", "treadmill-002", "rower-003", "cross-trainer-004")
+START = datetime(2026, 11, 24, 18, 0, tzinfo=UTC)
+"""The simulated gym's clock when `vitalab up` starts (VITALAB_SIM_START), a Tuesday evening; the broker,
+ingester and API run in real time, the gym's plan is the one of this moment whatever the wall clock says.
+The second run of a data directory starts an hour later in gym time."""
+RESTART = START + timedelta(hours=1)
+CENTURY_S = 100 * 365 * 86400
+"""Accepted sample age (VITALAB_MAX_PAST_S): the pinned moment stays acceptable to the ingester."""
 
 
 def _busy_seed(window: timedelta = timedelta(minutes=8)) -> int:
-    """A simulator seed whose gym has one of its machines in use during the whole next ``window``.
+    """A simulator seed whose gym has one of its machines in use during the whole ``window`` after ``START``
+    and after ``RESTART``.
 
     The demo gym is deterministic per seed and day and, like a real one, has quiet moments (with four
-    machines, up to half an hour with all of them free); a test that expects live samples from whatever
-    moment it runs at picks a seed that has a member on a machine now, computed with the simulator's own plan.
+    machines, up to half an hour with all of them free); the test expects live samples soon after it starts
+    the gym at a pinned moment, so it takes a seed that has a member on a machine then, computed with the
+    simulator's own plan (the same seed on every run).
     """
     config = gym_config(Settings.model_construct(), demo=True)  # the defaults, as in the child's environment
-    now = datetime.now(UTC)
     for seed in range(1000):
-        covered = now
         plan = GymPlan("demo", len(MACHINES), seed=seed, config=config)
-        for visit in sorted(plan.visits(now, now + window), key=lambda v: v.start):
-            if visit.start <= covered:
-                covered = max(covered, visit.end)
-        if covered >= now + window:
+        busy = True
+        for start in (START, RESTART):
+            covered = start
+            for visit in sorted(plan.visits(start, start + window), key=lambda v: v.start):
+                if visit.start <= covered:
+                    covered = max(covered, visit.end)
+            busy = busy and covered >= start + window
+        if busy:
             return seed
-    raise AssertionError("no seed in 0..999 has a machine in use now")
+    raise AssertionError(f"no seed in 0..999 has a machine in use at {START} and {RESTART}")
 
 
-def _start(data_dir: Path, port: int, seed: int, **extra: str) -> subprocess.Popen[str]:
+def _start(
+    data_dir: Path, port: int, seed: int, sim_start: datetime = START, **extra: str
+) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VITALAB_")}
     env.update(extra)
     env.update(
@@ -50,6 +63,8 @@ def _start(data_dir: Path, port: int, seed: int, **extra: str) -> subprocess.Pop
         VITALAB_EMBEDDED_MQTT_PORT="0",
         VITALAB_SIM_DEVICES=str(len(MACHINES)),
         VITALAB_SIM_SEED=str(seed),
+        VITALAB_SIM_START=sim_start.isoformat(),
+        VITALAB_MAX_PAST_S=str(CENTURY_S),
     )
     return subprocess.Popen(
         [sys.executable, "-m", "vitalab", "up"],
@@ -61,9 +76,10 @@ def _start(data_dir: Path, port: int, seed: int, **extra: str) -> subprocess.Pop
 
 
 def _wait_for_samples(
-    base: str, proc: subprocess.Popen[str], timeout_s: float = 90
+    base: str, proc: subprocess.Popen[str], since: datetime, timeout_s: float = 90
 ) -> list[dict[str, object]]:
-    """The newest samples once a machine of the gym (members come and go) has sent one in the last minute."""
+    """The newest samples once a machine of the gym has sent one of the live part, which starts at ``since``
+    in gym time (the history published beside it ends there)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -72,12 +88,10 @@ def _wait_for_samples(
         try:
             r = httpx.get(f"{base}/v1/samples/latest", timeout=2)
             rows: list[dict[str, object]] = r.json() if r.status_code == 200 else []
-            now = datetime.now(UTC)
             live = [
                 row
                 for row in rows
-                if row["device_id"] in MACHINES
-                and now - datetime.fromisoformat(str(row["t"])) < timedelta(minutes=1)
+                if row["device_id"] in MACHINES and datetime.fromisoformat(str(row["t"])) >= since
             ]
             if live:
                 return rows
@@ -105,7 +119,7 @@ def test_up_runs_the_platform_and_keeps_data(tmp_path: Path) -> None:
     seed = _busy_seed()
     proc = _start(tmp_path, port, seed)
     try:
-        first = _wait_for_samples(base, proc)
+        first = _wait_for_samples(base, proc, START)
         devices = httpx.get(f"{base}/v1/devices").json()
         # the gym's machines, and the straps its members wear
         assert {d["kind"] for d in devices} == {"bike", "treadmill", "rower", "cross_trainer", "hr_strap"}
@@ -119,9 +133,9 @@ def test_up_runs_the_platform_and_keeps_data(tmp_path: Path) -> None:
     assert (tmp_path / "postgres" / "PG_VERSION").exists()
 
     # second run on the same data directory: what the first run committed is still there
-    proc = _start(tmp_path, port, seed)
+    proc = _start(tmp_path, port, seed, RESTART)
     try:
-        _wait_for_samples(base, proc)
+        _wait_for_samples(base, proc, RESTART)
         machine = next(r for r in first if r["device_id"] in MACHINES)
         r = httpx.get(
             f"{base}/v1/devices/{machine['device_id']}/samples",
@@ -143,7 +157,7 @@ def test_up_uses_external_services_when_configured(
         tmp_path, port, _busy_seed(), VITALAB_DATABASE_URL=empty_database, VITALAB_MQTT_URL=mosquitto.url
     )
     try:
-        _wait_for_samples(f"http://127.0.0.1:{port}", proc)
+        _wait_for_samples(f"http://127.0.0.1:{port}", proc, START)
         # the kiosk registers the gym's members through the API, and pairs the straps with their owners
         deadline = time.monotonic() + 60
         paired = (
