@@ -9,6 +9,7 @@ from uuid import UUID
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from api.health import CheckResult
+from vitalab.wire.registry import DeviceKind
 from vitalab.wire.topics import ID_PATTERN
 
 
@@ -23,7 +24,7 @@ class Health(BaseModel):
 class Device(BaseModel):
     device_id: str
     site_id: str
-    kind: str | None
+    kind: DeviceKind | None
     vendor: str | None
     model: str | None
     firmware: str | None
@@ -144,7 +145,7 @@ class ParticipantLoad(BaseModel):
 
 class DeviceUtilisation(BaseModel):
     device_id: str
-    kind: str | None
+    kind: DeviceKind | None
     in_session_s: list[float]
     """Seconds of each hour inside a session (first to last active sample)."""
     utilisation: list[float]

@@ -18,12 +18,13 @@ import numpy as np
 
 from simulators.people import Heart, Member
 from simulators.workouts import workout
-from vitalab.wire import DeviceKind, DeviceMeta, Sample
+from vitalab.wire import DeviceKind, DeviceMeta, Sample, registry
 
 MIX: tuple[DeviceKind, ...] = ("bike", "treadmill", "rower", "hr_strap")
 MIX_ALL: tuple[DeviceKind, ...] = ("bike", "treadmill", "rower", "cross_trainer", "hr_strap", "power_meter")
-"""Every kind of device, in the order a fleet cycles through them."""
-MACHINES: frozenset[DeviceKind] = frozenset({"bike", "treadmill", "rower", "cross_trainer"})
+"""Every kind of device (the registry's, checked by tests/vitalab/test_registry.py), in the order a fleet
+cycles through them (the simulated device ids depend on it)."""
+MACHINES: frozenset[DeviceKind] = frozenset(registry.MACHINE_KINDS)
 VENDORS: dict[DeviceKind, tuple[str, str]] = {
     "bike": ("vitalab-sim", "SimBike 1"),
     "treadmill": ("vitalab-sim", "SimRun 2"),

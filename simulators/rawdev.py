@@ -63,7 +63,7 @@ from gateway.transport import DeviceInfo, Frame
 from simulators.faults import FaultInjector
 from simulators.fleet import VENDORS, SimDevice
 from simulators.workouts import workout
-from vitalab.wire import Sample
+from vitalab.wire import Sample, registry
 
 Radio = Literal["ble", "ant"]
 Behaviour = Literal["trailing_byte", "cadence_without_flag", "reserved_bits"]
@@ -96,7 +96,7 @@ TRAINING_CODES: Final[dict[str, int]] = {
     "pre_workout": 0x0E,
     "post_workout": 0x0F,
 }
-FE_EQUIPMENT: Final = {"bike": 25, "treadmill": 19, "rower": 22, "cross_trainer": 20}
+FE_EQUIPMENT: Final[dict[str, int]] = {k.name: k.ant_fe for k in registry.KINDS if k.ant_fe is not None}
 FE_SECOND_PAGE: Final = {"bike": 25, "treadmill": 17, "rower": 22, "cross_trainer": 20}
 FE_IN_USE: Final = 3
 FE_FINISHED: Final = 4

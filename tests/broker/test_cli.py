@@ -16,8 +16,16 @@ runner = CliRunner()
 
 
 def invoke(*args: str) -> tuple[int, str]:
+    """Exit code and what the command printed on stdout (stderr carries log lines)."""
     result = runner.invoke(app, list(args))
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout
+
+
+def invoke_err(*args: str) -> tuple[int, str]:
+    """Exit code and the last line on stderr (the error)."""
+    result = runner.invoke(app, list(args))
+    lines = result.stderr.strip().splitlines()
+    return result.exit_code, lines[-1] if lines else ""
 
 
 def test_add_list_rotate_revoke(tmp_path: Path) -> None:
@@ -56,10 +64,10 @@ def test_add_list_rotate_revoke(tmp_path: Path) -> None:
 
 def test_errors_are_one_line_and_exit_1(tmp_path: Path) -> None:
     state = str(tmp_path)
-    code, out = invoke("revoke", "nobody", "--state-dir", state, "--wait-s", "0")
+    code, out = invoke_err("revoke", "nobody", "--state-dir", state, "--wait-s", "0")
     assert (code, out.strip()) == (1, "error: no account 'nobody'")
     invoke("add-device", "bike-01", "--site", "gym-a", "--state-dir", state, "--wait-s", "0")
-    code, out = invoke("add-device", "bike-01", "--site", "gym-b", "--state-dir", state, "--wait-s", "0")
+    code, out = invoke_err("add-device", "bike-01", "--site", "gym-b", "--state-dir", state, "--wait-s", "0")
     assert (code, out.strip()) == (1, "error: username 'bike-01' is already taken by a device account")
 
 
