@@ -42,6 +42,8 @@ router = APIRouter(tags=["integrators"], responses=responses(422))
 
 
 def _mqtt_topic(topic: str) -> str:
+    if "\x00" in topic:
+        raise ValueError("an MQTT topic has no NUL character")
     try:
         size = len(topic.encode("utf-8"))
     except UnicodeEncodeError:
