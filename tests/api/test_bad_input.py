@@ -48,7 +48,7 @@ BODY_TIMES = {
     "/v1/participants": ["consent_given_at"],
     "/v1/check-ins": ["started_at", "ended_at"],
     "/v1/check-ins/{device_id}/end": ["ended_at"],
-    "/v1/contract/validate": [],  # the payload's times are judged, not refused (see tests/api/test_contract.py)
+    "/v1/contract/validate": [],  # its payload's times are judged, not refused (tests/api/test_contract.py)
 }
 
 
