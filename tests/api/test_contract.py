@@ -15,6 +15,7 @@ import aiomqtt
 import psycopg
 import pytest
 
+from api.queries.contract import device_site
 from tests.api.support import PinnedClock, app_at, assert_problem, serve
 from tests.conftest import Mosquitto
 from tests.support.helpers import make_settings, running_ingester, wait_until
@@ -539,3 +540,8 @@ async def test_a_devices_dead_letters_page_by_page(database_url: str) -> None:
         assert_problem(await http.get("/v1/devices/nobody/dead-letters"), 404, "path.device_id")
         assert_problem(await http.get(path, params={"cursor": "bm9wZQ"}), 422, "query.cursor")
         assert_problem(await http.get("/v1/devices/bad id/dead-letters"), 422)
+    # the site a device's dead letters belong to (what a per-site scope check asks)
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        assert await device_site(conn, "bike-9") == SITE
+        assert await device_site(conn, "ghost-1") == SITE  # unregistered: the site of its topic
+        assert await device_site(conn, "nobody") is None

@@ -16,12 +16,15 @@ from typing import Any
 
 import msgspec
 import pytest
+import typer
+from typer.testing import CliRunner
 
 from ingest.batch import Router
 from simulators.faults import MALFORMED, FaultInjector, FaultRates
 from simulators.fleet import Fleet
 from simulators.publisher import FleetPublisher, gateway_client, now_ms
-from tests.conftest import Mosquitto
+from tests.conftest import Mosquitto, free_port
+from vitalab.cli_conform import register
 from vitalab.conform import Observed, Rules, check
 from vitalab.wire import (
     DeviceMeta,
@@ -337,3 +340,17 @@ async def test_a_faulty_device_fails_with_its_faults_named(mosquitto: Mosquitto)
     assert malformed <= {"malformed", "unsupported_version", "schema"}
     assert report["seq"]["missing"] == len(lost)
     assert report["clock_skew_s"]["median"] == pytest.approx(-skew_s, abs=1.5)
+
+
+def test_the_command_cannot_run_without_a_broker_or_with_a_bad_id() -> None:
+    app = typer.Typer()
+    register(app)
+    runner = CliRunner()
+    nobody = f"mqtt://127.0.0.1:{free_port()}"
+    r = runner.invoke(app, ["--device", "bike 1", "--mqtt-url", nobody])
+    assert (r.exit_code, "--device" in r.output) == (2, True)
+    r = runner.invoke(app, ["--device", "bike-1", "--mqtt-url", "http://example.invalid"])
+    assert (r.exit_code, "--mqtt-url" in r.output) == (2, True)
+    r = runner.invoke(app, ["--device", "bike-1", "--mqtt-url", nobody, "--seconds", "1"])
+    assert r.exit_code == 2
+    assert "broker" in r.output
