@@ -49,3 +49,27 @@ async def list_dead_letters(
     return await fetch_page(
         conn, DeadLetterRow, select, where, params, KEYSET, cursor, limit, lambda r: (r.received_at, r.id)
     )
+
+
+async def device_dead_letters(
+    conn: AsyncConnection,
+    device_id: str,
+    reason: str | None,
+    since: datetime | None,
+    cursor: Cursor,
+    limit: int,
+) -> Page[DeadLetterRow]:
+    """One device's dead letters (those the ingester could name a device for), newest first, from
+    ``since`` on (all with None)."""
+    select = sql.SQL(
+        "SELECT id, received_at, topic, reason, detail, path, device_id, payload_size, payload "
+        "FROM dead_letters"
+    )
+    where = sql.SQL(
+        "device_id = %(d)s AND (%(r)s::text IS NULL OR reason = %(r)s) "
+        "AND (%(s)s::timestamptz IS NULL OR received_at >= %(s)s)"
+    )
+    params: dict[str, Any] = {"d": device_id, "r": reason, "s": since}
+    return await fetch_page(
+        conn, DeadLetterRow, select, where, params, KEYSET, cursor, limit, lambda r: (r.received_at, r.id)
+    )

@@ -48,6 +48,7 @@ BODY_TIMES = {
     "/v1/participants": ["consent_given_at"],
     "/v1/check-ins": ["started_at", "ended_at"],
     "/v1/check-ins/{device_id}/end": ["ended_at"],
+    "/v1/contract/validate": [],  # its payload's times are judged, not refused (tests/api/test_contract.py)
 }
 
 
@@ -65,6 +66,10 @@ def bodies() -> dict[tuple[str, str], dict[str, Any]]:
             "started_at": iso(T0),
         },
         ("post", "/v1/check-ins/{device_id}/end"): {"ended_at": iso(T0 + timedelta(hours=1))},
+        ("post", "/v1/contract/validate"): {
+            "topic": "vitalab/v1/gym-a/dev/bike-1/telemetry",
+            "payload": {"v": 1, "device": "bike-1", "seq": 0, "samples": [{"t": iso(NOW), "hr_bpm": 90}]},
+        },
     }
 
 
