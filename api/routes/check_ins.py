@@ -15,6 +15,7 @@ from api.pagination import CursorParam, PageLimit
 from api.params import DeviceFilter, DeviceId, Since, Until, check_range
 from api.queries import check_ins
 from api.routes.lookup import require_device, require_participant
+from api.security import CallerDep, scope_sites
 from api.services import check_ins as rules
 
 router = APIRouter(prefix="/v1/check-ins", tags=["participants"], responses=responses(404, 422))
@@ -48,6 +49,7 @@ async def end_check_in(
 @router.get("", response_model=list[CheckInOut], responses=pagination.PAGED)
 async def list_check_ins(
     conn: ConnDep,
+    caller: CallerDep,
     request: Request,
     response: Response,
     device: DeviceFilter = None,
@@ -69,6 +71,7 @@ async def list_check_ins(
         until=until,
         cursor=pagination.decode(cursor, check_ins.KEYSET),
         limit=limit,
+        sites=scope_sites(caller),
     )
     pagination.link(request, response, page)
     return page.rows

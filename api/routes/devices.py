@@ -12,6 +12,7 @@ from api.pagination import CursorParam, LargePageLimit, PageLimit
 from api.params import DeviceId, Since, SinceDay, SinceRequired, SiteFilter, Until, UntilDay, check_range
 from api.queries import devices, samples
 from api.routes.lookup import require_device, require_site
+from api.security import CallerDep, scope_sites
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"], responses=responses(404, 422))
 
@@ -19,6 +20,7 @@ router = APIRouter(prefix="/v1/devices", tags=["devices"], responses=responses(4
 @router.get("", response_model=list[Device], responses=pagination.PAGED)
 async def list_devices(
     conn: ConnDep,
+    caller: CallerDep,
     settings: SettingsDep,
     now: NowDep,
     request: Request,
@@ -27,10 +29,17 @@ async def list_devices(
     limit: PageLimit = 1000,
     cursor: CursorParam = None,
 ) -> list[Device]:
-    """Devices by id, with ``online`` derived from their state and how long they have been silent."""
+    """Devices by id (of the caller's sites), with ``online`` derived from their state and how long they
+    have been silent."""
     await require_site(conn, site, "query.site")
     page = await devices.list_devices(
-        conn, site, now, settings.device_offline_after_s, pagination.decode(cursor, devices.KEYSET), limit
+        conn,
+        site,
+        now,
+        settings.device_offline_after_s,
+        pagination.decode(cursor, devices.KEYSET),
+        limit,
+        sites=scope_sites(caller),
     )
     pagination.link(request, response, page)
     return page.rows

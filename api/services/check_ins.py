@@ -23,7 +23,7 @@ from uuid import UUID
 
 from psycopg import AsyncConnection
 
-from api.errors import Problem, conflict, invalid, not_found
+from api.errors import conflict, invalid, not_found
 from api.models import CheckInIn, CheckInOut, CheckOutIn
 from api.params import check_written
 from api.queries import check_ins as q
@@ -59,7 +59,7 @@ async def check_in(conn: AsyncConnection, body: CheckInIn, now: datetime, max_fu
         site = await _device_site(conn, body.device_id, "body.device_id")
         their_site = await participants.site_of(conn, body.participant_id)
         if their_site is None:
-            raise Problem(404, f"no participant {body.participant_id}", field="body.participant_id")
+            raise not_found("participant", str(body.participant_id), field="body.participant_id")
         if their_site != site:
             raise invalid(
                 "body.participant_id",
