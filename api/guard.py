@@ -3,14 +3,15 @@ the audit trail around every request.
 
 For the route a request was routed to, the policy entry (:mod:`api.policy`) says who may call it. The guard
 authenticates the caller (an API key, :mod:`api.keys`, or a single-sign-on token, :mod:`api.oidc`), checks the
-role, checks every resource the request names against the caller's scope, and leaves the caller for the route
-(:data:`api.security.CallerDep`). It runs before the route's parameters are validated and before the route
-takes a database connection. Its answers:
+role and leaves the caller for the route (:data:`api.security.CallerDep`). It runs before the route's
+parameters are validated and before the route takes a database connection. The resources a request names are
+checked against the caller's scope by the very lookups that answer 404 for unknown ones
+(:mod:`api.routes.lookup`), after the route's own validation: an out-of-scope resource and an unknown one get
+the same answer, in every case. The guard's own answers:
 
 * 401 (``WWW-Authenticate: Bearer``): no credential, or a wrong, unknown, expired or revoked one;
 * 429 (``Retry-After``): too many failed authentications from the client's address (:mod:`api.throttle`);
 * 403: a known caller whose role may not call the route (and anyone, on a route without a policy entry);
-* 404: a resource out of the caller's scope, answered exactly as the route answers an unknown one;
 * 503: the database (or the identity provider's key set) is unavailable.
 
 What the policy says to audit (writes, participant-level reads, refusals) is noted in the request's scope;
@@ -22,10 +23,8 @@ Credentials: ``Authorization: Bearer <key or token>`` or ``X-API-Key: <key>``.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -35,14 +34,13 @@ import psycopg
 from fastapi import Request
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import audit, keys
-from api.errors import Problem, not_found, response
+from api.errors import Problem, response
 from api.oidc import KeySetUnavailable, OidcVerifier
-from api.policy import SEES_PARTICIPANTS, Ref, Rule, rule_for
-from api.queries import scope as lookups
+from api.policy import rule_for
 from api.security import CALLER_KEY, Caller
 from api.throttle import FailureThrottle
 from vitalab.settings import Settings
@@ -182,97 +180,6 @@ async def enforce(request: Request) -> None:
         raise Problem(403, detail)
     if audited:
         request.scope[NOTE_KEY] = Note(caller, action, resource, now, address)
-    if caller.sites is None and caller.studies is None:
-        return  # everything is in scope
-    values = _values(
-        rule.refs, request.path_params, request.query_params.multi_items(), await _body(request, rule)
-    )
-    if not values:
-        return
-    async with pool.connection() as conn:
-        for ref, value in values:
-            if not await _in_scope(conn, caller, ref, value):
-                raise _not_found(ref, value)
-
-
-async def _body(request: Request, rule: Rule) -> Any:
-    """The JSON body when the rule names a resource in it (FastAPI has read it already), else None."""
-    if not any(r.where == "body" for r in rule.refs):
-        return None
-    raw = await request.body()
-    try:
-        return json.loads(raw) if raw else None
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
-def _values(
-    refs: Sequence[Ref], path_params: dict[str, Any], query: Iterable[tuple[str, str]], body: Any
-) -> list[tuple[Ref, object]]:
-    """Each named resource's value(s), parsed as the route will parse them; values the route will refuse
-    (422) are left out."""
-    query = list(query)
-    out: list[tuple[Ref, object]] = []
-    for ref in refs:
-        raws: list[object]
-        if ref.where == "path":
-            raws = [path_params[ref.name]] if ref.name in path_params else []
-        elif ref.where == "query":
-            raws = [v for k, v in query if k == ref.name]  # every value, whichever the route takes
-        else:
-            raws = [body[ref.name]] if isinstance(body, dict) and ref.name in body else []
-        for value in raws:
-            parsed = _parse(ref, value)
-            if parsed is not None:
-                out.append((ref, parsed))
-    return out
-
-
-def _parse(ref: Ref, value: object) -> object:
-    """The value as the route parses it (None: the route will refuse it with 422, nothing to check)."""
-    try:
-        if ref.kind == "participant":
-            return _UUID.validate_python(value)
-        if ref.kind == "session":
-            number = _INT.validate_python(value)
-            return number if 1 <= number < 2**63 else None
-    except ValidationError:
-        return None
-    if isinstance(value, str) and _ID_RE.match(value):
-        return value
-    return None
-
-
-async def _in_scope(conn: AsyncConnection, caller: Caller, ref: Ref, value: object) -> bool:
-    """Whether a named resource is in the caller's scope; an unknown one is (the route answers 404)."""
-    if ref.kind == "site":
-        return caller.can_site(str(value))
-    if ref.kind == "study":
-        return caller.can_study(str(value))
-    if ref.kind == "participant":
-        assert isinstance(value, UUID)
-        site = await lookups.participant_site(conn, value)
-        if site is None:
-            return True
-        return caller.role in SEES_PARTICIPANTS and caller.can_site(site)
-    sites: list[str]
-    if ref.kind == "device":
-        sites = await lookups.device_sites(conn, str(value))
-    elif ref.kind == "letters_device":
-        sites = await lookups.letters_device_sites(conn, str(value))
-    else:
-        assert isinstance(value, int)
-        sites = await lookups.session_sites(conn, value)
-    return not sites or any(caller.can_site(s) for s in sites)
-
-
-_WHAT: Final[dict[str, str]] = {"letters_device": "device"}
-
-
-def _not_found(ref: Ref, value: object) -> Problem:
-    """The route's own 404 for an unknown resource, word for word."""
-    shown: object = str(value) if isinstance(value, UUID) else value
-    return not_found(_WHAT.get(ref.kind, ref.kind), shown, field=ref.field)
 
 
 class AuditTrail:

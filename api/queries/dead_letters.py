@@ -9,7 +9,7 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 
 from api.pagination import Cursor, Keyset, Page
-from api.queries import exists, fetch_page, in_sites
+from api.queries import fetch_page, in_sites
 
 KEYSET = Keyset(("received_at", "id"), (datetime, int), descending=True)
 """Newest first; (received_at, id) is the primary key (many letters share a received_at)."""
@@ -26,15 +26,6 @@ class DeadLetterRow:
     device_id: str | None
     payload_size: int
     payload: bytes
-
-
-async def device_named(conn: AsyncConnection, device_id: str) -> bool:
-    """A registered device, or one named by a dead letter (a refused device need not be registered)."""
-    query = sql.SQL(
-        "SELECT 1 FROM devices WHERE device_id = %(d)s "
-        "UNION ALL SELECT 1 FROM dead_letters WHERE device_id = %(d)s"
-    )
-    return await exists(conn, query, {"d": device_id})
 
 
 async def list_dead_letters(

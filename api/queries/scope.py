@@ -39,3 +39,7 @@ async def participant_site(conn: AsyncConnection, participant_id: UUID) -> str |
         conn, "SELECT site_id FROM participants WHERE participant_id = %s", (participant_id,)
     )
     return found[0] if found else None
+
+
+async def site_known(conn: AsyncConnection, site_id: str) -> bool:
+    return bool(await _texts(conn, "SELECT site_id FROM sites WHERE site_id = %s", (site_id,)))

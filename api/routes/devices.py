@@ -31,7 +31,7 @@ async def list_devices(
 ) -> list[Device]:
     """Devices by id (of the caller's sites), with ``online`` derived from their state and how long they
     have been silent."""
-    await require_site(conn, site, "query.site")
+    await require_site(conn, site, "query.site", caller)
     page = await devices.list_devices(
         conn,
         site,
@@ -46,9 +46,11 @@ async def list_devices(
 
 
 @router.get("/{device_id}", response_model=Device)
-async def get_device(conn: ConnDep, settings: SettingsDep, now: NowDep, device_id: DeviceId) -> Device:
+async def get_device(
+    conn: ConnDep, caller: CallerDep, settings: SettingsDep, now: NowDep, device_id: DeviceId
+) -> Device:
     device = await devices.get_device(conn, device_id, now, settings.device_offline_after_s)
-    if device is None:
+    if device is None or not caller.can_site(device.site_id):
         raise not_found("device", device_id, field="path.device_id")
     return device
 
@@ -56,6 +58,7 @@ async def get_device(conn: ConnDep, settings: SettingsDep, now: NowDep, device_i
 @router.get("/{device_id}/samples", response_model=list[SampleOut], responses=pagination.PAGED)
 async def device_samples(
     conn: ConnDep,
+    caller: CallerDep,
     request: Request,
     response: Response,
     device_id: DeviceId,
@@ -67,7 +70,7 @@ async def device_samples(
     """Samples of one device in time order, in ``[since, until)``. With neither bound, the newest page
     (``Link: rel="prev"`` leads to older samples); otherwise from ``since`` on (``rel="next"``)."""
     check_range(since, until)
-    await require_device(conn, device_id, "path.device_id")
+    await require_device(conn, device_id, "path.device_id", caller)
     default = pagination.FROM_END if since is None and until is None else pagination.FROM_START
     page = await samples.device_samples(
         conn, device_id, since, until, pagination.decode(cursor, samples.KEYSET, default), limit
@@ -79,6 +82,7 @@ async def device_samples(
 @router.get("/{device_id}/rr", response_model=list[RrOut], responses=pagination.PAGED)
 async def device_rr(
     conn: ConnDep,
+    caller: CallerDep,
     request: Request,
     response: Response,
     device_id: DeviceId,
@@ -89,7 +93,7 @@ async def device_rr(
 ) -> list[RrOut]:
     """RR intervals (ms) of one device in ``[since, until)``, oldest first (by time, then index)."""
     check_range(since, until)
-    await require_device(conn, device_id, "path.device_id")
+    await require_device(conn, device_id, "path.device_id", caller)
     page = await samples.rr(
         conn, device_id, since, until, pagination.decode(cursor, samples.RR_KEYSET), limit
     )
@@ -100,6 +104,7 @@ async def device_rr(
 @router.get("/{device_id}/quality", response_model=list[DeviceQualityDay], responses=pagination.PAGED)
 async def device_quality(
     conn: ConnDep,
+    caller: CallerDep,
     request: Request,
     response: Response,
     device_id: DeviceId,
@@ -111,7 +116,7 @@ async def device_quality(
     """Data quality per completed UTC day in ``[since, until]`` (analytics/device_quality.py): duplicates and
     late and backfilled samples, clock skew, sampling period, dropouts, gaps, received vs expected samples."""
     check_range(since, until, inclusive=True)
-    await require_device(conn, device_id, "path.device_id")
+    await require_device(conn, device_id, "path.device_id", caller)
     page = await devices.quality(
         conn, device_id, since, until, pagination.decode(cursor, devices.QUALITY_KEYSET), limit
     )

@@ -28,7 +28,7 @@ async def latest_samples(
     cursor: CursorParam = None,
 ) -> list[SampleOut]:
     """The newest sample of every device that has one, by device id (one index probe per device)."""
-    await require_site(conn, site, "query.site")
+    await require_site(conn, site, "query.site", caller)
     page = await samples.latest(
         conn, site, pagination.decode(cursor, samples.LATEST_KEYSET), limit, sites=scope_sites(caller)
     )

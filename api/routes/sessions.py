@@ -41,9 +41,9 @@ async def list_sessions(
     (``Link: rel="prev"`` leads to older sessions). ``device`` matches any device of a session (machine or
     strap). Operators see sessions without their participant (``participant_id`` null)."""
     check_range(since, until)
-    await require_site(conn, site, "query.site")
-    await require_device(conn, device, "query.device")
-    await require_participant(conn, participant, "query.participant")
+    await require_site(conn, site, "query.site", caller)
+    await require_device(conn, device, "query.device", caller)
+    await require_participant(conn, participant, "query.participant", caller)
     default = pagination.FROM_END if since is None and until is None else pagination.FROM_START
     page = await sessions.list_sessions(
         conn,
@@ -69,6 +69,6 @@ async def get_session(
 ) -> SessionDetail:
     """One session with its full metric summary (for operators without its participant)."""
     found = await sessions.get_session(conn, session_id)
-    if found is None:
+    if found is None or not caller.can_site(found.site_id):
         raise not_found("session", session_id, field="path.session_id")
     return found if sees_participants(caller) else found.model_copy(update={"participant_id": None})

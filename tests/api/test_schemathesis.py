@@ -1,6 +1,7 @@
-"""Generated calls of every operation, with a valid admin key (schemathesis, in-process over ASGI, a bounded and derandomised number
-of examples per operation, data that fits the schema and data that does not): never a 500, every error RFC
-9457 problem details, every answer as the schema documents it (status, media type, body).
+"""Generated calls of every operation with a valid admin key (schemathesis, in-process over ASGI, a bounded
+and derandomised number of examples per operation, data that fits the schema and data that does not): never a
+500, every error RFC 9457 problem details, every answer as the schema documents it (status, media type,
+body).
 
 (schemathesis's pytest fixture loader does not run under pytest 9 here, so the operations are walked by hand
 with ``APIOperation.as_strategy``.)"""
