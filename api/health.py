@@ -39,7 +39,7 @@ def analytics_job(stale_after: timedelta | None, job: str = "default") -> Health
     async def analytics_job_check(conn: AsyncConnection, now: datetime) -> Sequence[CheckResult]:
         h = await job_health_async(conn, now, job=job, stale_after=stale_after)
         ok = h.status not in ("failing", "stale")
-        detail = h.status
+        detail: str = h.status
         if h.status == "failing":
             detail = f"failing ({h.consecutive_failures} runs in a row): {h.last_error}"
         elif h.status == "degraded":

@@ -147,6 +147,8 @@ class SimulationPlan:
     ending where the live part starts."""
     api_url: str | None = None
     """With a gym: the platform's HTTP API, for the kiosk (members, strap pairing, check-ins)."""
+    api_key: str | None = None
+    """The kiosk's API key (a kiosk key of the site)."""
     start: datetime | None = None
     """With a gym: where history ends and the live part starts (default: now; accelerated: now - duration)."""
     close_at_end: bool = True
@@ -347,7 +349,7 @@ async def _gym_kiosk(
 ) -> None:
     loop = asyncio.get_running_loop()
     clock = GymClock.realtime() if plan.speed == 1.0 else GymClock(live, loop.time(), plan.speed)
-    async with Kiosk(api_url, gym) as kiosk:
+    async with Kiosk(api_url, gym, api_key=plan.api_key) as kiosk:
         try:
             await kiosk.register(plan.registered_from or history - timedelta(minutes=1))
         except KioskError as exc:

@@ -80,8 +80,8 @@ async def test_a_key_is_shown_once_stored_as_a_hash_and_revoked_at_once(database
 
 async def test_key_rules_role_scope_and_expiry(database_url: str) -> None:
     async with serve(app_at(database_url, NOW)) as admin:
-        base = {"name": "k", "owner": "o"}
-        cases = [
+        base: dict[str, object] = {"name": "k", "owner": "o"}
+        cases: list[tuple[dict[str, object], str]] = [
             ({"role": "admin", "scope": ["site:gym-a"]}, "body.scope"),
             ({"role": "kiosk", "scope": ["site:gym-a", "site:gym-b"]}, "body.scope"),
             ({"role": "kiosk", "scope": ["*"]}, "body.scope"),
