@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
 from api import keys, policy
+from api.access import keys_for_up
 from api.main import create_app
 from api.security import Scope
 from tests.api.seed import NOW, PARTICIPANT, seed
@@ -228,3 +230,21 @@ async def test_a_database_outage_answers_503_quickly(empty_database: str) -> Non
             body = assert_problem(r, 503)
             assert body["instance"] == path
             assert r.headers["retry-after"] == "5"
+
+
+async def test_keys_for_up_make_the_first_admin_key_once_and_a_fresh_kiosk_key(
+    database_url: str, tmp_path: Path
+) -> None:
+    first = await keys_for_up(database_url, tmp_path, "demo", NOW)
+    assert first.admin is not None
+    assert first.admin_file.read_text().strip() == first.admin
+    assert first.admin_file.stat().st_mode & 0o777 == 0o600
+    again = await keys_for_up(database_url, tmp_path, "demo", NOW + timedelta(hours=1))
+    assert again.admin is None  # never made (nor shown) twice
+    assert first.admin_file.read_text().strip() == first.admin
+    async with serve(app_at(database_url, NOW + timedelta(hours=1)), key=None) as http:
+        assert (await http.get("/v1/keys", headers=bearer(first.admin))).status_code == 200
+        # the previous run's kiosk key is revoked, the new one works (and only as a kiosk of its site)
+        assert_problem(await http.get("/v1/check-ins", headers=bearer(first.kiosk)), 401)
+        assert (await http.get("/v1/check-ins", headers=bearer(again.kiosk))).status_code == 200
+        assert_problem(await http.get("/v1/devices", headers=bearer(again.kiosk)), 403)
