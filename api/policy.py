@@ -1,6 +1,7 @@
 """Who may call what: one table from (method, path template) to the roles allowed and how the caller's scope
 is checked. Default deny: a route without an entry answers 403 to everyone (and fails
-``tests/api/test_policy.py``). The guard (:mod:`api.guard`) enforces the table for every request.
+``tests/api/test_access.py``). The guard (:mod:`api.guard`) enforces the roles for every request;
+``tests/api/test_access_matrix.py`` holds every route, role and credential to a hand-written expectation.
 
 Roles
     ``admin``: everything, key management, the audit log. ``operator``: their sites' devices, device health,
@@ -11,10 +12,13 @@ Roles
     participants (with the consent given at the desk) and check-ins.
 
 Scope checks (:class:`Ref`)
-    Every resource a request names (in its path, query or JSON body) is checked against the caller's scope: a
-    site directly, a device, participant or session through the site it belongs to, a study directly.
-    Something out of scope answers 404 exactly as something unknown does, so a caller learns nothing about
-    what it may not see. Participants are in scope only for roles that see participant ids (admin, kiosk).
+    Every resource a request names (``refs``: in its path, query or JSON body) is checked against the
+    caller's scope: a site directly, a device, participant or session through the site it belongs to, a study
+    directly. The check is made by the lookup that answers 404 for an unknown resource
+    (:mod:`api.routes.lookup`, the routes' fetches, :mod:`api.services.check_ins`), after the route's own
+    validation, so something out of scope answers 404 exactly as something unknown does, in every case: a
+    caller learns nothing about what it may not see. Participants are in scope only for roles that see
+    participant ids (admin, kiosk).
     Routes marked ``lists`` return rows of many sites: their handlers filter the rows to the caller's scope
     (``caller.sites`` / ``caller.studies``) and hide participant ids from operators
     (:func:`sees_participants`).
