@@ -28,7 +28,8 @@ class RejectNul:
             if field is not None:
                 shown = field.replace("\x00", "\\0")
                 problem = invalid(shown, f"{shown} contains a NUL character")
-                await response(problem)(scope, receive, send)
+                instance = str(scope.get("path", "")).replace("\x00", "\\0")
+                await response(problem, instance=instance)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

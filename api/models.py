@@ -295,3 +295,59 @@ class CheckInOut(BaseModel):
     participant_id: UUID
     started_at: datetime
     ended_at: datetime | None
+
+
+# --- access: API keys and the audit log ---------------------------------------------------------------------
+
+RoleName = Literal["admin", "operator", "researcher", "integrator", "kiosk"]
+TEXT = r"^[^\x00-\x1f]*[^\s\x00-\x1f][^\x00-\x1f]*$"
+"""Words on one line: no control characters, not only spaces."""
+
+
+class KeyIn(BaseModel):
+    """A new API key. ``scope``: ``*`` (everything; an admin's), ``site:<id>``, ``study:<id>``, ``site:*``,
+    ``study:*``; a kiosk key is for exactly one site."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, pattern=TEXT)
+    owner: str = Field(
+        min_length=1, max_length=200, pattern=TEXT, description="who holds it (a person, a team)"
+    )
+    role: RoleName
+    scope: list[Annotated[str, Field(max_length=80)]] = Field(default_factory=list, max_length=1000)
+    expires_at: AwareDatetime | None = None
+
+
+class KeyOut(BaseModel):
+    key_id: str
+    name: str
+    owner: str
+    role: RoleName
+    scope: list[str]
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    """Recorded at most once a minute."""
+    revoked_at: datetime | None
+
+
+class NewKeyOut(KeyOut):
+    key: str
+    """``vl_<key_id>_<secret>``: shown this once, stored only as a hash. Send it as
+    ``Authorization: Bearer <key>``."""
+
+
+class AuditEntry(BaseModel):
+    id: int
+    at: datetime
+    key_id: str | None
+    subject: str | None
+    role: str | None
+    action: str
+    """``METHOD /path/{template}`` of a request, ``authenticate`` for a refused credential, ``keys.*`` for key
+    management at the command line."""
+    resource: str
+    outcome: str
+    """The HTTP status (``200``, ``404``), with the reason of a refused credential (``401 revoked``)."""
+    address: str | None

@@ -103,13 +103,18 @@ class Kiosk:
         retry_s: float = 60.0,
         timeout_s: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        api_key: str | None = None,
     ) -> None:
+        """``api_key``: a kiosk key of the plan's site (sent as ``Authorization: Bearer``)."""
         self.plan = plan
         self.retry_s = retry_s
         self.participants: dict[str, str] = {}
         """member id -> participant uuid, once registered."""
         self.counts: Counter[str] = Counter()
-        self._http = httpx.AsyncClient(base_url=api_url.rstrip("/"), timeout=timeout_s, transport=transport)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        self._http = httpx.AsyncClient(
+            base_url=api_url.rstrip("/"), timeout=timeout_s, transport=transport, headers=headers
+        )
 
     async def __aenter__(self) -> Self:
         return self

@@ -156,6 +156,8 @@ class SimulationPlan:
     ending where the live part starts."""
     api_url: str | None = None
     """With a gym: the platform's HTTP API, for the kiosk (members, strap pairing, check-ins)."""
+    api_key: str | None = None
+    """The kiosk's API key (a kiosk key of the site)."""
     start: datetime | None = None
     """With a gym: where history ends and the live part starts (default: now; accelerated: now - duration);
     the gym's clock reads this at the start of the run, whatever the wall clock says."""
@@ -391,7 +393,7 @@ async def _gym_raw(
 async def _gym_kiosk(
     gym: GymPlan, plan: SimulationPlan, api_url: str, history: datetime, end: datetime | None, clock: GymClock
 ) -> None:
-    async with Kiosk(api_url, gym) as kiosk:
+    async with Kiosk(api_url, gym, api_key=plan.api_key) as kiosk:
         try:
             await kiosk.register(plan.registered_from or history - timedelta(minutes=1))
         except KioskError as exc:

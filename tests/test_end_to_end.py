@@ -36,7 +36,10 @@ async def test_fleet_to_api_every_sample_exactly_once(mosquitto: Mosquitto, data
         await wait_until(lambda: _received(ingester, sent), what="every published sample taken and committed")
         assert await count(database_url, "samples") == log.total_samples
         assert ingester.metrics.registry.get_sample_value("vitalab_ingest_samples_duplicate_total") == 12 * 30
-        async with running_api(settings, database_url) as base, httpx.AsyncClient(base_url=base) as http:
+        async with (
+            running_api(settings, database_url) as api,
+            httpx.AsyncClient(base_url=api.url, headers=api.headers) as http,
+        ):
             devices = (await http.get("/v1/devices", params={"site": "e2e-gym"})).json()
             assert sorted(d["device_id"] for d in devices) == sorted(d.device_id for d in fleet.devices)
             assert {d["kind"] for d in devices} == {"bike", "treadmill", "rower", "hr_strap"}

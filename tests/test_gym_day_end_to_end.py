@@ -21,11 +21,12 @@ import psycopg
 import pytest
 
 from analytics.jobs import run_once
+from api.security import Scope
 from simulators.gym import Visit
 from simulators.gymfleet import GymConfig, GymPlan
 from simulators.run import SimulationPlan, simulate_gym
 from tests.conftest import Mosquitto
-from tests.support.helpers import make_settings, running_api, running_ingester, scalar, wait_until
+from tests.support.helpers import make_key, make_settings, running_api, running_ingester, scalar, wait_until
 
 pytestmark = pytest.mark.asyncio
 
@@ -98,7 +99,8 @@ async def test_two_gym_days_become_sessions_with_participants_and_straps(
         running_ingester(settings, mosquitto.target, database_url),
         running_api(settings, database_url) as api,
     ):
-        plan = dataclasses.replace(plan, api_url=api)
+        kiosk = await make_key(database_url, "kiosk", Scope(frozenset({SITE}), frozenset()), name="kiosk")
+        plan = dataclasses.replace(plan, api_url=api.url, api_key=kiosk)
         gym = await simulate_gym(mosquitto.target, SITE, plan, data_dir=tmp_path)
         truth = GymPlan(SITE, 6, seed=5, config=config, kinds=plan.mix)  # the same plan, rebuilt
         visits = truth.visits(history, live)

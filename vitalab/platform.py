@@ -9,13 +9,14 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Coroutine, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import uvicorn
 
 from analytics.jobs import DEFAULT_INTERVAL_S, interval_of, run_periodically
+from api.access import UpKeys, keys_for_up
 from api.main import create_app
 from ingest.service import open_ingester
 from simulators.fleet import Fleet
@@ -70,7 +71,13 @@ class _Api(uvicorn.Server):
 
 
 def _banner(
-    settings: Settings, db_url: str, target: MqttTarget, embedded_mqtt: bool, api_url: str, simulator: str
+    settings: Settings,
+    db_url: str,
+    target: MqttTarget,
+    embedded_mqtt: bool,
+    api_url: str,
+    simulator: str,
+    access: UpKeys,
 ) -> str:
     db = (
         "embedded PostgreSQL, data in " + str(settings.data_dir / "postgres")
@@ -78,10 +85,16 @@ def _banner(
         else db_url
     )
     mqtt = f"{target.url()} ({'in-process broker' if embedded_mqtt else 'external'})"
+    if access.admin is not None:
+        admin = f"{access.admin}  (shown once; also in {access.admin_file}, mode 0600)"
+    else:
+        admin = f"in {access.admin_file} (made at the first start)"
     return "\n".join(
         [
             "vitalab is up",
             f"  API        {api_url}  (try {api_url}/v1/samples/latest, docs at {api_url}/docs)",
+            f"  admin key  {admin}",
+            f'             curl -H "Authorization: Bearer $(cat {access.admin_file})" {api_url}/v1/devices',
             f"  MQTT       {mqtt}",
             f"  database   {db}",
             f"  simulator  {simulator}",
@@ -110,7 +123,9 @@ def _bound_url(server: uvicorn.Server, settings: Settings) -> str:
     return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
 
-def _gym_plans(settings: Settings, api_url: str) -> tuple[SimulationPlan, SimulationPlan | None, str]:
+def _gym_plans(
+    settings: Settings, api_url: str, api_key: str
+) -> tuple[SimulationPlan, SimulationPlan | None, str]:
     """The live gym of `vitalab up`, the optional history run beside it, and the banner's description."""
     config = gym_config(settings, demo=True)
     live = settings.sim_start or now_s()
@@ -123,6 +138,7 @@ def _gym_plans(settings: Settings, api_url: str) -> tuple[SimulationPlan, Simula
         mix=MACHINE_MIX,
         gym=config,
         api_url=api_url,
+        api_key=api_key,
         start=live,
         registered_from=registered,
     )
@@ -195,6 +211,7 @@ async def run_platform(settings: Settings, *, ready: asyncio.Event | None = None
         if embedded_mqtt:
             settings = settings.model_copy(update={"ingest_share_group": None, "mqtt_protocol": "3.1.1"})
         await asyncio.to_thread(_set_site_timezone, db_url, settings.site, settings.site_timezone)
+        access = await keys_for_up(db_url, settings.data_dir, settings.site, datetime.now(UTC))
         app = create_app(settings, db_url)
         server = _Api(
             uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")
@@ -212,7 +229,7 @@ async def run_platform(settings: Settings, *, ready: asyncio.Event | None = None
             sim_tasks: list[asyncio.Task[None]] = []
             protocol, data_dir = settings.mqtt_protocol, settings.data_dir
             if settings.sim_mode == "gym":
-                plan, history, simulator = _gym_plans(settings, api_url)
+                plan, history, simulator = _gym_plans(settings, api_url, access.kiosk)
                 for p, name in ((plan, "gym"), (history, "gym history")):
                     if p is not None:
                         run = simulate_gym(target, settings.site, p, protocol=protocol, data_dir=data_dir)
@@ -221,7 +238,7 @@ async def run_platform(settings: Settings, *, ready: asyncio.Event | None = None
                 simulator = f"{settings.sim_devices} devices at site '{settings.site}', always in use, 1 Hz"
                 sim_tasks.append(tg.create_task(_guarded(_fleet(settings, target), "simulator")))
             print(
-                _banner(settings, db_url, target, embedded_mqtt, api_url, simulator),
+                _banner(settings, db_url, target, embedded_mqtt, api_url, simulator, access),
                 file=sys.stderr,
                 flush=True,
             )

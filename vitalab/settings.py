@@ -105,6 +105,27 @@ class Settings(BaseSettings):
         "many seconds",
     )
 
+    api_db_timeout_s: float = Field(
+        default=2.0, gt=0, le=60, description="a request waits this long for a database connection, then 503"
+    )
+
+    # --- access (api/security.py, api/policy.py) -----------------------------------------------------
+    oidc_issuer: str | None = Field(
+        default=None, description="accept bearer JWTs from this OpenID Connect issuer (single sign-on)"
+    )
+    oidc_audience: str | None = Field(default=None, description="the `aud` the tokens must carry")
+    oidc_jwks_url: str | None = Field(
+        default=None, description="the issuer's key set; unset: from its /.well-known/openid-configuration"
+    )
+    oidc_role_claim: str = Field(default="vitalab_role", description="claim holding the role")
+    oidc_scope_claim: str = Field(
+        default="vitalab_scope", description="claim holding the scope: `*`, `site:<id>`, `study:<id>` entries"
+    )
+    auth_failures_max: int = Field(
+        default=10, ge=1, description="failed authentications per address within the window before 429"
+    )
+    auth_failures_window_s: float = Field(default=60.0, gt=0)
+
     # --- wire validation -----------------------------------------------------------------------------
     max_payload_bytes: int = Field(default=256 * 1024, ge=256)
     max_future_s: float = Field(default=300.0, ge=0, description="accept device clocks this far ahead")

@@ -57,3 +57,8 @@ async def fetch_page(
         select, where, condition, order
     )
     return page(await fetch_all(conn, row, query, params), cursor, limit, key)
+
+
+def in_sites(column: str) -> sql.Composed:
+    """``column`` is one of ``%(sites)s`` (NULL: every site): a list filtered to the caller's scope."""
+    return sql.SQL("(%(sites)s::text[] IS NULL OR {} = ANY(%(sites)s))").format(sql.SQL(column))

@@ -102,15 +102,19 @@ async def list_check_ins(
     until: datetime | None,
     cursor: Cursor,
     limit: int,
+    sites: list[str] | None = None,
 ) -> Page[CheckInOut]:
-    """Check-ins overlapping ``[since, until)`` (either bound optional), by start."""
+    """Check-ins overlapping ``[since, until)`` (either bound optional), by start; ``sites``: only on
+    devices of these sites."""
     select = sql.SQL("SELECT {} FROM device_assignments").format(_COLS)
     where = sql.SQL(
         "(%(d)s::text IS NULL OR device_id = %(d)s) AND (%(p)s::uuid IS NULL OR participant_id = %(p)s) "
         "AND (%(since)s::timestamptz IS NULL OR ended_at IS NULL OR ended_at > %(since)s) "
-        "AND (%(until)s::timestamptz IS NULL OR started_at < %(until)s)"
+        "AND (%(until)s::timestamptz IS NULL OR started_at < %(until)s) "
+        "AND (%(sites)s::text[] IS NULL OR device_id IN "
+        "(SELECT device_id FROM devices WHERE site_id = ANY(%(sites)s)))"
     )
-    params: dict[str, Any] = {"d": device, "p": participant, "since": since, "until": until}
+    params: dict[str, Any] = {"d": device, "p": participant, "since": since, "until": until, "sites": sites}
     return await fetch_page(
         conn, CheckInOut, select, where, params, KEYSET, cursor, limit, lambda c: (c.started_at, c.device_id)
     )

@@ -9,7 +9,7 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 
 from api.pagination import Cursor, Keyset, Page
-from api.queries import exists, fetch_page
+from api.queries import fetch_page, in_sites
 
 KEYSET = Keyset(("received_at", "id"), (datetime, int), descending=True)
 """Newest first; (received_at, id) is the primary key (many letters share a received_at)."""
@@ -28,24 +28,23 @@ class DeadLetterRow:
     payload: bytes
 
 
-async def device_named(conn: AsyncConnection, device_id: str) -> bool:
-    """A registered device, or one named by a dead letter (a refused device need not be registered)."""
-    query = sql.SQL(
-        "SELECT 1 FROM devices WHERE device_id = %(d)s "
-        "UNION ALL SELECT 1 FROM dead_letters WHERE device_id = %(d)s"
-    )
-    return await exists(conn, query, {"d": device_id})
-
-
 async def list_dead_letters(
-    conn: AsyncConnection, reason: str | None, device_id: str | None, cursor: Cursor, limit: int
+    conn: AsyncConnection,
+    reason: str | None,
+    device_id: str | None,
+    cursor: Cursor,
+    limit: int,
+    sites: list[str] | None = None,
 ) -> Page[DeadLetterRow]:
+    """Newest first; ``sites``: only letters whose topic names one of these sites."""
     select = sql.SQL(
         "SELECT id, received_at, topic, reason, detail, path, device_id, payload_size, payload "
         "FROM dead_letters"
     )
-    where = sql.SQL("(%(r)s::text IS NULL OR reason = %(r)s) AND (%(d)s::text IS NULL OR device_id = %(d)s)")
-    params: dict[str, Any] = {"r": reason, "d": device_id}
+    where = sql.SQL(
+        "(%(r)s::text IS NULL OR reason = %(r)s) AND (%(d)s::text IS NULL OR device_id = %(d)s) AND {}"
+    ).format(in_sites("split_part(topic, '/', 3)"))
+    params: dict[str, Any] = {"r": reason, "d": device_id, "sites": sites}
     return await fetch_page(
         conn, DeadLetterRow, select, where, params, KEYSET, cursor, limit, lambda r: (r.received_at, r.id)
     )

@@ -9,7 +9,7 @@ from psycopg import AsyncConnection, sql
 
 from api.models import Device, DeviceQualityDay
 from api.pagination import Cursor, Keyset, Page
-from api.queries import cols, exists, fetch_one, fetch_page
+from api.queries import cols, exists, fetch_one, fetch_page, in_sites
 
 KEYSET = Keyset(("device_id",), (str,))
 QUALITY_KEYSET = Keyset(("day",), (date,))
@@ -51,10 +51,21 @@ async def known(conn: AsyncConnection, device_id: str) -> bool:
 
 
 async def list_devices(
-    conn: AsyncConnection, site: str | None, now: datetime, offline_after_s: float, cursor: Cursor, limit: int
+    conn: AsyncConnection,
+    site: str | None,
+    now: datetime,
+    offline_after_s: float,
+    cursor: Cursor,
+    limit: int,
+    sites: list[str] | None = None,
 ) -> Page[Device]:
-    params: dict[str, Any] = {"site": site, "heard_since": _heard_since(now, offline_after_s)}
-    where = sql.SQL("%(site)s::text IS NULL OR site_id = %(site)s")
+    """Devices by id (``sites``: only of these sites; None: of all)."""
+    params: dict[str, Any] = {
+        "site": site,
+        "heard_since": _heard_since(now, offline_after_s),
+        "sites": sites,
+    }
+    where = sql.SQL("(%(site)s::text IS NULL OR site_id = %(site)s) AND {}").format(in_sites("site_id"))
     return await fetch_page(
         conn, Device, _SELECT, where, params, KEYSET, cursor, limit, lambda d: (d.device_id,)
     )

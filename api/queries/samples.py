@@ -9,7 +9,7 @@ from psycopg import AsyncConnection, sql
 
 from api.models import RrOut, SampleOut
 from api.pagination import Cursor, Keyset, Page
-from api.queries import cols, fetch_page
+from api.queries import cols, fetch_page, in_sites
 
 SAMPLE_COLS = (
     "device_id",
@@ -54,15 +54,26 @@ async def device_samples(
     return await fetch_page(conn, SampleOut, select, where, params, KEYSET, cursor, limit, lambda s: (s.t,))
 
 
-async def latest(conn: AsyncConnection, site: str | None, cursor: Cursor, limit: int) -> Page[SampleOut]:
-    """The newest sample of each device (one index probe per device), by device id."""
+async def latest(
+    conn: AsyncConnection, site: str | None, cursor: Cursor, limit: int, sites: list[str] | None = None
+) -> Page[SampleOut]:
+    """The newest sample of each device (one index probe per device), by device id (``sites``: only of
+    these sites)."""
     select = sql.SQL(
         "SELECT s.* FROM devices d CROSS JOIN LATERAL "
         "(SELECT {} FROM samples WHERE samples.device_id = d.device_id ORDER BY t DESC LIMIT 1) s"
     ).format(cols(SAMPLE_COLS))
-    where = sql.SQL("%(site)s::text IS NULL OR d.site_id = %(site)s")
+    where = sql.SQL("(%(site)s::text IS NULL OR d.site_id = %(site)s) AND {}").format(in_sites("d.site_id"))
     return await fetch_page(
-        conn, SampleOut, select, where, {"site": site}, LATEST_KEYSET, cursor, limit, lambda s: (s.device_id,)
+        conn,
+        SampleOut,
+        select,
+        where,
+        {"site": site, "sites": sites},
+        LATEST_KEYSET,
+        cursor,
+        limit,
+        lambda s: (s.device_id,),
     )
 
 

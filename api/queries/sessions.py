@@ -10,7 +10,7 @@ from psycopg import AsyncConnection, sql
 
 from api.models import SessionDetail, SessionOut
 from api.pagination import Cursor, Keyset, Page
-from api.queries import cols, fetch_one, fetch_page
+from api.queries import cols, fetch_one, fetch_page, in_sites
 
 SESSION_COLS = (
     "session_id",
@@ -46,17 +46,20 @@ async def list_sessions(
     until: datetime | None,
     cursor: Cursor,
     limit: int,
+    sites: list[str] | None = None,
 ) -> Page[SessionOut]:
-    """Sessions starting in ``[since, until)``; ``device`` matches any device of a session."""
+    """Sessions starting in ``[since, until)``; ``device`` matches any device of a session; ``sites``: only
+    of these sites."""
     select = sql.SQL("SELECT {} FROM sessions").format(cols(SESSION_COLS))
     where = sql.SQL(
         "algorithm_version = %(v)s AND (%(site)s::text IS NULL OR site_id = %(site)s) "
         "AND (%(device)s::text IS NULL OR device_ids @> ARRAY[%(device)s::text]) "
         "AND (%(pid)s::uuid IS NULL OR participant_id = %(pid)s) "
         "AND (%(since)s::timestamptz IS NULL OR started_at >= %(since)s) "
-        "AND (%(until)s::timestamptz IS NULL OR started_at < %(until)s)"
-    )
+        "AND (%(until)s::timestamptz IS NULL OR started_at < %(until)s) AND {}"
+    ).format(in_sites("site_id"))
     params: dict[str, Any] = {
+        "sites": sites,
         "v": algorithm_version,
         "site": site,
         "device": device,

@@ -8,10 +8,12 @@ from fastapi import APIRouter, Query, Request, Response
 
 from api import pagination
 from api.deps import ConnDep
-from api.errors import not_found, responses
+from api.errors import responses
 from api.models import DeadLetterOut
 from api.pagination import CursorParam, PageLimit
 from api.queries import dead_letters
+from api.routes.lookup import require_letters_device
+from api.security import CallerDep, scope_sites
 from vitalab.wire.topics import ID_PATTERN
 
 router = APIRouter(prefix="/v1/dead-letters", tags=["dead letters"], responses=responses(404, 422))
@@ -20,6 +22,7 @@ router = APIRouter(prefix="/v1/dead-letters", tags=["dead letters"], responses=r
 @router.get("", response_model=list[DeadLetterOut], responses=pagination.PAGED)
 async def list_dead_letters(
     conn: ConnDep,
+    caller: CallerDep,
     request: Request,
     response: Response,
     reason: Annotated[str | None, Query(max_length=64, description="e.g. schema, implausible_value")] = None,
@@ -30,10 +33,14 @@ async def list_dead_letters(
     cursor: CursorParam = None,
 ) -> list[DeadLetterOut]:
     """What the ingester refused, newest first, with the reason and the offending field."""
-    if device_id is not None and not await dead_letters.device_named(conn, device_id):
-        raise not_found("device", device_id, field="query.device_id")
+    await require_letters_device(conn, device_id, "query.device_id", caller)
     page = await dead_letters.list_dead_letters(
-        conn, reason, device_id, pagination.decode(cursor, dead_letters.KEYSET), limit
+        conn,
+        reason,
+        device_id,
+        pagination.decode(cursor, dead_letters.KEYSET),
+        limit,
+        sites=scope_sites(caller),
     )
     pagination.link(request, response, page)
     return [

@@ -12,6 +12,7 @@ from api.pagination import CursorParam, PageLimit
 from api.params import SiteFilter
 from api.queries import samples
 from api.routes.lookup import require_site
+from api.security import CallerDep, scope_sites
 
 router = APIRouter(prefix="/v1/samples", tags=["samples"], responses=responses(404, 422))
 
@@ -19,6 +20,7 @@ router = APIRouter(prefix="/v1/samples", tags=["samples"], responses=responses(4
 @router.get("/latest", response_model=list[SampleOut], responses=pagination.PAGED)
 async def latest_samples(
     conn: ConnDep,
+    caller: CallerDep,
     request: Request,
     response: Response,
     site: SiteFilter = None,
@@ -26,7 +28,9 @@ async def latest_samples(
     cursor: CursorParam = None,
 ) -> list[SampleOut]:
     """The newest sample of every device that has one, by device id (one index probe per device)."""
-    await require_site(conn, site, "query.site")
-    page = await samples.latest(conn, site, pagination.decode(cursor, samples.LATEST_KEYSET), limit)
+    await require_site(conn, site, "query.site", caller)
+    page = await samples.latest(
+        conn, site, pagination.decode(cursor, samples.LATEST_KEYSET), limit, sites=scope_sites(caller)
+    )
     pagination.link(request, response, page)
     return page.rows

@@ -14,6 +14,7 @@ from api.errors import invalid, not_found, responses
 from api.models import SiteOccupancy, SiteUtilisation, SiteVitality
 from api.params import QUERY_EARLIEST, Since, SinceDay, SiteId, Until, UntilDay, check_range
 from api.queries import sites
+from api.security import Caller, CallerDep
 from api.services import sites as reports
 
 router = APIRouter(prefix="/v1/sites", tags=["analytics"], responses=responses(404, 422))
@@ -33,8 +34,9 @@ def _range(
     return since, until
 
 
-async def _timezone(conn: AsyncConnection, site_id: str) -> str:
-    tz = await sites.timezone(conn, site_id)
+async def _timezone(conn: AsyncConnection, site_id: str, caller: Caller) -> str:
+    """The site's timezone; 404 for an unknown site and one out of the caller's scope alike."""
+    tz = await sites.timezone(conn, site_id) if caller.can_site(site_id) else None
     if tz is None:
         raise not_found("site", site_id, field="path.site_id")
     return tz
@@ -42,20 +44,21 @@ async def _timezone(conn: AsyncConnection, site_id: str) -> str:
 
 @router.get("/{site_id}/utilisation", response_model=SiteUtilisation)
 async def utilisation(
-    conn: ConnDep, now: NowDep, site_id: SiteId, since: Since = None, until: Until = None
+    conn: ConnDep, caller: CallerDep, now: NowDep, site_id: SiteId, since: Since = None, until: Until = None
 ) -> SiteUtilisation:
     """Per device and UTC hour of ``[since, until)`` (default: the last 24 h; at most 31 days): seconds in a
     session, the share of the hour, and minutes with any sample. Hours without activity are 0."""
     since, until = _range(since, until, now, timedelta(hours=24))
     if reports.hour_span(since, until)[1] > MAX_HOURS:
         raise invalid("query.since", f"at most {MAX_HOURS} hours per request")
-    await _timezone(conn, site_id)
+    await _timezone(conn, site_id, caller)
     return await reports.utilisation(conn, site_id, since, until)
 
 
 @router.get("/{site_id}/occupancy", response_model=SiteOccupancy)
 async def occupancy(
     conn: ConnDep,
+    caller: CallerDep,
     now: NowDep,
     site_id: SiteId,
     since: Since = None,
@@ -70,13 +73,14 @@ async def occupancy(
     since, until = _range(since, until, now, timedelta(days=28))
     if until - since > timedelta(days=MAX_OCCUPANCY_DAYS):
         raise invalid("query.since", f"at most {MAX_OCCUPANCY_DAYS} days per request")
-    tz_name = await _timezone(conn, site_id)
+    tz_name = await _timezone(conn, site_id, caller)
     return await reports.occupancy(conn, site_id, tz_name, since, until, slot_min)
 
 
 @router.get("/{site_id}/vitality", response_model=SiteVitality)
 async def vitality(
     conn: ConnDep,
+    caller: CallerDep,
     settings: SettingsDep,
     now: NowDep,
     site_id: SiteId,
@@ -96,6 +100,6 @@ async def vitality(
     check_range(since, until, inclusive=True)
     if (until - since).days > MAX_VITALITY_DAYS:
         raise invalid("query.since", f"at most {MAX_VITALITY_DAYS} days per request")
-    await _timezone(conn, site_id)
+    await _timezone(conn, site_id, caller)
     k_used = max(settings.analytics_k_anonymity, k or 0)
     return await reports.vitality(conn, site_id, since, until, breakdown, k_used)

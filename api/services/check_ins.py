@@ -23,11 +23,13 @@ from uuid import UUID
 
 from psycopg import AsyncConnection
 
-from api.errors import Problem, conflict, invalid, not_found
+from api.errors import conflict, invalid, not_found
 from api.models import CheckInIn, CheckInOut, CheckOutIn
 from api.params import check_written
+from api.policy import sees_participants
 from api.queries import check_ins as q
 from api.queries import participants
+from api.security import Caller
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,15 +42,19 @@ def _span(c: CheckInOut) -> str:
     return f"from {c.started_at.isoformat()} to {c.ended_at.isoformat() if c.ended_at else 'now (open)'}"
 
 
-async def _device_site(conn: AsyncConnection, device_id: str, field: str) -> str:
+async def _device_site(conn: AsyncConnection, device_id: str, field: str, caller: Caller) -> str:
+    """The device's site, locked; 404 for an unknown device and for one out of the caller's scope alike."""
     site = await q.lock_device(conn, device_id)
-    if site is None:
+    if site is None or not caller.can_site(site):
         raise not_found("device", device_id, field=field)
     return site
 
 
-async def check_in(conn: AsyncConnection, body: CheckInIn, now: datetime, max_future_s: float) -> Outcome:
-    """Check a participant in on a device (rules in the module docstring)."""
+async def check_in(
+    conn: AsyncConnection, body: CheckInIn, now: datetime, max_future_s: float, caller: Caller
+) -> Outcome:
+    """Check a participant in on a device (rules in the module docstring), for ``caller`` (devices and
+    participants out of its scope are unknown to it)."""
     started = check_written(body.started_at or now, "body.started_at", now, max_future_s)
     ended = (
         None if body.ended_at is None else check_written(body.ended_at, "body.ended_at", now, max_future_s)
@@ -56,10 +62,10 @@ async def check_in(conn: AsyncConnection, body: CheckInIn, now: datetime, max_fu
     if ended is not None and ended <= started:
         raise invalid("body.ended_at", "ended_at must be after started_at")
     async with conn.transaction():
-        site = await _device_site(conn, body.device_id, "body.device_id")
+        site = await _device_site(conn, body.device_id, "body.device_id", caller)
         their_site = await participants.site_of(conn, body.participant_id)
-        if their_site is None:
-            raise Problem(404, f"no participant {body.participant_id}", field="body.participant_id")
+        if their_site is None or not (sees_participants(caller) and caller.can_site(their_site)):
+            raise not_found("participant", str(body.participant_id), field="body.participant_id")
         if their_site != site:
             raise invalid(
                 "body.participant_id",
@@ -109,12 +115,17 @@ async def _again(
 
 
 async def check_out(
-    conn: AsyncConnection, device_id: str, body: CheckOutIn, now: datetime, max_future_s: float
+    conn: AsyncConnection,
+    device_id: str,
+    body: CheckOutIn,
+    now: datetime,
+    max_future_s: float,
+    caller: Caller,
 ) -> CheckInOut:
     """End the device's open check-in (rules in the module docstring)."""
     ended = check_written(body.ended_at or now, "body.ended_at", now, max_future_s)
     async with conn.transaction():
-        await _device_site(conn, device_id, "path.device_id")
+        await _device_site(conn, device_id, "path.device_id", caller)
         current = await q.open_one(conn, device_id)
         if current is None:
             last = await q.last(conn, device_id)

@@ -1,4 +1,5 @@
-"""Running the API for a test: a real uvicorn server on a loopback port, with a pinned clock."""
+"""Running the API for a test: a real uvicorn server on a loopback port, with a pinned clock, and a client
+holding an admin key (or a key of another role)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from fastapi import FastAPI
 from api.health import HealthCheck
 from api.main import create_app
 from tests.conftest import free_port
-from tests.support.helpers import make_settings
+from tests.support.helpers import make_key, make_settings
 
 PROBLEM = "application/problem+json"
 
@@ -41,12 +42,23 @@ def app_at(
 ) -> FastAPI:
     """The API over ``database_url`` whose clock says ``now`` (or what the pinned clock says)."""
     clock = now if isinstance(now, PinnedClock) else PinnedClock(now)
-    return create_app(make_settings(**settings), database_url, clock=clock, health_checks=health_checks)
+    app = create_app(make_settings(**settings), database_url, clock=clock, health_checks=health_checks)
+    app.state.test_database_url = database_url
+    return app
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
 
 
 @contextlib.asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """``app`` served by uvicorn on a free loopback port; yields a client with that base URL."""
+async def serve(app: FastAPI, key: str | None = "admin") -> AsyncIterator[httpx.AsyncClient]:
+    """``app`` (made by :func:`app_at`) served by uvicorn on a free loopback port; yields a client with that
+    base URL sending ``key``: ``"admin"`` (the default) makes an admin key in the app's database, None
+    sends no credential (the database need not have a schema then)."""
+    if key == "admin":
+        key = await make_key(app.state.test_database_url)
+    headers = bearer(key) if key else None
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())
@@ -55,7 +67,9 @@ async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
             task.result()
         await asyncio.sleep(0.02)
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as http:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=30.0, headers=headers
+        ) as http:
             yield http
     finally:
         server.should_exit = True

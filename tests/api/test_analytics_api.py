@@ -41,7 +41,10 @@ async def get(http: httpx.AsyncClient, path: str, **params: Any) -> Any:
 
 async def test_sessions_participants_sites_and_quality(database_url: str) -> None:
     pids = await asyncio.to_thread(seed, database_url)  # the writer runs its own event loop
-    async with running_api(make_settings(), database_url) as base, httpx.AsyncClient(base_url=base) as http:
+    async with (
+        running_api(make_settings(), database_url) as api,
+        httpx.AsyncClient(base_url=api.url, headers=api.headers) as http,
+    ):
         sessions = await get(http, "/v1/sessions", site=d.SITE)
         assert [s["device_ids"] for s in sessions] == [[f"bike-{i}"] for i in range(1, 9)]
         assert [s["participant_id"] for s in sessions] == pids

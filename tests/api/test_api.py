@@ -46,7 +46,10 @@ def seed(url: str) -> None:
 
 async def test_devices_samples_rr_and_dead_letters(database_url: str) -> None:
     seed(database_url)
-    async with running_api(make_settings(), database_url) as base, httpx.AsyncClient(base_url=base) as http:
+    async with (
+        running_api(make_settings(), database_url) as api,
+        httpx.AsyncClient(base_url=api.url, headers=api.headers) as http,
+    ):
         devices = (await http.get("/v1/devices")).json()
         assert [d["device_id"] for d in devices] == ["bike-1", "tread-1"]
         assert [d["device_id"] for d in (await http.get("/v1/devices", params={"site": "gym-b"})).json()] == [
@@ -100,7 +103,10 @@ async def test_devices_samples_rr_and_dead_letters(database_url: str) -> None:
 
 async def test_health_says_503_when_the_database_is_gone(empty_database: str) -> None:
     url = psycopg.conninfo.make_conninfo(empty_database, dbname="vitalab_does_not_exist")
-    async with running_api(make_settings(), url) as base, httpx.AsyncClient(base_url=base) as http:
+    async with (
+        running_api(make_settings(), url, with_key=False) as api,
+        httpx.AsyncClient(base_url=api.url, headers=api.headers) as http,
+    ):
         r = await http.get("/health")
     assert r.status_code == 503
     assert r.json()["database"] is False

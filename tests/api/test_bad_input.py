@@ -19,6 +19,7 @@ import pytest
 
 from tests.api.seed import NOW, PARTICIPANT, T0, seed
 from tests.api.support import app_at, assert_problem, serve
+from tests.support.helpers import make_key
 
 pytestmark = pytest.mark.asyncio
 
@@ -27,6 +28,7 @@ UNKNOWN = {
     "site_id": "no-such-site",
     "participant_id": "8f0e2a9c-0000-4000-8000-000000000000",
     "session_id": "999999999",
+    "key_id": "0000000000000000",
 }
 FILTERS = {
     "site": "site_id",
@@ -49,7 +51,10 @@ BODY_TIMES = {
     "/v1/check-ins": ["started_at", "ended_at"],
     "/v1/check-ins/{device_id}/end": ["ended_at"],
     "/v1/contract/validate": [],  # its payload's times are judged, not refused (tests/api/test_contract.py)
+    "/v1/keys": ["expires_at"],
 }
+FUTURE_TIMES = {"expires_at"}
+"""Times that must lie ahead (not behind) of the server's clock."""
 
 
 def iso(t: Any) -> str:
@@ -70,6 +75,7 @@ def bodies() -> dict[tuple[str, str], dict[str, Any]]:
             "topic": "vitalab/v1/gym-a/dev/bike-1/telemetry",
             "payload": {"v": 1, "device": "bike-1", "seq": 0, "samples": [{"t": iso(NOW), "hr_bpm": 90}]},
         },
+        ("post", "/v1/keys"): {"name": "walk", "owner": "tests", "role": "operator", "scope": ["site:gym-a"]},
     }
 
 
@@ -114,6 +120,7 @@ async def test_every_operation_follows_the_one_rule_for_bad_input(database_url: 
         "site_id": "gym-a",
         "participant_id": str(PARTICIPANT),
         "session_id": str(seeded.session_id),
+        "key_id": (await make_key(database_url, "operator", name="to revoke"))[3:19],
     }
     required_query = {"since": enc(iso(T0))}
     async with serve(app_at(database_url, NOW)) as http:
@@ -189,8 +196,8 @@ async def _spoil_body(http: httpx.AsyncClient, call: Call, body: dict[str, Any])
         for bad in BAD_TIMES:
             r = await send(http, call, url, body | {name: bad})
             assert_problem(r, 422, f"body.{name}")
-        ahead = iso(NOW + timedelta(days=2))
-        assert_problem(await send(http, call, url, body | {name: ahead}), 422, f"body.{name}")
+        wrong = iso(NOW - timedelta(days=2)) if name in FUTURE_TIMES else iso(NOW + timedelta(days=2))
+        assert_problem(await send(http, call, url, body | {name: wrong}), 422, f"body.{name}")
     for name, value in body.items():
         if isinstance(value, str):
             assert_problem(await send(http, call, url, body | {name: value + "\x00"}), 422, f"body.{name}")

@@ -27,7 +27,7 @@ async def test_docs_pages_load_everything_from_this_server(
     empty_database: str, page: str, assets: int
 ) -> None:
     # no database needed: the pages and files are served without one
-    async with serve(app_at(empty_database, datetime(2026, 11, 25, tzinfo=UTC))) as http:
+    async with serve(app_at(empty_database, datetime(2026, 11, 25, tzinfo=UTC)), key=None) as http:
         r = await http.get(page)
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/html")

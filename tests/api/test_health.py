@@ -35,7 +35,7 @@ async def test_health_reports_failing_checks_and_stays_up(database_url: str) -> 
         await conn.execute("SELECT * FROM no_such_table")
         return []
 
-    async with serve(app_at(database_url, NOW, health_checks=[jobs, broken])) as http:
+    async with serve(app_at(database_url, NOW, health_checks=[jobs, broken]), key=None) as http:
         r = await http.get("/health")
     assert r.status_code == 200  # the API itself is usable
     body = r.json()
@@ -55,7 +55,7 @@ async def test_health_ok_with_passing_checks_and_503_without_database(empty_data
     async def fine(conn: AsyncConnection, now: datetime) -> Sequence[CheckResult]:
         return [CheckResult(name="job:x", ok=True)]
 
-    async with serve(app_at(empty_database, NOW, health_checks=[fine])) as http:
+    async with serve(app_at(empty_database, NOW, health_checks=[fine]), key=None) as http:
         r = await http.get("/health")
     assert (r.status_code, r.json()["status"], r.json()["checks"]) == (
         200,
@@ -63,7 +63,7 @@ async def test_health_ok_with_passing_checks_and_503_without_database(empty_data
         [{"name": "job:x", "ok": True, "detail": None}],
     )
     gone = psycopg.conninfo.make_conninfo(empty_database, dbname="vitalab_does_not_exist")
-    async with serve(app_at(gone, NOW, health_checks=[fine])) as http:
+    async with serve(app_at(gone, NOW, health_checks=[fine]), key=None) as http:
         r = await http.get("/health")
     assert (r.status_code, r.json()["status"], r.json()["database"]) == (503, "unavailable", False)
 
@@ -72,7 +72,7 @@ async def test_health_reports_the_analytics_job_from_its_run_records(database_ur
     """The composition root's check (api.health.analytics_job) over the real analytics_job_runs table."""
     check = analytics_job(stale_after=timedelta(minutes=10))
     app = app_at(database_url, NOW, health_checks=[check])
-    async with serve(app) as http:
+    async with serve(app, key=None) as http:
         never = (await http.get("/health")).json()
     assert never["status"] == "ok"
     assert never["checks"][0]["detail"] == "never_run"
@@ -89,7 +89,7 @@ async def test_health_reports_the_analytics_job_from_its_run_records(database_ur
                 "e": "ValueError: year 0 is out of range",
             },
         )
-    async with serve(app) as http:
+    async with serve(app, key=None) as http:
         failing = (await http.get("/health")).json()
     assert failing["status"] == "degraded"
     assert failing["checks"][0]["name"] == "analytics:default"
@@ -103,7 +103,7 @@ async def test_health_reports_the_analytics_job_from_its_run_records(database_ur
             "VALUES ('default', %(a)s, %(a)s, 'ok')",
             {"a": NOW - timedelta(minutes=30)},
         )
-    async with serve(app) as http:
+    async with serve(app, key=None) as http:
         stale = (await http.get("/health")).json()
     assert stale["status"] == "degraded"
     assert stale["checks"][0]["ok"] is False

@@ -11,10 +11,11 @@ import pytest
 import uvicorn
 
 from api.main import create_app
+from api.security import Scope
 from simulators.gymfleet import CHECK_IN_LEAD, GymConfig, GymPlan
 from simulators.kiosk import GymClock, Kiosk, stays
 from tests.conftest import free_port
-from tests.support.helpers import make_settings
+from tests.support.helpers import make_key, make_settings
 
 pytestmark = pytest.mark.asyncio
 
@@ -51,6 +52,7 @@ async def test_the_gym_clock_runs_from_its_anchor_not_the_wall_clock() -> None:
 async def test_kiosk_waits_for_the_api_and_repeats_harmlessly(database_url: str) -> None:
     gym = GymPlan("kiosk-gym", 3, seed=2, config=GymConfig(members=10, visit_minutes=(10, 30)))
     seed(database_url, gym)
+    key = await make_key(database_url, "kiosk", Scope(frozenset({gym.site}), frozenset()), name="kiosk")
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
@@ -60,7 +62,7 @@ async def test_kiosk_waits_for_the_api_and_repeats_harmlessly(database_url: str)
     start = datetime.combine(DAY, time(6), UTC)
     end = start + timedelta(hours=6)
     registered = start - timedelta(days=1)
-    async with Kiosk(f"http://127.0.0.1:{port}", gym, retry_s=30) as kiosk:
+    async with Kiosk(f"http://127.0.0.1:{port}", gym, retry_s=30, api_key=key) as kiosk:
         early = asyncio.create_task(kiosk.register(registered))  # nothing listens yet: it retries
         while kiosk.counts["retries"] < 2:  # refused twice, and still at it
             assert not early.done(), early
@@ -76,7 +78,7 @@ async def test_kiosk_waits_for_the_api_and_repeats_harmlessly(database_url: str)
             await kiosk.run(iter(visits), GymClock.starting_at(end + timedelta(hours=1)))
             first = assignments(database_url)
             # everything again (a restarted simulator): the same participants, no new or changed rows
-            again = Kiosk(f"http://127.0.0.1:{port}", gym)
+            again = Kiosk(f"http://127.0.0.1:{port}", gym, api_key=key)
             async with again:
                 assert await again.register(registered) == pids
                 await again.run(iter(visits), GymClock.starting_at(end + timedelta(hours=1)))

@@ -4,11 +4,18 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import psycopg
 
+from api import keys
+from api.security import Role, Scope
 from ingest.service import Ingester, open_ingester
 from vitalab.settings import MqttTarget, Settings, load_settings
+
+KEYS_MADE_AT = datetime(2026, 1, 1, tzinfo=UTC)
+"""When the tests' keys are created (a fixed time: no test reads the wall clock)."""
 
 
 def make_settings(**overrides: object) -> Settings:
@@ -59,9 +66,46 @@ async def running_ingester(
                 await task
 
 
+async def make_key(
+    database_url: str,
+    role: Role = "admin",
+    scope: Scope | None = None,
+    *,
+    name: str = "test",
+    now: datetime = KEYS_MADE_AT,
+    expires_at: datetime | None = None,
+) -> str:
+    """A new API key (``vl_...``) in the database; an admin's (scope everything) unless said otherwise."""
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        made = await keys.create_key(
+            conn,
+            name=name,
+            owner="tests",
+            role=role,
+            scope=scope or Scope.everything(),
+            now=now,
+            expires_at=expires_at,
+        )
+    return made.token
+
+
+@dataclass(frozen=True)
+class RunningApi:
+    url: str
+    key: str
+    """An admin key."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"} if self.key else {}
+
+
 @contextlib.asynccontextmanager
-async def running_api(settings: Settings, database_url: str) -> AsyncIterator[str]:
-    """The real API served by uvicorn on a free loopback port; yields its base URL."""
+async def running_api(
+    settings: Settings, database_url: str, *, with_key: bool = True
+) -> AsyncIterator[RunningApi]:
+    """The real API served by uvicorn on a free loopback port; yields its base URL and an admin key (none,
+    ``""``, without ``with_key``: for a database that is not there)."""
     import uvicorn
 
     from api.main import create_app
@@ -77,7 +121,7 @@ async def running_api(settings: Settings, database_url: str) -> AsyncIterator[st
             task.result()
         await asyncio.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield RunningApi(f"http://127.0.0.1:{port}", await make_key(database_url) if with_key else "")
     finally:
         server.should_exit = True
         await task

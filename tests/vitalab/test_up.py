@@ -75,8 +75,17 @@ def _start(
     )
 
 
+def _admin(data_dir: Path) -> dict[str, str]:
+    """The admin key `vitalab up` wrote at its first start (readable by its owner only), as headers."""
+    path = data_dir / "admin.key"
+    if not path.exists():
+        return {}
+    assert path.stat().st_mode & 0o777 == 0o600
+    return {"Authorization": f"Bearer {path.read_text().strip()}"}
+
+
 def _wait_for_samples(
-    base: str, proc: subprocess.Popen[str], since: datetime, timeout_s: float = 90
+    base: str, proc: subprocess.Popen[str], since: datetime, data_dir: Path, timeout_s: float = 90
 ) -> list[dict[str, object]]:
     """The newest samples once a machine of the gym has sent one of the live part, which starts at ``since``
     in gym time (the history published beside it ends there)."""
@@ -86,7 +95,7 @@ def _wait_for_samples(
             out = proc.stdout.read() if proc.stdout else ""
             raise AssertionError(f"vitalab up exited with {proc.returncode}:\n{out}")
         try:
-            r = httpx.get(f"{base}/v1/samples/latest", timeout=2)
+            r = httpx.get(f"{base}/v1/samples/latest", timeout=2, headers=_admin(data_dir))
             rows: list[dict[str, object]] = r.json() if r.status_code == 200 else []
             live = [
                 row
@@ -119,8 +128,9 @@ def test_up_runs_the_platform_and_keeps_data(tmp_path: Path) -> None:
     seed = _busy_seed()
     proc = _start(tmp_path, port, seed)
     try:
-        first = _wait_for_samples(base, proc, START)
-        devices = httpx.get(f"{base}/v1/devices").json()
+        first = _wait_for_samples(base, proc, START, tmp_path)
+        assert httpx.get(f"{base}/v1/devices").status_code == 401  # protected like any deployment
+        devices = httpx.get(f"{base}/v1/devices", headers=_admin(tmp_path)).json()
         # the gym's machines, and the straps its members wear
         assert {d["kind"] for d in devices} == {"bike", "treadmill", "rower", "cross_trainer", "hr_strap"}
         assert {d["device_id"] for d in devices if d["kind"] != "hr_strap"} == set(MACHINES)
@@ -131,20 +141,25 @@ def test_up_runs_the_platform_and_keeps_data(tmp_path: Path) -> None:
     assert "vitalab is up" in out
     assert "vitalab stopped" in out
     assert (tmp_path / "postgres" / "PG_VERSION").exists()
+    key = (tmp_path / "admin.key").read_text().strip()
+    assert f"admin key  {key}  (shown once" in out  # printed at the first start
 
     # second run on the same data directory: what the first run committed is still there
     proc = _start(tmp_path, port, seed, RESTART)
     try:
-        _wait_for_samples(base, proc, RESTART)
+        _wait_for_samples(base, proc, RESTART, tmp_path)
         machine = next(r for r in first if r["device_id"] in MACHINES)
         r = httpx.get(
             f"{base}/v1/devices/{machine['device_id']}/samples",
             params={"since": str(machine["t"]), "limit": 10},
+            headers=_admin(tmp_path),
         )
         stamps = [s["t"] for s in r.json()]
         assert machine["t"] in stamps
     finally:
-        _stop(proc)
+        out = _stop(proc)
+    assert key not in out  # never shown again
+    assert (tmp_path / "admin.key").read_text().strip() == key
 
 
 def test_up_uses_external_services_when_configured(
@@ -157,7 +172,7 @@ def test_up_uses_external_services_when_configured(
         tmp_path, port, _busy_seed(), VITALAB_DATABASE_URL=empty_database, VITALAB_MQTT_URL=mosquitto.url
     )
     try:
-        _wait_for_samples(f"http://127.0.0.1:{port}", proc, START)
+        _wait_for_samples(f"http://127.0.0.1:{port}", proc, START, tmp_path)
         # the kiosk registers the gym's members through the API, and pairs the straps with their owners
         deadline = time.monotonic() + 60
         paired = (

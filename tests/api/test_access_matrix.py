@@ -1,0 +1,353 @@
+"""The authorisation matrix: every route of the application × every role × in scope / out of scope, and every
+route × no credential / a wrong, revoked or expired key, each cell with its expected status; zero leaks.
+
+The expectations are written here by hand from the roles' definitions (issue 11), not taken from
+api/policy.py: ``MAY`` lists, per role, the routes it may call. Two sites: gym-a (every scoped key's site) and
+gym-b (out of everyone's scope but the admin's), each with a device, a participant, a session, a check-in and
+a dead letter. A request out of scope names gym-b's resources; it must answer 404 exactly like an unknown
+resource (the same body but for the id). Lists asked for without a filter must hold nothing of gym-b for a
+scoped caller (while the admin's show gym-b: the data is there to leak), and operators never see a participant
+id. The walk fails when the app has a route this module does not know how to call."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+import httpx
+import psycopg
+import pytest
+
+from analytics.version import ALGORITHM_VERSION
+from api import keys, policy
+from api.security import Role, Scope
+from tests.api.seed import NOW, PARTICIPANT, T0, seed
+from tests.api.support import app_at, bearer, serve
+from tests.support.helpers import make_key
+
+pytestmark = pytest.mark.asyncio
+
+OTHER = UUID("7a1d0c3e-9b2f-4e61-8c5d-2f4b6a8e0d13")
+"""A participant of gym-b."""
+UNKNOWN_PARTICIPANT = "8f0e2a9c-0000-4000-8000-000000000000"
+
+SITE_READS = {
+    "GET /v1/sites/{site_id}/utilisation",
+    "GET /v1/sites/{site_id}/occupancy",
+    "GET /v1/sites/{site_id}/vitality",
+}
+DEVICE_READS = {"GET /v1/devices", "GET /v1/devices/{device_id}", "GET /v1/devices/{device_id}/quality"}
+MAY: dict[Role, set[str]] = {
+    # their sites: devices, device health, utilisation, occupancy, sessions without participant identity,
+    # suppressed vitality aggregates, the live floor
+    "operator": DEVICE_READS
+    | SITE_READS
+    | {"GET /v1/samples/latest", "GET /v1/sessions", "GET /v1/sessions/{session_id}"},
+    # their sites' devices and those devices' dead letters
+    "integrator": DEVICE_READS | {"GET /v1/dead-letters"},
+    # one site: registering participants, check-ins
+    "kiosk": {
+        "POST /v1/participants",
+        "GET /v1/participants/{participant_id}",
+        "POST /v1/check-ins",
+        "POST /v1/check-ins/{device_id}/end",
+        "GET /v1/check-ins",
+    },
+    # their studies only: no current route (no raw device management, no internal ids)
+    "researcher": set(),
+}
+SCOPES: dict[Role, list[str]] = {
+    "admin": ["*"],
+    "operator": ["site:gym-a"],
+    "integrator": ["site:gym-a"],
+    "kiosk": ["site:gym-a"],
+    "researcher": ["study:s1"],
+}
+GYM_B = ("gym-b", "bike-b", str(OTHER))
+"""What no scoped caller may ever read."""
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    params: dict[str, str] = field(default_factory=dict)
+    body: dict[str, Any] | None = None
+    unknown: tuple[str, str] | None = None
+    """(gym-b's id in this call, an unknown id of the same kind): the same call for a missing resource."""
+
+    async def send(self, http: httpx.AsyncClient, headers: dict[str, str] | None) -> httpx.Response:
+        return await http.request(self.method, self.path, params=self.params, json=self.body, headers=headers)
+
+    def missing(self) -> Call:
+        assert self.unknown is not None
+        old, new = self.unknown
+        swap = json.loads(json.dumps([self.path, self.params, self.body]).replace(old, new))
+        return Call(self.method, swap[0], swap[1], swap[2])
+
+
+@dataclass
+class Route:
+    inside: Call
+    outside: Call | None
+    """Naming gym-b's resource; None: the route names no resource of a site."""
+    lists: Call | None = None
+    """Unfiltered: rows of every site the caller may see."""
+
+
+def iso(t: Any) -> str:
+    return str(t.isoformat().replace("+00:00", "Z"))
+
+
+def routes(session_a: int, session_b: int, key_id: str) -> dict[str, Route]:
+    since = {"since": iso(T0 - timedelta(days=2))}
+    dev = "/v1/devices/{}"
+    return {
+        "GET /v1/devices": Route(
+            Call("GET", "/v1/devices", {"site": "gym-a"}),
+            Call("GET", "/v1/devices", {"site": "gym-b"}, unknown=("gym-b", "gym-z")),
+            Call("GET", "/v1/devices"),
+        ),
+        "GET /v1/devices/{device_id}": Route(
+            Call("GET", dev.format("bike-1")), Call("GET", dev.format("bike-b"), unknown=("bike-b", "bike-z"))
+        ),
+        "GET /v1/devices/{device_id}/samples": Route(
+            Call("GET", dev.format("bike-1") + "/samples"),
+            Call("GET", dev.format("bike-b") + "/samples", unknown=("bike-b", "bike-z")),
+        ),
+        "GET /v1/devices/{device_id}/rr": Route(
+            Call("GET", dev.format("strap-1") + "/rr", since),
+            Call("GET", dev.format("bike-b") + "/rr", since, unknown=("bike-b", "bike-z")),
+        ),
+        "GET /v1/devices/{device_id}/quality": Route(
+            Call("GET", dev.format("bike-1") + "/quality"),
+            Call("GET", dev.format("bike-b") + "/quality", unknown=("bike-b", "bike-z")),
+        ),
+        "GET /v1/samples/latest": Route(
+            Call("GET", "/v1/samples/latest", {"site": "gym-a"}),
+            Call("GET", "/v1/samples/latest", {"site": "gym-b"}, unknown=("gym-b", "gym-z")),
+            Call("GET", "/v1/samples/latest"),
+        ),
+        "GET /v1/dead-letters": Route(
+            Call("GET", "/v1/dead-letters", {"device_id": "bike-1"}),
+            Call("GET", "/v1/dead-letters", {"device_id": "bike-b"}, unknown=("bike-b", "bike-z")),
+            Call("GET", "/v1/dead-letters"),
+        ),
+        "GET /v1/sessions": Route(
+            Call("GET", "/v1/sessions", {"site": "gym-a"}),
+            Call("GET", "/v1/sessions", {"device": "bike-b"}, unknown=("bike-b", "bike-z")),
+            Call("GET", "/v1/sessions"),
+        ),
+        "GET /v1/sessions/{session_id}": Route(
+            Call("GET", f"/v1/sessions/{session_a}"),
+            Call("GET", f"/v1/sessions/{session_b}", unknown=(str(session_b), "999999999")),
+        ),
+        "POST /v1/participants": Route(
+            Call("POST", "/v1/participants", body={"site_id": "gym-a", "external_ref": "m0001"}),
+            Call(
+                "POST",
+                "/v1/participants",
+                body={"site_id": "gym-b", "external_ref": "m0001"},
+                unknown=("gym-b", "gym-z"),
+            ),
+        ),
+        "GET /v1/participants/{participant_id}": Route(
+            Call("GET", f"/v1/participants/{PARTICIPANT}"),
+            Call("GET", f"/v1/participants/{OTHER}", unknown=(str(OTHER), UNKNOWN_PARTICIPANT)),
+        ),
+        "GET /v1/participants/{participant_id}/load": Route(
+            Call("GET", f"/v1/participants/{PARTICIPANT}/load"),
+            Call("GET", f"/v1/participants/{OTHER}/load", unknown=(str(OTHER), UNKNOWN_PARTICIPANT)),
+        ),
+        "POST /v1/check-ins": Route(
+            Call(
+                "POST",
+                "/v1/check-ins",
+                body={"device_id": "bike-1", "participant_id": str(PARTICIPANT), "started_at": iso(T0)},
+            ),
+            Call(
+                "POST",
+                "/v1/check-ins",
+                body={"device_id": "bike-b", "participant_id": str(OTHER), "started_at": iso(T0)},
+                unknown=("bike-b", "bike-z"),
+            ),
+        ),
+        "POST /v1/check-ins/{device_id}/end": Route(
+            Call("POST", "/v1/check-ins/bike-1/end", body={"ended_at": iso(T0 + timedelta(hours=1))}),
+            Call(
+                "POST",
+                "/v1/check-ins/bike-b/end",
+                body={"ended_at": iso(T0 + timedelta(hours=1))},
+                unknown=("bike-b", "bike-z"),
+            ),
+        ),
+        "GET /v1/check-ins": Route(
+            Call("GET", "/v1/check-ins", {"device": "bike-1"}),
+            Call(
+                "GET", "/v1/check-ins", {"participant": str(OTHER)}, unknown=(str(OTHER), UNKNOWN_PARTICIPANT)
+            ),
+            Call("GET", "/v1/check-ins"),
+        ),
+        **{
+            name: Route(
+                Call("GET", name.split()[1].replace("{site_id}", "gym-a")),
+                Call("GET", name.split()[1].replace("{site_id}", "gym-b"), unknown=("gym-b", "gym-z")),
+            )
+            for name in SITE_READS
+        },
+        "POST /v1/keys": Route(
+            Call(
+                "POST", "/v1/keys", body={"name": "m", "owner": "t", "role": "kiosk", "scope": ["site:gym-a"]}
+            ),
+            None,
+        ),
+        "GET /v1/keys": Route(Call("GET", "/v1/keys"), None),
+        "GET /v1/keys/{key_id}": Route(Call("GET", f"/v1/keys/{key_id}"), None),
+        "POST /v1/keys/{key_id}/revoke": Route(Call("POST", f"/v1/keys/{key_id}/revoke"), None),
+        "GET /v1/audit": Route(Call("GET", "/v1/audit"), None),
+    }
+
+
+def seed_gym_b(url: str) -> int:
+    """gym-b's device (with samples, RR intervals and a dead letter), participant, check-in and session."""
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "INSERT INTO devices (device_id, site_id, kind, online, last_seen) "
+            "VALUES ('bike-b', 'gym-b', 'bike', true, %s)",
+            (T0,),
+        )
+        conn.execute(
+            "INSERT INTO samples (device_id, t, site_id, seq, power_w, hr_bpm) "
+            "VALUES ('bike-b', %s, 'gym-b', 1, 150, 130)",
+            (T0,),
+        )
+        conn.execute(
+            "INSERT INTO rr_intervals (device_id, t, idx, rr_ms) VALUES ('bike-b', %s, 0, 460)", (T0,)
+        )
+        conn.execute(
+            "INSERT INTO participants (participant_id, site_id, external_ref) VALUES (%s, 'gym-b', 'b0001')",
+            (OTHER,),
+        )
+        conn.execute(
+            "INSERT INTO device_assignments (device_id, participant_id, started_at, ended_at) "
+            "VALUES ('bike-b', %s, %s, %s)",
+            (OTHER, T0 - timedelta(days=1), T0 - timedelta(days=1) + timedelta(minutes=30)),
+        )
+        row = conn.execute(
+            "INSERT INTO sessions (site_id, participant_id, device_ids, started_at, ended_at, source, "
+            "algorithm_version, summary, duration_s) VALUES ('gym-b', %s, ARRAY['bike-b'], %s, %s, "
+            "'check_in', %s, '{}', 60) RETURNING session_id",
+            (OTHER, T0 - timedelta(days=1), T0 - timedelta(days=1) + timedelta(minutes=1), ALGORITHM_VERSION),
+        ).fetchone()
+        conn.execute(
+            "INSERT INTO dead_letters (topic, reason, detail, device_id, payload, payload_size) VALUES "
+            "('vitalab/v1/gym-b/dev/bike-b/telemetry', 'schema', 'bad', 'bike-b', '\\x7b7d'::bytea, 2)"
+        )
+    assert row is not None
+    return int(row[0])
+
+
+async def revoked_key(url: str) -> str:
+    token = await make_key(url, "admin", name="revoked")
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        parts = keys.split(token)
+        assert parts is not None
+        assert await keys.revoke_key(conn, parts[0], NOW - timedelta(minutes=1)) is not None
+    return token
+
+
+def may(role: Role, name: str) -> bool:
+    return role == "admin" or name in MAY[role]
+
+
+def leaks(role: Role, response: httpx.Response) -> list[str]:
+    """What a 2xx answer shows that the role may not see (an error echoes only the request's own path)."""
+    if role == "admin" or not response.is_success:
+        return []
+    forbidden = list(GYM_B) + ([] if role == "kiosk" else [str(PARTICIPANT)])
+    return [word for word in forbidden if word in response.text]
+
+
+def same_but_id(out: httpx.Response, missing: httpx.Response, ids: tuple[str, str]) -> None:
+    """An out-of-scope answer is the answer for an unknown resource, but for the id it names."""
+    assert out.status_code == missing.status_code == 404, (out.text, missing.text)
+    assert out.headers["content-type"] == missing.headers["content-type"]
+    body = json.loads(missing.text.replace(ids[1], ids[0]))
+    assert out.json() == body, (out.json(), body)
+
+
+async def test_every_route_every_role_every_credential(database_url: str) -> None:
+    seeded = seed(database_url)
+    session_b = seed_gym_b(database_url)
+    throwaway = await make_key(database_url, "operator", name="to revoke")
+    table = routes(seeded.session_id, session_b, throwaway[3:19])
+    role_keys = {
+        role: await make_key(database_url, role, Scope.parse(SCOPES[role]), name=role) for role in SCOPES
+    }
+    wrong = role_keys["admin"][:-4] + ("AAAA" if not role_keys["admin"].endswith("AAAA") else "BBBB")
+    refused: dict[str, dict[str, str] | None] = {
+        "no credential": None,
+        "wrong secret": bearer(wrong),
+        "revoked": bearer(await revoked_key(database_url)),
+        "expired": bearer(
+            await make_key(
+                database_url, "admin", now=NOW - timedelta(hours=2), expires_at=NOW - timedelta(hours=1)
+            )
+        ),
+        "not a key": bearer("hunter2"),
+        "unknown key": bearer("vl_0123456789abcdef_" + "A" * 43),
+    }
+    app = app_at(database_url, NOW, auth_failures_max=1_000_000)
+    app_routes = {f"{m} {t}" for m, t, _ in policy.endpoints(app.routes)}
+    public = {n for n in app_routes if policy.rule_for(*n.split(" ", 1)) == policy.PUBLIC}
+    assert public == {
+        "GET /health",
+        "GET /openapi.json",
+        "GET /docs",
+        "GET /docs/oauth2-redirect",
+        "GET /redoc",
+        "GET /static/docs/{path}",
+    }
+    assert app_routes - public == set(table), "a route this matrix does not know how to call (or a stale one)"
+    for role, names in MAY.items():
+        assert names <= set(table), role
+    cells = 0
+    async with serve(app, key=None) as http:
+        for name, route in table.items():
+            # no credential, or one that is not (or no longer) valid: 401 with the challenge, nothing else
+            for kind, headers in refused.items():
+                r = await route.inside.send(http, headers)
+                assert r.status_code == 401, (name, kind, r.status_code, r.text)
+                assert r.headers["www-authenticate"].startswith("Bearer"), (name, kind)
+                assert r.json()["status"] == 401
+                cells += 1
+            for role in ("admin", "operator", "integrator", "kiosk", "researcher"):
+                headers = bearer(role_keys[role])
+                r = await route.inside.send(http, headers)
+                expected = "2xx" if may(role, name) else "403"
+                got = "2xx" if r.is_success else str(r.status_code)
+                assert got == expected, (name, role, "in scope", r.status_code, r.text)
+                assert not leaks(role, r), (name, role, leaks(role, r))
+                cells += 1
+                if route.outside is not None:
+                    r = await route.outside.send(http, headers)
+                    if not may(role, name):
+                        assert r.status_code == 403, (name, role, "out of scope", r.text)
+                    elif role == "admin":
+                        assert r.is_success, (name, role, "out of scope", r.text)
+                    else:
+                        assert route.outside.unknown is not None
+                        same_but_id(
+                            r, await route.outside.missing().send(http, headers), route.outside.unknown
+                        )
+                    cells += 1
+                if route.lists is not None and may(role, name):
+                    r = await route.lists.send(http, headers)
+                    assert r.is_success, (name, role, r.text)
+                    if role == "admin":  # the data is there: a scoped caller's empty hands mean something
+                        assert any(word in r.text for word in GYM_B), (name, r.text)
+                    assert not leaks(role, r), (name, role, leaks(role, r))
+    assert cells >= len(table) * (len(refused) + 5)
