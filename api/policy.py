@@ -124,6 +124,14 @@ POLICY: Final[dict[tuple[str, str], Rule]] = {
     ("GET", "/v1/dead-letters"): allow(
         "admin", "integrator", refs=(query("letters_device", "device_id"),), lists=True
     ),
+    # the integrator kit: the contract, a message judged as the ingester would, a device's dead letters
+    ("GET", "/v1/contract/schema"): allow("admin", "operator", "researcher", "integrator", "kiosk"),
+    ("GET", "/v1/contract/asyncapi"): allow("admin", "operator", "researcher", "integrator", "kiosk"),
+    ("POST", "/v1/contract/validate"): allow("admin", "integrator"),
+    # (the site in the body's topic is checked by the handler: out of scope answers 404 on body.topic)
+    ("GET", "/v1/devices/{device_id}/dead-letters"): allow(
+        "admin", "integrator", refs=(path("letters_device", "device_id"),)
+    ),
     # sessions (operators: without participant identity)
     ("GET", "/v1/sessions"): allow(
         "admin",

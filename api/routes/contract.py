@@ -30,9 +30,13 @@ from api.models import DeadLetterOut, SampleOut
 from api.pagination import CursorParam, PageLimit
 from api.params import DeviceId, Since
 from api.queries import dead_letters
+from api.routes.lookup import require_letters_device
+from api.security import CallerDep
 from api.services import contract as service
 from ingest.verdict import Outcome, Verdict
+from vitalab.wire.errors import WireError
 from vitalab.wire.schema import asyncapi, json_schemas
+from vitalab.wire.topics import parse_topic
 
 MAX_PAYLOAD_CHARS: Final = 4 * 1024 * 1024
 """What a validation request may carry (the ingester's own limit is a setting, 256 KiB by default)."""
@@ -184,10 +188,19 @@ def _shape(verdict: Verdict) -> Validation:
 
 
 @router.post("/v1/contract/validate", response_model=Validation)
-async def validate_message(body: ValidateIn, pool: PoolDep, settings: SettingsDep, now: NowDep) -> Validation:
+async def validate_message(
+    body: ValidateIn, pool: PoolDep, settings: SettingsDep, now: NowDep, caller: CallerDep
+) -> Validation:
     """What the ingester would do with this message, received now: the samples it would store, the record
     it would keep, and each dead letter with its reason and JSON path. A refused message is a 200 answer
-    too; 422 only when the request does not say what to judge."""
+    too; 422 only when the request does not say what to judge. A topic of a site outside the caller's scope
+    answers 404 (a topic outside the contract's tree names no site and is judged)."""
+    try:
+        site = parse_topic(body.topic).site
+    except WireError:
+        site = None
+    if site is not None and not caller.can_site(site):
+        raise not_found("site", site, field="body.topic")
     payload = _payload(body)
     return _shape(await service.validate(pool, settings, body.topic, payload, now))
 
@@ -223,6 +236,7 @@ async def asyncapi_document() -> dict[str, Any]:
 )
 async def device_dead_letters(
     conn: ConnDep,
+    caller: CallerDep,
     request: Request,
     response: Response,
     device_id: DeviceId,
@@ -234,8 +248,7 @@ async def device_dead_letters(
     """What the ingester refused of this device, newest first, with the reason and the offending field
     (from ``since`` on, if given). Messages whose topic names no valid device are not listed here (see
     /v1/dead-letters)."""
-    if not await dead_letters.device_named(conn, device_id):
-        raise not_found("device", device_id, field="path.device_id")
+    await require_letters_device(conn, device_id, "path.device_id", caller)
     page = await dead_letters.device_dead_letters(
         conn, device_id, reason, since, pagination.decode(cursor, dead_letters.KEYSET), limit
     )

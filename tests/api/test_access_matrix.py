@@ -40,16 +40,22 @@ SITE_READS = {
     "GET /v1/sites/{site_id}/vitality",
 }
 DEVICE_READS = {"GET /v1/devices", "GET /v1/devices/{device_id}", "GET /v1/devices/{device_id}/quality"}
+CONTRACT = {"GET /v1/contract/schema", "GET /v1/contract/asyncapi"}
+"""The wire contract's documents: any authenticated caller."""
 MAY: dict[Role, set[str]] = {
     # their sites: devices, device health, utilisation, occupancy, sessions without participant identity,
     # suppressed vitality aggregates, the live floor
     "operator": DEVICE_READS
+    | CONTRACT
     | SITE_READS
     | {"GET /v1/samples/latest", "GET /v1/sessions", "GET /v1/sessions/{session_id}"},
     # their sites' devices and those devices' dead letters
-    "integrator": DEVICE_READS | {"GET /v1/dead-letters"},
+    "integrator": DEVICE_READS
+    | CONTRACT
+    | {"GET /v1/dead-letters", "GET /v1/devices/{device_id}/dead-letters", "POST /v1/contract/validate"},
     # one site: registering participants, check-ins
-    "kiosk": {
+    "kiosk": CONTRACT
+    | {
         "POST /v1/participants",
         "GET /v1/participants/{participant_id}",
         "POST /v1/check-ins",
@@ -57,7 +63,7 @@ MAY: dict[Role, set[str]] = {
         "GET /v1/check-ins",
     },
     # their studies only: no current route (no raw device management, no internal ids)
-    "researcher": set(),
+    "researcher": CONTRACT,
 }
 SCOPES: dict[Role, list[str]] = {
     "admin": ["*"],
@@ -208,7 +214,25 @@ def routes(session_a: int, session_b: int, key_id: str) -> dict[str, Route]:
         "GET /v1/keys/{key_id}": Route(Call("GET", f"/v1/keys/{key_id}"), None),
         "POST /v1/keys/{key_id}/revoke": Route(Call("POST", f"/v1/keys/{key_id}/revoke"), None),
         "GET /v1/audit": Route(Call("GET", "/v1/audit"), None),
+        "GET /v1/contract/schema": Route(Call("GET", "/v1/contract/schema"), None),
+        "GET /v1/contract/asyncapi": Route(Call("GET", "/v1/contract/asyncapi"), None),
+        "POST /v1/contract/validate": Route(
+            Call("POST", "/v1/contract/validate", body=_validate("gym-a", "bike-1")),
+            Call(
+                "POST", "/v1/contract/validate", body=_validate("gym-b", "bike-b"), unknown=("gym-b", "gym-z")
+            ),
+        ),
+        "GET /v1/devices/{device_id}/dead-letters": Route(
+            Call("GET", dev.format("bike-1") + "/dead-letters"),
+            Call("GET", dev.format("bike-b") + "/dead-letters", unknown=("bike-b", "bike-z")),
+        ),
     }
+
+
+def _validate(site: str, device: str) -> dict[str, Any]:
+    sample = {"t": iso(T0), "hr_bpm": 90}
+    payload = {"v": 1, "device": device, "seq": 0, "samples": [sample]}
+    return {"topic": f"vitalab/v1/{site}/dev/{device}/telemetry", "payload": payload}
 
 
 def seed_gym_b(url: str) -> int:
