@@ -247,7 +247,7 @@ async def run_platform(settings: Settings, *, ready: asyncio.Event | None = None
                 run = simulate_gym(target, settings.site, plan, protocol=protocol, data_dir=data_dir)
                 sim_tasks.append(tg.create_task(_guarded(run, "gym")))
                 if history is not None:
-                    meter = Meter.history()
+                    meter = Meter.history(history.backfill_s)
                     history = dataclasses.replace(history, on_history=meter.reporter(history.backfill_s))
                     run = simulate_gym(target, settings.site, history, protocol=protocol, data_dir=data_dir)
                     sim_tasks.append(tg.create_task(_guarded(_metered(meter, run), "gym history")))

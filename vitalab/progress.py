@@ -83,9 +83,13 @@ class Meter:
             self._bar.stop()
 
     @classmethod
-    def history(cls) -> Meter:
-        """Seconds of simulated history published, shown in hours."""
-        return cls("history", unit="h", scale=1 / 3600)
+    def history(cls, seconds: float) -> Meter:
+        """``seconds`` of simulated history to publish, shown in hours, minutes or seconds."""
+        if seconds >= 7200:
+            return cls("history", unit="h", scale=1 / 3600)
+        if seconds >= 120:
+            return cls("history", unit="min", scale=1 / 60, decimals=0)
+        return cls("history", unit="s", decimals=0)
 
     def reporter(self, total: float) -> Callable[[float], None]:
         """A callback for work that reports only what is done, of a known ``total``."""

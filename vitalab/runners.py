@@ -158,7 +158,7 @@ async def run_simulator(settings: Settings, plan: SimulationPlan) -> None:
     target = require_broker(settings)
     if plan.api_url:
         await _check_api(plan.api_url)
-    meter = Meter.history() if plan.backfill_s else None
+    meter = Meter.history(plan.backfill_s) if plan.backfill_s else None
     if meter is not None:
         plan = dataclasses.replace(plan, on_history=meter.reporter(plan.backfill_s))
     with meter or contextlib.nullcontext():
