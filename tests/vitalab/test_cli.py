@@ -118,7 +118,7 @@ def test_a_database_url_that_does_not_parse(tmp_path: Path, command: str) -> Non
 
 
 def test_commands_that_need_an_external_service_say_which(tmp_path: Path) -> None:
-    cases = [
+    cases: list[tuple[str, str, dict[str, str]]] = [
         ("analytics run", "VITALAB_DATABASE_URL", {}),
         ("db migrate", "VITALAB_DATABASE_URL", {}),
         ("api", "VITALAB_DATABASE_URL", {}),
