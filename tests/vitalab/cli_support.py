@@ -23,11 +23,17 @@ def env(data_dir: Path, **settings: str) -> dict[str, str]:
 
 
 def vitalab(
-    *args: str, data_dir: Path, timeout_s: float = 120, stdin: str | None = None, **settings: str
+    *args: str,
+    data_dir: Path,
+    timeout_s: float = 120,
+    stdin: str | None = None,
+    settings: dict[str, str] | None = None,
+    **more_settings: str,
 ) -> subprocess.CompletedProcess[str]:
+    """``vitalab *args`` with ``VITALAB_*`` variables from ``settings`` and ``more_settings``."""
     return subprocess.run(
         [sys.executable, "-m", "vitalab", *args],
-        env=env(data_dir, **settings),
+        env=env(data_dir, **(settings or {}), **more_settings),
         capture_output=True,
         text=True,
         timeout=timeout_s,

@@ -128,7 +128,7 @@ def test_commands_that_need_an_external_service_say_which(tmp_path: Path) -> Non
         ("gateway", "VITALAB_MQTT_URL", {}),
     ]
     for command, setting, settings in cases:
-        proc = vitalab(*command.split(), data_dir=tmp_path, **settings)
+        proc = vitalab(*command.split(), data_dir=tmp_path, settings=settings)
         assert setting in one_line_failure(proc, command, USAGE)
 
 
