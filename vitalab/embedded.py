@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import socket
@@ -83,6 +84,7 @@ def postgres_server(data_dir: Path) -> Iterator[str]:
     finally:
         stop = [str(postgres_bin() / "pg_ctl"), "-D", str(server.pgdata), "-w", "-m", "fast", "stop"]
         subprocess.run(stop, check=True, capture_output=True, user=server.system_user)
+        atexit.unregister(server._cleanup)  # the library's exit hook: nothing left to do but log
         logger.info("embedded PostgreSQL stopped")
 
 

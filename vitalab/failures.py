@@ -14,6 +14,7 @@ import httpx
 import psycopg
 from pydantic import ValidationError
 
+from gateway.errors import DeviceListError, TransportUnavailable
 from simulators.errors import SimulatorError
 from vitalab.errors import ConfigError, VitalabError
 
@@ -81,6 +82,8 @@ def _explain(exc: BaseException, mqtt_url: str | None) -> Failure | None:
     match exc:
         case ConfigError():
             return Failure(f"configuration: {text}", USAGE)
+        case TransportUnavailable() | DeviceListError():  # a radio's extra not installed, a bad device list
+            return Failure(text, USAGE)
         case ValidationError():
             return settings_failure(exc)
         case VitalabError() | SimulatorError():
