@@ -14,7 +14,8 @@ import logging
 import os
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
@@ -118,6 +119,45 @@ def _port_free(host: str, port: int) -> bool:
         return True
 
 
+class LateAcks(logging.Filter):
+    """amqtt gives a subscriber 5 s (fixed) to acknowledge a QoS 1 delivery, then logs a warning and an error
+    with a traceback and forgets the delivery (it will not resend it). The ingester acknowledges after its
+    commit, which under load (the history `vitalab up` publishes, on a busy machine) takes longer: tens of
+    thousands of such lines in a few minutes. Counted instead, and said once a minute."""
+
+    LOGGERS = ("amqtt.broker", "amqtt.mqtt.protocol.handler")
+
+    def __init__(self, every_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.late = 0
+        self._unsaid = 0
+        self._every_s = every_s
+        self._clock = clock
+        self._said_at: float | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Timeout waiting for PUBACK" not in record.getMessage():
+            return True
+        if record.name == "amqtt.mqtt.protocol.handler":  # the broker logs each one twice
+            self.late += 1
+            self._unsaid += 1
+        now = self._clock()
+        if self._said_at is None or now - self._said_at >= self._every_s:
+            self.say()
+            self._said_at = now
+        return False
+
+    def say(self) -> None:
+        if self._unsaid:
+            logger.warning(
+                "in-process broker: %d deliveries to the ingester not acknowledged within amqtt's 5 s "
+                "(%d in all); amqtt will not resend them if the ingester stops before committing them",
+                self._unsaid,
+                self.late,
+            )
+            self._unsaid = 0
+
+
 @asynccontextmanager
 async def embedded_broker(port: int = 1883, host: str = "127.0.0.1") -> AsyncIterator[MqttTarget]:
     """An in-process MQTT broker (3.1.1, anonymous, loopback only)."""
@@ -133,9 +173,15 @@ async def embedded_broker(port: int = 1883, host: str = "127.0.0.1") -> AsyncIte
             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
         }
     )
+    late = LateAcks()
+    for name in LateAcks.LOGGERS:
+        logging.getLogger(name).addFilter(late)
     await broker.start()
     logger.info("in-process MQTT broker on %s:%d", host, port)
     try:
         yield MqttTarget(host=host, port=port)
     finally:
         await broker.shutdown()
+        for name in LateAcks.LOGGERS:
+            logging.getLogger(name).removeFilter(late)
+        late.say()
