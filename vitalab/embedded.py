@@ -121,26 +121,38 @@ def _port_free(host: str, port: int) -> bool:
 
 class LateAcks(logging.Filter):
     """amqtt gives a subscriber 5 s (fixed) to acknowledge a QoS 1 delivery, then logs a warning and an error
-    with a traceback and forgets the delivery (it will not resend it). The ingester acknowledges after its
-    commit, which under load (the history `vitalab up` publishes, on a busy machine) takes longer: tens of
-    thousands of such lines in a few minutes. Counted instead, and said once a minute."""
+    with a traceback and forgets the delivery (it will not resend it); the acknowledgement that comes later
+    is logged again as one for an unknown message. The ingester acknowledges after its commit, which under
+    load (the history `vitalab up` publishes, on a busy machine) takes longer: tens of thousands of such
+    lines in a few minutes. Counted instead (``late``, and ``acked_later`` of them), said once a minute."""
 
     LOGGERS = ("amqtt.broker", "amqtt.mqtt.protocol.handler")
+
+    NOISE = (
+        "Timeout waiting for PUBACK",
+        "Received PUBACK for unknown pending message",
+        "PUBACK waiter with Id",
+    )
 
     def __init__(self, every_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.late = 0
+        self.acked_later = 0
         self._unsaid = 0
         self._every_s = every_s
         self._clock = clock
         self._said_at: float | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if "Timeout waiting for PUBACK" not in record.getMessage():
+        message = record.getMessage()
+        if not any(noise in message for noise in self.NOISE):
             return True
-        if record.name == "amqtt.mqtt.protocol.handler":  # the broker logs each one twice
-            self.late += 1
-            self._unsaid += 1
+        if record.name == "amqtt.mqtt.protocol.handler":  # the broker logs each time-out a second time
+            if message.startswith("Timeout waiting for PUBACK"):
+                self.late += 1
+                self._unsaid += 1
+            elif message.startswith("Received PUBACK for unknown pending message"):
+                self.acked_later += 1
         now = self._clock()
         if self._said_at is None or now - self._said_at >= self._every_s:
             self.say()
@@ -151,9 +163,11 @@ class LateAcks(logging.Filter):
         if self._unsaid:
             logger.warning(
                 "in-process broker: %d deliveries to the ingester not acknowledged within amqtt's 5 s "
-                "(%d in all); amqtt will not resend them if the ingester stops before committing them",
+                "(%d in all, %d acknowledged later); amqtt will not resend them if the ingester stops "
+                "before committing them",
                 self._unsaid,
                 self.late,
+                self.acked_later,
             )
             self._unsaid = 0
 
