@@ -201,7 +201,7 @@ def test_simulate_stops_at_its_duration_while_the_gym_is_closed(
     proc = vitalab(*args, data_dir=tmp_path, timeout_s=120, VITALAB_SITE_TIMEZONE=zone)
     elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr
-    assert 3 <= elapsed < 30, elapsed
+    assert 2 <= elapsed < 30, elapsed  # device time starts on the whole second: up to 1 s less than asked
 
 
 # --- the kiosk --------------------------------------------------------------------------------------------
