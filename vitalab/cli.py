@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -403,4 +402,3 @@ def decode(
 
 def main() -> None:
     app()
-    sys.exit(0)
