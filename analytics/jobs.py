@@ -98,6 +98,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+Progress = Callable[[int, int], None]
+"""Told (windows done, windows in this run) after each window."""
+
 LOCK_KEY: Final[int] = 0x7669_7461_6E61  # "vitana"
 JOB: Final[str] = "default"
 DEFAULT_INTERVAL_S: Final[float] = 60.0
@@ -164,9 +167,11 @@ def run_once(
     full: bool = False,
     wait: bool = True,
     config: JobConfig = JobConfig(),
+    progress: Progress | None = None,
 ) -> RunReport:
     """One incremental run as of ``now`` (module docstring). Commits on success; on error nothing is changed
-    but the ``failed`` row in ``analytics_job_runs``, and the error is raised."""
+    but the ``failed`` row in ``analytics_job_runs``, and the error is raised. ``progress`` is told (windows
+    done, windows in this run) after each window."""
     if now.tzinfo is None:
         raise AnalyticsJobError("now", "must be timezone-aware")
     t0 = time.perf_counter()
@@ -174,7 +179,7 @@ def run_once(
         if conn.autocommit:
             raise AnalyticsJobError("connection", "needs a connection with autocommit off (one transaction)")
         try:
-            report = _run(conn, now, full, wait, config)
+            report = _run(conn, now, full, wait, config, progress)
         except Exception as exc:
             conn.rollback()
             _record_failure(conn, now, time.perf_counter() - t0, exc)
@@ -259,7 +264,14 @@ def _record_failure(conn: psycopg.Connection[Any], now: datetime, seconds: float
 # ---------------------------------------------------------------------------------------------- one run
 
 
-def _run(conn: psycopg.Connection[Any], now: datetime, full: bool, wait: bool, cfg: JobConfig) -> RunReport:
+def _run(
+    conn: psycopg.Connection[Any],
+    now: datetime,
+    full: bool,
+    wait: bool,
+    cfg: JobConfig,
+    progress: Progress | None = None,
+) -> RunReport:
     if not _lock(conn, wait):
         return RunReport(skipped=True)
     version = session_metrics.ALGORITHM_VERSION
@@ -274,7 +286,9 @@ def _run(conn: psycopg.Connection[Any], now: datetime, full: bool, wait: bool, c
     ranges, range_rejects = accepted(work, site_of, tz_of, now)
     rejects += range_rejects
     windows = plan_windows(ranges, site_of, tz_of, now.timestamp(), cfg.windows)
-    participants, open_notes = _run_windows(conn, windows, tz_of, now, version, cfg, report, rejects)
+    participants, open_notes = _run_windows(
+        conn, windows, tz_of, now, version, cfg, report, rejects, progress
+    )
 
     quality_keys = _quality_keys(conn, work.quality_keys, ranges, daily_through, today)
     participants = _participants_to_update(conn, participants, report.full, daily_through, today)
@@ -307,6 +321,7 @@ def _run_windows(
     cfg: JobConfig,
     report: RunReport,
     rejects: list[Reject],
+    progress: Progress | None = None,
 ) -> tuple[dict[str, datetime], list[tuple[str, datetime, datetime]]]:
     """Process every window in a savepoint of its own; a window that fails on its data is set aside.
     Returns the participants whose sessions changed (with their earliest changed start) and the ranges of
@@ -341,6 +356,8 @@ def _run_windows(
             for pid, started in result.participants.items():
                 if pid not in participants or started < participants[pid]:
                     participants[pid] = started
+        if progress is not None:
+            progress(report.windows, len(windows))
     return participants, open_notes
 
 

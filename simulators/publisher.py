@@ -239,15 +239,27 @@ class FleetPublisher:
         self.fleet.stop(t)
         await self._add([], pending if pending is not None else {}, 1)
 
-    async def backfill(self, start: datetime, seconds: int, samples_per_message: int = 10) -> None:
-        """Publish ``seconds`` of history from ``start`` as fast as the broker takes it."""
+    async def backfill(
+        self,
+        start: datetime,
+        seconds: int,
+        samples_per_message: int = 10,
+        *,
+        progress: Callable[[float], None] | None = None,
+    ) -> None:
+        """Publish ``seconds`` of history from ``start`` as fast as the broker takes it; ``progress`` is told
+        the seconds of history published so far (device time) after each tick, and ``seconds`` at the end."""
         pending: dict[str, list[Sample]] = defaultdict(list)
         for tick in self.fleet.iter_history(start, seconds):
             self._tick += 1
             await self._add(tick, pending, samples_per_message)
+            if progress is not None and tick:
+                progress((tick[0][1].t - start).total_seconds())
             stop_if_cancelled()
         await self._flush_all(pending)
         await self.finish()
+        if progress is not None:
+            progress(float(seconds))
 
     async def run_paced(
         self, start: datetime, seconds: float | None, *, speed: float = 1.0, samples_per_message: int = 1
@@ -273,7 +285,9 @@ class FleetPublisher:
                 tick += 3600
             else:
                 tick = max(tick, math.ceil((nxt - start).total_seconds() - 1e-9))
-            await asyncio.sleep(max(0.0, t0 + tick / speed - loop.time()))
+            # nobody in until after the end: sleep to the end, not to the next visit
+            wake = tick if seconds is None else min(tick, seconds)
+            await asyncio.sleep(max(0.0, t0 + wake / speed - loop.time()))
             stop_if_cancelled()
         if seconds is not None:
             if not self.fleet.always_in_use:

@@ -254,8 +254,9 @@ class SimTransport:
                     i = i + round(3600 / self.dt_s) if n is None else n
                 else:
                     i = max(i, math.ceil((nxt - start).total_seconds() / self.dt_s - 1e-9))
-            if speed is not None:
-                await asyncio.sleep(max(0.0, t0 + i * self.dt_s / speed - loop.time()))
+            if speed is not None:  # nobody in until after the end: sleep to the end, not to the next visit
+                wake = i if n is None else min(i, n)
+                await asyncio.sleep(max(0.0, t0 + wake * self.dt_s / speed - loop.time()))
             else:
                 await asyncio.sleep(0)
             stop_if_cancelled()

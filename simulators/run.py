@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from gateway.publisher import GatewayPublisher
 from gateway.service import GatewayService, ServiceStats
-from simulators.errors import KioskError
+from simulators.errors import SimulatorError
 from simulators.faults import FaultInjector, FaultRates
 from simulators.fleet import Fleet, SimDevice
 from simulators.gymfleet import (
@@ -173,6 +174,8 @@ class SimulationPlan:
     gateway_id: str = "sim-gw"
     """MQTT identity of the wire-contract devices' connection (the raw-frame gateway: ``<id>-raw``; the
     always-busy fleet keeps ``sim-raw-gw``)."""
+    on_history: Callable[[float], None] | None = None
+    """Told the seconds of history (``backfill_s``) the wire-contract devices have published so far."""
 
 
 async def simulate(
@@ -222,7 +225,10 @@ async def _wire(
         await publisher.announce()
         if plan.backfill_s:
             await publisher.backfill(
-                history_start(plan.backfill_s, clock), plan.backfill_s, plan.samples_per_message
+                history_start(plan.backfill_s, clock),
+                plan.backfill_s,
+                plan.samples_per_message,
+                progress=plan.on_history,
             )
         if plan.duration_s is None or plan.duration_s > 0:
             await publisher.run_paced(
@@ -348,7 +354,10 @@ async def _gym_wire(
         await publisher.announce()
         if plan.backfill_s:
             await publisher.backfill(
-                live - timedelta(seconds=plan.backfill_s), plan.backfill_s, plan.samples_per_message
+                live - timedelta(seconds=plan.backfill_s),
+                plan.backfill_s,
+                plan.samples_per_message,
+                progress=plan.on_history,
             )
         if end is None or end > live:
             # real time: from the current second (the backfill took time) to the planned end
@@ -394,9 +403,8 @@ async def _gym_kiosk(
     gym: GymPlan, plan: SimulationPlan, api_url: str, history: datetime, end: datetime | None, clock: GymClock
 ) -> None:
     async with Kiosk(api_url, gym, api_key=plan.api_key) as kiosk:
-        try:
-            await kiosk.register(plan.registered_from or history - timedelta(minutes=1))
-        except KioskError as exc:
-            logger.error("kiosk: members not registered, no check-ins: %s", exc)
-            return
+        # members not registered (KioskError): the run fails
+        await kiosk.register(plan.registered_from or history - timedelta(minutes=1))
         await kiosk.run(stays(gym, history, end, close_at_end=plan.close_at_end), clock)
+    if kiosk.counts["failed"]:
+        raise SimulatorError(f"kiosk: {kiosk.counts['failed']} check-in calls failed (see the log)")

@@ -1,4 +1,9 @@
-"""`vitalab up`: the whole platform in one process, on embedded services unless external ones are set."""
+"""`vitalab up`: the whole platform in one process, on embedded services unless external ones are set.
+
+With :mod:`vitalab.runners` (one runner per single-service command) and :mod:`vitalab.cli` this is the
+composition root: the only place that wires the broker, the ingester, the API, the analytics job, the
+simulator and the gateway together. No service imports it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +23,7 @@ import uvicorn
 
 from analytics.jobs import DEFAULT_INTERVAL_S, interval_of, run_periodically
 from api.access import UpKeys, keys_for_up
+from api.health import analytics_job
 from api.main import create_app
 from ingest.service import open_ingester
 from simulators.fleet import Fleet
@@ -26,6 +33,8 @@ from simulators.rawfleet import RawFleet, now_s
 from simulators.run import SimulationPlan, gym_config, run_raw_gateway, simulate_gym, split_fleet
 from vitalab.db import prepare
 from vitalab.embedded import embedded_broker, embedded_postgres
+from vitalab.errors import ConfigError
+from vitalab.progress import Meter
 from vitalab.settings import MqttTarget, Settings
 
 logger = logging.getLogger(__name__)
@@ -80,7 +89,7 @@ def _banner(
     access: UpKeys,
 ) -> str:
     db = (
-        "embedded PostgreSQL, data in " + str(settings.data_dir / "postgres")
+        f"embedded PostgreSQL, data in {settings.data_dir / 'postgres'} (psql: vitalab db shell)"
         if not settings.database_url
         else db_url
     )
@@ -194,6 +203,28 @@ async def _fleet(settings: Settings, target: MqttTarget) -> None:
             )
 
 
+def _listen(settings: Settings) -> socket.socket:
+    """The API's listening socket, bound here so that a port in use is a clear error before anything runs."""
+    host = settings.api_host or "127.0.0.1"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, settings.api_port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            "api_port", f"cannot listen on {host}:{settings.api_port}: {exc.strerror}"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _metered(meter: Meter, run: Coroutine[Any, Any, object]) -> None:
+    with meter:
+        await run
+
+
 async def _guarded(run: Coroutine[Any, Any, object], what: str) -> None:
     """The simulator is the demo's data source, not the platform: its failure is logged, the rest runs on."""
     try:
@@ -212,14 +243,17 @@ async def run_platform(settings: Settings, *, ready: asyncio.Event | None = None
             settings = settings.model_copy(update={"ingest_share_group": None, "mqtt_protocol": "3.1.1"})
         await asyncio.to_thread(_set_site_timezone, db_url, settings.site, settings.site_timezone)
         access = await keys_for_up(db_url, settings.data_dir, settings.site, datetime.now(UTC))
-        app = create_app(settings, db_url)
+        every = interval_of(settings.analytics_interval_s, default=DEFAULT_INTERVAL_S)
+        # /health: the analytics job is failing, or has not finished a run in ten of its intervals
+        stale = None if every is None else timedelta(seconds=10 * every)
+        app = create_app(settings, db_url, health_checks=[analytics_job(stale_after=stale)])
         server = _Api(
             uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")
         )
+        listening = _listen(settings)
         async with open_ingester(settings, target, db_url) as ingester, asyncio.TaskGroup() as tg:
             ingest_task = tg.create_task(ingester.run(), name="ingest")
-            api_task = tg.create_task(server.serve(), name="api")
-            every = interval_of(settings.analytics_interval_s, default=DEFAULT_INTERVAL_S)
+            api_task = tg.create_task(server.serve(sockets=[listening]), name="api")
             analytics_task = None if every is None else tg.create_task(run_periodically(db_url, every))
             while not server.started:
                 if api_task.done():
@@ -230,10 +264,13 @@ async def run_platform(settings: Settings, *, ready: asyncio.Event | None = None
             protocol, data_dir = settings.mqtt_protocol, settings.data_dir
             if settings.sim_mode == "gym":
                 plan, history, simulator = _gym_plans(settings, api_url, access.kiosk)
-                for p, name in ((plan, "gym"), (history, "gym history")):
-                    if p is not None:
-                        run = simulate_gym(target, settings.site, p, protocol=protocol, data_dir=data_dir)
-                        sim_tasks.append(tg.create_task(_guarded(run, name)))
+                run = simulate_gym(target, settings.site, plan, protocol=protocol, data_dir=data_dir)
+                sim_tasks.append(tg.create_task(_guarded(run, "gym")))
+                if history is not None:
+                    meter = Meter.history(history.backfill_s)
+                    history = dataclasses.replace(history, on_history=meter.reporter(history.backfill_s))
+                    run = simulate_gym(target, settings.site, history, protocol=protocol, data_dir=data_dir)
+                    sim_tasks.append(tg.create_task(_guarded(_metered(meter, run), "gym history")))
             else:
                 simulator = f"{settings.sim_devices} devices at site '{settings.site}', always in use, 1 Hz"
                 sim_tasks.append(tg.create_task(_guarded(_fleet(settings, target), "simulator")))
@@ -258,38 +295,3 @@ async def run_platform(settings: Settings, *, ready: asyncio.Event | None = None
             server.should_exit = True
             await api_task
     print("vitalab stopped", file=sys.stderr, flush=True)
-
-
-def _require_broker(settings: Settings) -> MqttTarget:
-    target = settings.mqtt_target()
-    if target is None:
-        raise SystemExit("VITALAB_MQTT_URL is not set (only `vitalab up` runs an embedded broker)")
-    return target
-
-
-async def run_ingest(settings: Settings, database_url: str) -> None:
-    """`vitalab ingest`: one ingester until SIGINT/SIGTERM; the batch in hand is committed and acked."""
-    target = _require_broker(settings)
-    await asyncio.to_thread(prepare, database_url, settings)
-    loop = asyncio.get_running_loop()
-    async with open_ingester(settings, target, database_url) as ingester:
-        task = asyncio.current_task()
-        assert task is not None
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
-        every = interval_of(settings.analytics_interval_s, default=None)
-        with contextlib.suppress(asyncio.CancelledError):
-            if every is None:
-                await ingester.run()
-            else:
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(ingester.run())
-                    tg.create_task(run_periodically(database_url, every))
-
-
-async def run_simulator(settings: Settings, plan: SimulationPlan) -> None:
-    """`vitalab simulate`: a fleet publishing to the configured broker (raw-frame devices via a gateway)."""
-    from simulators.run import simulate
-
-    target = _require_broker(settings)
-    await simulate(target, settings.site, plan, protocol=settings.mqtt_protocol, data_dir=settings.data_dir)

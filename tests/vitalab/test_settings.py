@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from tests.conftest import REPO
 from vitalab.errors import ConfigError
-from vitalab.settings import MqttTarget, load_settings
+from vitalab.settings import MqttTarget, Settings, load_settings
 
 
 def test_settings_come_from_prefixed_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -58,3 +59,25 @@ def test_bad_mqtt_urls(url: str) -> None:
     with pytest.raises(ConfigError) as info:
         MqttTarget.parse(url)
     assert info.value.setting == "mqtt_url"
+
+
+def test_the_readme_lists_every_setting_and_no_other() -> None:
+    """The README's configuration table is the user's list of knobs: one row per setting, named as the
+    environment variable, with the default the code has."""
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `VITALAB_")]
+    documented = {}
+    for row in rows:
+        name, default = (cell.strip() for cell in row.strip("|").split("|")[:2])
+        documented[name.strip("`").removeprefix("VITALAB_").lower()] = default
+    assert set(documented) == set(Settings.model_fields)
+    for field, info in Settings.model_fields.items():
+        default = info.default
+        if default is None or isinstance(default, Path):
+            continue  # "unset …" and the data dir's home-relative default are described in words
+        shown = documented[field]
+        expected = str(default).lower() if isinstance(default, bool) else str(default)
+        if isinstance(default, float) and default.is_integer():
+            expected = str(int(default))
+        assert shown.startswith(f"`{expected}`"), (field, shown, expected)
