@@ -264,9 +264,7 @@ def simulate(
     ] = None,
     api_key: Annotated[
         str | None,
-        typer.Option(
-            envvar="VITALAB_API_KEY", help="--api-url: the site's kiosk key"
-        ),
+        typer.Option(envvar="VITALAB_API_KEY", help="--api-url: the site's kiosk key"),
     ] = None,
     log_level: LogLevel = "info",
 ) -> None:
