@@ -20,7 +20,13 @@ ROOT = (
     "vitalab.progress",
     "vitalab.failures",
     "vitalab.__main__",
+    "vitalab.cli_keys",
+    "vitalab.cli_conform",
+    "vitalab.conform",
 )
+LIBRARIES = ("vitalab.broker",)
+"""Shared libraries that are neither contract nor root: they import only the contract and themselves (the
+broker's account store serves the API, `vitalab up` and the deploy image alike)."""
 
 
 def module_name(path: Path) -> str:
@@ -57,8 +63,21 @@ def within(name: str, prefixes: tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def test_every_module_of_the_vitalab_package_is_contract_or_root() -> None:
-    assert all(within(m, CONTRACT + ROOT) or m == "vitalab" for m in modules("vitalab"))
+def test_every_module_of_the_vitalab_package_is_contract_root_or_library() -> None:
+    assert {
+        m for m in modules("vitalab") if not (within(m, CONTRACT + ROOT + LIBRARIES) or m == "vitalab")
+    } == set()
+
+
+def test_libraries_import_only_the_contract_and_themselves() -> None:
+    breaches = {
+        (m, dep)
+        for m, deps in modules("vitalab").items()
+        if within(m, LIBRARIES)
+        for dep in deps
+        if not within(dep, CONTRACT + LIBRARIES) and dep != "vitalab"
+    }
+    assert breaches == set()
 
 
 def test_the_contract_imports_nothing_of_ours_outside_it() -> None:

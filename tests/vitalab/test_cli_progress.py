@@ -4,6 +4,7 @@ PostgreSQL; the progress display and the error wording are also checked in-proce
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -20,8 +21,10 @@ import httpx
 import psycopg
 import pytest
 
+from api.security import Scope
 from tests.analytics import dbdata as d
 from tests.conftest import Mosquitto, free_port
+from tests.support.helpers import make_key
 from tests.vitalab.cli_support import env, one_line_failure, vitalab
 from vitalab.failures import FAILED, USAGE, explain
 from vitalab.progress import Meter
@@ -210,8 +213,9 @@ def test_simulate_stops_at_its_duration_while_the_gym_is_closed(
 def test_simulate_fails_when_the_kiosk_cannot_register_members(
     tmp_path: Path, mosquitto: Mosquitto, database_url: str
 ) -> None:
-    """The API answers, but the site is unknown (no ingester ever registered it): every registration is
-    refused with 404 until the kiosk's 60 s of retries are over, and the run exits 1."""
+    """The API answers and the kiosk's key is good, but the site is unknown (no ingester ever registered it):
+    every registration is refused with 404 until the kiosk's 60 s of retries are over, and the run exits 1."""
+    kiosk_key = asyncio.run(make_key(database_url, "kiosk", Scope.parse(["site:demo"]), name="kiosk"))
     port = free_port()
     api = subprocess.Popen(
         [sys.executable, "-m", "vitalab", "api", "--log-level", "warning"],
@@ -231,7 +235,8 @@ def test_simulate_fails_when_the_kiosk_cannot_register_members(
             assert time.monotonic() < deadline, "vitalab api did not answer"
             time.sleep(0.2)
         args = ["simulate", "--gym", "--duration", "1", "--mqtt-url", mosquitto.url]
-        proc = vitalab(*args, "--api-url", f"http://127.0.0.1:{port}", data_dir=tmp_path, timeout_s=200)
+        api_args = ["--api-url", f"http://127.0.0.1:{port}", "--api-key", kiosk_key]
+        proc = vitalab(*args, *api_args, data_dir=tmp_path, timeout_s=200)
     finally:
         api.terminate()
         api.wait(30)
