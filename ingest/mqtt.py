@@ -44,6 +44,8 @@ class Inbound:
     """Connection the message came on; an ack is only meaningful on the same connection."""
     received_at: float
     """time.time() when paho handed it over."""
+    dup: bool = False
+    """MQTT DUP flag: the broker sends this message again because it did not get our PUBACK."""
 
 
 class MqttSource:
@@ -74,7 +76,12 @@ class MqttSource:
         self._wake_pending = False
         self._wake_lock = threading.Lock()
         self._generation = 0
+        self._intake_lock = threading.Lock()
+        self._intake_open = True
+        self.refused_at_stop = 0
+        """Messages that arrived after :meth:`stop_intake`: not taken, not acked (the broker keeps them)."""
         self._connected = asyncio.Event()
+        self._subscribed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -94,6 +101,7 @@ class MqttSource:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
 
     # --- paho network thread --------------------------------------------------------------------------
     def _on_connect(
@@ -128,14 +136,34 @@ class MqttSource:
     ) -> None:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._connected.clear)
+            self._loop.call_soon_threadsafe(self._subscribed.clear)
         if reason.is_failure:
             logger.warning("disconnected from %s: %s; paho reconnects", self._target.url(), reason)
 
+    def _on_subscribe(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        if any(r.is_failure for r in reasons):
+            logger.warning("broker refused a subscription: %s", [str(r) for r in reasons])
+            return
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._subscribed.set)
+
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
-        self._buf.append(
-            Inbound(msg.topic, payload, msg.qos, msg.retain, msg.mid, self._generation, time.time())
+        inbound = Inbound(
+            msg.topic, payload, msg.qos, msg.retain, msg.mid, self._generation, time.time(), bool(msg.dup)
         )
+        with self._intake_lock:
+            if not self._intake_open:
+                self.refused_at_stop += 1
+                return
+            self._buf.append(inbound)
         if self._waiting:  # read after the append: see get()
             with self._wake_lock:
                 if self._wake_pending:
@@ -186,6 +214,16 @@ class MqttSource:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    async def wait_subscribed(self, timeout_s: float = 10.0) -> None:
+        """Until the broker has acknowledged our subscriptions (SUBACK) on the current connection."""
+        await asyncio.wait_for(self._subscribed.wait(), timeout_s)
+
+    def stop_intake(self) -> None:
+        """Take no more messages: what arrives from now on is neither buffered nor acked, so the broker
+        keeps it for this session. What is buffered already stays to be taken (see :meth:`get_nowait`)."""
+        with self._intake_lock:
+            self._intake_open = False
 
     @property
     def backlog(self) -> int:

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from vitalab import logs
+from vitalab.errors import VitalabError
 from vitalab.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -65,7 +66,26 @@ def ingest(log_level: LogLevel = "info") -> None:
     from vitalab.platform import run_ingest
 
     settings = _setup(log_level)
-    asyncio.run(run_ingest(settings, _database_url(settings)))
+    try:
+        asyncio.run(run_ingest(settings, _database_url(settings)))
+    except Exception as exc:
+        error = _vitalab_error(exc)
+        if error is None:
+            raise
+        typer.echo(f"vitalab ingest: {error}", err=True)  # e.g. a database error retrying cannot fix
+        raise typer.Exit(1) from None
+
+
+def _vitalab_error(exc: BaseException) -> VitalabError | None:
+    """The error vitalab raised on purpose, also from inside a task group."""
+    if isinstance(exc, VitalabError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _vitalab_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 analytics_app = typer.Typer(no_args_is_help=True, help="Sessions, per-participant and per-site metrics.")
