@@ -95,6 +95,7 @@ DEEP = st.builds(
 def _bounds(field: str) -> tuple[float, float]:
     """A metric's valid range, read from the wire types (not restated here)."""
     info = msgspec.inspect.type_info(Sample)
+    assert isinstance(info, msgspec.inspect.StructType)
     (f,) = (f for f in info.fields if f.name == field)
     union = f.type
     assert isinstance(union, msgspec.inspect.UnionType)
