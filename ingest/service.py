@@ -232,10 +232,18 @@ class Ingester:
             return None
         now = time.monotonic()
         if self._known is None or now - self._known_at > KNOWN_DEVICES_REFRESH_S:
-            conn = await self._write_connection()
-            cur = await conn.execute("SELECT device_id FROM devices WHERE NOT quarantined")
-            self._known = {r[0] for r in await cur.fetchall()}
-            await conn.commit()
+            delay = self._config.retry_initial_s
+            while True:
+                conn = await self._write_connection()
+                try:
+                    cur = await conn.execute("SELECT device_id FROM devices WHERE NOT quarantined")
+                    self._known = {r[0] for r in await cur.fetchall()}
+                    await conn.commit()
+                    break
+                except psycopg.Error as exc:
+                    if classify(exc) is not Severity.TRANSIENT:
+                        raise DatabaseRejected.from_error(exc) from exc
+                    delay = await self._backoff(exc, delay, "reading the registered devices failed")
             self._known_at = now
         return self._known
 
