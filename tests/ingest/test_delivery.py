@@ -338,6 +338,36 @@ async def test_a_stop_mid_stream_commits_and_acks_what_the_ingester_holds(
     assert stored(database_url) == work.expected | sentinel.expected
 
 
+@pytest.mark.asyncio
+async def test_a_stop_while_the_database_is_down_gives_up_in_time_and_the_broker_keeps_everything(
+    mosquitto: Mosquitto, database_url: str
+) -> None:
+    work = Workload.build("down", devices=2, seconds=20, per_message=5)  # 8 messages, 40 samples
+    settings = make_settings(ingest_client_id="ingest-down")
+    nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"  # nothing listens there
+    config = IngestConfig(batch_age_s=0.05, shutdown_timeout_s=0.5)
+    async with MqttSource(mosquitto.target, client_id="ingest-down", filters=subscriptions(None)) as source:
+        first = Ingester(source, nowhere, router=router_from_settings(settings), config=config)
+        task = asyncio.create_task(first.run())
+        await source.wait_subscribed()
+        with LoadPublisher(mosquitto.target, "pub-down") as pub:
+            for t, p in work.messages:
+                pub.publish(t, p)
+            await asyncio.to_thread(pub.wait_acked)
+        await wait_until(lambda: _is(first.holding == len(work.messages)), what="every message held")
+        await wait_until(lambda: _is(not first.db_ok), what="the database found down")
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=10)
+        assert task in done  # it did not retry forever: it gave up after shutdown_timeout_s
+        assert task.cancelled()
+    assert first.committed_batches == 0
+    # nothing was acknowledged: the next ingester, with a database, is sent all of it again
+    async with running_ingester(settings, mosquitto.target, database_url) as second:
+        await wait_until(lambda: _at_least(database_url, len(work.expected)), what="every sample")
+        await wait_until(lambda: _redelivered(second, len(work.messages)), what="8 redeliveries")
+    assert stored(database_url) == work.expected
+
+
 # --- database restart -----------------------------------------------------------------------------------
 
 
