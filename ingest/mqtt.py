@@ -10,6 +10,7 @@ uses that. paho's network thread hands messages to the event loop; the caller ac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -241,6 +242,25 @@ class MqttSource:
             try:
                 if not self._buf:
                     await self._ready.wait()
+            finally:
+                self._waiting = False
+
+    async def get_within(self, timeout_s: float) -> Inbound | None:
+        """The next message, or None after ``timeout_s``. Cancelling it never loses a message: one is only
+        taken from the buffer synchronously, after the wait."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            if self._buf:
+                return self._buf.popleft()
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return None
+            self._ready.clear()
+            self._waiting = True  # then look again: see get()
+            try:
+                if not self._buf:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._ready.wait(), remaining)
             finally:
                 self._waiting = False
 

@@ -155,6 +155,7 @@ class Ingester:
                 commit = asyncio.create_task(self._flush(batch))
                 await asyncio.shield(commit)
                 commit = None
+                self._current = Batch()
         except asyncio.CancelledError:
             await self._stop(self._current, commit)
             raise
@@ -178,9 +179,8 @@ class Ingester:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
-                try:
-                    nxt = await asyncio.wait_for(src.get(), remaining)
-                except TimeoutError:
+                nxt = await src.get_within(remaining)
+                if nxt is None:
                     break
             msg = nxt
         self.metrics.queue_depth.set(src.backlog)
@@ -192,7 +192,7 @@ class Ingester:
         async def finish() -> None:
             if commit is not None:
                 await commit  # the batch being written
-                rest = Batch()
+                self._current = rest = Batch()
             else:
                 rest = batch  # the batch being collected
             while True:
@@ -201,7 +201,7 @@ class Ingester:
                 if not rest:
                     return
                 await self._flush(rest)
-                rest = Batch()
+                self._current = rest = Batch()
 
         task = asyncio.create_task(finish())
         try:
@@ -216,7 +216,7 @@ class Ingester:
             logger.info("stopped: everything held is committed and acknowledged")
         else:
             logger.warning(
-                "stopped before committing what it held (%d messages) within %.0f s; the broker keeps them",
+                "stopped before committing what it held (%d messages) within %.1f s; the broker keeps them",
                 self.holding,
                 self._config.shutdown_timeout_s,
             )
