@@ -32,6 +32,7 @@ from vitalab.settings import MqttTarget
 logger = logging.getLogger(__name__)
 
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF
+_SETTLE_FILTER = "vitalab/settle/never-subscribed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,9 @@ class MqttSource:
         """Messages that arrived after :meth:`stop_intake`: not taken, not acked (the broker keeps them)."""
         self._connected = asyncio.Event()
         self._subscribed = asyncio.Event()
+        self._disconnected = asyncio.Event()
+        self._unsubacked: set[int] = set()  # paho's thread adds, the event loop takes
+        self._unsuback = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -103,6 +107,7 @@ class MqttSource:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
+        self._client.on_unsubscribe = self._on_unsubscribe
 
     # --- paho network thread --------------------------------------------------------------------------
     def _on_connect(
@@ -138,6 +143,7 @@ class MqttSource:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._connected.clear)
             self._loop.call_soon_threadsafe(self._subscribed.clear)
+            self._loop.call_soon_threadsafe(self._disconnected.set)
         if reason.is_failure:
             logger.warning("disconnected from %s: %s; paho reconnects", self._target.url(), reason)
 
@@ -154,6 +160,18 @@ class MqttSource:
             return
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._subscribed.set)
+
+    def _on_unsubscribe(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        self._unsubacked.add(mid)
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._unsuback.set)
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
@@ -209,8 +227,37 @@ class MqttSource:
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._client.disconnect()
+        """Make sure the broker has processed our PUBACKs (:meth:`settle`), then disconnect cleanly."""
+        if self.connected:
+            await self.settle()
+        self._disconnected.clear()
+        if self._client.disconnect() == paho.MQTT_ERR_SUCCESS:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._disconnected.wait(), self._connect_timeout)
         await asyncio.to_thread(self._client.loop_stop)
+
+    async def settle(self, timeout_s: float = 5.0) -> bool:
+        """One round trip to the broker (an UNSUBSCRIBE of a filter never subscribed, and its UNSUBACK).
+        A broker handles the packets of a connection in order, so once it answers, it has processed every
+        PUBACK sent before: closing the connection then cannot lose them (a close with unread data in the
+        socket resets the connection, and the broker may drop what it had not read yet). False if the broker
+        did not answer in time."""
+        rc, mid = self._client.unsubscribe(_SETTLE_FILTER)
+        if rc != paho.MQTT_ERR_SUCCESS or mid is None:
+            return False
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while mid not in self._unsubacked:
+            self._unsuback.clear()
+            if mid in self._unsubacked:
+                break
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                await asyncio.wait_for(self._unsuback.wait(), max(remaining, 0))
+            except TimeoutError:
+                logger.warning("the broker did not answer within %.1f s before disconnecting", timeout_s)
+                return False
+        self._unsubacked.discard(mid)
+        return True
 
     @property
     def connected(self) -> bool:
@@ -246,22 +293,25 @@ class MqttSource:
                 self._waiting = False
 
     async def get_within(self, timeout_s: float) -> Inbound | None:
-        """The next message, or None after ``timeout_s``. Cancelling it never loses a message: one is only
-        taken from the buffer synchronously, after the wait."""
-        deadline = asyncio.get_running_loop().time() + timeout_s
+        """The next message, or None after ``timeout_s``. A cancellation is never lost or delayed, and never
+        loses a message: one is only taken from the buffer synchronously, after the wait. (Not
+        ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation that arrives as its awaitable
+        completes, and an ingester told to stop would go on.)"""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         while True:
             if self._buf:
                 return self._buf.popleft()
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
+            if loop.time() >= deadline:
                 return None
             self._ready.clear()
             self._waiting = True  # then look again: see get()
+            timer = loop.call_at(deadline, self._ready.set)
             try:
                 if not self._buf:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._ready.wait(), remaining)
+                    await self._ready.wait()
             finally:
+                timer.cancel()
                 self._waiting = False
 
     def get_nowait(self) -> Inbound | None:

@@ -240,6 +240,10 @@ async def _is(value: bool) -> bool:
     return value
 
 
+async def _published(pub: LoadPublisher, n: int) -> bool:
+    return pub.published >= n
+
+
 @pytest.mark.asyncio
 async def test_publishes_no_shared_subscriber_takes_are_retried_until_one_does(
     mosquitto: Mosquitto, database_url: str
@@ -398,7 +402,7 @@ class PrivatePostgres:
 
 
 @pytest.mark.asyncio
-async def test_database_restart_mid_stream_loses_nothing_and_memory_stays_bounded(
+async def test_database_restart_mid_stream_loses_nothing_and_nothing_more_is_taken_while_it_is_down(
     mosquitto: Mosquitto, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     pg = PrivatePostgres(tmp_path / "pgdata")
@@ -416,14 +420,13 @@ async def test_database_restart_mid_stream_loses_nothing_and_memory_stays_bounde
             await wait_until(lambda: _at_least(pg.url, len(work.expected) // 4), what="progress")
             published_at_stop = pub.published
             await asyncio.to_thread(pg.stop)
-            # the database is down: the ingester says so, the broker fills the in-flight window and stops
+            # the database is down: the ingester says so and acknowledges nothing more, so once the broker has
+            # used up what it may send unacknowledged, the ingester takes nothing new
             await wait_until(lambda: _is(health(ingester, time.time())[0] == 503), what="/health says 503")
-            await wait_until(lambda: _is(ingester.holding >= window), what="the window filled")
-            await wait_until(
-                lambda: _is(pub.published >= published_at_stop + 4 * window), what="more published meanwhile"
-            )
+            await wait_until(lambda: _published(pub, published_at_stop + 2 * window), what="2 windows more")
             held = ingester.holding
-            backlog = ingester.backlog
+            await wait_until(lambda: _published(pub, published_at_stop + 6 * window), what="4 windows more")
+            held_later = ingester.holding
             await asyncio.to_thread(pg.start)
             await asyncio.to_thread(sender.join)
             await asyncio.to_thread(pub.wait_acked, 60)
@@ -431,9 +434,11 @@ async def test_database_restart_mid_stream_loses_nothing_and_memory_stays_bounde
                 lambda: _at_least(pg.url, len(work.expected) + 1), timeout_s=60, what="every sample"
             )
             recovered = health(ingester, time.time())[0]
-    # bounded by the MQTT 5 receive maximum, not by what was published while the database was down
-    assert held == window
-    assert backlog <= window
+    # held while 4 in-flight windows more were published: the broker keeps the rest. (How much is held is
+    # the broker's flow control: Mosquitto 2.0.11 honours the MQTT 5 receive maximum only until PUBACKs
+    # flow, after which each PUBACK can release up to a window more, so `held` may exceed `window`.)
+    assert held_later == held
+    assert held > 0
     assert recovered == 200  # and recovers by itself
     assert metric(ingester, "vitalab_ingest_db_errors_total") > 0
     assert work.expected <= stored(pg.url)
