@@ -265,7 +265,22 @@ json_text = st.text(st.sampled_from('ab[]{}"\\:, \x00é'), max_size=12)
 )
 def test_nesting_depth_agrees_with_a_parser(value: object, ascii_only: bool) -> None:
     payload = json.dumps(value, ensure_ascii=ascii_only).encode()
-    assert nesting_depth(payload) == _depth_by_parsing(value)
+    depth = _depth_by_parsing(value)
+    assert nesting_depth(payload) == depth
+    assert (nesting_depth(payload, limit=2) > 2) == (depth > 2)  # stopping early decides the same
+
+
+@pytest.mark.parametrize(
+    ("payload", "depth"),
+    [
+        (b"[1," * 700 + b"1" + b"]" * 700, 700),  # deeper than one counting chunk
+        (b"[]," * 1000 + b'[[["]]]]]"]]]', 3),  # the deepest part after many chunks; brackets in a string
+        (b'"a\\"b[[" [[[', 3),  # an escaped quote does not end a string
+        (b'[[ "[[[[', 2),  # a string never closed runs to the end
+    ],
+)
+def test_nesting_depth_across_counting_chunks(payload: bytes, depth: int) -> None:
+    assert nesting_depth(payload) == depth
 
 
 @pytest.mark.parametrize(

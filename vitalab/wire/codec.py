@@ -62,19 +62,27 @@ _NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
 _STEP = [0] * 256
 _STEP[ord("[")] = _STEP[ord("{")] = 1
 _STEP[ord("]")] = _STEP[ord("}")] = -1
+_CHUNK = 512
 
 
-def nesting_depth(payload: bytes) -> int:
+def nesting_depth(payload: bytes, limit: int | None = None) -> int:
     """How deep arrays and objects nest in ``payload`` (brackets inside strings do not count). Linear in
-    the size, and defined for any bytes: for broken JSON it is the depth a parser would reach."""
+    the size, and defined for any bytes: for broken JSON it is the depth a parser would reach. With
+    ``limit``, counting stops soon after the depth exceeds it (the result is then only known to be more)."""
     brackets = _STRING.sub(b"", payload).translate(None, _NOT_BRACKETS)
-    if not brackets:
-        return 0
-    return max(0, max(itertools.accumulate(map(_STEP.__getitem__, brackets))))
+    depth = peak = 0
+    for start in range(0, len(brackets), _CHUNK):
+        steps = map(_STEP.__getitem__, brackets[start : start + _CHUNK])
+        running = list(itertools.accumulate(steps, initial=depth))
+        peak = max(peak, max(running))
+        depth = running[-1]
+        if limit is not None and peak > limit:
+            break
+    return peak
 
 
 def _guard_depth(payload: bytes, limits: WireLimits) -> None:
-    depth = nesting_depth(payload)
+    depth = nesting_depth(payload, limits.max_depth)
     if depth > limits.max_depth:
         raise PayloadTooDeep(depth, limits.max_depth)
 
@@ -134,7 +142,7 @@ def _decode_strict(payload: bytes, decoder: msgspec.json.Decoder[_T], limits: Wi
     except msgspec.DecodeError as exc:
         raise MalformedPayload(str(exc)) from None
     except RecursionError:
-        error = PayloadTooDeep(nesting_depth(payload), limits.max_depth)
+        error = PayloadTooDeep(nesting_depth(payload, limits.max_depth), limits.max_depth)
     _guard_depth(payload, limits)
     version = _version_of(payload)
     if version is not None and version != SCHEMA_VERSION:
@@ -187,7 +195,7 @@ def decode_telemetry(
         return _decode_per_sample(payload, topic_device=topic_device, now=now, limits=limits)
     except RecursionError:
         _guard_depth(payload, limits)
-        raise PayloadTooDeep(nesting_depth(payload), limits.max_depth) from None
+        raise PayloadTooDeep(nesting_depth(payload, limits.max_depth), limits.max_depth) from None
     if msg.device != topic_device:
         raise DeviceMismatch(
             f"payload device {msg.device!r} on the topic of {topic_device!r}", path="$.device"
@@ -225,7 +233,7 @@ def _decode_per_sample(
             except msgspec.ValidationError as exc:
                 raise _classify(exc, prefix) from None
             except RecursionError:  # not reached: the nesting was measured before
-                raise PayloadTooDeep(nesting_depth(bytes(raw)), limits.max_depth) from None
+                raise PayloadTooDeep(nesting_depth(bytes(raw), limits.max_depth), limits.max_depth) from None
             _check_time(s.t, now, limits, prefix + ".t")
         except WireError as exc:
             rejected.append(RejectedSample(i, exc, bytes(raw)))

@@ -52,9 +52,10 @@ class PayloadTooDeep(WireError):
     parser should be asked to follow)."""
 
     reason = "too_deep"
+    # ``depth`` is where counting stopped, at least ``limit + 1``
 
     def __init__(self, depth: int, limit: int) -> None:
-        super().__init__(f"nested {depth} levels deep; the limit is {limit}")
+        super().__init__(f"nested more than {limit} levels deep (at least {depth})")
         self.depth = depth
         self.limit = limit
 
