@@ -2,7 +2,10 @@
 
 A :class:`Batch` collects the rows of many messages and the messages to acknowledge once they are
 committed. Anything that breaks the wire contract becomes a dead-letter row with its reason; the valid
-samples of the same message are kept.
+samples of the same message are kept. Whatever a message's bytes, :meth:`Router.add` takes it: a decoder
+failure that is not a wire error (a bug) is logged and the message dead-lettered as ``internal_error``,
+so that one message can never stop ingestion. Dead letters are always storable: the payload is bytes
+(``bytea``) and their text is escaped (:func:`~vitalab.wire.storable_text`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from vitalab.wire import (
     decode_state,
     decode_telemetry,
     parse_topic,
+    storable_text,
 )
 
 logger = logging.getLogger(__name__)
@@ -64,11 +68,11 @@ class DeadLetter:
     def row(self) -> tuple[Any, ...]:
         return (
             self.received_at,
-            self.topic,
-            self.reason,
-            self.detail,
-            self.path,
-            self.device_id,
+            storable_text(self.topic),
+            storable_text(self.reason),
+            storable_text(self.detail),
+            None if self.path is None else storable_text(self.path),
+            None if self.device_id is None else storable_text(self.device_id),
             self.payload,
             self.payload_size,
         )
@@ -86,6 +90,8 @@ class Batch:
     dead: list[DeadLetter] = field(default_factory=list)
     acks: list[Inbound] = field(default_factory=list)
     messages: int = 0
+    redelivered: int = 0
+    """Messages the broker sent again (MQTT DUP flag): it had not seen our PUBACK."""
     samples_rejected: int = 0
     oldest_received: float | None = None
 
@@ -115,10 +121,31 @@ class Router:
 
     def add(self, batch: Batch, msg: Inbound, *, known_devices: set[str] | None = None) -> None:
         batch.messages += 1
+        batch.redelivered += msg.dup
         batch.acks.append(msg)
         if batch.oldest_received is None:
             batch.oldest_received = msg.received_at
         received = datetime.fromtimestamp(msg.received_at, UTC)
+        before = (len(batch.samples), len(batch.rr), len(batch.dead), len(batch.states))
+        try:
+            self._route(batch, msg, received, known_devices)
+        except Exception as exc:  # a decoder bug must not stop ingestion: log it, dead-letter the message
+            logger.exception("message on %r could not be routed; dead-lettered", storable_text(msg.topic))
+            _undo(batch, before)
+            self._dead(batch, msg, received, "internal_error", f"{type(exc).__name__}: {exc}", None, None)
+
+    def reject(self, batch: Batch, msg: Inbound, reason: str, detail: str) -> None:
+        """Add ``msg`` to ``batch`` as one dead letter of the whole message, whatever it contains."""
+        batch.messages += 1
+        batch.redelivered += msg.dup
+        batch.acks.append(msg)
+        try:
+            device: str | None = parse_topic(msg.topic).source
+        except WireError:
+            device = None
+        self._dead(batch, msg, datetime.fromtimestamp(msg.received_at, UTC), reason, detail, None, device)
+
+    def _route(self, batch: Batch, msg: Inbound, received: datetime, known_devices: set[str] | None) -> None:
         device: str | None = None
         try:
             topic = parse_topic(msg.topic)
@@ -139,13 +166,13 @@ class Router:
                 self._same_device(meta.device, device)
                 batch.metas[device] = (topic.site, meta)
             elif topic.kind is TopicKind.STATE:
-                state = decode_state(msg.payload, self.limits)
+                state = decode_state(msg.payload, self.limits, now=received)
                 self._same_device(state.device, device)
                 batch.states.append((topic.site, state))
             elif topic.kind is TopicKind.GATEWAY_STATUS:
                 if not msg.payload:  # a retained status being cleared
                     return
-                status = decode_gateway_status(msg.payload, self.limits)
+                status = decode_gateway_status(msg.payload, self.limits, now=received)
                 self._same_device(status.gateway, device)
                 batch.gateways[device] = (topic.site, status, received)
             else:
@@ -204,6 +231,15 @@ class Router:
                 payload_size=len(payload),
             )
         )
+
+
+def _undo(batch: Batch, lengths: tuple[int, int, int, int]) -> None:
+    """Drop the rows a message added before its routing failed (its metas/gateways are set last)."""
+    samples, rr, dead, states = lengths
+    del batch.samples[samples:]
+    del batch.rr[rr:]
+    del batch.dead[dead:]
+    del batch.states[states:]
 
 
 def _add_samples(

@@ -27,8 +27,21 @@ class IngestMetrics:
             "dead_letters",
             Counter("vitalab_ingest_dead_letters", "dead letters", ["reason"], registry=r),
         )
+        s(
+            self,
+            "redelivered",
+            Counter(
+                "vitalab_ingest_redelivered",
+                "messages the broker sent again (MQTT DUP flag: it had not received our PUBACK)",
+                registry=r,
+            ),
+        )
         s(self, "batches", Counter("vitalab_ingest_batches", "committed batches", registry=r))
-        s(self, "db_errors", Counter("vitalab_ingest_db_errors", "failed batch writes (retried)", registry=r))
+        s(
+            self,
+            "db_errors",
+            Counter("vitalab_ingest_db_errors", "failed connections or writes (retried)", registry=r),
+        )
         s(
             self,
             "commit_seconds",
@@ -50,6 +63,7 @@ class IngestMetrics:
     samples: Counter = field(init=False)
     inserted: Counter = field(init=False)
     duplicates: Counter = field(init=False)
+    redelivered: Counter = field(init=False)
     dead_letters: Counter = field(init=False)
     batches: Counter = field(init=False)
     db_errors: Counter = field(init=False)

@@ -10,6 +10,7 @@ uses that. paho's network thread hands messages to the event loop; the caller ac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -31,6 +32,7 @@ from vitalab.settings import MqttTarget
 logger = logging.getLogger(__name__)
 
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF
+_SETTLE_FILTER = "vitalab/settle/never-subscribed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,8 @@ class Inbound:
     """Connection the message came on; an ack is only meaningful on the same connection."""
     received_at: float
     """time.time() when paho handed it over."""
+    dup: bool = False
+    """MQTT DUP flag: the broker sends this message again because it did not get our PUBACK."""
 
 
 class MqttSource:
@@ -74,7 +78,15 @@ class MqttSource:
         self._wake_pending = False
         self._wake_lock = threading.Lock()
         self._generation = 0
+        self._intake_lock = threading.Lock()
+        self._intake_open = True
+        self.refused_at_stop = 0
+        """Messages that arrived after :meth:`stop_intake`: not taken, not acked (the broker keeps them)."""
         self._connected = asyncio.Event()
+        self._subscribed = asyncio.Event()
+        self._disconnected = asyncio.Event()
+        self._unsubacked: set[int] = set()  # paho's thread adds, the event loop takes
+        self._unsuback = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -94,6 +106,8 @@ class MqttSource:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_unsubscribe = self._on_unsubscribe
 
     # --- paho network thread --------------------------------------------------------------------------
     def _on_connect(
@@ -128,14 +142,47 @@ class MqttSource:
     ) -> None:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._connected.clear)
+            self._loop.call_soon_threadsafe(self._subscribed.clear)
+            self._loop.call_soon_threadsafe(self._disconnected.set)
         if reason.is_failure:
             logger.warning("disconnected from %s: %s; paho reconnects", self._target.url(), reason)
 
+    def _on_subscribe(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        if any(r.is_failure for r in reasons):
+            logger.warning("broker refused a subscription: %s", [str(r) for r in reasons])
+            return
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._subscribed.set)
+
+    def _on_unsubscribe(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        self._unsubacked.add(mid)
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._unsuback.set)
+
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
-        self._buf.append(
-            Inbound(msg.topic, payload, msg.qos, msg.retain, msg.mid, self._generation, time.time())
+        inbound = Inbound(
+            msg.topic, payload, msg.qos, msg.retain, msg.mid, self._generation, time.time(), bool(msg.dup)
         )
+        with self._intake_lock:
+            if not self._intake_open:
+                self.refused_at_stop += 1
+                return
+            self._buf.append(inbound)
         if self._waiting:  # read after the append: see get()
             with self._wake_lock:
                 if self._wake_pending:
@@ -180,12 +227,51 @@ class MqttSource:
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._client.disconnect()
+        """Make sure the broker has processed our PUBACKs (:meth:`settle`), then disconnect cleanly."""
+        if self.connected:
+            await self.settle()
+        self._disconnected.clear()
+        if self._client.disconnect() == paho.MQTT_ERR_SUCCESS:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._disconnected.wait(), self._connect_timeout)
         await asyncio.to_thread(self._client.loop_stop)
+
+    async def settle(self, timeout_s: float = 5.0) -> bool:
+        """One round trip to the broker (an UNSUBSCRIBE of a filter never subscribed, and its UNSUBACK).
+        A broker handles the packets of a connection in order, so once it answers, it has processed every
+        PUBACK sent before: closing the connection then cannot lose them (a close with unread data in the
+        socket resets the connection, and the broker may drop what it had not read yet). False if the broker
+        did not answer in time."""
+        rc, mid = self._client.unsubscribe(_SETTLE_FILTER)
+        if rc != paho.MQTT_ERR_SUCCESS or mid is None:
+            return False
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while mid not in self._unsubacked:
+            self._unsuback.clear()
+            if mid in self._unsubacked:
+                break
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                await asyncio.wait_for(self._unsuback.wait(), max(remaining, 0))
+            except TimeoutError:
+                logger.warning("the broker did not answer within %.1f s before disconnecting", timeout_s)
+                return False
+        self._unsubacked.discard(mid)
+        return True
 
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    async def wait_subscribed(self, timeout_s: float = 10.0) -> None:
+        """Until the broker has acknowledged our subscriptions (SUBACK) on the current connection."""
+        await asyncio.wait_for(self._subscribed.wait(), timeout_s)
+
+    def stop_intake(self) -> None:
+        """Take no more messages: what arrives from now on is neither buffered nor acked, so the broker
+        keeps it for this session. What is buffered already stays to be taken (see :meth:`get_nowait`)."""
+        with self._intake_lock:
+            self._intake_open = False
 
     @property
     def backlog(self) -> int:
@@ -204,6 +290,28 @@ class MqttSource:
                 if not self._buf:
                     await self._ready.wait()
             finally:
+                self._waiting = False
+
+    async def get_within(self, timeout_s: float) -> Inbound | None:
+        """The next message, or None after ``timeout_s``. A cancellation is never lost or delayed, and never
+        loses a message: one is only taken from the buffer synchronously, after the wait. (Not
+        ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation that arrives as its awaitable
+        completes, and an ingester told to stop would go on.)"""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            if self._buf:
+                return self._buf.popleft()
+            if loop.time() >= deadline:
+                return None
+            self._ready.clear()
+            self._waiting = True  # then look again: see get()
+            timer = loop.call_at(deadline, self._ready.set)
+            try:
+                if not self._buf:
+                    await self._ready.wait()
+            finally:
+                timer.cancel()
                 self._waiting = False
 
     def get_nowait(self) -> Inbound | None:

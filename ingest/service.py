@@ -1,8 +1,15 @@
 """The ingest loop: take messages, batch them, write each batch in one transaction, then acknowledge.
 
 At-least-once from the broker (QoS 1, persistent session, PUBACK only after commit) plus idempotent writes
-gives exactly one row per (device, t). While the database is down the loop retries the same batch with
-backoff and takes nothing new; the broker holds the rest (bounded by the in-flight window).
+gives exactly one row per (device, t). Database errors are classified by SQLSTATE class
+(:mod:`ingest.dberrors`): while the database is down (transient) the loop retries the same batch with
+backoff and takes nothing new, and the broker holds the rest (bounded by the in-flight window); a batch
+the database refuses for its content is split until the message(s) responsible are found, which are
+dead-lettered with the database's reason while the rest is stored; any other error (a schema mismatch,
+missing privileges) stops the ingester with :class:`~ingest.dberrors.DatabaseRejected`.
+
+Every message is thus stored or dead-lettered and then acknowledged; none can stop ingestion for the
+others. On shutdown (cancellation) what the ingester holds is committed and acknowledged first.
 """
 
 from __future__ import annotations
@@ -15,12 +22,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import psycopg
 
 from ingest.batch import Batch, Router
+from ingest.dberrors import DatabaseRejected, Severity, classify, describe
 from ingest.health import HealthServer
 from ingest.metrics import IngestMetrics
-from ingest.mqtt import MqttSource
+from ingest.mqtt import Inbound, MqttSource
 from ingest.writer import WriteResult, prepare, write_batch
 from vitalab.settings import MqttTarget, Settings
 from vitalab.wire import TopicKind, WireLimits, subscription
@@ -28,6 +37,23 @@ from vitalab.wire import TopicKind, WireLimits, subscription
 logger = logging.getLogger(__name__)
 
 KNOWN_DEVICES_REFRESH_S = 30.0
+DATABASE_REJECTED = "database_rejected"
+"""Dead-letter reason of a message whose rows the database refused (its SQLSTATE is in the detail)."""
+# what a write can raise because of a batch's content or the database's state; anything else is a bug
+_WRITE_ERRORS = (psycopg.Error, ValueError, OverflowError, msgspec.EncodeError)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _total(results: list[WriteResult]) -> WriteResult:
+    return WriteResult(
+        sum(r.samples_inserted for r in results),
+        sum(r.samples_duplicate for r in results),
+        sum(r.rr_inserted for r in results),
+        sum(r.dead_letters for r in results),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +62,8 @@ class IngestConfig:
     batch_age_s: float = 0.2
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
+    shutdown_timeout_s: float = 10.0
+    """How long a stopping ingester keeps trying to commit what it holds (the broker redelivers the rest)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IngestConfig:
@@ -75,6 +103,7 @@ class Ingester:
         config: IngestConfig = IngestConfig(),
         metrics: IngestMetrics | None = None,
         on_commit: Callable[[Batch, WriteResult], None] | None = None,
+        clock: Callable[[], datetime] = _utc_now,
     ) -> None:
         self._source = source
         self._dsn = database_url
@@ -84,8 +113,10 @@ class Ingester:
         self._conn: psycopg.AsyncConnection | None = None
         self._known: set[str] | None = None
         self._known_at = 0.0
+        self._current = Batch()
         self.committed_batches = 0
         self._on_commit = on_commit
+        self._clock = clock
         self.db_ok = True
         """False while the last attempt to write failed."""
         self.last_commit_at: float | None = None
@@ -99,45 +130,96 @@ class Ingester:
         """Messages received from the broker and not yet taken into a batch."""
         return self._source.backlog
 
+    @property
+    def holding(self) -> int:
+        """Messages received and not yet committed: the batch being collected or written, and the backlog."""
+        return self._current.messages + self._source.backlog
+
+    async def wait_subscribed(self, timeout_s: float = 10.0) -> None:
+        """Until the broker has acknowledged this ingester's subscriptions."""
+        await self._source.wait_subscribed(timeout_s)
+
     async def run(self) -> None:
-        """Run until cancelled. On cancellation the batch in hand is written and acked first."""
+        """Run until cancelled, or until a database error that retrying cannot fix
+        (:class:`DatabaseRejected`).
+
+        On cancellation, what the ingester holds (the batch being collected or written, and the messages
+        received but not yet batched) is committed and acknowledged before the cancellation goes on; messages
+        that arrive after that point are not taken, so the broker keeps them for the next session. A batch
+        being written is never interrupted."""
+        commit: asyncio.Task[WriteResult | None] | None = None
         try:
             while True:
-                batch = await self._collect()
-                await self._flush(batch)
+                self._current = batch = Batch()
+                await self._collect(batch)
+                commit = asyncio.create_task(self._flush(batch))
+                await asyncio.shield(commit)
+                commit = None
+                self._current = Batch()
+        except asyncio.CancelledError:
+            await self._stop(self._current, commit)
+            raise
         finally:
+            self._current = Batch()
             if self._conn is not None:
                 await self._conn.close()
 
-    async def _collect(self) -> Batch:
+    async def _collect(self, batch: Batch) -> None:
         src, cfg = self._source, self._config
-        batch = Batch()
         known = await self._known_devices()
         msg = await src.get()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.batch_age_s
-        try:
-            while True:
-                self._router.add(batch, msg, known_devices=known)
-                if batch.size >= cfg.batch_rows:
+        while True:
+            self._router.add(batch, msg, known_devices=known)
+            if batch.size >= cfg.batch_rows:
+                break
+            nxt = src.get_nowait()
+            if nxt is None:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
                     break
-                nxt = src.get_nowait()
+                nxt = await src.get_within(remaining)
                 if nxt is None:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    try:
-                        nxt = await asyncio.wait_for(src.get(), remaining)
-                    except TimeoutError:
-                        break
-                msg = nxt
-        except asyncio.CancelledError:
-            # stopping: what we hold is still written and acked (shielded), then we stop
-            if batch:
-                await asyncio.shield(self._flush(batch))
-            raise
+                    break
+            msg = nxt
         self.metrics.queue_depth.set(src.backlog)
-        return batch
+
+    async def _stop(self, batch: Batch, commit: asyncio.Task[WriteResult | None] | None) -> None:
+        """Commit and ack what is held, within ``shutdown_timeout_s``."""
+        self._source.stop_intake()
+
+        async def finish() -> None:
+            if commit is not None:
+                await commit  # the batch being written
+                self._current = rest = Batch()
+            else:
+                rest = batch  # the batch being collected
+            while True:
+                while rest.size < self._config.batch_rows and (msg := self._source.get_nowait()) is not None:
+                    self._router.add(rest, msg, known_devices=self._known)
+                if not rest:
+                    return
+                await self._flush(rest)
+                self._current = rest = Batch()
+
+        task = asyncio.create_task(finish())
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self._config.shutdown_timeout_s)
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({task})
+        if task in done:
+            task.result()  # a DatabaseRejected stops the ingester with its own message
+            logger.info("stopped: everything held is committed and acknowledged")
+        else:
+            logger.warning(
+                "stopped before committing what it held (%d messages) within %.1f s; the broker keeps them",
+                self.holding,
+                self._config.shutdown_timeout_s,
+            )
 
     async def _connection(self) -> psycopg.AsyncConnection:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -150,66 +232,130 @@ class Ingester:
             return None
         now = time.monotonic()
         if self._known is None or now - self._known_at > KNOWN_DEVICES_REFRESH_S:
-            conn = await self._write_connection()
-            cur = await conn.execute("SELECT device_id FROM devices WHERE NOT quarantined")
-            self._known = {r[0] for r in await cur.fetchall()}
-            await conn.commit()
+            delay = self._config.retry_initial_s
+            while True:
+                conn = await self._write_connection()
+                try:
+                    cur = await conn.execute("SELECT device_id FROM devices WHERE NOT quarantined")
+                    self._known = {r[0] for r in await cur.fetchall()}
+                    await conn.commit()
+                    break
+                except psycopg.Error as exc:
+                    if classify(exc) is not Severity.TRANSIENT:
+                        raise DatabaseRejected.from_error(exc) from exc
+                    delay = await self._backoff(exc, delay, "reading the registered devices failed")
             self._known_at = now
         return self._known
+
+    async def _backoff(self, exc: BaseException, delay: float, what: str) -> float:
+        self.db_ok = False
+        self.metrics.db_errors.inc()
+        logger.warning("%s (%s); retrying in %.1f s", what, describe(exc), delay)
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._conn.close()
+        await asyncio.sleep(delay)
+        return min(delay * 2, self._config.retry_max_s)
 
     async def _write_connection(self) -> psycopg.AsyncConnection:
         delay = self._config.retry_initial_s
         while True:
             try:
                 return await self._connection()
-            except psycopg.OperationalError as exc:
-                self.db_ok = False
-                self.metrics.db_errors.inc()
-                logger.warning("database unavailable (%s); retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._config.retry_max_s)
+            except psycopg.Error as exc:
+                if classify(exc) is not Severity.TRANSIENT:
+                    raise DatabaseRejected.from_error(exc) from exc
+                delay = await self._backoff(exc, delay, "database unavailable")
+
+    async def _try_write(self, batch: Batch) -> WriteResult | BaseException:
+        """Write ``batch``, retrying transient errors; the error if the database refused its content."""
+        delay = self._config.retry_initial_s
+        while True:
+            conn = await self._write_connection()
+            try:
+                return await write_batch(conn, batch)
+            except _WRITE_ERRORS as exc:
+                severity = classify(exc)
+                if severity is Severity.DATA:
+                    return exc
+                if severity is Severity.FATAL:
+                    raise DatabaseRejected.from_error(exc) from exc
+                delay = await self._backoff(exc, delay, "batch write failed")
+
+    async def _write(self, batch: Batch) -> tuple[WriteResult, list[Batch]]:
+        """Write ``batch``; if the database refuses its content, split it until the messages responsible are
+        found and dead-letter those. Returns what was written and the batches it was written as."""
+        got = await self._try_write(batch)
+        if isinstance(got, WriteResult):
+            return got, [batch]
+        logger.warning(
+            "the database refused a batch of %d messages (%s); looking for the message(s) responsible",
+            batch.messages,
+            describe(got),
+        )
+        return await self._split(batch.acks, got)
+
+    def _rebatch(self, messages: list[Inbound]) -> Batch:
+        batch = Batch()
+        for msg in messages:
+            self._router.add(batch, msg, known_devices=self._known)
+        return batch
+
+    async def _split(self, messages: list[Inbound], error: BaseException) -> tuple[WriteResult, list[Batch]]:
+        if len(messages) == 1:
+            (msg,) = messages
+            rejected = Batch()
+            self._router.reject(rejected, msg, DATABASE_REJECTED, describe(error))
+            logger.warning("dead-lettered a message on %r: %s", rejected.dead[0].topic, describe(error))
+            got = await self._try_write(rejected)
+            if not isinstance(got, WriteResult):  # not even its dead letter can be stored
+                raise DatabaseRejected.from_error(got) from got
+            return got, [rejected]
+        results: list[WriteResult] = []
+        written: list[Batch] = []
+        half = len(messages) // 2
+        for part in (messages[:half], messages[half:]):
+            batch = self._rebatch(part)
+            got = await self._try_write(batch)
+            if isinstance(got, WriteResult):
+                results.append(got)
+                written.append(batch)
+            else:
+                result, batches = await self._split(part, got)
+                results.append(result)
+                written.extend(batches)
+        return _total(results), written
 
     async def _flush(self, batch: Batch) -> WriteResult | None:
         if not batch:
             return None
-        delay = self._config.retry_initial_s
-        while True:
-            conn = await self._write_connection()
-            t0 = time.perf_counter()
-            try:
-                result = await write_batch(conn, batch)
-                break
-            except psycopg.OperationalError as exc:
-                self.db_ok = False
-                self.metrics.db_errors.inc()
-                logger.warning("batch write failed (%s); retrying in %.1f s", exc, delay)
-                with contextlib.suppress(psycopg.Error):
-                    await conn.close()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._config.retry_max_s)
+        t0 = time.perf_counter()
+        result, written = await self._write(batch)
         elapsed = time.perf_counter() - t0
         self.db_ok = True
         self.last_commit_at = time.time()
         for msg in batch.acks:
             self._source.ack(msg)
         self.committed_batches += 1
-        self._record(batch, result, elapsed)
+        self._record(batch, written, result, elapsed)
         if self._on_commit is not None:
             self._on_commit(batch, result)
         return result
 
-    def _record(self, batch: Batch, result: WriteResult, elapsed: float) -> None:
+    def _record(self, batch: Batch, written: list[Batch], result: WriteResult, elapsed: float) -> None:
         m = self.metrics
         m.batches.inc()
         m.commit_seconds.observe(elapsed)
-        m.samples.inc(len(batch.samples))
+        m.samples.inc(sum(len(b.samples) for b in written))
         m.inserted.inc(result.samples_inserted)
         m.duplicates.inc(result.samples_duplicate)
-        for dl in batch.dead:
-            m.dead_letters.labels(dl.reason).inc()
+        m.redelivered.inc(batch.redelivered)
+        for b in written:
+            for dl in b.dead:
+                m.dead_letters.labels(dl.reason).inc()
         if batch.seen:
             newest = max(t for _, t in batch.seen.values())
-            m.lag_seconds.set((datetime.now(UTC) - newest).total_seconds())
+            m.lag_seconds.set((self._clock() - newest).total_seconds())
         m.messages.labels("all").inc(batch.messages)
 
 

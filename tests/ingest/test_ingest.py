@@ -9,8 +9,9 @@ import aiomqtt
 import psycopg
 import pytest
 
+from ingest.service import Ingester
 from tests.conftest import Mosquitto
-from tests.support.helpers import count, make_settings, running_ingester, scalar, wait_until
+from tests.support.helpers import count, make_settings, metric, running_ingester, scalar, wait_until
 from vitalab.wire import DeviceMeta, DeviceState, Sample, TelemetryMessage, TopicKind, device_topic, encode
 
 pytestmark = pytest.mark.asyncio
@@ -32,7 +33,7 @@ async def test_samples_are_stored_once_even_when_messages_repeat(
 ) -> None:
     settings = make_settings(ingest_client_id="ingest-dup")
     start = now_s()
-    async with running_ingester(settings, mosquitto.target, database_url):
+    async with running_ingester(settings, mosquitto.target, database_url) as ingester:
         async with aiomqtt.Client("127.0.0.1", mosquitto.port) as pub:
             topic = device_topic(SITE, "bike-01", TopicKind.TELEMETRY)
             for seq in range(10):
@@ -45,8 +46,9 @@ async def test_samples_are_stored_once_even_when_messages_repeat(
             await pub.publish(
                 topic, telemetry("bike-01", 10, start + timedelta(seconds=95), 10, hr_bpm=131), qos=1
             )
-        await wait_until(lambda: count(database_url, "samples"), what="first rows")
-        await wait_until(lambda: _equals(count(database_url, "samples"), 105), what="105 distinct samples")
+        # the repeats arrived and were skipped: 10 resent messages of 10 samples, 5 overlapping samples
+        await wait_until(lambda: _duplicates(ingester, 105), what="105 duplicate samples skipped")
+        assert metric(ingester, "vitalab_ingest_samples_inserted_total") == 105
     assert await count(database_url, "samples", "device_id = 'bike-01'") == 105
     # the first write wins: a duplicate does not overwrite
     assert (
@@ -55,6 +57,10 @@ async def test_samples_are_stored_once_even_when_messages_repeat(
     )
     assert await scalar(database_url, "SELECT site_id FROM devices WHERE device_id = 'bike-01'") == SITE
     assert await count(database_url, "dead_letters") == 0
+
+
+async def _duplicates(ingester: Ingester, n: int) -> bool:
+    return metric(ingester, "vitalab_ingest_samples_duplicate_total") >= n
 
 
 async def _equals(value: object, expected: int) -> bool:

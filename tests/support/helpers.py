@@ -52,14 +52,17 @@ async def count(url: str, table: str, where: str = "TRUE") -> int:
 
 
 @contextlib.asynccontextmanager
-async def running_ingester(
+async def ingester_task(
     settings: Settings, target: MqttTarget, database_url: str
-) -> AsyncIterator[Ingester]:
-    """An ingester running in the background for the duration of the block."""
+) -> AsyncIterator[tuple[Ingester, asyncio.Task[None]]]:
+    """An ingester running in the background for the duration of the block, subscribed when the block
+    starts; the block can look at its task (still running?). Leaving it stops the ingester as SIGTERM does
+    (what it holds is committed and acknowledged) and re-raises what stopped it otherwise."""
     async with open_ingester(settings, target, database_url) as ingester:
         task = asyncio.create_task(ingester.run())
         try:
-            yield ingester
+            await ingester.wait_subscribed()
+            yield ingester, task
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -98,6 +101,20 @@ class RunningApi:
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"} if self.key else {}
+
+
+@contextlib.asynccontextmanager
+async def running_ingester(
+    settings: Settings, target: MqttTarget, database_url: str
+) -> AsyncIterator[Ingester]:
+    """An ingester running in the background for the duration of the block (see :func:`ingester_task`)."""
+    async with ingester_task(settings, target, database_url) as (ingester, _):
+        yield ingester
+
+
+def metric(ingester: Ingester, name: str, **labels: str) -> float:
+    """The current value of one of the ingester's Prometheus series (0 if it has no sample yet)."""
+    return ingester.metrics.registry.get_sample_value(name, labels or None) or 0.0
 
 
 @contextlib.asynccontextmanager

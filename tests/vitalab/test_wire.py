@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from vitalab.wire import (
     DeviceMismatch,
     ImplausibleValue,
     MalformedPayload,
+    NulCharacter,
+    PayloadTooDeep,
     PayloadTooLarge,
     Sample,
     SchemaViolation,
@@ -24,11 +27,15 @@ from vitalab.wire import (
     UnsupportedVersion,
     WireError,
     WireLimits,
+    decode_gateway_status,
     decode_meta,
+    decode_state,
     decode_telemetry,
     device_topic,
     encode,
+    nesting_depth,
     parse_topic,
+    storable_text,
     subscription,
     telemetry_topic,
 )
@@ -61,7 +68,9 @@ def test_the_documented_example_decodes_to_typed_samples() -> None:
     assert s.speed_kmh is None
 
 
-def test_encode_decode_round_trip() -> None:
+def test_what_the_encoder_writes_the_decoder_reads_back() -> None:
+    """Symmetry of our own encoder and decoder only; conformance to the contract is checked against the
+    documented example above and the committed JSON Schema below."""
     original = TelemetryMessage(
         v=1,
         device="bike-07",
@@ -180,6 +189,187 @@ json_values = st.recursive(
 def test_arbitrary_samples_are_kept_or_rejected_one_by_one(samples: list[dict[str, object]]) -> None:
     out = decode(msg(samples))
     assert len(out.samples) + len(out.rejected) == len(samples)
+
+
+# --- what no payload may do: nest without bound, carry NUL -------------------------------------------------
+
+DECODERS: dict[str, Callable[[bytes], object]] = {
+    "telemetry": lambda p: decode(p),
+    "meta": decode_meta,
+    "state": decode_state,
+    "status": decode_gateway_status,
+}
+
+
+def _deep(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+@pytest.mark.parametrize("kind", DECODERS)
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _deep(1000),  # the reported one: 2 KB, 1,000 levels
+        b'{"v":' + _deep(5000) + b"}",  # the version probe keeps any value
+        b'{"v":1,"device":"bike-07","seq":1,"samples":[' + _deep(1000) + b"]}",  # a sample left raw
+        b'{"v":1,"device":"bike-07","seq":1,"samples":[{"t":"'
+        + TS.encode()
+        + b'","x":'
+        + _deep(999)
+        + b"}]}",
+        b'{"a":' * 3000 + b"1" + b"}" * 3000,
+        b"[" * 100_000,  # never closed
+    ],
+    ids=["array-1000", "version", "raw-sample", "unknown-field", "objects-3000", "unclosed"],
+)
+def test_deep_nesting_is_refused_with_a_typed_error(kind: str, payload: bytes) -> None:
+    with pytest.raises(PayloadTooDeep) as info:
+        DECODERS[kind](payload)
+    assert info.value.reason == "too_deep"
+    assert info.value.limit == WireLimits().max_depth
+    assert info.value.depth > info.value.limit
+
+
+def test_nesting_up_to_the_limit_is_judged_on_its_content() -> None:
+    limits = WireLimits(max_depth=6)
+    payload = msg([{"t": TS, "hr_bpm": [[[[1]]]]}])
+    assert nesting_depth(payload) == 7  # message, samples, sample, 4 arrays
+    with pytest.raises(PayloadTooDeep):
+        decode(payload, limits)
+    # 6 levels: judged like any other sample (a wrong type), and its neighbour is kept
+    out = decode(msg([{"t": TS, "hr_bpm": [[[1]]]}, {"t": TS, "hr_bpm": 100}]), limits)
+    assert [type(r.error) for r in out.rejected] == [SchemaViolation]
+    assert [s.hr_bpm for s in out.samples] == [100.0]
+
+
+def _depth_by_parsing(value: object) -> int:
+    """An independent count of nesting: the parsed value's depth (json.loads, Python objects)."""
+    if isinstance(value, list):
+        return 1 + max((_depth_by_parsing(v) for v in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((_depth_by_parsing(v) for v in value.values()), default=0)
+    return 0
+
+
+json_text = st.text(st.sampled_from('ab[]{}"\\:, \x00é'), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.integers() | json_text,
+        lambda kids: st.lists(kids, max_size=3) | st.dictionaries(json_text, kids, max_size=3),
+        max_leaves=30,
+    ),
+    st.booleans(),
+)
+def test_nesting_depth_agrees_with_a_parser(value: object, ascii_only: bool) -> None:
+    payload = json.dumps(value, ensure_ascii=ascii_only).encode()
+    depth = _depth_by_parsing(value)
+    assert nesting_depth(payload) == depth
+    assert (nesting_depth(payload, limit=2) > 2) == (depth > 2)  # stopping early decides the same
+
+
+@pytest.mark.parametrize(
+    ("payload", "depth"),
+    [
+        (b"[1," * 700 + b"1" + b"]" * 700, 700),  # deeper than one counting chunk
+        (b"[]," * 1000 + b'[[["]]]]]"]]]', 3),  # the deepest part after many chunks; brackets in a string
+        (b'"a\\"b[[" [[[', 3),  # an escaped quote does not end a string
+        (b'[[ "[[[[', 2),  # a string never closed runs to the end
+    ],
+)
+def test_nesting_depth_across_counting_chunks(payload: bytes, depth: int) -> None:
+    assert nesting_depth(payload) == depth
+
+
+@pytest.mark.parametrize(
+    ("decoder", "payload", "path"),
+    [
+        (decode_meta, b'{"v":1,"device":"bike-07","kind":"bike","vendor":"Ac\\u0000me"}', "$.vendor"),
+        (decode_meta, b'{"v":1,"device":"bike-07","kind":"bike","model":"\\u0000"}', "$.model"),
+        (
+            decode_meta,
+            b'{"v":1,"device":"bike-07","kind":"bike","features":["a","b\\u0000"]}',
+            "$.features[1]",
+        ),
+        (
+            decode_state,
+            b'{"v":1,"device":"bike-07","t":"' + TS.encode() + b'","online":true,"errors":["E\\u00001"]}',
+            "$.errors[0]",
+        ),
+        (decode_meta, b'{"v":1,"device":"bike-07","kind":"bike","ven\\u0000dor":"x"}', "$.ven\\u0000dor"),
+        (
+            lambda p: decode(p),
+            b'{"v":1,"device":"bike-07","\\u0000":1,"seq":1,"samples":[{"t":"' + TS.encode() + b'"}]}',
+            "$.\\u0000",
+        ),
+    ],
+    ids=["meta-vendor", "meta-model", "meta-feature", "state-error", "key", "telemetry-key"],
+)
+def test_a_nul_character_is_refused_naming_the_field(
+    decoder: Callable[[bytes], object], payload: bytes, path: str
+) -> None:
+    with pytest.raises(NulCharacter) as info:
+        decoder(payload)
+    assert info.value.reason == "nul_character"
+    assert info.value.path == path
+    assert "\x00" not in str(info.value)  # the error itself can be stored as text
+
+
+def test_a_nul_in_a_sample_key_rejects_that_sample_only() -> None:
+    out = decode(
+        b'{"v":1,"device":"bike-07","seq":1,"samples":[{"t":"2026-11-25T09:59:58Z","hr_bpm":99},'
+        b'{"t":"2026-11-25T09:59:59Z","\\u0000":1}]}'
+    )
+    assert [s.hr_bpm for s in out.samples] == [99.0]
+    (rej,) = out.rejected
+    assert type(rej.error) is NulCharacter
+    assert rej.error.path == "$.samples[1].\\u0000"
+
+
+def test_free_text_keeps_every_other_character() -> None:
+    vendor = 'Ünïcödé \u2028\ufeff😀\\"'
+    meta = decode_meta(msgspec.json.encode({"v": 1, "device": "bike-07", "kind": "bike", "vendor": vendor}))
+    assert meta.vendor == vendor
+
+
+@pytest.mark.parametrize(
+    ("raw", "stored"),
+    [
+        ("plain", "plain"),
+        ("a\x00b", "a\\u0000b"),
+        ("lone \ud800 surrogate", "lone \\ud800 surrogate"),
+        ("\x00\udfff", "\\u0000\\udfff"),
+        ("😀 é \\u0000", "😀 é \\u0000"),
+    ],
+)
+def test_storable_text_escapes_what_postgresql_refuses(raw: str, stored: str) -> None:
+    assert storable_text(raw) == stored
+    storable_text(raw).encode("utf-8")  # encodable: no lone surrogate left
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400), st.sampled_from(list(DECODERS)))
+def test_every_decoder_raises_only_storable_wire_errors(payload: bytes, kind: str) -> None:
+    try:
+        DECODERS[kind](payload)
+    except WireError as exc:  # anything else propagates and fails the test
+        for text in (exc.detail, exc.path or "", str(exc)):
+            assert "\x00" not in text
+            text.encode("utf-8")
+
+
+def test_state_and_status_times_are_checked_when_now_is_given() -> None:
+    state = b'{"v":1,"device":"bike-07","t":"0001-01-01T00:00:00+14:00","online":true}'
+    assert decode_state(state).online  # the schema alone allows it
+    with pytest.raises(TimestampOutOfRange) as info:
+        decode_state(state, now=NOW)
+    assert info.value.path == "$.t"
+    status = b'{"v":1,"gateway":"gw-1","online":true,"t":"2031-01-01T00:00:00Z"}'
+    with pytest.raises(TimestampOutOfRange):
+        decode_gateway_status(status, now=NOW)
+    assert decode_gateway_status(b'{"v":1,"gateway":"gw-1","online":false}', now=NOW).t is None  # an LWT
 
 
 # --- topics --------------------------------------------------------------------------------------------

@@ -13,17 +13,21 @@ from vitalab.wire.codec import (
     decode_state,
     decode_telemetry,
     encode,
+    nesting_depth,
 )
 from vitalab.wire.errors import (
     DeviceMismatch,
     ImplausibleValue,
     MalformedPayload,
+    NulCharacter,
+    PayloadTooDeep,
     PayloadTooLarge,
     SchemaViolation,
     TimestampOutOfRange,
     TopicError,
     UnsupportedVersion,
     WireError,
+    storable_text,
 )
 from vitalab.wire.payload import (
     METRIC_FIELDS,
@@ -57,6 +61,8 @@ __all__ = [
     "GatewayStatus",
     "ImplausibleValue",
     "MalformedPayload",
+    "NulCharacter",
+    "PayloadTooDeep",
     "PayloadTooLarge",
     "RawFrame",
     "RejectedSample",
@@ -78,7 +84,9 @@ __all__ = [
     "device_topic",
     "encode",
     "gateway_status_topic",
+    "nesting_depth",
     "parse_topic",
+    "storable_text",
     "subscription",
     "telemetry_topic",
 ]

@@ -25,7 +25,12 @@ SCHEMA_VERSION: Final = 1
 MAX_SAMPLES_PER_MESSAGE: Final = 3600
 MAX_RR_PER_SAMPLE: Final = 64
 
+NO_NUL: Final = r"^[^\x00]*$"
+"""Free text may hold any character but NUL, which no PostgreSQL text column can store (a decoder error
+names the field: :class:`vitalab.wire.errors.NulCharacter`)."""
+
 DeviceId = Annotated[str, Meta(pattern=ID_PATTERN, description="device id, unique per deployment")]
+Text64 = Annotated[str, Meta(max_length=64, pattern=NO_NUL, description="free text, no NUL")]
 UtcTime = Annotated[datetime, Meta(tz=True, description="device time, RFC 3339 with offset (UTC)")]
 
 
@@ -102,11 +107,11 @@ class DeviceMeta(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=
     v: Literal[1]
     device: DeviceId
     kind: DeviceKind
-    vendor: Annotated[str, Meta(max_length=64)] | None = None
-    model: Annotated[str, Meta(max_length=64)] | None = None
-    firmware: Annotated[str, Meta(max_length=64)] | None = None
+    vendor: Text64 | None = None
+    model: Text64 | None = None
+    firmware: Text64 | None = None
     transport: Transport = "mqtt"
-    features: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=64)] = []
+    features: Annotated[list[Text64], Meta(max_length=64)] = []
 
 
 TrainingStatus = Literal[
@@ -131,7 +136,7 @@ class DeviceState(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults
     t: UtcTime
     online: bool
     training: TrainingStatus | None = None
-    errors: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=32)] = []
+    errors: Annotated[list[Text64], Meta(max_length=32)] = []
 
 
 class GatewayStatus(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
