@@ -18,7 +18,18 @@ from api import errors
 from api.deps import Clock
 from api.health import HealthCheck
 from api.middleware import RejectNul
-from api.routes import check_ins, dead_letters, devices, health, participants, samples, sessions, sites
+from api.routes import (
+    check_ins,
+    dead_letters,
+    devices,
+    exports,
+    health,
+    participants,
+    samples,
+    sessions,
+    sites,
+    studies,
+)
 from vitalab.settings import Settings
 
 DOCS_STATIC = "/static/docs"
@@ -70,7 +81,18 @@ def create_app(
     app.state.clock = clock
     app.state.health_checks = tuple(health_checks)
     errors.install(app)
-    for module in (health, devices, samples, dead_letters, sessions, participants, check_ins, sites):
+    for module in (
+        health,
+        devices,
+        samples,
+        dead_letters,
+        sessions,
+        participants,
+        check_ins,
+        sites,
+        studies,
+        exports,
+    ):
         app.include_router(module.router)
     app.add_middleware(RejectNul, templates=lambda: app.openapi()["paths"])
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES)

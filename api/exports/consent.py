@@ -2,7 +2,7 @@
 
 For one study, one data scope and a consent snapshot time (``%(snapshot)s``), :func:`ctes` defines:
 
-``cs_study``     the study's period: from ``starts_on`` 00:00 UTC to the end of ``ends_on`` (open ends unbounded).
+``cs_study``     the study's period: from ``starts_on`` 00:00 UTC to the end of ``ends_on`` (open: unbounded).
 ``cs_records``   the study's consent records written up to the snapshot (``recorded_at <= snapshot``), each
                  with the time it takes effect (``given_at`` or ``withdrawn_at``) and the next record's.
 ``cs_people``    the participants whose *current* record (the last to take effect) is a consent that includes

@@ -79,10 +79,28 @@ SESSION_COLUMNS: Final = (
         "(SELECT d.kind FROM unnest(s.device_ids) AS u(device_id) JOIN devices d USING (device_id) "
         f"ORDER BY d.kind = '{STRAP}', d.kind LIMIT 1)",
     ),
-    _c("source", "string", None, "how the session was found: machine_status, check_in, activity_gap", "s.source"),
-    _c("hr_source", "string", None, "where its heart rate came from: strap, machine (empty: none)", "s.hr_source"),
+    _c(
+        "source",
+        "string",
+        None,
+        "how the session was found: machine_status, check_in, activity_gap",
+        "s.source",
+    ),
+    _c(
+        "hr_source",
+        "string",
+        None,
+        "where its heart rate came from: strap, machine (empty: none)",
+        "s.hr_source",
+    ),
     _c("duration_s", "float32", "s", "first to last active sample", "s.duration_s"),
-    _c("moving_s", "float32", "s", "time with work (power, speed or cadence > 0)", "(s.summary->>'moving_s')::real"),
+    _c(
+        "moving_s",
+        "float32",
+        "s",
+        "time with work (power, speed or cadence > 0)",
+        "(s.summary->>'moving_s')::real",
+    ),
     _c("distance_m", "float32", "m", "distance covered", "s.distance_m"),
     _c("energy_kcal", "float32", "kcal", "energy expended (analytics.energy)", "s.energy_kcal"),
     _c("hr_avg_bpm", "float32", "1/min", "time-weighted mean heart rate", "s.hr_avg_bpm"),
@@ -170,8 +188,20 @@ _FULL = "CASE WHEN 'full_profile' = ANY (pp.scopes) THEN {} END"
 FULL_PROFILE_COLUMNS: Final = (
     _c("birth_year", "int16", None, "birth year (full_profile only)", _FULL.format("p.birth_year")),
     _c("weight_kg", "float32", "kg", "body mass (full_profile only)", _FULL.format("p.weight_kg")),
-    _c("hr_rest_bpm", "float32", "1/min", "resting heart rate (full_profile only)", _FULL.format("p.hr_rest_bpm")),
-    _c("hr_max_bpm", "float32", "1/min", "maximal heart rate (full_profile only)", _FULL.format("p.hr_max_bpm")),
+    _c(
+        "hr_rest_bpm",
+        "float32",
+        "1/min",
+        "resting heart rate (full_profile only)",
+        _FULL.format("p.hr_rest_bpm"),
+    ),
+    _c(
+        "hr_max_bpm",
+        "float32",
+        "1/min",
+        "maximal heart rate (full_profile only)",
+        _FULL.format("p.hr_max_bpm"),
+    ),
 )
 
 # --- the body of each dataset's query ------------------------------------------------------------------
@@ -307,9 +337,7 @@ PARTICIPANTS: Final = Dataset(
     _PARTICIPANTS_FROM,
     "pp.pseudonym",
 )
-BY_NAME: Final[dict[DatasetName, Dataset]] = {
-    d.name: d for d in (SESSIONS, SAMPLES, RR, DAILY, PARTICIPANTS)
-}
+BY_NAME: Final[dict[DatasetName, Dataset]] = {d.name: d for d in (SESSIONS, SAMPLES, RR, DAILY, PARTICIPANTS)}
 
 
 def columns_of(dataset: Dataset, study_scopes: Sequence[str]) -> tuple[Column, ...]:

@@ -42,7 +42,7 @@ from api.exports.datasets import (
     columns_of,
     session_series_query,
 )
-from api.exports.files import FileResult, HashingFile
+from api.exports.files import Chunk, FileResult, HashingFile
 from api.exports.pseudonyms import pads
 from api.exports.writers import write_csv, write_ndjson, write_parquet
 
@@ -252,7 +252,7 @@ def run(
             )
 
         if count_rows:
-            totals = {}
+            totals: dict[str, int] = {}
             for name in params.datasets:
                 ds = BY_NAME[name]
                 counted = SESSIONS if (params.format == "fhir-r4" and name == "samples") else ds
@@ -265,9 +265,7 @@ def run(
             ds = BY_NAME[name]
             report.step(name)
             target = file_name(name, params.format, params.gzip)
-            files.append(
-                _write(conn, study, ds, params, values(ds.scope), out_dir / target, report.advance)
-            )
+            files.append(_write(conn, study, ds, params, values(ds.scope), out_dir / target, report.advance))
             logger.info("export %s: %s, %d rows", spec.export_id, target, files[-1].rows or 0)
 
         people = _participants(conn, {BY_NAME[d].scope for d in params.datasets}, values)
@@ -282,17 +280,20 @@ def run(
     return Result(files, manifest, people)
 
 
-def _rows(conn: psycopg.Connection, query: sql.Composable, values: Mapping[str, object]) -> Iterator[dict[str, Any]]:
+def _rows(
+    conn: psycopg.Connection, query: sql.Composed, values: Mapping[str, object]
+) -> Iterator[dict[str, Any]]:
     with conn.cursor(name="vitalab_export", row_factory=dict_row) as cur:
         cur.itersize = CURSOR_ROWS
         cur.execute(query, values)
         yield from cur
 
 
-def _copy(conn: psycopg.Connection, query: sql.Composable, values: Mapping[str, object]) -> Iterator[bytes | memoryview]:
-    with conn.cursor() as cur, cur.copy(
-        sql.SQL("COPY ({}) TO STDOUT (FORMAT csv, HEADER)").format(query), values
-    ) as copy:
+def _copy(conn: psycopg.Connection, query: sql.Composable, values: Mapping[str, object]) -> Iterator[Chunk]:
+    with (
+        conn.cursor() as cur,
+        cur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT csv, HEADER)").format(query), values) as copy,
+    ):
         yield from copy
 
 
@@ -309,12 +310,20 @@ def _write(
     cols: tuple[Column, ...] = columns_of(ds, study.scopes)
     if fmt == "csv":
         return write_csv(
-            _copy(conn, ds.query(cols), values), path, name=path.name, dataset=ds.name, compress=params.gzip,
+            _copy(conn, ds.query(cols), values),
+            path,
+            name=path.name,
+            dataset=ds.name,
+            compress=params.gzip,
             on_rows=on_rows,
         )
     if fmt == "parquet":
         return write_parquet(
-            _copy(conn, ds.query(cols), values), path, name=path.name, dataset=ds.name, columns=cols,
+            _copy(conn, ds.query(cols), values),
+            path,
+            name=path.name,
+            dataset=ds.name,
+            columns=cols,
             on_rows=on_rows,
         )
     sid = study.study_id
@@ -371,9 +380,13 @@ def _dictionary(study: _Study, params: ExportParams) -> bytes:
             )
             kind = "valueSampledData (period 1000 ms)" if name == "samples" else "valueQuantity"
             for col, code in codes:
-                out.writerow([target, name, f"{code.system}|{code.code}", kind, code.unit, f"{code.text} ({col})"])
+                out.writerow(
+                    [target, name, f"{code.system}|{code.code}", kind, code.unit, f"{code.text} ({col})"]
+                )
         else:
-            schema = {"sessions": omh.PHYSICAL_ACTIVITY, "samples": omh.HEART_RATE, "rr": omh.RR_INTERVAL}[name]
+            schema = {"sessions": omh.PHYSICAL_ACTIVITY, "samples": omh.HEART_RATE, "rr": omh.RR_INTERVAL}[
+                name
+            ]
             ident = f"{schema['namespace']}:{schema['name']}:{schema['version']}"
             out.writerow([target, name, ident, "omh:data-point:1.0", "", ds.meaning])
     return buf.getvalue().encode()

@@ -136,7 +136,9 @@ def session_bundles(study_id: str, rows: Iterable[Mapping[str, Any]]) -> Iterato
         subject = _subject(study_id, str(row["pseudonym"]))
         period = {"effectivePeriod": {"start": row["started_at"], "end": row["ended_at"]}}
         resources = [
-            _observation(f"{ref}-{code.code}", code, subject, period, _quantity(float(row[col]) * factor, code))
+            _observation(
+                f"{ref}-{code.code}", code, subject, period, _quantity(float(row[col]) * factor, code)
+            )
             for col, code, factor in SESSION_CODES
             if row[col] is not None
         ]
@@ -209,7 +211,9 @@ def daily_bundles(study_id: str, rows: Iterable[Mapping[str, Any]]) -> Iterator[
         effective = {"effectiveDateTime": day}
         bid = f"{pseudonym}-{day}"
         resources = [
-            _observation(f"{bid}-{code.code}", code, subject, effective, _quantity(float(row[col]) * factor, code))
+            _observation(
+                f"{bid}-{code.code}", code, subject, effective, _quantity(float(row[col]) * factor, code)
+            )
             for col, code, factor in DAILY_CODES
             if row[col] is not None
         ]

@@ -17,6 +17,9 @@ from typing import Any
 
 from typing_extensions import Buffer
 
+Chunk = bytes | bytearray | memoryview
+"""A piece of a byte stream (what ``COPY ... TO STDOUT`` yields)."""
+
 
 @dataclass(frozen=True, slots=True)
 class FileResult:
@@ -82,7 +85,7 @@ class HashingFile(io.RawIOBase):
 class ChunkReader(io.RawIOBase):
     """A readable stream over an iterator of byte chunks (read-only, not seekable)."""
 
-    def __init__(self, chunks: Iterator[bytes | memoryview]) -> None:
+    def __init__(self, chunks: Iterator[Chunk]) -> None:
         super().__init__()
         self._chunks = chunks
         self._buf = memoryview(b"")

@@ -65,7 +65,12 @@ def heart_rate_points(study_id: str, rows: Iterable[Mapping[str, Any]]) -> Itera
         t, pseudonym = str(row["t"]), str(row["pseudonym"])
         point = {
             "header": _header(
-                study_id, HEART_RATE, pseudonym, f"{t}/{row['device_kind']}", t, f"vitalab {row['device_kind']}"
+                study_id,
+                HEART_RATE,
+                pseudonym,
+                f"{t}/{row['device_kind']}",
+                t,
+                f"vitalab {row['device_kind']}",
             ),
             "body": {
                 "heart_rate": {"value": _value(hr), "unit": "beats/min"},

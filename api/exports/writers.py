@@ -18,14 +18,14 @@ from __future__ import annotations
 import gzip
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import IO, Any, Final, cast
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from api.exports.datasets import Column, Kind
-from api.exports.files import ChunkReader, FileResult, HashingFile
+from api.exports.files import Chunk, ChunkReader, FileResult, HashingFile
 
 OnRows = Callable[[int], None]
 GZIP_LEVEL: Final = 6
@@ -53,7 +53,7 @@ def _gzip(raw: HashingFile) -> gzip.GzipFile:
 
 
 def write_csv(
-    chunks: Iterable[bytes | memoryview],
+    chunks: Iterable[Chunk],
     path: Path,
     *,
     name: str,
@@ -67,11 +67,11 @@ def write_csv(
     rows = 0
     header = True
     try:
-        out: BinaryIO | HashingFile = _gzip(raw) if compress else raw
+        out: gzip.GzipFile | HashingFile = _gzip(raw) if compress else raw
         try:
             for chunk in chunks:
                 out.write(chunk)
-                lines = (chunk if isinstance(chunk, bytes) else bytes(chunk)).count(b"\n")
+                lines = bytes(chunk).count(b"\n") if not isinstance(chunk, bytes) else chunk.count(b"\n")
                 if header and lines:
                     lines -= 1
                     header = False
@@ -88,7 +88,7 @@ def write_csv(
 
 
 def write_parquet(
-    chunks: Iterator[bytes | memoryview],
+    chunks: Iterator[Chunk],
     path: Path,
     *,
     name: str,
@@ -100,24 +100,25 @@ def write_parquet(
     one row group per parsed block."""
     schema = arrow_schema(columns)
     reader = pacsv.open_csv(
-        ChunkReader(chunks),
+        cast(IO[Any], ChunkReader(chunks)),
         read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=True),
         parse_options=pacsv.ParseOptions(newlines_in_values=False),
         convert_options=pacsv.ConvertOptions(
-            column_types=schema,
+            column_types={f.name: f.type for f in schema},
             strings_can_be_null=True,
             quoted_strings_can_be_null=False,
             null_values=[""],
-            timestamp_parsers=[pacsv.ISO8601],
         ),
     )
     raw = HashingFile(path)
     rows = 0
     try:
-        with pq.ParquetWriter(raw, schema, compression=PARQUET_COMPRESSION, write_statistics=True) as writer:
+        with pq.ParquetWriter(
+            cast(IO[Any], raw), schema, compression=PARQUET_COMPRESSION, write_statistics=True
+        ) as writer:
             for batch in reader:
                 if batch.num_rows:
-                    writer.write_batch(batch.select(schema.names).cast(schema))
+                    writer.write_batch(batch)
                     rows += batch.num_rows
                     on_rows(batch.num_rows)
     finally:
@@ -141,7 +142,7 @@ def write_ndjson(
     rows = 0
     pending = 0
     try:
-        out: BinaryIO | HashingFile = _gzip(raw) if compress else raw
+        out: gzip.GzipFile | HashingFile = _gzip(raw) if compress else raw
         try:
             buffered: list[bytes] = []
             size = 0
@@ -166,4 +167,6 @@ def write_ndjson(
         raw.close()
     if pending:
         on_rows(pending)
-    return FileResult(name, dataset, "application/gzip" if compress else media_type, rows, raw.size, raw.sha256)
+    return FileResult(
+        name, dataset, "application/gzip" if compress else media_type, rows, raw.size, raw.sha256
+    )
