@@ -85,6 +85,8 @@ class ExportParams:
     gzip: bool = False
 
     def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ExportError(f"unknown format {self.format!r} (one of {', '.join(FORMATS)})")
         if not self.datasets:
             raise ExportError("no dataset asked for")
         unsupported = [d for d in self.datasets if d not in SUPPORTED[self.format]]
@@ -110,6 +112,9 @@ class ExportParams:
     ) -> ExportParams:
         """Parameters in one canonical form: datasets in the order of :data:`DATASETS`, pseudonyms sorted
         and unique, times in UTC."""
+        unknown = sorted(set(datasets) - set(DATASETS))
+        if unknown:
+            raise ExportError(f"unknown dataset(s) {', '.join(unknown)} (known: {', '.join(DATASETS)})")
         return cls(
             tuple(d for d in DATASETS if d in set(datasets)),
             format,

@@ -233,13 +233,14 @@ class Worker:
         self.count_rows = count_rows
         self.on_progress = on_progress
 
-    def run_one(self, export_id: UUID | None = None) -> Outcome | None:
-        """Claim and run one job (``export_id`` only, when given); None when there was none to claim."""
+    def run_one(self, export_id: UUID | None = None, *, target: Path | None = None) -> Outcome | None:
+        """Claim and run one job (``export_id`` only, when given); None when there was none to claim.
+        ``target``: write the files into this directory (new or empty) instead of under ``root``."""
         with psycopg.connect(self.database_url, autocommit=True) as ctl:
             job = claim(ctl, self.owner, self.clock(), self.lease_s, export_id)
             if job is None:
                 return None
-            return self._attempt(ctl, job)
+            return self._attempt(ctl, job, target)
 
     def run_pending(self) -> list[Outcome]:
         """Run jobs until none is left to claim."""
@@ -257,14 +258,23 @@ class Worker:
                 logger.warning("export worker: database unavailable (%s); retrying", exc)
             stop.wait(poll_s)
 
-    def _attempt(self, ctl: psycopg.Connection, job: Claimed) -> Outcome:
-        base = job_dir(self.root, job.export_id)
-        base.mkdir(parents=True, exist_ok=True)
-        for stale in base.glob(".attempt-*.tmp"):  # left by a dead worker's attempt
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = base / f".attempt-{job.attempts}.tmp"
-        final = base / f"attempt-{job.attempts}"
-        shutil.rmtree(final, ignore_errors=True)
+    def _attempt(self, ctl: psycopg.Connection, job: Claimed, target: Path | None = None) -> Outcome:
+        if target is None:
+            base = job_dir(self.root, job.export_id)
+            base.mkdir(parents=True, exist_ok=True)
+            for stale in base.glob(".attempt-*.tmp"):  # left by a dead worker's attempt
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp = base / f".attempt-{job.attempts}.tmp"
+            final = base / f"attempt-{job.attempts}"
+            shutil.rmtree(final, ignore_errors=True)
+        else:
+            final = target.resolve()
+            base = final.parent
+            base.mkdir(parents=True, exist_ok=True)
+            if final.exists():
+                final.rmdir()  # refused unless empty: nothing of the user's is overwritten
+            tmp = base / f".{final.name}.attempt-{job.attempts}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         progress: engine.Progress = _JobProgress(ctl, job, self.owner, self.clock, self.lease_s)
         if self.on_progress is not None:
@@ -295,7 +305,7 @@ class Worker:
                 "directory = %s, manifest = %s, consent_snapshot = %s, error = NULL, rows_done = %s",
                 (
                     self.clock(),
-                    str(final.relative_to(self.root)),
+                    str(final.relative_to(self.root)) if target is None else str(final),
                     Jsonb(result.manifest),
                     snapshot,
                     sum(f.rows or 0 for f in result.files),
@@ -310,9 +320,10 @@ class Worker:
         if not done:
             shutil.rmtree(final, ignore_errors=True)
             return Outcome(job.export_id, "lost", "the lease was taken over before the job was marked done")
-        for other in base.glob("attempt-*"):
-            if other != final:
-                shutil.rmtree(other, ignore_errors=True)
+        if target is None:
+            for other in base.glob("attempt-*"):
+                if other != final:
+                    shutil.rmtree(other, ignore_errors=True)
         logger.info("export %s succeeded (attempt %d)", job.export_id, job.attempts)
         return Outcome(job.export_id, "succeeded", None, final)
 
