@@ -16,7 +16,8 @@ from vitalab.wire.topics import ID_PATTERN
 
 StudyStatus = Literal["draft", "recruiting", "closed"]
 SiteRef = Annotated[str, Field(pattern=ID_PATTERN)]
-Text = Annotated[str, Field(min_length=1, max_length=200)]
+_NO_NUL = r"^[^\x00]*$"
+Text = Annotated[str, Field(min_length=1, max_length=200, pattern=_NO_NUL)]
 Pseudonym = Annotated[str, Field(pattern=PSEUDONYM_PATTERN, description="a pseudonym in this study")]
 
 
@@ -35,7 +36,7 @@ class StudyIn(_In):
 
     study_id: str = Field(pattern=ID_PATTERN, description="a short id, e.g. hiit-2027")
     title: Text
-    description: str = Field(default="", max_length=10_000)
+    description: str = Field(default="", max_length=10_000, pattern=_NO_NUL)
     principal_investigator: Text | None = None
     ethics_ref: Text | None = Field(default=None, description="the ethics committee's approval reference")
     starts_on: QueryDay
@@ -60,7 +61,7 @@ class StudyPatch(_In):
     draft -> recruiting -> closed."""
 
     title: Text | None = None
-    description: str | None = Field(default=None, max_length=10_000)
+    description: str | None = Field(default=None, max_length=10_000, pattern=_NO_NUL)
     principal_investigator: Text | None = None
     ethics_ref: Text | None = None
     starts_on: QueryDay | None = None

@@ -254,8 +254,8 @@ class Worker:
         while not stop.is_set():
             try:
                 self.run_pending()
-            except psycopg.OperationalError as exc:
-                logger.warning("export worker: database unavailable (%s); retrying", exc)
+            except psycopg.Error as exc:  # no database yet, or not migrated: look again later
+                logger.warning("export worker: cannot read the job queue (%s); retrying", exc)
             stop.wait(poll_s)
 
     def _attempt(self, ctl: psycopg.Connection, job: Claimed, target: Path | None = None) -> Outcome:

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from tests.exports.conftest import Run
-from tests.exports.world import KEY_A, KEY_B, KEY_C, P, SNAPSHOT, Model, by_participant, minutes, pseudonym
+from tests.exports.world import KEY_A, KEY_B, KEY_C, SNAPSHOT, Model, P, by_participant, minutes, pseudonym
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -54,7 +54,9 @@ def test_a_withdrawal_empties_the_next_export(world: str, run_export: Run) -> No
     # an export whose consent snapshot precedes the withdrawal still has P1; the next one has nothing
     again, _ = run_export("s-a", ["samples"], "csv")
     assert any(r["pseudonym"] == p1 for r in read_csv(again / "samples.csv"))
-    after, result = run_export("s-a", ["samples", "sessions", "rr"], "csv", snapshot=SNAPSHOT + timedelta(hours=1))
+    after, result = run_export(
+        "s-a", ["samples", "sessions", "rr"], "csv", snapshot=SNAPSHOT + timedelta(hours=1)
+    )
     for name in ("samples.csv", "sessions.csv", "rr.csv"):
         assert all(r["pseudonym"] != p1 for r in read_csv(after / name)), name
     assert P["P1"] not in result.participants
@@ -139,8 +141,9 @@ def test_pseudonyms_are_stable_within_and_unlinkable_across_studies(world: str, 
     assert not a & c
     # the SQL's HMAC is RFC 2104 (Python's hmac) with each study's own key, on every participant
     with psycopg.connect(world) as conn:
-        from api.exports.pseudonyms import pads, sql_participant
         from psycopg import sql
+
+        from api.exports.pseudonyms import pads, sql_participant
 
         for key in (KEY_A, KEY_C):
             pd = pads(key)

@@ -23,7 +23,7 @@ from referencing.jsonschema import DRAFT7
 
 from analytics.version import ALGORITHM_VERSION
 from tests.exports.conftest import Run
-from tests.exports.world import KEY_A, P, SNAPSHOT, T0, Model, pseudonym
+from tests.exports.world import KEY_A, SNAPSHOT, T0, Model, P, pseudonym
 
 OMH = Path(__file__).resolve().parent.parent / "data" / "omh"
 
@@ -98,7 +98,9 @@ def test_parquet_is_typed_and_matches_the_database(world: str, run_export: Run) 
             strict=True,
         )
     )
-    assert [(p, ts.astimezone(UTC), k, hr, pw) for p, ts, k, hr, pw in got] == Model(world, "s-a").sample_rows()
+    assert [(p, ts.astimezone(UTC), k, hr, pw) for p, ts, k, hr, pw in got] == Model(
+        world, "s-a"
+    ).sample_rows()
     rr = pq.read_table(out / "rr.parquet")
     assert rr.schema.field("idx").type == pa.int16()
     assert list(zip(rr.column("pseudonym").to_pylist(), rr.column("idx").to_pylist(), strict=True)) == [
@@ -135,9 +137,10 @@ def test_same_parameters_on_unchanged_data_give_identical_files(world: str, run_
         data1 = {f.name: f.sha256 for f in r1.files}
         data2 = {f.name: f.sha256 for f in r2.files}
         assert data1 == data2, fmt
-        assert json.loads((first / "manifest.json").read_text())["export_id"] != json.loads(
-            (second / "manifest.json").read_text()
-        )["export_id"]
+        assert (
+            json.loads((first / "manifest.json").read_text())["export_id"]
+            != json.loads((second / "manifest.json").read_text())["export_id"]
+        )
 
 
 def _registry() -> Registry:
@@ -179,9 +182,17 @@ def test_open_mhealth_data_points_validate_against_the_schemas(world: str, run_e
         point.validate(doc)
         assert doc["header"]["schema_id"] == {"namespace": "omh", "name": "heart-rate", "version": "2.0"}
         bodies["heart-rate"].validate(doc["body"])
-        hr_points.append((doc["header"]["user_id"], doc["body"]["effective_time_frame"]["date_time"], doc["body"]["heart_rate"]["value"]))
+        hr_points.append(
+            (
+                doc["header"]["user_id"],
+                doc["body"]["effective_time_frame"]["date_time"],
+                doc["body"]["heart_rate"]["value"],
+            )
+        )
     want = [
-        (p, ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), hr) for p, ts, _, hr, _ in model.sample_rows() if hr is not None
+        (p, ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), hr)
+        for p, ts, _, hr, _ in model.sample_rows()
+        if hr is not None
     ]
     assert hr_points == want
     rr_lines = (out / "rr.omh.ndjson").read_text().splitlines()
@@ -189,7 +200,9 @@ def test_open_mhealth_data_points_validate_against_the_schemas(world: str, run_e
         doc = json.loads(line)
         point.validate(doc)
         bodies["rr-interval"].validate(doc["body"])
-    assert [json.loads(x)["body"]["rr_interval"]["value"] for x in rr_lines] == [r[3] for r in model.rr_rows()]
+    assert [json.loads(x)["body"]["rr_interval"]["value"] for x in rr_lines] == [
+        r[3] for r in model.rr_rows()
+    ]
     sessions = [json.loads(x) for x in (out / "sessions.omh.ndjson").read_text().splitlines()]
     assert len(sessions) == len(model.session_rows())
     for doc in sessions:
@@ -210,7 +223,9 @@ def test_fhir_bundles_parse_with_fhir_resources_and_carry_the_series(world: str,
     check_manifest(out)
     model = Model(world, "s-a")
     sessions = model.session_rows()
-    summaries = [Bundle.model_validate_json(x) for x in (out / "sessions.fhir.ndjson").read_text().splitlines()]
+    summaries = [
+        Bundle.model_validate_json(x) for x in (out / "sessions.fhir.ndjson").read_text().splitlines()
+    ]
     assert len(summaries) == len(sessions)
     for bundle, (p, a, b, _) in zip(summaries, sessions, strict=True):
         assert bundle.type == "collection"
@@ -240,7 +255,9 @@ def test_fhir_bundles_parse_with_fhir_resources_and_carry_the_series(world: str,
     assert len(series) == len(raw_sessions)
     for bundle, (p, a, b, _) in zip(series, raw_sessions, strict=True):
         hr_obs = next(
-            e.resource for e in bundle.entry or [] if e.resource.code.coding[0].code == "8867-4"  # type: ignore[union-attr, index]
+            e.resource
+            for e in bundle.entry or []
+            if e.resource.code.coding[0].code == "8867-4"  # type: ignore[union-attr, index]
         )
         assert isinstance(hr_obs, Observation)
         sampled = hr_obs.valueSampledData
@@ -252,7 +269,9 @@ def test_fhir_bundles_parse_with_fhir_resources_and_carry_the_series(world: str,
             if seen:
                 assert float(v) == pytest.approx(sum(seen) / len(seen), abs=0.01)
             else:
-                assert v in ("E",) or float(v) == pytest.approx(110.0)  # machine heart rate without a strap sample
+                assert v in ("E",) or float(v) == pytest.approx(
+                    110.0
+                )  # machine heart rate without a strap sample
 
 
 def test_data_dictionary_lists_every_column_with_units(world: str, run_export: Run) -> None:

@@ -99,9 +99,13 @@ def test_a_killed_worker_is_taken_over_after_its_lease(world: str, tmp_path: Pat
     assert not (tmp_path / str(export_id) / "attempt-1").exists()
 
     # within the lease nobody takes it; after it, the next worker does and finishes
-    early = jobs.Worker(world, tmp_path, clock=lambda: SNAPSHOT + timedelta(seconds=LEASE_S - 1), lease_s=LEASE_S)
+    early = jobs.Worker(
+        world, tmp_path, clock=lambda: SNAPSHOT + timedelta(seconds=LEASE_S - 1), lease_s=LEASE_S
+    )
     assert early.run_one() is None
-    later = jobs.Worker(world, tmp_path, clock=lambda: SNAPSHOT + timedelta(seconds=LEASE_S + 1), lease_s=LEASE_S)
+    later = jobs.Worker(
+        world, tmp_path, clock=lambda: SNAPSHOT + timedelta(seconds=LEASE_S + 1), lease_s=LEASE_S
+    )
     outcome = later.run_one()
     assert outcome is not None and outcome.status == "succeeded"
     status, attempts, _, directory = job(world, export_id)
@@ -117,7 +121,9 @@ def test_a_killed_worker_is_taken_over_after_its_lease(world: str, tmp_path: Pat
 def test_a_job_whose_last_attempt_died_is_failed_with_the_reason(world: str, tmp_path: Path) -> None:
     export_id = queue(world, max_attempts=1)
     kill_mid_way(world, tmp_path)
-    later = jobs.Worker(world, tmp_path, clock=lambda: SNAPSHOT + timedelta(seconds=LEASE_S + 1), lease_s=LEASE_S)
+    later = jobs.Worker(
+        world, tmp_path, clock=lambda: SNAPSHOT + timedelta(seconds=LEASE_S + 1), lease_s=LEASE_S
+    )
     assert later.run_one() is None  # nothing left to run: the job was failed on the way
     status, attempts, error, directory = job(world, export_id)
     assert (status, attempts, directory) == ("failed", 1, None)
@@ -157,5 +163,7 @@ def test_concurrent_workers_never_share_a_job(world: str, tmp_path: Path) -> Non
         th.join(60)
     assert sorted(claimed) == sorted(ids)
     with psycopg.connect(world) as conn:
-        owners = conn.execute("SELECT count(DISTINCT lease_owner) FROM export_jobs WHERE status = 'running'").fetchone()
+        owners = conn.execute(
+            "SELECT count(DISTINCT lease_owner) FROM export_jobs WHERE status = 'running'"
+        ).fetchone()
     assert owners == (4,)

@@ -58,7 +58,9 @@ def seed(url: str) -> None:
         devices += [("strap-b1", "gym-b", "hr_strap")]
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO devices (device_id, site_id, kind) VALUES (%s, %s, %s)", devices)
-            people = [(P[f"P{i}"], "gym-a", 1980 + i, "female" if i % 2 else "male", 60.0 + i) for i in range(1, 5)]
+            people = [
+                (P[f"P{i}"], "gym-a", 1980 + i, "female" if i % 2 else "male", 60.0 + i) for i in range(1, 5)
+            ]
             people.append((P["P5"], "gym-b", 1999, "male", 80.0))
             cur.executemany(
                 "INSERT INTO participants (participant_id, site_id, birth_year, sex, weight_kg) "
@@ -82,8 +84,12 @@ def seed(url: str) -> None:
                         rr.extend([(d, t, 0, 600.0 + k % 7), (d, t, 1, 601.5 + k % 5)])
                 else:
                     for k in range(3600):
-                        rows.append((d, T0 + timedelta(seconds=k), site, 150.0 + k % 50, 80.0 + k % 20, 110.0))
-            with cur.copy("COPY samples (device_id, t, site_id, power_w, cadence_rpm, hr_bpm) FROM STDIN") as cp:
+                        rows.append(
+                            (d, T0 + timedelta(seconds=k), site, 150.0 + k % 50, 80.0 + k % 20, 110.0)
+                        )
+            with cur.copy(
+                "COPY samples (device_id, t, site_id, power_w, cadence_rpm, hr_bpm) FROM STDIN"
+            ) as cp:
                 for r in rows:
                     cp.write_row(r)
             with cur.copy("COPY rr_intervals (device_id, t, idx, rr_ms) FROM STDIN") as cp:
@@ -101,7 +107,15 @@ def seed(url: str) -> None:
                 "algorithm_version, summary, duration_s, hr_avg_bpm, energy_kcal, moderate_min, vigorous_min, "
                 "rmssd_ms) VALUES ('gym-a', %s, %s, %s, %s, 'check_in', %s, %s, %s, 130.5, 50.25, 3, 2, 40.5)",
                 [
-                    (P[p], devs, minutes(a), minutes(b), ALGORITHM_VERSION, '{"hr_max_bpm": 171}', (b - a) * 60.0)
+                    (
+                        P[p],
+                        devs,
+                        minutes(a),
+                        minutes(b),
+                        ALGORITHM_VERSION,
+                        '{"hr_max_bpm": 171}',
+                        (b - a) * 60.0,
+                    )
                     for p, devs, a, b in sessions
                 ],
             )
@@ -109,7 +123,11 @@ def seed(url: str) -> None:
                 "INSERT INTO participant_daily (participant_id, day, sessions, load, load_7d, ctl, atl, tsb, "
                 "moderate_min, vigorous_min, who_min_7d, who_status, pai_as, rhr_bpm, algorithm_version) "
                 "VALUES (%s, %s, 1, 10, 10, 1, 2, 0, 5, 3, 11, 'below', 1.5, 55, %s)",
-                [(P[p], day, ALGORITHM_VERSION) for p in ("P1", "P3") for day in ("2026-11-01", "2026-11-02")],
+                [
+                    (P[p], day, ALGORITHM_VERSION)
+                    for p in ("P1", "P3")
+                    for day in ("2026-11-01", "2026-11-02")
+                ],
             )
         conn.execute(
             "INSERT INTO studies (study_id, title, starts_on, scopes, status) VALUES "
@@ -117,9 +135,7 @@ def seed(url: str) -> None:
             "('s-b', 'B', '2026-10-01', %s, 'recruiting'), ('s-c', 'C', '2026-10-01', %s, 'recruiting')",
             (ALL, ["derived_metrics", "raw_samples"], ALL),
         )
-        conn.execute(
-            "INSERT INTO study_sites VALUES ('s-a', 'gym-a'), ('s-b', 'gym-b'), ('s-c', 'gym-a')"
-        )
+        conn.execute("INSERT INTO study_sites VALUES ('s-a', 'gym-a'), ('s-b', 'gym-b'), ('s-c', 'gym-a')")
         conn.execute(
             "INSERT INTO study_keys VALUES ('s-a', %s, %s), ('s-b', %s, %s), ('s-c', %s, %s)",
             (KEY_A, T0, KEY_B, T0, KEY_C, T0),
@@ -174,20 +190,30 @@ class Model:
     def __init__(self, url: str, study: str, snapshot: datetime = SNAPSHOT) -> None:
         self.study, self.snapshot = study, snapshot
         with psycopg.connect(url) as conn:
-            self.key = bytes(conn.execute("SELECT hmac_key FROM study_keys WHERE study_id = %s", (study,)).fetchone()[0])  # type: ignore[index]
-            self.sites = {r[0] for r in conn.execute("SELECT site_id FROM study_sites WHERE study_id = %s", (study,))}
-            self.site_of = {r[0]: r[1] for r in conn.execute("SELECT participant_id, site_id FROM participants")}
+            self.key = bytes(
+                conn.execute("SELECT hmac_key FROM study_keys WHERE study_id = %s", (study,)).fetchone()[0]
+            )  # type: ignore[index]
+            self.sites = {
+                r[0] for r in conn.execute("SELECT site_id FROM study_sites WHERE study_id = %s", (study,))
+            }
+            self.site_of = {
+                r[0]: r[1] for r in conn.execute("SELECT participant_id, site_id FROM participants")
+            }
             self.kind = {r[0]: r[1] for r in conn.execute("SELECT device_id, kind FROM devices")}
             self.records = conn.execute(
                 "SELECT participant_id, id, scopes, given_at, withdrawn_at, recorded_at FROM study_consents "
                 "WHERE study_id = %s",
                 (study,),
             ).fetchall()
-            self.assignments = conn.execute("SELECT device_id, participant_id, started_at, ended_at FROM device_assignments").fetchall()
+            self.assignments = conn.execute(
+                "SELECT device_id, participant_id, started_at, ended_at FROM device_assignments"
+            ).fetchall()
             self.sessions = conn.execute(
                 "SELECT session_id, participant_id, device_ids, started_at, ended_at, site_id FROM sessions"
             ).fetchall()
-            self.samples = conn.execute("SELECT device_id, t, site_id, hr_bpm, power_w FROM samples").fetchall()
+            self.samples = conn.execute(
+                "SELECT device_id, t, site_id, hr_bpm, power_w FROM samples"
+            ).fetchall()
             self.rr = conn.execute("SELECT device_id, t, idx, rr_ms FROM rr_intervals").fetchall()
 
     def windows(self, participant: UUID) -> tuple[list[Window], frozenset[str] | None]:
@@ -223,7 +249,11 @@ class Model:
         return any(a <= t and end < b for a, b in stretches)
 
     def people(self, scope: str) -> set[UUID]:
-        return {p for p in self.site_of if self.site_of[p] in self.sites and (self.windows(p)[1] or set()) >= {scope}}
+        return {
+            p
+            for p in self.site_of
+            if self.site_of[p] in self.sites and (self.windows(p)[1] or set()) >= {scope}
+        }
 
     def owner(self, device: str, t: datetime) -> set[UUID]:
         """Who the sample of ``device`` at ``t`` belongs to."""
