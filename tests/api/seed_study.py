@@ -34,8 +34,8 @@ def seed_study(url: str, root: Path) -> dict[str, str]:
             (PARTICIPANT, NOW),
         )
         conn.execute(
-            "INSERT INTO study_consents (study_id, participant_id, consent_version, scopes, given_at, recorded_at, "
-            "recorded_by) VALUES ('st-1', %s, 'v1', '{derived_metrics}', %s, %s, 'kiosk')",
+            "INSERT INTO study_consents (study_id, participant_id, consent_version, scopes, given_at, "
+            "recorded_at, recorded_by) VALUES ('st-1', %s, 'v1', '{derived_metrics}', %s, %s, 'kiosk')",
             (PARTICIPANT, NOW, NOW),
         )
         conn.execute(

@@ -38,8 +38,10 @@ async def test_studies_crud_and_status_rules(database_url: str) -> None:
         r = await http.post("/v1/studies", json=STUDY)
         assert r.status_code == 201, r.text
         body = r.json()
-        assert body["status"] == "draft" and body["sites"] == ["gym-a"]
-        assert "key" not in r.text and "hmac" not in r.text
+        assert body["status"] == "draft"
+        assert body["sites"] == ["gym-a"]
+        assert "key" not in r.text
+        assert "hmac" not in r.text
         assert_problem(await http.post("/v1/studies", json=STUDY), 409, "body.study_id")
         assert_problem(
             await http.post("/v1/studies", json={**STUDY, "study_id": "x", "sites": ["nope"]}),
@@ -75,7 +77,8 @@ async def test_studies_crud_and_status_rules(database_url: str) -> None:
         assert_problem(await http.get("/v1/studies/draft-1"), 404, "path.study_id")
     with psycopg.connect(database_url) as conn:
         key = conn.execute("SELECT hmac_key FROM study_keys WHERE study_id = 'hiit-2027'").fetchone()
-    assert key is not None and len(bytes(key[0])) == 32
+    assert key is not None
+    assert len(bytes(key[0])) == 32
 
 
 async def test_enrolment_and_an_append_only_consent_history(database_url: str) -> None:
@@ -88,7 +91,8 @@ async def test_enrolment_and_an_append_only_consent_history(database_url: str) -
         assert first.status_code == 201, first.text
         assert first.json()["given_at"] == iso(SNAPSHOT)
         again = await http.post("/v1/studies/hiit-2027/enrolments", json={**enrol, "given_at": iso(SNAPSHOT)})
-        assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+        assert again.status_code == 200
+        assert again.json()["id"] == first.json()["id"]
         assert_problem(
             await http.post("/v1/studies/hiit-2027/enrolments", json={**enrol, "scopes": ["raw_samples"]}),
             409,
@@ -115,7 +119,8 @@ async def test_enrolment_and_an_append_only_consent_history(database_url: str) -
         back = await http.post(url, json={"action": "withdraw", "at": iso(SNAPSHOT)})
         assert_problem(back, 409, "body.at")  # before the newest record
         withdrawn = await http.post(url, json={"action": "withdraw"})
-        assert withdrawn.status_code == 201 and withdrawn.json()["withdrawn_at"] == iso(clock.now)
+        assert withdrawn.status_code == 201
+        assert withdrawn.json()["withdrawn_at"] == iso(clock.now)
         assert (await http.post(url, json={"action": "withdraw"})).status_code == 200
         assert_problem(await http.post(url, json={"action": "withdraw", "scopes": ["raw_samples"]}), 422)
 
@@ -173,15 +178,19 @@ async def test_export_through_the_api_with_range_downloads(database_url: str, tm
         assert asked.status_code == 202, asked.text
         job = asked.json()
         assert asked.headers["location"] == f"/v1/studies/s-a/exports/{job['export_id']}"
-        assert job["status"] == "queued" and job["requested_by"] == "local" and job["files"] == []
+        assert job["status"] == "queued"
+        assert job["requested_by"] == "local"
+        assert job["files"] == []
         early = await http.get(f"/v1/studies/s-a/exports/{job['export_id']}/files/manifest.json")
         assert_problem(early, 409)
 
         outcome = Worker(database_url, tmp_path, clock=lambda: SNAPSHOT).run_one()
-        assert outcome is not None and outcome.status == "succeeded"
+        assert outcome is not None
+        assert outcome.status == "succeeded"
 
         done = (await http.get(asked.headers["location"])).json()
-        assert done["status"] == "succeeded" and done["progress"] == 1.0
+        assert done["status"] == "succeeded"
+        assert done["progress"] == 1.0
         assert done["rows_done"] == done["rows_total"] > 0
         samples = next(f for f in done["files"] if f["name"] == "samples.csv")
         whole = await http.get(samples["url"])
@@ -195,7 +204,8 @@ async def test_export_through_the_api_with_range_downloads(database_url: str, tm
         tail = await http.get(samples["url"], headers={"Range": f"bytes={len(whole.content) - 10}-"})
         assert tail.content == whole.content[-10:]
         manifest = (await http.get(f"/v1/studies/s-a/exports/{job['export_id']}/files/manifest.json")).json()
-        assert manifest["export_id"] == job["export_id"] and manifest["requested_by"] == "local"
+        assert manifest["export_id"] == job["export_id"]
+        assert manifest["requested_by"] == "local"
         assert manifest["parameters"]["datasets"] == ["sessions", "samples"]
         assert pseudonym(KEY_A, P["P1"]) in whole.text
         assert_problem(await http.get(f"/v1/studies/s-a/exports/{job['export_id']}/files/other.csv"), 404)

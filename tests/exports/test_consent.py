@@ -1,5 +1,5 @@
-"""Consent is part of the export query: windows, scopes, withdrawal, sites; checked against the Python model of
-tests/exports/world.py, which re-implements the rule over plain reads of the tables."""
+"""Consent is part of the export query: windows, scopes, withdrawal, sites; checked against the Python model
+of tests/exports/world.py, which re-implements the rule over plain reads of the tables."""
 
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def test_a_withdrawal_empties_the_next_export(world: str, run_export: Run) -> No
     assert any(r["pseudonym"] == p1 for r in read_csv(before / "samples.csv"))
     with psycopg.connect(world) as conn:
         conn.execute(
-            "INSERT INTO study_consents (study_id, participant_id, scopes, withdrawn_at, recorded_at, recorded_by) "
+            "INSERT INTO study_consents (study_id, participant_id, scopes, withdrawn_at, recorded_at, "
+            "recorded_by) "
             "VALUES ('s-a', %s, '{}', %s, %s, 'kiosk')",
             (P["P1"], SNAPSHOT + timedelta(minutes=1), SNAPSHOT + timedelta(minutes=1)),
         )
@@ -124,7 +125,8 @@ def test_no_internal_id_reaches_an_export(world: str, run_export: Run, study: st
         text = path.read_text()
         assert not any(str(p) in text for p in P.values()), path
         if path.name != "data_dictionary.csv":
-            assert "strap-a" not in text and "bike-a" not in text, path
+            assert "strap-a" not in text, path
+            assert "bike-a" not in text, path
     sessions = read_csv(out / "sessions.csv")
     assert not {r["session_ref"] for r in sessions} & set(session_ids)
 

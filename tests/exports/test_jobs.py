@@ -95,7 +95,8 @@ def test_a_killed_worker_is_taken_over_after_its_lease(world: str, tmp_path: Pat
     status, attempts, _, directory = job(world, export_id)
     assert (status, attempts, directory) == ("running", 1, None)
     partial = tmp_path / str(export_id) / ".attempt-1.tmp"
-    assert partial.is_dir() and not (partial / "manifest.json").exists()  # half-written, never published
+    assert partial.is_dir()
+    assert not (partial / "manifest.json").exists()
     assert not (tmp_path / str(export_id) / "attempt-1").exists()
 
     # within the lease nobody takes it; after it, the next worker does and finishes
@@ -107,7 +108,8 @@ def test_a_killed_worker_is_taken_over_after_its_lease(world: str, tmp_path: Pat
         world, tmp_path, clock=lambda: SNAPSHOT + timedelta(seconds=LEASE_S + 1), lease_s=LEASE_S
     )
     outcome = later.run_one()
-    assert outcome is not None and outcome.status == "succeeded"
+    assert outcome is not None
+    assert outcome.status == "succeeded"
     status, attempts, _, directory = job(world, export_id)
     assert (status, attempts, directory) == ("succeeded", 2, f"{export_id}/attempt-2")
     assert not partial.exists()
@@ -127,7 +129,8 @@ def test_a_job_whose_last_attempt_died_is_failed_with_the_reason(world: str, tmp
     assert later.run_one() is None  # nothing left to run: the job was failed on the way
     status, attempts, error, directory = job(world, export_id)
     assert (status, attempts, directory) == ("failed", 1, None)
-    assert error is not None and "lease" in error
+    assert error is not None
+    assert "lease" in error
 
 
 def test_a_request_that_cannot_be_met_fails_at_once(world: str, tmp_path: Path) -> None:
@@ -135,10 +138,12 @@ def test_a_request_that_cannot_be_met_fails_at_once(world: str, tmp_path: Path) 
         conn.execute("UPDATE studies SET scopes = '{derived_metrics}' WHERE study_id = 's-a'")
     export_id = queue(world)
     outcome = jobs.Worker(world, tmp_path, clock=lambda: SNAPSHOT).run_one()
-    assert outcome is not None and outcome.status == "failed"
+    assert outcome is not None
+    assert outcome.status == "failed"
     status, attempts, error, _ = job(world, export_id)
     assert (status, attempts) == ("failed", 1)
-    assert error is not None and "samples" in error
+    assert error is not None
+    assert "samples" in error
     assert list((tmp_path / str(export_id)).iterdir()) == []
 
 

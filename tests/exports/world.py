@@ -104,8 +104,9 @@ def seed(url: str) -> None:
             ]
             cur.executemany(
                 "INSERT INTO sessions (site_id, participant_id, device_ids, started_at, ended_at, source, "
-                "algorithm_version, summary, duration_s, hr_avg_bpm, energy_kcal, moderate_min, vigorous_min, "
-                "rmssd_ms) VALUES ('gym-a', %s, %s, %s, %s, 'check_in', %s, %s, %s, 130.5, 50.25, 3, 2, 40.5)",
+                "algorithm_version, summary, duration_s, hr_avg_bpm, energy_kcal, moderate_min, "
+                "vigorous_min, rmssd_ms) "
+                "VALUES ('gym-a', %s, %s, %s, %s, 'check_in', %s, %s, %s, 130.5, 50.25, 3, 2, 40.5)",
                 [
                     (
                         P[p],
@@ -190,9 +191,9 @@ class Model:
     def __init__(self, url: str, study: str, snapshot: datetime = SNAPSHOT) -> None:
         self.study, self.snapshot = study, snapshot
         with psycopg.connect(url) as conn:
-            self.key = bytes(
-                conn.execute("SELECT hmac_key FROM study_keys WHERE study_id = %s", (study,)).fetchone()[0]
-            )  # type: ignore[index]
+            found = conn.execute("SELECT hmac_key FROM study_keys WHERE study_id = %s", (study,)).fetchone()
+            assert found is not None
+            self.key = bytes(found[0])
             self.sites = {
                 r[0] for r in conn.execute("SELECT site_id FROM study_sites WHERE study_id = %s", (study,))
             }
