@@ -94,16 +94,21 @@ class ChunkReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Buffer) -> int:
+        """Fill ``buffer`` as far as the stream goes (COPY yields one row per chunk: short reads would make
+        readers parse tiny blocks)."""
         out = memoryview(buffer).cast("B")
-        while not self._buf:
-            nxt = next(self._chunks, None)
-            if nxt is None:
-                return 0
-            self._buf = memoryview(nxt).cast("B")
-        n = min(len(out), len(self._buf))
-        out[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
+        filled = 0
+        while filled < len(out):
+            if not self._buf:
+                nxt = next(self._chunks, None)
+                if nxt is None:
+                    break
+                self._buf = memoryview(nxt).cast("B")
+            n = min(len(out) - filled, len(self._buf))
+            out[filled : filled + n] = self._buf[:n]
+            self._buf = self._buf[n:]
+            filled += n
+        return filled
 
 
 def fsync_dir(path: Path) -> None:

@@ -75,6 +75,9 @@ async def create(conn: AsyncConnection, body: StudyIn, now: datetime) -> StudyOu
 
 async def update(conn: AsyncConnection, study_id: str, body: StudyPatch, now: datetime) -> StudyOut:
     changes: dict[str, Any] = body.model_dump(exclude_unset=True)
+    for field in ("title", "description", "starts_on", "scopes", "status", "sites"):
+        if field in changes and changes[field] is None:
+            raise invalid(f"body.{field}", f"{field} cannot be removed")
     async with conn.transaction():
         study = await require_study(conn, study_id, lock=True)
         status = changes.get("status") or study.status
@@ -91,9 +94,6 @@ async def update(conn: AsyncConnection, study_id: str, body: StudyPatch, now: da
         ends = changes.get("ends_on", study.ends_on)
         if starts is not None and ends is not None and ends < starts:
             raise invalid("body.ends_on", "ends_on must not be before starts_on")
-        for field in ("title", "starts_on", "description"):
-            if field in changes and changes[field] is None:
-                raise invalid(f"body.{field}", f"{field} cannot be removed")
         if changes:
             await q.update_study(conn, study_id, changes, now)
         if sites is not None:
