@@ -4,8 +4,7 @@
 
 Seeds a fresh database (dropped afterwards) with one study at one site: ``--participants`` participants
 (default 50), each wearing their own strap (checked out for the whole period) that samples at 1 Hz, in
-one-hour
-sessions, all consenting to every scope. Then, each in its own process (so peak RSS is that export's):
+one-hour sessions, all consenting to every scope. Then, each in its own process (peak RSS is the export's):
 
 - ``copy``: ``COPY (the samples dataset query) TO STDOUT (FORMAT csv)`` read and discarded: the rate
   PostgreSQL produces the consented rows at (the limit every format is held against);

@@ -30,6 +30,14 @@ from api.services import exports as rules
 
 logger = logging.getLogger(__name__)
 FILE_NAME = r"^[a-z_]+(\.[a-z0-9]+){1,3}$"
+FILE_MEDIA_TYPES = (
+    "application/json",
+    "text/csv",
+    "application/gzip",
+    "application/vnd.apache.parquet",
+    "application/fhir+ndjson",
+    "application/x-ndjson",
+)
 
 
 @asynccontextmanager
@@ -108,7 +116,7 @@ async def get_export(conn: ConnDep, caller: CallerDep, study_id: StudyId, export
     "/{study_id}/exports/{export_id}/files/{name}",
     response_class=FileResponse,
     responses={
-        200: {"description": "the file", "content": {"application/octet-stream": {}}},
+        200: {"description": "the file", "content": {m: {} for m in FILE_MEDIA_TYPES}},
         206: {"description": "the requested byte range(s) of the file"},
         416: {"description": "range not satisfiable"},
         **responses(409, 410),
