@@ -155,3 +155,11 @@ def test_pseudonyms_are_stable_within_and_unlinkable_across_studies(world: str, 
             rows = conn.execute(query, {"ipad": pd.inner, "opad": pd.outer}).fetchall()
             assert {r[1] for r in rows} == {pseudonym(key, r[0]) for r in rows}
             assert len(rows) == 5
+
+
+def test_daily_rows_only_for_wholly_consented_days(world: str, run_export: Run) -> None:
+    # two days after T0: P1 consented from 2026-11-01 08:00 (that day is not whole, 2026-11-02 is); P3 from
+    # 2026-11-02 08:30 (no whole day); P2 and P4 have no daily rows / withdrew
+    out, _ = run_export("s-a", ["daily"], "csv", snapshot=SNAPSHOT + timedelta(days=2))
+    rows = [(r["pseudonym"], r["day"]) for r in read_csv(out / "daily.csv")]
+    assert rows == [(pseudonym(KEY_A, P["P1"]), "2026-11-02")]
