@@ -26,12 +26,14 @@ from api.routes import (
     contract,
     dead_letters,
     devices,
+    exports,
     health,
     keys,
     participants,
     samples,
     sessions,
     sites,
+    studies,
 )
 from vitalab.settings import Settings
 
@@ -120,6 +122,8 @@ def create_app(
         contract,
         keys,
         audit,
+        studies,
+        exports,
     )
     for module in routers:
         app.include_router(module.router)

@@ -157,6 +157,16 @@ class Settings(BaseSettings):
         default=5, ge=2, description="site aggregates of fewer participants are suppressed (API minimum)"
     )
 
+    # --- research exports (api/exports) ----------------------------------------------------------------
+    export_dir: Path | None = Field(default=None, description="export files; unset: data_dir/exports")
+    export_worker: bool = Field(
+        default=True, description="run the export worker inside the API process (`vitalab export worker` too)"
+    )
+    export_lease_s: float = Field(
+        default=120.0, gt=0, description="an export job whose worker is silent this long is taken over"
+    )
+    export_max_attempts: int = Field(default=3, ge=1, description="attempts of an export job before it fails")
+
     # --- simulator (used by `vitalab up` and `vitalab simulate`) --------------------------------------
     sim_devices: int = Field(default=8, ge=0)
     sim_seed: int = 7
@@ -222,6 +232,9 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown timezone {v!r} (an IANA name such as Europe/Brussels)") from None
         return v
+
+    def exports_root(self) -> Path:
+        return self.export_dir or self.data_dir / "exports"
 
     def gateway_buffer(self) -> Path:
         return self.gateway_buffer_path or self.data_dir / "gateway" / f"{self.gateway_id}.sqlite"

@@ -10,6 +10,7 @@ how to call, so new routes join it."""
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -18,6 +19,7 @@ import psycopg
 import pytest
 
 from tests.api.seed import NOW, PARTICIPANT, T0, seed
+from tests.api.seed_study import seed_study
 from tests.api.support import app_at, assert_problem, serve
 from tests.support.helpers import make_key
 
@@ -47,6 +49,11 @@ BAD_TIMES = [
 ]
 BAD_DAYS = ["0001-01-01", "9999-12-31", "1999-12-31"]
 BODY_TIMES = {
+    "/v1/studies": [],
+    "/v1/studies/{study_id}": [],
+    "/v1/studies/{study_id}/enrolments": ["given_at"],
+    "/v1/studies/{study_id}/participants/{participant_id}/consents": ["at"],
+    "/v1/studies/{study_id}/exports": [],  # since/until select data: any time in the query window
     "/v1/participants": ["consent_given_at"],
     "/v1/check-ins": ["started_at", "ended_at"],
     "/v1/check-ins/{device_id}/end": ["ended_at"],
@@ -76,7 +83,31 @@ def bodies() -> dict[tuple[str, str], dict[str, Any]]:
             "payload": {"v": 1, "device": "bike-1", "seq": 0, "samples": [{"t": iso(NOW), "hr_bpm": 90}]},
         },
         ("post", "/v1/keys"): {"name": "walk", "owner": "tests", "role": "operator", "scope": ["site:gym-a"]},
+        # research: a draft study (deleted by the DELETE call), the seeded enrolment again, a withdrawal
+        ("post", "/v1/studies"): {
+            "study_id": "walk-draft",
+            "title": "T",
+            "starts_on": "2026-01-01",
+            "sites": ["gym-a"],
+            "scopes": ["derived_metrics"],
+        },
+        ("patch", "/v1/studies/{study_id}"): {"title": "T2"},
+        ("post", "/v1/studies/{study_id}/enrolments"): {
+            "participant_id": str(PARTICIPANT),
+            "consent_version": "v1",
+            "scopes": ["derived_metrics"],
+            "given_at": iso(NOW),
+        },
+        ("post", "/v1/studies/{study_id}/participants/{participant_id}/consents"): {
+            "action": "withdraw",
+            "at": iso(NOW),
+        },
+        ("post", "/v1/studies/{study_id}/exports"): {"datasets": ["sessions"], "format": "csv"},
     }
+
+
+OVERRIDES = {("delete", "/v1/studies/{study_id}"): {"study_id": "walk-draft"}}
+"""Path parameters of operations that need another resource than ``known`` names."""
 
 
 def is_kind(param: dict[str, Any], fmt: str) -> bool:
@@ -113,7 +144,7 @@ def check_in_rows(url: str) -> list[tuple[Any, ...]]:
         ).fetchall()
 
 
-async def test_every_operation_follows_the_one_rule_for_bad_input(database_url: str) -> None:
+async def test_every_operation_follows_the_one_rule_for_bad_input(database_url: str, tmp_path: Path) -> None:
     seeded = seed(database_url)
     known = {
         "device_id": "bike-1",
@@ -121,15 +152,17 @@ async def test_every_operation_follows_the_one_rule_for_bad_input(database_url: 
         "participant_id": str(PARTICIPANT),
         "session_id": str(seeded.session_id),
         "key_id": (await make_key(database_url, "operator", name="to revoke"))[3:19],
+        **seed_study(database_url, tmp_path),
     }
     required_query = {"since": enc(iso(T0))}
-    async with serve(app_at(database_url, NOW)) as http:
+    async with serve(app_at(database_url, NOW, export_worker=False, export_dir=tmp_path)) as http:
         schema = (await http.get("/openapi.json")).json()
         walked = 0
         for template, item in schema["paths"].items():
             for method, op in item.items():
                 params = op.get("parameters", [])
-                path = {p["name"]: enc(known[p["name"]]) for p in params if p["in"] == "path"}
+                values = {**known, **OVERRIDES.get((method, template), {})}
+                path = {p["name"]: enc(values[p["name"]]) for p in params if p["in"] == "path"}
                 query = {
                     p["name"]: required_query[p["name"]]
                     for p in params

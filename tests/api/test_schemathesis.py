@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.api.seed import NOW, PARTICIPANT, seed
+from tests.api.seed_study import seed_study
 from tests.api.support import PROBLEM, app_at
 from tests.support.helpers import make_key
 
@@ -48,7 +50,9 @@ def check(case: Any, key: str, statuses: Counter[int]) -> None:
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
-def test_generated_calls_never_fail_the_server(database_url: str, mode: GenerationMode) -> None:
+def test_generated_calls_never_fail_the_server(
+    database_url: str, mode: GenerationMode, tmp_path: Path
+) -> None:
     seeded = seed(database_url)
     admin = asyncio.run(make_key(database_url))
     known = {
@@ -57,8 +61,10 @@ def test_generated_calls_never_fail_the_server(database_url: str, mode: Generati
         "site_id": "gym-a",
         "participant_id": str(PARTICIPANT),
         "session_id": seeded.session_id,
+        **seed_study(database_url, tmp_path),
     }
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app_at(database_url, NOW))
+    app = app_at(database_url, NOW, export_worker=False, export_dir=tmp_path)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = []
     for result in schema.get_all_operations():
         assert isinstance(result, Ok), result.err()

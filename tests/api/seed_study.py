@@ -1,0 +1,57 @@
+"""A recruiting study with one enrolment and one finished export on top of tests/api/seed.py (for the walks of
+every operation): returns the path parameters that name them."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from api.exports.pseudonyms import pseudonym
+from tests.api.seed import NOW, PARTICIPANT
+
+KEY = bytes(range(32))
+EXPORT = uuid.UUID("6d1f4c1e-0000-4000-8000-000000000001")
+
+
+def seed_study(url: str, root: Path) -> dict[str, str]:
+    """``root``: the API's export directory (a succeeded export's manifest is written under it)."""
+    directory = root / str(EXPORT) / "attempt-1"
+    directory.mkdir(parents=True)
+    (directory / "manifest.json").write_text(json.dumps({"export_id": str(EXPORT), "files": []}))
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "INSERT INTO studies (study_id, title, starts_on, scopes, status) "
+            "VALUES ('st-1', 'T', '2026-01-01', '{derived_metrics,raw_samples}', 'recruiting')"
+        )
+        conn.execute("INSERT INTO study_sites VALUES ('st-1', 'gym-a')")
+        conn.execute("INSERT INTO study_keys VALUES ('st-1', %s, %s)", (KEY, NOW))
+        conn.execute(
+            "INSERT INTO study_enrolments (study_id, participant_id, enrolled_at) VALUES ('st-1', %s, %s)",
+            (PARTICIPANT, NOW),
+        )
+        conn.execute(
+            "INSERT INTO study_consents (study_id, participant_id, consent_version, scopes, given_at, "
+            "recorded_at, recorded_by) VALUES ('st-1', %s, 'v1', '{derived_metrics}', %s, %s, 'kiosk')",
+            (PARTICIPANT, NOW, NOW),
+        )
+        conn.execute(
+            "INSERT INTO export_jobs (export_id, study_id, requested_by, requested_at, params, status, "
+            "directory, manifest) VALUES (%s, 'st-1', 'tester', %s, %s, 'succeeded', %s, %s)",
+            (
+                EXPORT,
+                NOW,
+                Jsonb({"datasets": ["sessions"], "format": "csv"}),
+                f"{EXPORT}/attempt-1",
+                Jsonb({"export_id": str(EXPORT), "files": []}),
+            ),
+        )
+    return {
+        "study_id": "st-1",
+        "export_id": str(EXPORT),
+        "pseudonym": pseudonym(KEY, PARTICIPANT),
+        "name": "manifest.json",
+    }
