@@ -29,9 +29,10 @@ device clock, arrives as fast as device time passes.
     never from a burst (history would read as hours of skew). NaN when the day has no in-step message (a
     day known only from history): the skew is then unknown, and 0 is assumed for the two figures below.
 A row is *behind* when its lag exceeds the skew by more than ``late_after_s`` (default 60 s); a message is
-    behind when one of its rows is. A *catch-up stream* is a run of two or more consecutive behind messages
-    over which device time runs ahead (from the oldest row of the run to its newest, against the arrival
-    of its first and last message).
+    behind when one of its rows is. A *catch-up stream* is a run of two or more behind messages over which
+    device time runs ahead (from the oldest row of the run to its newest, against the arrival of its first
+    and last message); behind messages are of one run when consecutive, or when device time ran ahead from
+    one to the next (history published beside the live stream, whose messages arrive in between).
 ``backfill_samples``: behind rows of catch-up streams (stored history sent in bulk).
 ``late_samples``: behind rows of other messages: delivered late on their own (a message held up in transit,
     a device that uploads a stored workout as one message), neither skew nor backfill.
@@ -175,18 +176,20 @@ def _in_step(m: _Messages) -> NDArray[np.bool_]:
 
 
 def _catch_up_runs(m: _Messages, behind: NDArray[np.bool_]) -> NDArray[np.bool_]:
-    """Messages in a catch-up stream: runs of two or more consecutive behind messages of a device-day whose
-    arrival took less than the device time they cover (by :data:`CATCHUP_PACE`)."""
+    """Messages in a catch-up stream: runs of two or more behind messages of a device-day whose arrival took
+    less than the device time they cover (by :data:`CATCHUP_PACE`). Two behind messages are of one run when
+    nothing came between them, or when device time ran ahead from one to the next (history published
+    beside the live stream: live messages arrive between its messages)."""
     n_msg = m.day.shape[0]
-    k = np.arange(n_msg)
-    previous_behind = np.concatenate(([False], behind[:-1]))
-    run_start = behind & ((k == m.day_first) | ~previous_behind)
-    idx = np.flatnonzero(behind)
     out = np.zeros(n_msg, dtype=bool)
+    idx = np.flatnonzero(behind)
     if idx.size == 0:
         return out
-    first = np.flatnonzero(run_start[idx])
-    run = np.cumsum(run_start[idx]) - 1
+    same_day = m.day[idx][1:] == m.day[idx][:-1]
+    adjacent = np.diff(idx) == 1
+    ahead = np.diff(m.newest_s[idx]) > CATCHUP_PACE * np.diff(m.received_s[idx])
+    first = np.flatnonzero(np.concatenate(([True], ~(same_day & (adjacent | ahead)))))
+    run = np.cumsum(np.isin(np.arange(idx.size), first)) - 1
     covered = np.maximum.reduceat(m.newest_s[idx], first) - np.minimum.reduceat(m.oldest_s[idx], first)
     took = np.maximum.reduceat(m.received_s[idx], first) - np.minimum.reduceat(m.received_s[idx], first)
     size = np.diff(np.concatenate((first, [idx.size])))

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from analytics.device_quality import device_day_quality, segment_quantile
@@ -158,6 +158,8 @@ def test_outage_buffer_is_backfill_and_a_held_up_message_is_late() -> None:
 
 
 @settings(max_examples=150, deadline=None)
+# found in CI: the last history message arrives after a live one (history published beside the live stream)
+@example(skew_s=0.0, history_messages=214, live_s=200, per_message=1, rate=50.0, jitter_s=0.0)
 @given(
     skew_s=st.floats(-600, 2 * 86_400),
     history_messages=st.one_of(st.just(0), st.integers(3, 400)),
