@@ -15,6 +15,8 @@ logger = logging.getLogger(__name__)
 
 COMPRESSED = ("samples", "rr_intervals")
 RETAINED = ("samples", "rr_intervals", "device_events")
+RETENTION_START_AFTER_MIN = 30
+"""Retention's first run, this long after compression's (they deadlocked when started together)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,12 @@ def apply_policies(conninfo: str, policies: Policies) -> bool:
         for table, days in ages.items():
             conn.execute("SELECT remove_retention_policy(%s, if_exists => true)", (table,))
             if days is not None:
-                conn.execute("SELECT add_retention_policy(%s, make_interval(days => %s))", (table, days))
+                # first run half an hour after the compression policies' (which start now and every 12 h
+                # on 1-day chunks): started together on the same hypertable, the two were seen to deadlock
+                conn.execute(
+                    "SELECT add_retention_policy(%s, make_interval(days => %s), "
+                    "initial_start => now() + make_interval(mins => %s))",
+                    (table, days, RETENTION_START_AFTER_MIN),
+                )
     logger.info("TimescaleDB policies applied: %s", policies)
     return True
