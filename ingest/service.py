@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 
 from ingest.batch import Batch, Router
+from ingest.errors import SiteConflict
 from ingest.health import HealthServer
 from ingest.metrics import IngestMetrics
 from ingest.mqtt import MqttSource
@@ -28,6 +29,8 @@ from vitalab.wire import TopicKind, WireLimits, subscription
 logger = logging.getLogger(__name__)
 
 KNOWN_DEVICES_REFRESH_S = 30.0
+"""How often the ingester rereads the devices (their sites; under the quarantine policy, which it takes)."""
+_REGISTRY = "SELECT device_id, site_id, NOT quarantined AND retired_at IS NULL FROM devices"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +86,9 @@ class Ingester:
         self.metrics = metrics or IngestMetrics()
         self._conn: psycopg.AsyncConnection | None = None
         self._known: set[str] | None = None
-        self._known_at = 0.0
+        self._sites: dict[str, str] = {}
+        """device id -> its site: the identity rule (ingest.batch)."""
+        self._known_at: float | None = None
         self.committed_batches = 0
         self._on_commit = on_commit
         self.db_ok = True
@@ -118,7 +123,7 @@ class Ingester:
         deadline = loop.time() + cfg.batch_age_s
         try:
             while True:
-                self._router.add(batch, msg, known_devices=known)
+                self._router.add(batch, msg, known_devices=known, device_sites=self._sites)
                 if batch.size >= cfg.batch_rows:
                     break
                 nxt = src.get_nowait()
@@ -146,16 +151,39 @@ class Ingester:
         return self._conn
 
     async def _known_devices(self) -> set[str] | None:
-        if self._router.unknown_devices != "quarantine":
-            return None
+        """The devices the quarantine policy takes (None under ``register``); rereads the devices' sites too,
+        every :data:`KNOWN_DEVICES_REFRESH_S`."""
         now = time.monotonic()
-        if self._known is None or now - self._known_at > KNOWN_DEVICES_REFRESH_S:
+        delay = self._config.retry_initial_s
+        while self._known_at is None or now - self._known_at > KNOWN_DEVICES_REFRESH_S:
             conn = await self._write_connection()
-            cur = await conn.execute("SELECT device_id FROM devices WHERE NOT quarantined")
-            self._known = {r[0] for r in await cur.fetchall()}
-            await conn.commit()
+            try:
+                cur = await conn.execute(_REGISTRY)
+                rows = await cur.fetchall()
+                await conn.commit()
+            except psycopg.OperationalError as exc:
+                self.db_ok = False
+                self.metrics.db_errors.inc()
+                logger.warning("reading the devices failed (%s); retrying in %.1f s", exc, delay)
+                with contextlib.suppress(psycopg.Error):
+                    await conn.close()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._config.retry_max_s)
+                continue
+            self._sites = {str(d): str(s) for d, s, _ in rows}
+            self._known = {str(d) for d, _, taken in rows if taken}
             self._known_at = now
-        return self._known
+        return self._known if self._router.unknown_devices == "quarantine" else None
+
+    def _reroute(self, batch: Batch, sites: dict[str, str]) -> Batch:
+        """``batch``'s messages routed again, now that ``sites`` are known to be the stored sites of devices
+        it had bound elsewhere."""
+        self._sites.update(sites)
+        known = self._known if self._router.unknown_devices == "quarantine" else None
+        again = Batch()
+        for msg in batch.acks:
+            self._router.add(again, msg, known_devices=known, device_sites=self._sites)
+        return again
 
     async def _write_connection(self) -> psycopg.AsyncConnection:
         delay = self._config.retry_initial_s
@@ -179,6 +207,10 @@ class Ingester:
             try:
                 result = await write_batch(conn, batch)
                 break
+            except SiteConflict as exc:
+                logger.info("%s; routing the batch again", exc)
+                batch = self._reroute(batch, exc.sites)
+                continue
             except psycopg.OperationalError as exc:
                 self.db_ok = False
                 self.metrics.db_errors.inc()
@@ -188,6 +220,7 @@ class Ingester:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._config.retry_max_s)
         elapsed = time.perf_counter() - t0
+        self._sites.update(batch.claims)
         self.db_ok = True
         self.last_commit_at = time.time()
         for msg in batch.acks:
