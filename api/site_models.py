@@ -19,9 +19,13 @@ Id = Annotated[str, Field(pattern=ID_PATTERN, examples=["gym-a"])]
 Words = Annotated[str, Field(min_length=1, max_length=200, pattern=TEXT)]
 
 
+NOT_A_PLACE = frozenset({"localtime", "posixrules", "Factory"})
+"""Entries of the time zone database that name no place: the machine's own zone, a template, "no zone"."""
+
+
 @functools.cache
 def _timezones() -> frozenset[str]:
-    return frozenset(available_timezones())
+    return frozenset(available_timezones()) - NOT_A_PLACE
 
 
 def _known_timezone(name: str) -> str:
