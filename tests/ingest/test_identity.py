@@ -39,7 +39,8 @@ async def register(url: str, *rows: tuple[str, str]) -> None:
         for device, site in rows:
             await conn.execute("INSERT INTO sites (site_id) VALUES (%s) ON CONFLICT DO NOTHING", (site,))
             await conn.execute(
-                "INSERT INTO devices (device_id, site_id, kind, registered_at) VALUES (%s, %s, 'bike', now())",
+                "INSERT INTO devices (device_id, site_id, kind, registered_at) "
+                "VALUES (%s, %s, 'bike', now())",
                 (device, site),
             )
         await conn.commit()
@@ -74,7 +75,8 @@ async def test_a_registered_devices_messages_from_another_site_are_dead_letters(
     ]
     details = await scalar(database_url, "SELECT string_agg(detail, ' | ') FROM dead_letters")
     assert isinstance(details, str)
-    assert "gym-b" in details and "gym-a" not in details  # the device's own site is not told to gym-b
+    assert "gym-b" in details
+    assert "gym-a" not in details  # the device's own site is not told to gym-b
     assert await scalar(database_url, "SELECT array_agg(site_id || ':' || power_w) FROM samples") == [
         "gym-a:222"
     ]
@@ -90,20 +92,19 @@ async def test_an_unregistered_device_is_bound_to_the_site_it_is_first_heard_at(
     """The default ``register`` policy: unknown devices (and sites) appear when first heard of, as before,
     and are bound to that site from then on, within one batch and across batches."""
     t0 = start_time()
-    async with running_ingester(make_settings(ingest_client_id="ingest-id2"), mosquitto.target, database_url):
-        async with aiomqtt.Client("127.0.0.1", mosquitto.port) as pub:
-            for i, site in enumerate(("gym-c", "gym-d")):  # back to back: usually one batch
-                topic = device_topic(site, "new-1", TopicKind.TELEMETRY)
-                await pub.publish(topic, telemetry("new-1", i, t0 + timedelta(seconds=i)), qos=1)
-            await wait_until(lambda: count(database_url, "samples"), what="new-1's first sample")
-            await wait_until(
-                lambda: count(database_url, "dead_letters"), what="new-1's second message refused"
-            )
-            later = device_topic("gym-e", "new-1", TopicKind.TELEMETRY)
-            await pub.publish(later, telemetry("new-1", 9, t0 + timedelta(seconds=9)), qos=1)
-            await wait_until(
-                lambda: equals(count(database_url, "dead_letters"), 2), what="a later batch refused"
-            )
+    settings = make_settings(ingest_client_id="ingest-id2")
+    async with (
+        running_ingester(settings, mosquitto.target, database_url),
+        aiomqtt.Client("127.0.0.1", mosquitto.port) as pub,
+    ):
+        for i, site in enumerate(("gym-c", "gym-d")):  # back to back: usually one batch
+            topic = device_topic(site, "new-1", TopicKind.TELEMETRY)
+            await pub.publish(topic, telemetry("new-1", i, t0 + timedelta(seconds=i)), qos=1)
+        await wait_until(lambda: count(database_url, "samples"), what="new-1's first sample")
+        await wait_until(lambda: count(database_url, "dead_letters"), what="new-1's second message refused")
+        later = device_topic("gym-e", "new-1", TopicKind.TELEMETRY)
+        await pub.publish(later, telemetry("new-1", 9, t0 + timedelta(seconds=9)), qos=1)
+        await wait_until(lambda: equals(count(database_url, "dead_letters"), 2), what="a later batch refused")
     assert await scalar(database_url, "SELECT site_id FROM devices WHERE device_id = 'new-1'") == "gym-c"
     assert await scalar(database_url, "SELECT array_agg(site_id) FROM samples") == ["gym-c"]
     refused = "SELECT array_agg(split_part(topic, '/', 3) ORDER BY id) FROM dead_letters"
@@ -119,24 +120,27 @@ async def test_a_device_bound_elsewhere_since_the_ingester_last_looked_is_caught
     finds the stored site in the same transaction: the batch is rolled back and routed again."""
     caplog.set_level(logging.INFO, logger="ingest.service")
     t0 = start_time()
-    async with running_ingester(make_settings(ingest_client_id="ingest-id3"), mosquitto.target, database_url):
-        async with aiomqtt.Client("127.0.0.1", mosquitto.port) as pub:
-            # once a probe is stored the ingester has read the devices (before its first batch)
-            await pub.publish(
-                device_topic("gym-a", "probe", TopicKind.TELEMETRY), telemetry("probe", 0, t0), qos=1
-            )
-            await wait_until(lambda: count(database_url, "samples"), what="the probe")
-            await register(database_url, ("late-1", "gym-a"))
-            await pub.publish(
-                device_topic("gym-b", "late-1", TopicKind.TELEMETRY), telemetry("late-1", 0, t0), qos=1
-            )
-            await wait_until(lambda: count(database_url, "dead_letters"), what="late-1 refused")
-            await pub.publish(
-                device_topic("gym-a", "late-1", TopicKind.TELEMETRY), telemetry("late-1", 1, t0, 150.0), qos=1
-            )
-            await wait_until(
-                lambda: count(database_url, "samples", "device_id = 'late-1'"), what="late-1 at home"
-            )
+    settings = make_settings(ingest_client_id="ingest-id3")
+    async with (
+        running_ingester(settings, mosquitto.target, database_url),
+        aiomqtt.Client("127.0.0.1", mosquitto.port) as pub,
+    ):
+        # once a probe is stored the ingester has read the devices (before its first batch)
+        await pub.publish(
+            device_topic("gym-a", "probe", TopicKind.TELEMETRY), telemetry("probe", 0, t0), qos=1
+        )
+        await wait_until(lambda: count(database_url, "samples"), what="the probe")
+        await register(database_url, ("late-1", "gym-a"))
+        await pub.publish(
+            device_topic("gym-b", "late-1", TopicKind.TELEMETRY), telemetry("late-1", 0, t0), qos=1
+        )
+        await wait_until(lambda: count(database_url, "dead_letters"), what="late-1 refused")
+        await pub.publish(
+            device_topic("gym-a", "late-1", TopicKind.TELEMETRY), telemetry("late-1", 1, t0, 150.0), qos=1
+        )
+        await wait_until(
+            lambda: count(database_url, "samples", "device_id = 'late-1'"), what="late-1 at home"
+        )
     assert await scalar(database_url, "SELECT reason FROM dead_letters") == "site_mismatch"
     assert await scalar(
         database_url, "SELECT array_agg(site_id) FROM samples WHERE device_id = 'late-1'"
