@@ -62,7 +62,7 @@ class SiteIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    site_id: Id
+    id: Id
     name: Words | None = None
     timezone: Timezone
     opening_hours: Hours | None = None
@@ -105,7 +105,8 @@ class DeviceRegistrationIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    device_id: Id
+    id: Id
+    """The new device's id (a body's ``device_id`` names an existing device)."""
     kind: DeviceKind
     vendor: Words | None = None
     model: Words | None = None
@@ -144,7 +145,8 @@ class GatewayRegistrationIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    gateway_id: Id
+    id: Id
+    """The new gateway's id."""
     devices: list[Id] = Field(default_factory=list, max_length=10_000)
 
 

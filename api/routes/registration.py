@@ -85,30 +85,6 @@ async def register_device(
     return await service.register_device(conn, auth, caller, site_id, body, now)
 
 
-@router.post("/devices/{device_id}/rotate", response_model=DeviceRegistrationOut, responses=responses(409))
-async def rotate_device(
-    conn: ConnDep,
-    caller: CallerDep,
-    auth: BrokerDep,
-    response: Response,
-    site_id: SiteId,
-    device_id: DeviceId,
-) -> DeviceRegistrationOut:
-    """A new password for the device's login (a login of its own is made for a device that spoke only
-    through a gateway); the old password stops working, and its open connection is dropped."""
-    response.headers["Cache-Control"] = SHOWN_ONCE
-    return await service.rotate_device(conn, auth, caller, site_id, device_id)
-
-
-@router.post("/devices/{device_id}/retire", response_model=DeviceRegistrationOut)
-async def retire_device(
-    conn: ConnDep, caller: CallerDep, auth: BrokerDep, now: NowDep, site_id: SiteId, device_id: DeviceId
-) -> DeviceRegistrationOut:
-    """Retire the device: its login is revoked and its open connection dropped, its gateway no longer
-    publishes for it; its data stays, and its id stays bound to this site. Retiring again changes nothing."""
-    return await service.retire_device(conn, auth, caller, site_id, device_id, now)
-
-
 @router.get("/gateways", response_model=list[RegisteredGateway], responses=pagination.PAGED)
 async def list_gateways(
     conn: ConnDep,
@@ -145,7 +121,7 @@ async def register_gateway(
     (username = gateway id; the password in this answer only). It may publish its status and the telemetry,
     state and meta of its devices, and read their raw frames."""
     response.headers["Cache-Control"] = SHOWN_ONCE
-    return await service.register_gateway(conn, auth, caller, site_id, body.gateway_id, body.devices, now)
+    return await service.register_gateway(conn, auth, caller, site_id, body.id, body.devices, now)
 
 
 @router.post(
@@ -179,3 +155,28 @@ async def retire_gateway(
 ) -> GatewayRegistrationOut:
     """Retire the gateway: its login is revoked and its connection dropped; its devices stay registered."""
     return await service.retire_gateway(conn, auth, caller, site_id, gateway_id, now)
+
+
+# (after the gateways: the order of the OpenAPI document, which tests/api/test_bad_input.py walks in order)
+@router.post("/devices/{device_id}/rotate", response_model=DeviceRegistrationOut, responses=responses(409))
+async def rotate_device(
+    conn: ConnDep,
+    caller: CallerDep,
+    auth: BrokerDep,
+    response: Response,
+    site_id: SiteId,
+    device_id: DeviceId,
+) -> DeviceRegistrationOut:
+    """A new password for the device's login (a login of its own is made for a device that spoke only
+    through a gateway); the old password stops working, and its open connection is dropped."""
+    response.headers["Cache-Control"] = SHOWN_ONCE
+    return await service.rotate_device(conn, auth, caller, site_id, device_id)
+
+
+@router.post("/devices/{device_id}/retire", response_model=DeviceRegistrationOut)
+async def retire_device(
+    conn: ConnDep, caller: CallerDep, auth: BrokerDep, now: NowDep, site_id: SiteId, device_id: DeviceId
+) -> DeviceRegistrationOut:
+    """Retire the device: its login is revoked and its open connection dropped, its gateway no longer
+    publishes for it; its data stays, and its id stays bound to this site. Retiring again changes nothing."""
+    return await service.retire_device(conn, auth, caller, site_id, device_id, now)

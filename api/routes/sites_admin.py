@@ -23,11 +23,11 @@ async def create_site(conn: ConnDep, now: NowDep, body: SiteIn) -> SiteOut:
     """A new site. 409 when the id exists (also a site created by the ingester when a device of it reported
     first): ``PATCH`` that one."""
     async with conn.transaction():
-        created = await q.insert_site(conn, body.site_id, body.name, body.timezone, body.opening_hours, now)
+        created = await q.insert_site(conn, body.id, body.name, body.timezone, body.opening_hours, now)
     if created is None:
         raise conflict(
-            f"the site {body.site_id!r} exists; PATCH /v1/sites/{body.site_id} changes it",
-            field="body.site_id",
+            f"the site {body.id!r} exists; PATCH /v1/sites/{body.id} changes it",
+            field="body.id",
         )
     return created
 

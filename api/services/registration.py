@@ -150,20 +150,20 @@ async def register_device(
     body: DeviceRegistrationIn,
     now: datetime,
 ) -> DeviceRegistrationOut:
-    device_id = body.device_id
+    device_id = body.id
     async with _undo_on_failure() as undo, conn.transaction():
         await require_site(conn, site_id, "path.site_id", caller)
         current = await q.device_for_update(conn, device_id)
         if current is not None and current.site_id != site_id:
             raise conflict(
                 f"the device id {device_id!r} is taken (device ids are unique in the deployment)",
-                field="body.device_id",
+                field="body.id",
             )
         if current is not None and _active(current.registered_at, current.retired_at):
             raise conflict(
                 f"{device_id!r} is registered already; POST .../devices/{device_id}/rotate issues a new "
                 "password",
-                field="body.device_id",
+                field="body.id",
             )
         if body.gateway_id is not None:
             gateway = await q.gateway(conn, body.gateway_id)
@@ -282,13 +282,13 @@ async def register_gateway(
         if current is not None and current.site_id != site_id:
             raise conflict(
                 f"the gateway id {gateway_id!r} is taken (gateway ids are unique in the deployment)",
-                field="body.gateway_id",
+                field="body.id",
             )
         if current is not None and _active(current.registered_at, current.retired_at):
             raise conflict(
                 f"{gateway_id!r} is registered already; POST .../gateways/{gateway_id}/rotate issues a new "
                 "password",
-                field="body.gateway_id",
+                field="body.id",
             )
         devices = await _attachable(conn, site_id, device_ids)
         assert await q.register_gateway(conn, gateway_id, site_id, now)

@@ -284,7 +284,7 @@ def registration_routes() -> dict[str, Route]:
 
     return {
         "POST /v1/sites": Route(
-            Call("POST", "/v1/sites", body={"site_id": "new-site-@n", "timezone": "Europe/Oslo"}, fresh=True),
+            Call("POST", "/v1/sites", body={"id": "new-site-@n", "timezone": "Europe/Oslo"}, fresh=True),
             None,
         ),
         "GET /v1/sites": Route(Call("GET", "/v1/sites"), None, Call("GET", "/v1/sites")),
@@ -292,12 +292,12 @@ def registration_routes() -> dict[str, Route]:
         "PATCH /v1/sites/{site_id}": at("PATCH", "", {"name": "renamed"}),
         "GET /v1/sites/{site_id}/devices": at("GET", "/devices"),
         "POST /v1/sites/{site_id}/devices": at(
-            "POST", "/devices", {"device_id": "new-dev-@n", "kind": "bike"}, fresh=True
+            "POST", "/devices", {"id": "new-dev-@n", "kind": "bike"}, fresh=True
         ),
         "POST /v1/sites/{site_id}/devices/{device_id}/rotate": at("POST", "/devices/rot-X/rotate"),
         "POST /v1/sites/{site_id}/devices/{device_id}/retire": at("POST", "/devices/ret-X/retire"),
         "GET /v1/sites/{site_id}/gateways": at("GET", "/gateways"),
-        "POST /v1/sites/{site_id}/gateways": at("POST", "/gateways", {"gateway_id": "new-gw-@n"}, fresh=True),
+        "POST /v1/sites/{site_id}/gateways": at("POST", "/gateways", {"id": "new-gw-@n"}, fresh=True),
         "POST /v1/sites/{site_id}/gateways/{gateway_id}/devices": at(
             "POST", "/gateways/gw-X/devices", {"devices": ["att-X"]}
         ),

@@ -66,7 +66,7 @@ async def test_admins_create_sites_and_whoever_works_there_reads_them(database_u
         r = await admin.post(
             "/v1/sites",
             json={
-                "site_id": "gym-a",
+                "id": "gym-a",
                 "name": "Gym A",
                 "timezone": "Europe/Oslo",
                 "opening_hours": OSLO_HOURS,
@@ -81,21 +81,17 @@ async def test_admins_create_sites_and_whoever_works_there_reads_them(database_u
             "created_at": None,
         }
         assert r.json()["created_at"] == NOW.isoformat().replace("+00:00", "Z")
-        assert (
-            await admin.post("/v1/sites", json={"site_id": "gym-b", "timezone": "UTC"})
-        ).status_code == 201
+        assert (await admin.post("/v1/sites", json={"id": "gym-b", "timezone": "UTC"})).status_code == 201
         # the id is taken (also by a site the ingester made): PATCH that one
-        assert_problem(
-            await admin.post("/v1/sites", json={"site_id": "gym-a", "timezone": "UTC"}), 409, "body.site_id"
-        )
+        assert_problem(await admin.post("/v1/sites", json={"id": "gym-a", "timezone": "UTC"}), 409, "body.id")
         for bad, field in [
-            ({"site_id": "gym-c", "timezone": "Mars/Olympus"}, "body.timezone"),
-            ({"site_id": "gym-c", "timezone": "localtime"}, "body.timezone"),
-            ({"site_id": "gym-c"}, "body.timezone"),
-            ({"site_id": "gym c", "timezone": "UTC"}, "body.site_id"),
-            ({"site_id": "gym-c", "timezone": "UTC", "opening_hours": {"mon": [["22:00", "06:00"]]}}, None),
+            ({"id": "gym-c", "timezone": "Mars/Olympus"}, "body.timezone"),
+            ({"id": "gym-c", "timezone": "localtime"}, "body.timezone"),
+            ({"id": "gym-c"}, "body.timezone"),
+            ({"id": "gym c", "timezone": "UTC"}, "body.id"),
+            ({"id": "gym-c", "timezone": "UTC", "opening_hours": {"mon": [["22:00", "06:00"]]}}, None),
             (
-                {"site_id": "gym-c", "timezone": "UTC", "opening_hours": {"funday": [["06:00", "22:00"]]}},
+                {"id": "gym-c", "timezone": "UTC", "opening_hours": {"funday": [["06:00", "22:00"]]}},
                 None,
             ),
         ]:
@@ -139,7 +135,7 @@ async def test_registering_a_device_issues_its_login_once_and_retiring_revokes_i
     sites(database_url, "gym-a", "gym-b")
     integrator = bearer(await make_key(database_url, "integrator", Scope.parse(["site:gym-a"]), name="int"))
     async with serve(app_with(database_url, store)) as admin:
-        body = {"device_id": "bike-7", "kind": "bike", "vendor": "Acme", "model": "B1"}
+        body = {"id": "bike-7", "kind": "bike", "vendor": "Acme", "model": "B1"}
         r = await admin.post("/v1/sites/gym-a/devices", json=body, headers=integrator)
         assert r.status_code == 201, r.text
         assert r.headers["cache-control"] == "no-store"
@@ -169,11 +165,9 @@ async def test_registering_a_device_issues_its_login_once_and_retiring_revokes_i
         assert login["password"] not in store.passwd_path.read_text() + store.state_path.read_text()
 
         # once registered, the id is taken: here (rotate instead), and at any other site (not named)
-        again = assert_problem(await admin.post("/v1/sites/gym-a/devices", json=body), 409, "body.device_id")
+        again = assert_problem(await admin.post("/v1/sites/gym-a/devices", json=body), 409, "body.id")
         assert "rotate" in again["detail"]
-        elsewhere = assert_problem(
-            await admin.post("/v1/sites/gym-b/devices", json=body), 409, "body.device_id"
-        )
+        elsewhere = assert_problem(await admin.post("/v1/sites/gym-b/devices", json=body), 409, "body.id")
         assert "gym-a" not in elsewhere["detail"]
         # an integrator of gym-a at gym-b: 404, exactly as for a site that does not exist
         out = assert_problem(await admin.post("/v1/sites/gym-b/devices", json=body, headers=integrator), 404)
@@ -205,7 +199,7 @@ async def test_registering_a_device_issues_its_login_once_and_retiring_revokes_i
         r = await admin.post("/v1/sites/gym-a/devices/bike-7/retire")
         assert r.json()["device"]["retired_at"] == "2026-11-25T12:00:00Z"
         assert_problem(await admin.post("/v1/sites/gym-a/devices/bike-7/rotate"), 409, "path.device_id")
-        assert_problem(await admin.post("/v1/sites/gym-b/devices", json=body), 409, "body.device_id")
+        assert_problem(await admin.post("/v1/sites/gym-b/devices", json=body), 409, "body.id")
 
         # registered again at its own site: a new login
         r = await admin.post("/v1/sites/gym-a/devices", json=body)
@@ -232,8 +226,8 @@ async def test_a_device_heard_of_before_is_registered_at_its_own_site_only(
     async with serve(app_with(database_url, store)) as admin:
         r = await admin.get("/v1/sites/gym-a/devices")
         assert r.json()[0]["registered_at"] is None
-        body = {"device_id": "rower-3", "kind": "rower"}
-        assert_problem(await admin.post("/v1/sites/gym-b/devices", json=body), 409, "body.device_id")
+        body = {"id": "rower-3", "kind": "rower"}
+        assert_problem(await admin.post("/v1/sites/gym-b/devices", json=body), 409, "body.id")
         assert_problem(await admin.post("/v1/sites/gym-a/devices/rower-3/rotate"), 409, "path.device_id")
         r = await admin.post("/v1/sites/gym-a/devices", json=body)
         assert r.status_code == 201, r.text
@@ -247,7 +241,7 @@ async def test_without_an_account_store_devices_are_recorded_and_logins_managed_
 ) -> None:
     sites(database_url, "gym-a")
     async with serve(app_with(database_url, None)) as admin:
-        r = await admin.post("/v1/sites/gym-a/devices", json={"device_id": "tread-1", "kind": "treadmill"})
+        r = await admin.post("/v1/sites/gym-a/devices", json={"id": "tread-1", "kind": "treadmill"})
         assert r.status_code == 201, r.text
         assert (r.json()["broker"], r.json()["mqtt"]) == ("external", None)
         body = assert_problem(await admin.post("/v1/sites/gym-a/devices/tread-1/rotate"), 409)
@@ -263,7 +257,7 @@ async def test_the_broker_namespace_is_shared_with_gateways_and_services(
     store.add_service(Role.INGESTER, "ingest")
     async with serve(app_with(database_url, store)) as admin:
         body = assert_problem(
-            await admin.post("/v1/sites/gym-a/devices", json={"device_id": "ingest", "kind": "bike"}), 409
+            await admin.post("/v1/sites/gym-a/devices", json={"id": "ingest", "kind": "bike"}), 409
         )
         assert "ingester" in body["detail"]
         # nothing was recorded: the registration is one transaction with the login
@@ -279,9 +273,9 @@ async def test_gateways_publish_for_exactly_the_devices_attached_to_them(
     sites(database_url, "gym-a", "gym-b")
     async with serve(app_with(database_url, store)) as admin:
         for device, site in [("strap-1", "gym-a"), ("strap-2", "gym-a"), ("strap-b", "gym-b")]:
-            r = await admin.post(f"/v1/sites/{site}/devices", json={"device_id": device, "kind": "hr_strap"})
+            r = await admin.post(f"/v1/sites/{site}/devices", json={"id": device, "kind": "hr_strap"})
             assert r.status_code == 201, r.text
-        r = await admin.post("/v1/sites/gym-a/gateways", json={"gateway_id": "gw-1", "devices": ["strap-1"]})
+        r = await admin.post("/v1/sites/gym-a/gateways", json={"id": "gw-1", "devices": ["strap-1"]})
         assert r.status_code == 201, r.text
         assert r.json()["gateway"]["devices"] == ["strap-1"]
         gw_password = r.json()["mqtt"]["password"]
@@ -295,7 +289,7 @@ async def test_gateways_publish_for_exactly_the_devices_attached_to_them(
 
         # a device registered through the gateway: no login of its own, the gateway publishes for it
         r = await admin.post(
-            "/v1/sites/gym-a/devices", json={"device_id": "bike-9", "kind": "bike", "gateway_id": "gw-1"}
+            "/v1/sites/gym-a/devices", json={"id": "bike-9", "kind": "bike", "gateway_id": "gw-1"}
         )
         assert (r.status_code, r.json()["broker"], r.json()["mqtt"]) == (201, "via_gateway", None)
         assert "bike-9" not in store.accounts()
@@ -324,8 +318,8 @@ async def test_gateways_publish_for_exactly_the_devices_attached_to_them(
         assert (await admin.get("/v1/sites/gym-b/gateways")).json() == []
 
         # a gateway id is a broker username like a device's
-        assert_problem(await admin.post("/v1/sites/gym-a/gateways", json={"gateway_id": "strap-1"}), 409)
-        assert_problem(await admin.post("/v1/sites/gym-b/gateways", json={"gateway_id": "gw-1"}), 409)
+        assert_problem(await admin.post("/v1/sites/gym-a/gateways", json={"id": "strap-1"}), 409)
+        assert_problem(await admin.post("/v1/sites/gym-b/gateways", json={"id": "gw-1"}), 409)
 
         r = await admin.post("/v1/sites/gym-a/gateways/gw-1/rotate")
         assert r.status_code == 200, r.text
@@ -340,7 +334,7 @@ async def test_gateways_publish_for_exactly_the_devices_attached_to_them(
         assert_problem(await admin.post("/v1/sites/gym-a/gateways/gw-1/rotate"), 409, "path.gateway_id")
         assert_problem(
             await admin.post(
-                "/v1/sites/gym-a/devices", json={"device_id": "bike-10", "kind": "bike", "gateway_id": "gw-1"}
+                "/v1/sites/gym-a/devices", json={"id": "bike-10", "kind": "bike", "gateway_id": "gw-1"}
             ),
             409,
             "body.gateway_id",
@@ -427,13 +421,11 @@ async def test_a_device_registered_through_the_api_publishes_until_it_is_retired
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)  # the ingester's receive clock
     try:
         async with serve(app_with(database_url, auth)) as admin:
-            assert (
-                await admin.post("/v1/sites", json={"site_id": "gym-a", "timezone": "UTC"})
-            ).status_code == 201
+            assert (await admin.post("/v1/sites", json={"id": "gym-a", "timezone": "UTC"})).status_code == 201
             logins: dict[str, Any] = {}
             for device in ("dev-a", "dev-b"):
                 r = await admin.post(
-                    "/v1/sites/gym-a/devices", json={"device_id": device, "kind": "bike"}, headers=integrator
+                    "/v1/sites/gym-a/devices", json={"id": device, "kind": "bike"}, headers=integrator
                 )
                 assert r.status_code == 201, r.text
                 logins[device] = r.json()["mqtt"]["password"]

@@ -57,6 +57,7 @@ def test_generated_calls_never_fail_the_server(database_url: str, mode: Generati
         "site_id": "gym-a",
         "participant_id": str(PARTICIPANT),
         "session_id": seeded.session_id,
+        "gateway_id": "gw-1",
     }
     schema = schemathesis.openapi.from_asgi("/openapi.json", app_at(database_url, NOW))
     operations = []
