@@ -8,6 +8,7 @@ itself (or an account, like the demo simulator's, that may publish for any devic
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 
 import aiomqtt
@@ -30,8 +31,8 @@ def start_time() -> datetime:
     return datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
 
 
-async def equals(value: object, expected: object) -> bool:
-    return await value == expected  # type: ignore[misc]
+async def equals(value: Awaitable[object], expected: object) -> bool:
+    return await value == expected
 
 
 async def register(url: str, *rows: tuple[str, str]) -> None:
