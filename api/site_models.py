@@ -34,7 +34,7 @@ def _known_timezone(name: str) -> str:
     return name
 
 
-def _checked_hours(raw: dict[Weekday, list[tuple[str, str]]]) -> OpeningHours:
+def _checked_hours(raw: dict[Weekday, list[list[str]]]) -> OpeningHours:
     try:
         return check(raw)
     except OpeningHoursError as exc:
@@ -42,8 +42,13 @@ def _checked_hours(raw: dict[Weekday, list[tuple[str, str]]]) -> OpeningHours:
 
 
 Timezone = Annotated[str, Field(max_length=64, examples=["Europe/Brussels"]), AfterValidator(_known_timezone)]
+Interval = Annotated[
+    list[Annotated[str, Field(max_length=5, examples=["06:00"])]],
+    Field(min_length=2, max_length=2, description="[opens, closes), local `HH:MM`"),
+]
+"""An opening interval (a list, not a tuple: OpenAPI 3.1 schemas of tuples trip some tools)."""
 Hours = Annotated[
-    dict[Weekday, list[tuple[str, str]]],
+    dict[Weekday, list[Interval]],
     Field(
         description="per weekday (`mon` .. `sun`), the local intervals [opens, closes) as `HH:MM` (`24:00` "
         "ends a day), in order and not overlapping; a weekday not named is closed",
@@ -83,7 +88,7 @@ class SiteOut(BaseModel):
     site_id: str
     name: str | None
     timezone: str
-    opening_hours: dict[Weekday, list[tuple[str, str]]] | None
+    opening_hours: dict[Weekday, list[Interval]] | None
     created_at: datetime
     """When the site was created (by an admin, or, in a deployment under the ingester's ``register``
     policy, when its first device was heard of)."""

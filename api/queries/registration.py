@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 
@@ -12,7 +13,7 @@ from psycopg.types.json import Jsonb
 from api.pagination import Cursor, Keyset, Page
 from api.queries import fetch_all, fetch_one, fetch_page, in_sites
 from api.site_models import RegisteredDevice, RegisteredGateway, SiteOut
-from vitalab.opening_hours import OpeningHours
+from vitalab.opening_hours import Weekday
 
 SITE_KEYSET: Final = Keyset(("site_id",), (str,))
 DEVICE_KEYSET: Final = Keyset(("device_id",), (str,))
@@ -30,7 +31,11 @@ _GATEWAYS = sql.SQL(
 )
 
 
-def _hours(hours: OpeningHours | None) -> Jsonb | None:
+Hours = Mapping[Weekday, Sequence[Sequence[str]]]
+"""Checked opening hours (vitalab.opening_hours)."""
+
+
+def _hours(hours: Hours | None) -> Jsonb | None:
     return None if hours is None else Jsonb(hours)
 
 
@@ -42,7 +47,7 @@ async def insert_site(
     site_id: str,
     name: str | None,
     timezone: str,
-    hours: OpeningHours | None,
+    hours: Hours | None,
     now: datetime,
 ) -> SiteOut | None:
     """The new site; None when the id is taken."""
