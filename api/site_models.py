@@ -10,8 +10,8 @@ from zoneinfo import available_timezones
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from analytics.opening_hours import OpeningHours, OpeningHoursError, Weekday, check
 from api.models import TEXT
-from vitalab.opening_hours import OpeningHours, OpeningHoursError, Weekday, check
 from vitalab.wire.registry import DeviceKind
 from vitalab.wire.topics import ID_PATTERN
 

@@ -34,6 +34,7 @@ import uvicorn
 from psycopg.types.json import Jsonb
 
 from analytics.jobs import DEFAULT_INTERVAL_S, interval_of, run_periodically
+from analytics.opening_hours import WEEKDAYS
 from api.access import UpKeys, keys_for_up
 from api.health import analytics_job
 from api.main import create_app
@@ -55,7 +56,6 @@ from vitalab.broker.amqtt_auth import LiveAccounts
 from vitalab.db import prepare
 from vitalab.embedded import embedded_broker_with_accounts, embedded_postgres
 from vitalab.errors import ConfigError
-from vitalab.opening_hours import WEEKDAYS
 from vitalab.progress import Meter
 from vitalab.settings import MqttTarget, Settings
 

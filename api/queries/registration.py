@@ -10,10 +10,10 @@ from typing import Any, Final
 from psycopg import AsyncConnection, sql
 from psycopg.types.json import Jsonb
 
+from analytics.opening_hours import Weekday
 from api.pagination import Cursor, Keyset, Page
 from api.queries import fetch_all, fetch_one, fetch_page, in_sites
 from api.site_models import RegisteredDevice, RegisteredGateway, SiteOut
-from vitalab.opening_hours import Weekday
 
 SITE_KEYSET: Final = Keyset(("site_id",), (str,))
 DEVICE_KEYSET: Final = Keyset(("device_id",), (str,))
@@ -32,7 +32,7 @@ _GATEWAYS = sql.SQL(
 
 
 Hours = Mapping[Weekday, Sequence[Sequence[str]]]
-"""Checked opening hours (vitalab.opening_hours)."""
+"""Checked opening hours (analytics.opening_hours)."""
 
 
 def _hours(hours: Hours | None) -> Jsonb | None:

@@ -86,18 +86,24 @@ async def _quietly(call: Callable[[], object], what: str) -> None:
         logger.info("%s: %s (nothing to change on the broker)", what, exc)
 
 
-def _login(issued: IssuedCredential, auth: MosquittoAuth) -> MqttLogin:
+def _login(auth: MosquittoAuth, issue: Callable[[], IssuedCredential]) -> MqttLogin:
+    """Issue a login (in a thread) and say what it may publish."""
+    issued = issue()
     account = auth.accounts().get(issued.username)
     topics = list(permissions(account).publish) if account is not None else []
     return MqttLogin(username=issued.username, password=issued.password, publishes=topics)
 
 
-def _device_login(auth: MosquittoAuth, device_id: str, site_id: str) -> IssuedCredential:
+def _device_login(auth: MosquittoAuth, device_id: str, site_id: str) -> MqttLogin:
     """A new password for the device's own login, made if it has none (in a thread)."""
-    existing = auth.accounts().get(device_id)
-    if isinstance(existing, DeviceAccount) and existing.site == site_id:
-        return auth.rotate(device_id)
-    return auth.add_device(device_id, site_id)
+
+    def issue() -> IssuedCredential:
+        existing = auth.accounts().get(device_id)
+        if isinstance(existing, DeviceAccount) and existing.site == site_id:
+            return auth.rotate(device_id)
+        return auth.add_device(device_id, site_id)
+
+    return _login(auth, issue)
 
 
 @contextlib.asynccontextmanager
@@ -185,9 +191,9 @@ async def register_device(
             await _quietly(lambda: auth.attach(gw, [device_id]), f"attaching {device_id} to {gw}")
             undo.append(lambda: auth.detach(gw, [device_id]))
             return DeviceRegistrationOut(device=device, broker="via_gateway")
-        issued = await _store(lambda: _device_login(auth, device_id, site_id))
+        login = await _store(lambda: _device_login(auth, device_id, site_id))
         undo.append(lambda: auth.revoke(device_id))
-        return DeviceRegistrationOut(device=device, broker="issued", mqtt=_login(issued, auth))
+        return DeviceRegistrationOut(device=device, broker="issued", mqtt=login)
 
 
 async def rotate_device(
@@ -206,8 +212,8 @@ async def rotate_device(
             raise conflict(f"the device {device_id!r} is {what}; register it first", field="path.device_id")
         if auth is None:
             raise conflict(EXTERNAL)
-        issued = await _store(lambda: _device_login(auth, device_id, site_id))
-        return DeviceRegistrationOut(device=device, broker="issued", mqtt=_login(issued, auth))
+        login = await _store(lambda: _device_login(auth, device_id, site_id))
+        return DeviceRegistrationOut(device=device, broker="issued", mqtt=login)
 
 
 async def retire_device(
@@ -263,8 +269,7 @@ async def _gateway_login(auth: MosquittoAuth, conn: AsyncConnection, gateway_id:
     stored = await q.gateway(conn, gateway_id)
     assert stored is not None
     site, devices = stored.site_id, stored.devices
-    issued = await _store(lambda: auth.issue_gateway(gateway_id, site, devices))
-    return _login(issued, auth)
+    return await _store(lambda: _login(auth, lambda: auth.issue_gateway(gateway_id, site, devices)))
 
 
 async def register_gateway(

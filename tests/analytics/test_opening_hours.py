@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from vitalab.opening_hours import OpeningHoursError, check, is_open, minute_of
+from analytics.opening_hours import OpeningHoursError, check, is_open, minute_of
 
 OSLO = ZoneInfo("Europe/Oslo")
 
