@@ -30,14 +30,20 @@ from api.routes import (
     health,
     keys,
     participants,
+    registration,
     samples,
     sessions,
     sites,
     studies,
+    sites_admin,
 )
+from vitalab.broker import GenerationReload, MosquittoAuth
 from vitalab.settings import Settings
 
 log = logging.getLogger(__name__)
+
+BROKER_RELOAD_WAIT_S = 5.0
+"""How long a change of broker logins waits for the broker to apply it (deploy/mosquitto/run.sh)."""
 
 DOCS_STATIC = "/static/docs"
 GZIP_MIN_BYTES = 1024
@@ -69,9 +75,14 @@ def create_app(
     *,
     clock: Clock = _system_clock,
     health_checks: Sequence[HealthCheck] = (),
+    broker_auth: MosquittoAuth | None = None,
 ) -> FastAPI:
     """The API over ``database_url``. ``clock`` is the one source of "now" of every handler (tests pin it);
     ``health_checks`` are reported by ``/health`` (see :mod:`api.health`).
+
+    ``broker_auth``: the broker's account store in which device and gateway registration issues and revokes
+    logins (``vitalab up`` shares its in-process broker's); by default the one in ``broker_state_dir``
+    (reloads go through its generation file, deploy/mosquitto/run.sh), or none when that is unset.
 
     Every route but ``/health`` and the documentation needs a credential (:mod:`api.guard`,
     :mod:`api.policy`): there is no switch to turn that off. The composition root makes the first admin
@@ -109,6 +120,10 @@ def create_app(
     app.state.clock = clock
     app.state.health_checks = tuple(health_checks)
     app.state.guard = Guard(settings)
+    if broker_auth is None and settings.broker_state_dir is not None:
+        state_dir = settings.broker_state_dir
+        broker_auth = MosquittoAuth(state_dir, GenerationReload(state_dir, wait_s=BROKER_RELOAD_WAIT_S))
+    app.state.broker_auth = broker_auth
     errors.install(app)
     routers = (
         health,
@@ -124,6 +139,9 @@ def create_app(
         audit,
         studies,
         exports,
+        # --- device registration (issue 11: devices on the broker) ---
+        sites_admin,
+        registration,
     )
     for module in routers:
         app.include_router(module.router)

@@ -173,6 +173,40 @@ POLICY: Final[dict[tuple[str, str], Rule]] = {
     ("GET", "/v1/keys/{key_id}"): allow("admin"),
     ("POST", "/v1/keys/{key_id}/revoke"): allow("admin"),
     ("GET", "/v1/audit"): allow("admin"),
+    # --- sites, and devices and gateways on the broker (api/routes/sites_admin.py, registration.py) ---
+    # admins set sites up; whoever works at a site reads it (timezone, opening hours)
+    ("POST", "/v1/sites"): allow("admin"),
+    ("GET", "/v1/sites"): allow("admin", "operator", "integrator", "kiosk", lists=True),
+    ("GET", "/v1/sites/{site_id}"): allow(
+        "admin", "operator", "integrator", "kiosk", refs=(path("site", "site_id"),)
+    ),
+    ("PATCH", "/v1/sites/{site_id}"): allow("admin", refs=(path("site", "site_id"),)),
+    # integrators register their sites' devices and gateways and get their broker logins (the device or
+    # gateway in the path must be of the path's site, else 404; gateways and devices named in a body too)
+    ("GET", "/v1/sites/{site_id}/devices"): allow(
+        "admin", "operator", "integrator", refs=(path("site", "site_id"),)
+    ),
+    ("POST", "/v1/sites/{site_id}/devices"): allow("admin", "integrator", refs=(path("site", "site_id"),)),
+    ("POST", "/v1/sites/{site_id}/devices/{device_id}/rotate"): allow(
+        "admin", "integrator", refs=(path("site", "site_id"), path("device", "device_id"))
+    ),
+    ("POST", "/v1/sites/{site_id}/devices/{device_id}/retire"): allow(
+        "admin", "integrator", refs=(path("site", "site_id"), path("device", "device_id"))
+    ),
+    ("GET", "/v1/sites/{site_id}/gateways"): allow(
+        "admin", "operator", "integrator", refs=(path("site", "site_id"),)
+    ),
+    ("POST", "/v1/sites/{site_id}/gateways"): allow("admin", "integrator", refs=(path("site", "site_id"),)),
+    ("POST", "/v1/sites/{site_id}/gateways/{gateway_id}/devices"): allow(
+        "admin", "integrator", refs=(path("site", "site_id"),)
+    ),
+    ("POST", "/v1/sites/{site_id}/gateways/{gateway_id}/rotate"): allow(
+        "admin", "integrator", refs=(path("site", "site_id"),)
+    ),
+    ("POST", "/v1/sites/{site_id}/gateways/{gateway_id}/retire"): allow(
+        "admin", "integrator", refs=(path("site", "site_id"),)
+    ),
+    # --- end of sites and registration ---
 }
 
 

@@ -6,11 +6,20 @@ samples of the same message are kept. Whatever a message's bytes, :meth:`Router.
 failure that is not a wire error (a bug) is logged and the message dead-lettered as ``internal_error``,
 so that one message can never stop ingestion. Dead letters are always storable: the payload is bytes
 (``bytea``) and their text is escaped (:func:`~vitalab.wire.storable_text`).
+
+Identity rule (issue 11): a device belongs to one site, and its telemetry, state and meta must come under
+that site's topics. The router is given the sites of the devices it knows (``device_sites``); a message whose
+topic names another site is dead-lettered as ``site_mismatch``. A device it does not know is bound to the site
+of its first accepted message (``Batch.claims``; the writer checks the claims against the database in the
+batch's transaction, see :class:`~ingest.errors.SiteConflict`). Under the ``quarantine`` policy only known
+devices (``known_devices``: in the database, not quarantined, not retired) are taken at all
+(``unknown_device``).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -39,6 +48,8 @@ from vitalab.wire import (
 logger = logging.getLogger(__name__)
 
 UnknownDevicePolicy = Literal["register", "quarantine"]
+IDENTITY_CHECKED = frozenset({TopicKind.TELEMETRY, TopicKind.STATE, TopicKind.META})
+"""The topics whose device must be known (quarantine) and at its own site."""
 
 SAMPLE_COLUMNS: tuple[str, ...] = ("device_id", "t", "site_id", "seq", "received_at", *METRIC_FIELDS)
 RR_COLUMNS: tuple[str, ...] = ("device_id", "t", "idx", "rr_ms")
@@ -89,6 +100,8 @@ class Batch:
     gateways: dict[str, tuple[str, GatewayStatus, datetime]] = field(default_factory=dict)
     dead: list[DeadLetter] = field(default_factory=list)
     acks: list[Inbound] = field(default_factory=list)
+    claims: dict[str, str] = field(default_factory=dict)
+    """device id -> site, for devices the router did not know: the site this batch binds them to."""
     messages: int = 0
     redelivered: int = 0
     """Messages the broker sent again (MQTT DUP flag): it had not seen our PUBACK."""
@@ -119,7 +132,17 @@ class Router:
     dead_letter_max_bytes: int = 16 * 1024
     unknown_devices: UnknownDevicePolicy = "register"
 
-    def add(self, batch: Batch, msg: Inbound, *, known_devices: set[str] | None = None) -> None:
+    def add(
+        self,
+        batch: Batch,
+        msg: Inbound,
+        *,
+        known_devices: set[str] | None = None,
+        device_sites: Mapping[str, str] | None = None,
+    ) -> None:
+        """Route one message into ``batch``. ``known_devices``: the devices the ``quarantine`` policy takes
+        (None: not checked); ``device_sites``: the site of each device known so far (None: the identity rule
+        is not checked)."""
         batch.messages += 1
         batch.redelivered += msg.dup
         batch.acks.append(msg)
@@ -128,7 +151,7 @@ class Router:
         received = datetime.fromtimestamp(msg.received_at, UTC)
         before = (len(batch.samples), len(batch.rr), len(batch.dead), len(batch.states))
         try:
-            self._route(batch, msg, received, known_devices)
+            self._route(batch, msg, received, known_devices, device_sites)
         except Exception as exc:  # a decoder bug must not stop ingestion: log it, dead-letter the message
             logger.exception("message on %r could not be routed; dead-lettered", storable_text(msg.topic))
             _undo(batch, before)
@@ -145,30 +168,36 @@ class Router:
             device = None
         self._dead(batch, msg, datetime.fromtimestamp(msg.received_at, UTC), reason, detail, None, device)
 
-    def _route(self, batch: Batch, msg: Inbound, received: datetime, known_devices: set[str] | None) -> None:
+    def _route(
+        self,
+        batch: Batch,
+        msg: Inbound,
+        received: datetime,
+        known_devices: set[str] | None,
+        device_sites: Mapping[str, str] | None,
+    ) -> None:
         device: str | None = None
         try:
             topic = parse_topic(msg.topic)
             device = topic.source
-            if topic.kind is TopicKind.TELEMETRY:
-                if (
-                    self.unknown_devices == "quarantine"
-                    and known_devices is not None
-                    and device not in known_devices
-                ):
-                    self._dead(
-                        batch, msg, received, "unknown_device", "device is not registered", None, device
-                    )
+            if topic.kind in IDENTITY_CHECKED:
+                refused = self._identity(batch, topic.site, device, known_devices, device_sites)
+                if refused is not None:
+                    self._dead(batch, msg, received, refused[0], refused[1], None, device)
                     return
-                self._telemetry(batch, msg, received, topic.site, device)
+            if topic.kind is TopicKind.TELEMETRY:
+                if self._telemetry(batch, msg, received, topic.site, device):
+                    self._claim(batch, topic.site, device, device_sites)
             elif topic.kind is TopicKind.META:
                 meta = decode_meta(msg.payload, self.limits)
                 self._same_device(meta.device, device)
                 batch.metas[device] = (topic.site, meta)
+                self._claim(batch, topic.site, device, device_sites)
             elif topic.kind is TopicKind.STATE:
                 state = decode_state(msg.payload, self.limits, now=received)
                 self._same_device(state.device, device)
                 batch.states.append((topic.site, state))
+                self._claim(batch, topic.site, device, device_sites)
             elif topic.kind is TopicKind.GATEWAY_STATUS:
                 if not msg.payload:  # a retained status being cleared
                     return
@@ -188,12 +217,38 @@ class Router:
         except WireError as exc:
             self._dead(batch, msg, received, exc.reason, exc.detail, exc.path, device)
 
+    def _identity(
+        self,
+        batch: Batch,
+        site: str,
+        device: str,
+        known_devices: set[str] | None,
+        device_sites: Mapping[str, str] | None,
+    ) -> tuple[str, str] | None:
+        """(reason, detail) when the device's message is refused for who it is or where it comes from."""
+        if self.unknown_devices == "quarantine" and known_devices is not None and device not in known_devices:
+            return "unknown_device", "device is not registered"
+        if device_sites is None:
+            return None
+        home = device_sites.get(device) or batch.claims.get(device)
+        if home is not None and home != site:
+            # the other site is not named: dead letters are readable by the integrators of the topic's site
+            return "site_mismatch", f"device {device!r} belongs to another site than {site!r}"
+        return None
+
+    @staticmethod
+    def _claim(batch: Batch, site: str, device: str, device_sites: Mapping[str, str] | None) -> None:
+        """Something of a device not known yet is written: this batch binds it to ``site``."""
+        if device_sites is not None and device not in device_sites:
+            batch.claims.setdefault(device, site)
+
     @staticmethod
     def _same_device(in_payload: str, in_topic: str) -> None:
         if in_payload != in_topic:
             raise DeviceMismatch(f"payload names {in_payload!r} on the topic of {in_topic!r}")
 
-    def _telemetry(self, batch: Batch, msg: Inbound, received: datetime, site: str, device: str) -> None:
+    def _telemetry(self, batch: Batch, msg: Inbound, received: datetime, site: str, device: str) -> bool:
+        """Whether any sample of the message is kept."""
         decoded = decode_telemetry(msg.payload, topic_device=device, now=received, limits=self.limits)
         for rej in decoded.rejected:
             batch.samples_rejected += 1
@@ -201,11 +256,12 @@ class Router:
                 batch, msg, received, rej.error.reason, rej.error.detail, rej.error.path, device, rej.raw
             )
         if not decoded.samples:
-            return
+            return False
         newest = _add_samples(batch, decoded.samples, device, site, decoded.seq, received)
         prev = batch.seen.get(device)
         if prev is None or prev[1] < newest:
             batch.seen[device] = (site, newest)
+        return True
 
     def _dead(
         self,

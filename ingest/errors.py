@@ -14,3 +14,13 @@ class BrokerUnavailable(IngestError):
         super().__init__(f"cannot connect to MQTT broker {url}: {detail}")
         self.url = url
         self.detail = detail
+
+
+class SiteConflict(IngestError):
+    """A batch bound devices to sites (``Batch.claims``) that the database has at other sites (another
+    ingester bound them first): the batch's transaction is rolled back and its messages are routed again
+    with ``sites``, the devices' sites as stored."""
+
+    def __init__(self, sites: dict[str, str]) -> None:
+        super().__init__(f"devices bound to other sites meanwhile: {sorted(sites)}")
+        self.sites = sites

@@ -27,6 +27,7 @@ import psycopg
 
 from ingest.batch import Batch, Router
 from ingest.dberrors import DatabaseRejected, Severity, classify, describe
+from ingest.errors import SiteConflict
 from ingest.health import HealthServer
 from ingest.metrics import IngestMetrics
 from ingest.mqtt import Inbound, MqttSource
@@ -37,6 +38,8 @@ from vitalab.wire import TopicKind, WireLimits, subscription
 logger = logging.getLogger(__name__)
 
 KNOWN_DEVICES_REFRESH_S = 30.0
+"""How often the ingester rereads the devices (their sites; under the quarantine policy, which it takes)."""
+_REGISTRY = "SELECT device_id, site_id, NOT quarantined AND retired_at IS NULL FROM devices"
 DATABASE_REJECTED = "database_rejected"
 """Dead-letter reason of a message whose rows the database refused (its SQLSTATE is in the detail)."""
 # what a write can raise because of a batch's content or the database's state; anything else is a bug
@@ -112,7 +115,9 @@ class Ingester:
         self.metrics = metrics or IngestMetrics()
         self._conn: psycopg.AsyncConnection | None = None
         self._known: set[str] | None = None
-        self._known_at = 0.0
+        self._sites: dict[str, str] = {}
+        """device id -> its site: the identity rule (ingest.batch)."""
+        self._known_at: float | None = None
         self._current = Batch()
         self.committed_batches = 0
         self._on_commit = on_commit
@@ -171,7 +176,7 @@ class Ingester:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.batch_age_s
         while True:
-            self._router.add(batch, msg, known_devices=known)
+            self._router.add(batch, msg, known_devices=known, device_sites=self._sites)
             if batch.size >= cfg.batch_rows:
                 break
             nxt = src.get_nowait()
@@ -227,25 +232,39 @@ class Ingester:
             await prepare(self._conn)
         return self._conn
 
+    def _quarantine_known(self) -> set[str] | None:
+        return self._known if self._router.unknown_devices == "quarantine" else None
+
     async def _known_devices(self) -> set[str] | None:
-        if self._router.unknown_devices != "quarantine":
-            return None
+        """The devices the quarantine policy takes (None under ``register``); rereads the devices' sites too,
+        every :data:`KNOWN_DEVICES_REFRESH_S`."""
         now = time.monotonic()
-        if self._known is None or now - self._known_at > KNOWN_DEVICES_REFRESH_S:
+        if self._known_at is None or now - self._known_at > KNOWN_DEVICES_REFRESH_S:
             delay = self._config.retry_initial_s
             while True:
                 conn = await self._write_connection()
                 try:
-                    cur = await conn.execute("SELECT device_id FROM devices WHERE NOT quarantined")
-                    self._known = {r[0] for r in await cur.fetchall()}
+                    cur = await conn.execute(_REGISTRY)
+                    rows = await cur.fetchall()
                     await conn.commit()
                     break
                 except psycopg.Error as exc:
                     if classify(exc) is not Severity.TRANSIENT:
                         raise DatabaseRejected.from_error(exc) from exc
                     delay = await self._backoff(exc, delay, "reading the registered devices failed")
+            self._sites = {str(d): str(site) for d, site, _ in rows}
+            self._known = {str(d) for d, _, taken in rows if taken}
             self._known_at = now
-        return self._known
+        return self._quarantine_known()
+
+    def _reroute(self, batch: Batch, sites: dict[str, str]) -> Batch:
+        """``batch``'s messages routed again, now that ``sites`` are known to be the stored sites of devices
+        it had bound elsewhere."""
+        self._sites.update(sites)
+        again = Batch()
+        for msg in batch.acks:
+            self._router.add(again, msg, known_devices=self._quarantine_known(), device_sites=self._sites)
+        return again
 
     async def _backoff(self, exc: BaseException, delay: float, what: str) -> float:
         self.db_ok = False
@@ -267,17 +286,24 @@ class Ingester:
                     raise DatabaseRejected.from_error(exc) from exc
                 delay = await self._backoff(exc, delay, "database unavailable")
 
-    async def _try_write(self, batch: Batch) -> WriteResult | BaseException:
-        """Write ``batch``, retrying transient errors; the error if the database refused its content."""
+    async def _try_write(self, batch: Batch) -> tuple[WriteResult | BaseException, Batch]:
+        """Write ``batch``, retrying transient errors and routing it again when another ingester bound one of
+        its devices to another site meanwhile; what was written (or the error if the database refused its
+        content) and the batch as written."""
         delay = self._config.retry_initial_s
         while True:
             conn = await self._write_connection()
             try:
-                return await write_batch(conn, batch)
+                result = await write_batch(conn, batch)
+                self._sites.update(batch.claims)
+                return result, batch
+            except SiteConflict as exc:
+                logger.info("%s; routing the batch again", exc)
+                batch = self._reroute(batch, exc.sites)
             except _WRITE_ERRORS as exc:
                 severity = classify(exc)
                 if severity is Severity.DATA:
-                    return exc
+                    return exc, batch
                 if severity is Severity.FATAL:
                     raise DatabaseRejected.from_error(exc) from exc
                 delay = await self._backoff(exc, delay, "batch write failed")
@@ -285,7 +311,7 @@ class Ingester:
     async def _write(self, batch: Batch) -> tuple[WriteResult, list[Batch]]:
         """Write ``batch``; if the database refuses its content, split it until the messages responsible are
         found and dead-letter those. Returns what was written and the batches it was written as."""
-        got = await self._try_write(batch)
+        got, batch = await self._try_write(batch)
         if isinstance(got, WriteResult):
             return got, [batch]
         logger.warning(
@@ -298,7 +324,7 @@ class Ingester:
     def _rebatch(self, messages: list[Inbound]) -> Batch:
         batch = Batch()
         for msg in messages:
-            self._router.add(batch, msg, known_devices=self._known)
+            self._router.add(batch, msg, known_devices=self._quarantine_known(), device_sites=self._sites)
         return batch
 
     async def _split(self, messages: list[Inbound], error: BaseException) -> tuple[WriteResult, list[Batch]]:
@@ -307,7 +333,7 @@ class Ingester:
             rejected = Batch()
             self._router.reject(rejected, msg, DATABASE_REJECTED, describe(error))
             logger.warning("dead-lettered a message on %r: %s", rejected.dead[0].topic, describe(error))
-            got = await self._try_write(rejected)
+            got, rejected = await self._try_write(rejected)
             if not isinstance(got, WriteResult):  # not even its dead letter can be stored
                 raise DatabaseRejected.from_error(got) from got
             return got, [rejected]
@@ -316,7 +342,7 @@ class Ingester:
         half = len(messages) // 2
         for part in (messages[:half], messages[half:]):
             batch = self._rebatch(part)
-            got = await self._try_write(batch)
+            got, batch = await self._try_write(batch)
             if isinstance(got, WriteResult):
                 results.append(got)
                 written.append(batch)

@@ -15,6 +15,7 @@ for ``raw``, what the gateways' raw-frame decoder makes of the payload.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -76,12 +77,14 @@ def judge(
     now: datetime,
     router: Router,
     known_devices: set[str] | None = None,
+    device_sites: Mapping[str, str] | None = None,
     retained: bool = False,
 ) -> Verdict:
     """The ingester's verdict on ``payload`` published on ``topic`` and received at ``now`` (aware).
 
-    ``known_devices``: the registered, not quarantined devices, as the ingester knows them under the
-    ``quarantine`` policy (None: not checked, as under ``register``)."""
+    ``known_devices``: the registered, not quarantined, not retired devices, as the ingester knows them under
+    the ``quarantine`` policy (None: not checked, as under ``register``). ``device_sites``: the sites of the
+    devices known to the ingester (a device is bound to one site; None: not checked)."""
     if not received_by_ingester(topic):
         return _not_received(topic, payload, now, router)
     msg = Inbound(
@@ -94,7 +97,7 @@ def judge(
         received_at=now.timestamp(),
     )
     batch = Batch()
-    router.add(batch, msg, known_devices=known_devices)
+    router.add(batch, msg, known_devices=known_devices, device_sites=device_sites)
     parsed = _parse(topic)
     rows = _rows(batch)
     record = _record(batch)

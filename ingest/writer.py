@@ -18,6 +18,7 @@ import msgspec
 from psycopg import AsyncConnection, AsyncCursor, sql
 
 from ingest.batch import DEAD_LETTER_COLUMNS, RR_COLUMNS, SAMPLE_COLUMNS, Batch, state_detail
+from ingest.errors import SiteConflict
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ ON CONFLICT (device_id) DO UPDATE SET
     state_at = EXCLUDED.state_at
 WHERE d.state_at IS NULL OR d.state_at < EXCLUDED.state_at
 """
+_DEVICE_SITES = "SELECT device_id, site_id FROM devices WHERE device_id = ANY(%s)"
 _UPSERT_GATEWAY = """
 INSERT INTO gateways AS g (gateway_id, site_id, online, last_seen) VALUES (%s, %s, %s, %s)
 ON CONFLICT (gateway_id) DO UPDATE SET online = EXCLUDED.online, last_seen = EXCLUDED.last_seen
@@ -132,7 +134,9 @@ async def _copy(
 
 
 async def write_batch(conn: AsyncConnection, batch: Batch) -> WriteResult:
-    """Write everything in ``batch`` in one transaction; the caller acks its messages afterwards."""
+    """Write everything in ``batch`` in one transaction; the caller acks its messages afterwards. Raises
+    :class:`~ingest.errors.SiteConflict` (nothing written) when a device the batch binds to a site is stored
+    at another one."""
     inserted = dup = rr_inserted = 0
     async with conn.transaction(), conn.cursor() as cur:
         sites = sorted(batch.sites())
@@ -166,6 +170,14 @@ async def write_batch(conn: AsyncConnection, batch: Batch) -> WriteResult:
             await cur.execute(
                 _STATE_APPLY, (state.device, site, state.online, state.training, state.errors, state.t)
             )
+        if batch.claims:
+            # devices this batch met for the first time: bound to the site of their first message, unless
+            # another writer bound them to another site meanwhile (their rows exist now, whoever made them)
+            await cur.execute(_DEVICE_SITES, (sorted(batch.claims),))
+            stored = {str(d): str(s) for d, s in await cur.fetchall()}
+            conflicts = {d: s for d, s in stored.items() if batch.claims[d] != s}
+            if conflicts:
+                raise SiteConflict(conflicts)  # rolls the transaction back
         for gw, (site, status, received) in sorted(batch.gateways.items()):
             await cur.execute(_UPSERT_GATEWAY, (gw, site, status.online, status.t or received))
         if batch.samples:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -286,6 +286,17 @@ def _ms(t: datetime) -> datetime:
 # --- a gym day ----------------------------------------------------------------------------------------------
 
 
+def gym_gateways(site: str, plan: SimulationPlan) -> dict[str, list[str]]:
+    """The MQTT connections :func:`simulate_gym` opens for ``plan``: gateway id -> the devices it publishes
+    for (broker logins can be made for exactly these)."""
+    if plan.gym is None:
+        raise ValueError("gym_gateways needs plan.gym")
+    gym = GymPlan(site, plan.devices, seed=plan.seed, config=plan.gym, kinds=plan.mix)
+    wire, raw = split_fleet(gym.fleet(), plan.raw_share)
+    found = {plan.gateway_id: wire.devices, f"{plan.gateway_id}-raw": raw.devices}
+    return {gw: [d.device_id for d in devices] for gw, devices in found.items() if devices}
+
+
 async def simulate_gym(
     target: MqttTarget,
     site: str,
@@ -294,14 +305,17 @@ async def simulate_gym(
     protocol: str = "5",
     data_dir: Path,
     clock: Clock = now_s,
+    logins: Mapping[str, MqttTarget] | None = None,
 ) -> GymPlan:
     """A gym (``plan.gym``): wire-contract and raw-frame devices and the kiosk, concurrently; returns the
     :class:`GymPlan` (the truth: visits, check-ins, straps). ``clock`` is read once, when ``plan.start``
-    is not set; from then on the run's :class:`GymClock` tells the time (module docstring)."""
+    is not set; from then on the run's :class:`GymClock` tells the time (module docstring). ``logins``: the
+    broker login of each connection (:func:`gym_gateways`), where it is not ``target``'s."""
     if plan.gym is None:
         raise ValueError("simulate_gym needs plan.gym")
     if plan.speed != 1.0 and plan.duration_s is None:
         raise ValueError("an accelerated run needs a duration")
+    logins = logins or {}
     gym = GymPlan(site, plan.devices, seed=plan.seed, config=plan.gym, kinds=plan.mix)
     wire, raw = split_fleet(gym.fleet(), plan.raw_share)
     duration = plan.duration_s
@@ -318,12 +332,14 @@ async def simulate_gym(
     async with asyncio.TaskGroup() as tg:
         if wire.devices:
             injector = FaultInjector(faults, seed=plan.seed) if faults else None
-            tg.create_task(_gym_wire(target, wire, plan, protocol, injector, live, end, gym_clock))
+            login = logins.get(plan.gateway_id, target)
+            tg.create_task(_gym_wire(login, wire, plan, protocol, injector, live, end, gym_clock))
         if raw.devices:
             injector = FaultInjector(faults, seed=plan.seed + 1) if faults else None
             raw_fleet = RawFleet(raw, plan.ant_share, injector, record=False)
             buffer = data_dir / "gateway" / f"{plan.gateway_id}-raw.sqlite"
-            tg.create_task(_gym_raw(target, raw_fleet, plan, protocol, buffer, live, gym_clock))
+            login = logins.get(f"{plan.gateway_id}-raw", target)
+            tg.create_task(_gym_raw(login, raw_fleet, plan, protocol, buffer, live, gym_clock))
         if plan.api_url:
             tg.create_task(_gym_kiosk(gym, plan, plan.api_url, history, end, gym_clock))
     return gym

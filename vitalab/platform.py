@@ -3,6 +3,16 @@
 With :mod:`vitalab.runners` (one runner per single-service command) and :mod:`vitalab.cli` this is the
 composition root: the only place that wires the broker, the ingester, the API, the analytics job, the
 simulator and the gateway together. No service imports it.
+
+Broker logins. The in-process broker enforces the broker accounts of :mod:`vitalab.broker` like the deploy
+Mosquitto: no anonymous client. Its account store lives in ``<data_dir>/broker`` (or
+``VITALAB_BROKER_STATE_DIR``) and is shared with the API in this process, so devices and gateways registered
+through the API (``POST /v1/sites/{site}/devices``) get logins that work at once and lose them when retired
+(their connections are closed). The in-process clients get fresh passwords at every start, held in memory
+only: the ingester a read-only ``ingest`` account (with an unguessable client id: amqtt deletes a session's
+subscriptions on a clean CONNECT with its client id before it checks the login), each simulated gateway a
+gateway account for exactly the devices it publishes for. With an external broker (``VITALAB_MQTT_URL``)
+every client uses the configured URL's login, as before.
 """
 
 from __future__ import annotations
@@ -11,17 +21,20 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import secrets
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import uvicorn
+from psycopg.types.json import Jsonb
 
 from analytics.jobs import DEFAULT_INTERVAL_S, interval_of, run_periodically
+from analytics.opening_hours import WEEKDAYS
 from api.access import UpKeys, keys_for_up
 from api.health import analytics_job
 from api.main import create_app
@@ -30,9 +43,18 @@ from simulators.fleet import Fleet
 from simulators.gymfleet import MACHINE_MIX
 from simulators.publisher import FleetPublisher, gateway_client, now_ms
 from simulators.rawfleet import RawFleet, now_s
-from simulators.run import SimulationPlan, gym_config, run_raw_gateway, simulate_gym, split_fleet
+from simulators.run import (
+    SimulationPlan,
+    gym_config,
+    gym_gateways,
+    run_raw_gateway,
+    simulate_gym,
+    split_fleet,
+)
+from vitalab.broker import IssuedCredential, MosquittoAuth, Role
+from vitalab.broker.amqtt_auth import LiveAccounts
 from vitalab.db import prepare
-from vitalab.embedded import embedded_broker, embedded_postgres
+from vitalab.embedded import embedded_broker_with_accounts, embedded_postgres
 from vitalab.errors import ConfigError
 from vitalab.progress import Meter
 from vitalab.settings import MqttTarget, Settings
@@ -60,15 +82,62 @@ async def database(settings: Settings) -> AsyncIterator[str]:
         yield url
 
 
+INGEST_ACCOUNT = "ingest"
+SIMULATED_GATEWAYS = ("sim-gw", "sim-gw-raw", "sim-gw-history", "sim-gw-history-raw", "sim-raw-gw")
+"""The connections of the simulated gym (and fleet) of `vitalab up`: their logins of an earlier run that this
+run does not use are revoked."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Broker:
+    target: MqttTarget
+    embedded: bool
+    auth: MosquittoAuth | None
+    """The in-process broker's account store (None: an external broker, every client with its URL's login)."""
+
+    def login(self, issued: IssuedCredential) -> MqttTarget:
+        return dataclasses.replace(self.target, username=issued.username, password=issued.password)
+
+    async def ingester(self, settings: Settings) -> tuple[Settings, MqttTarget]:
+        """The ingester's settings and login: a fresh password of the read-only ``ingest`` account and an
+        unguessable client id on the in-process broker."""
+        auth = self.auth
+        if auth is None:
+            return settings, self.target
+        issued = await asyncio.to_thread(auth.issue_service, Role.INGESTER, INGEST_ACCOUNT)
+        client_id = f"vitalab-ingest-{secrets.token_hex(12)}"
+        return settings.model_copy(update={"ingest_client_id": client_id}), self.login(issued)
+
+    async def gateways(self, site: str, devices: Mapping[str, list[str]]) -> dict[str, MqttTarget]:
+        """A login for each simulated gateway, publishing for exactly its ``devices`` (gateway id -> device
+        ids); the logins of simulated gateways this run does not use are revoked."""
+        auth = self.auth
+        if auth is None:
+            return {gw: self.target for gw in devices}
+
+        def issue() -> dict[str, IssuedCredential]:
+            issued = {gw: auth.issue_gateway(gw, site, attached) for gw, attached in devices.items()}
+            stale = [gw for gw in SIMULATED_GATEWAYS if gw not in devices and gw in auth.accounts()]
+            for gw in stale:
+                auth.revoke(gw)
+            return issued
+
+        issued = await asyncio.to_thread(issue)
+        return {gw: self.login(credential) for gw, credential in issued.items()}
+
+
 @contextlib.asynccontextmanager
-async def broker(settings: Settings) -> AsyncIterator[tuple[MqttTarget, bool]]:
-    """The configured broker, or an in-process one. Yields (target, embedded)."""
+async def broker(settings: Settings) -> AsyncIterator[Broker]:
+    """The configured broker, or an in-process one enforcing the broker accounts of the data directory."""
     target = settings.mqtt_target()
     if target is not None:
-        yield target, False
+        yield Broker(target, False, None)
         return
-    async with embedded_broker(settings.embedded_mqtt_port) as t:
-        yield t, True
+    auth = MosquittoAuth(settings.broker_state_dir or settings.data_dir / "broker")
+    live = LiveAccounts(await asyncio.to_thread(auth.apply))
+    auth.reloader = live
+    async with embedded_broker_with_accounts(live, settings.embedded_mqtt_port) as t:
+        yield Broker(t, True, auth)
 
 
 class _Api(uvicorn.Server):
@@ -93,7 +162,12 @@ def _banner(
         if not settings.database_url
         else db_url
     )
-    mqtt = f"{target.url()} ({'in-process broker' if embedded_mqtt else 'external'})"
+    where = (
+        "in-process broker; no anonymous clients, devices get logins from the API"
+        if embedded_mqtt
+        else "external"
+    )
+    mqtt = f"{target.url()} ({where})"
     if access.admin is not None:
         admin = f"{access.admin}  (shown once; also in {access.admin_file}, mode 0600)"
     else:
@@ -112,13 +186,19 @@ def _banner(
     )
 
 
-def _set_site_timezone(db_url: str, site: str, timezone: str) -> None:
-    """The simulated site's row, with the configured timezone (local days and midnights of the analytics)."""
+def _set_site(db_url: str, settings: Settings) -> None:
+    """The simulated site's row, with the configured timezone (local days and midnights of the analytics) and
+    the simulated gym's opening hours (every day alike; none for the always-busy fleet)."""
+    hours = None
+    if settings.sim_mode == "gym":
+        config = gym_config(settings, demo=True)
+        day = [[f"{config.open_h:02d}:00", f"{config.close_h:02d}:00"]]
+        hours = Jsonb({weekday: day for weekday in WEEKDAYS})
     with psycopg.connect(db_url) as conn:
         conn.execute(
-            "INSERT INTO sites (site_id, timezone) VALUES (%s, %s) "
-            "ON CONFLICT (site_id) DO UPDATE SET timezone = EXCLUDED.timezone",
-            (site, timezone),
+            "INSERT INTO sites (site_id, timezone, opening_hours) VALUES (%s, %s, %s) ON CONFLICT (site_id) "
+            "DO UPDATE SET timezone = EXCLUDED.timezone, opening_hours = EXCLUDED.opening_hours",
+            (settings.site, settings.site_timezone, hours),
         )
 
 
@@ -177,12 +257,25 @@ def _gym_plans(
     return plan, history, text
 
 
-async def _fleet(settings: Settings, target: MqttTarget) -> None:
-    """The always-busy fleet (``VITALAB_SIM_MODE=fleet``): every device in use every second."""
-    fleet, raw = split_fleet(
+def _fleet_split(settings: Settings) -> tuple[Fleet, Fleet]:
+    return split_fleet(
         Fleet.build(settings.site, settings.sim_devices, seed=settings.sim_seed), settings.sim_raw_share
     )
-    client = gateway_client(target, "sim-gw", settings.site, protocol=settings.mqtt_protocol)
+
+
+def fleet_gateways(settings: Settings) -> dict[str, list[str]]:
+    """The connections of :func:`_fleet`: gateway id -> the devices it publishes for."""
+    wire, raw = _fleet_split(settings)
+    found = {"sim-gw": [d.device_id for d in wire.devices]}
+    if raw.devices:
+        found["sim-raw-gw"] = [d.device_id for d in raw.devices]
+    return found
+
+
+async def _fleet(settings: Settings, logins: Mapping[str, MqttTarget]) -> None:
+    """The always-busy fleet (``VITALAB_SIM_MODE=fleet``): every device in use every second."""
+    fleet, raw = _fleet_split(settings)
+    client = gateway_client(logins["sim-gw"], "sim-gw", settings.site, protocol=settings.mqtt_protocol)
     async with client, asyncio.TaskGroup() as tg:
         publisher = FleetPublisher(client, fleet, "sim-gw")
         await publisher.announce()
@@ -190,7 +283,7 @@ async def _fleet(settings: Settings, target: MqttTarget) -> None:
         if raw.devices:  # part of the gym speaks BLE/ANT+ frames, via an in-process gateway
             tg.create_task(
                 run_raw_gateway(
-                    target,
+                    logins["sim-raw-gw"],
                     RawFleet(raw, record=False),
                     now_ms(),
                     None,
@@ -238,20 +331,29 @@ async def run_platform(settings: Settings, *, ready: asyncio.Event | None = None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with database(settings) as db_url, broker(settings) as (target, embedded_mqtt):
+    async with database(settings) as db_url, broker(settings) as mqtt:
+        target, embedded_mqtt = mqtt.target, mqtt.embedded
         if embedded_mqtt:
             settings = settings.model_copy(update={"ingest_share_group": None, "mqtt_protocol": "3.1.1"})
-        await asyncio.to_thread(_set_site_timezone, db_url, settings.site, settings.site_timezone)
+        await asyncio.to_thread(_set_site, db_url, settings)
         access = await keys_for_up(db_url, settings.data_dir, settings.site, datetime.now(UTC))
         every = interval_of(settings.analytics_interval_s, default=DEFAULT_INTERVAL_S)
         # /health: the analytics job is failing, or has not finished a run in ten of its intervals
         stale = None if every is None else timedelta(seconds=10 * every)
-        app = create_app(settings, db_url, health_checks=[analytics_job(stale_after=stale)])
+        # the API issues and revokes device logins in the in-process broker's store (an external broker's:
+        # VITALAB_BROKER_STATE_DIR, read by create_app)
+        app = create_app(
+            settings, db_url, health_checks=[analytics_job(stale_after=stale)], broker_auth=mqtt.auth
+        )
         server = _Api(
             uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")
         )
         listening = _listen(settings)
-        async with open_ingester(settings, target, db_url) as ingester, asyncio.TaskGroup() as tg:
+        ingest_settings, ingest_login = await mqtt.ingester(settings)
+        async with (
+            open_ingester(ingest_settings, ingest_login, db_url) as ingester,
+            asyncio.TaskGroup() as tg,
+        ):
             ingest_task = tg.create_task(ingester.run(), name="ingest")
             api_task = tg.create_task(server.serve(sockets=[listening]), name="api")
             analytics_task = None if every is None else tg.create_task(run_periodically(db_url, every))
@@ -262,18 +364,26 @@ async def run_platform(settings: Settings, *, ready: asyncio.Event | None = None
             api_url = _bound_url(server, settings)
             sim_tasks: list[asyncio.Task[None]] = []
             protocol, data_dir = settings.mqtt_protocol, settings.data_dir
+            site = settings.site
             if settings.sim_mode == "gym":
                 plan, history, simulator = _gym_plans(settings, api_url, access.kiosk)
-                run = simulate_gym(target, settings.site, plan, protocol=protocol, data_dir=data_dir)
+                connections = gym_gateways(site, plan) | (
+                    {} if history is None else gym_gateways(site, history)
+                )
+                logins = await mqtt.gateways(site, connections)
+                run = simulate_gym(target, site, plan, protocol=protocol, data_dir=data_dir, logins=logins)
                 sim_tasks.append(tg.create_task(_guarded(run, "gym")))
                 if history is not None:
                     meter = Meter.history(history.backfill_s)
                     history = dataclasses.replace(history, on_history=meter.reporter(history.backfill_s))
-                    run = simulate_gym(target, settings.site, history, protocol=protocol, data_dir=data_dir)
+                    run = simulate_gym(
+                        target, site, history, protocol=protocol, data_dir=data_dir, logins=logins
+                    )
                     sim_tasks.append(tg.create_task(_guarded(_metered(meter, run), "gym history")))
             else:
-                simulator = f"{settings.sim_devices} devices at site '{settings.site}', always in use, 1 Hz"
-                sim_tasks.append(tg.create_task(_guarded(_fleet(settings, target), "simulator")))
+                simulator = f"{settings.sim_devices} devices at site '{site}', always in use, 1 Hz"
+                logins = await mqtt.gateways(site, fleet_gateways(settings))
+                sim_tasks.append(tg.create_task(_guarded(_fleet(settings, logins), "simulator")))
             print(
                 _banner(settings, db_url, target, embedded_mqtt, api_url, simulator, access),
                 file=sys.stderr,

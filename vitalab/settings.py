@@ -125,6 +125,12 @@ class Settings(BaseSettings):
         default=10, ge=1, description="failed authentications per address within the window before 429"
     )
     auth_failures_window_s: float = Field(default=60.0, gt=0)
+    broker_state_dir: Path | None = Field(
+        default=None,
+        description="the broker's account store (vitalab.broker) in which the API issues and revokes device "
+        "and gateway logins; unset: `vitalab up` keeps it in data_dir/broker for its in-process broker, "
+        "other deployments manage broker credentials outside vitalab",
+    )
 
     # --- wire validation -----------------------------------------------------------------------------
     max_payload_bytes: int = Field(default=256 * 1024, ge=256)

@@ -1,5 +1,5 @@
 """What the contract validation and the integrator's views need from the database: whether the ingester
-takes a device's telemetry (its ``quarantine`` policy) and which site a device belongs to."""
+takes a device's messages (its site; its ``quarantine`` policy) and which site a device belongs to."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from psycopg import AsyncConnection, sql
 
-from api.queries import exists, fetch_one
+from api.queries import fetch_one
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,10 +15,20 @@ class SiteRow:
     site_id: str
 
 
-async def accepted_device(conn: AsyncConnection, device_id: str) -> bool:
-    """Registered and not quarantined: the ingester's set of known devices under the quarantine policy."""
-    query = sql.SQL("SELECT 1 FROM devices WHERE device_id = %(d)s AND NOT quarantined")
-    return await exists(conn, query, {"d": device_id})
+@dataclass(frozen=True, slots=True)
+class RegistryRow:
+    site_id: str
+    accepted: bool
+    """Not quarantined, not retired: in the ingester's set of known devices under the quarantine policy."""
+
+
+async def device_registry(conn: AsyncConnection, device_id: str) -> RegistryRow | None:
+    """What the ingester knows of a device: its site, and whether it takes it (None: not in its registry)."""
+    query = sql.SQL(
+        "SELECT site_id, NOT quarantined AND retired_at IS NULL AS accepted "
+        "FROM devices WHERE device_id = %(d)s"
+    )
+    return await fetch_one(conn, RegistryRow, query, {"d": device_id})
 
 
 async def device_site(conn: AsyncConnection, device_id: str) -> str | None:

@@ -109,7 +109,7 @@ class ContractError(BaseModel):
 
     reason: str
     """Stable code: bad_topic, too_large, malformed, unsupported_version, schema, implausible_value,
-    timestamp_out_of_range, device_mismatch, unknown_device, unexpected_topic."""
+    timestamp_out_of_range, device_mismatch, unknown_device, site_mismatch, unexpected_topic."""
     detail: str
     path: str | None
     """JSON path of the offending field (``$.samples[3].hr_bpm``), when one is at fault."""

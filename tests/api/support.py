@@ -17,6 +17,7 @@ from api.health import HealthCheck
 from api.main import create_app
 from tests.conftest import free_port
 from tests.support.helpers import make_key, make_settings
+from vitalab.broker import MosquittoAuth
 
 PROBLEM = "application/problem+json"
 
@@ -38,11 +39,20 @@ def app_at(
     database_url: str,
     now: datetime | PinnedClock,
     health_checks: Sequence[HealthCheck] = (),
+    *,
+    broker_auth: MosquittoAuth | None = None,
     **settings: Any,
 ) -> FastAPI:
-    """The API over ``database_url`` whose clock says ``now`` (or what the pinned clock says)."""
+    """The API over ``database_url`` whose clock says ``now`` (or what the pinned clock says);
+    ``broker_auth``: the broker account store device registration uses (none: logins managed elsewhere)."""
     clock = now if isinstance(now, PinnedClock) else PinnedClock(now)
-    app = create_app(make_settings(**settings), database_url, clock=clock, health_checks=health_checks)
+    app = create_app(
+        make_settings(**settings),
+        database_url,
+        clock=clock,
+        health_checks=health_checks,
+        broker_auth=broker_auth,
+    )
     app.state.test_database_url = database_url
     return app
 

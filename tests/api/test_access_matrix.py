@@ -11,9 +11,11 @@ id. The walk fails when the app has a route this module does not know how to cal
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -27,6 +29,7 @@ from api.security import Role, Scope
 from tests.api.seed import NOW, PARTICIPANT, T0, seed
 from tests.api.support import app_at, bearer, serve
 from tests.support.helpers import make_key
+from vitalab.broker import MosquittoAuth, NoReload
 
 pytestmark = pytest.mark.asyncio
 
@@ -42,17 +45,37 @@ SITE_READS = {
 DEVICE_READS = {"GET /v1/devices", "GET /v1/devices/{device_id}", "GET /v1/devices/{device_id}/quality"}
 CONTRACT = {"GET /v1/contract/schema", "GET /v1/contract/asyncapi"}
 """The wire contract's documents: any authenticated caller."""
+# --- sites and registration (devices on the broker) ---
+SITE_INFO = {"GET /v1/sites", "GET /v1/sites/{site_id}"}
+"""A site's name, timezone and opening hours: whoever works at it."""
+REGISTRY_READS = {"GET /v1/sites/{site_id}/devices", "GET /v1/sites/{site_id}/gateways"}
+REGISTRATION = {
+    "POST /v1/sites/{site_id}/devices",
+    "POST /v1/sites/{site_id}/devices/{device_id}/rotate",
+    "POST /v1/sites/{site_id}/devices/{device_id}/retire",
+    "POST /v1/sites/{site_id}/gateways",
+    "POST /v1/sites/{site_id}/gateways/{gateway_id}/devices",
+    "POST /v1/sites/{site_id}/gateways/{gateway_id}/rotate",
+    "POST /v1/sites/{site_id}/gateways/{gateway_id}/retire",
+}
+"""Registering devices and gateways and getting their broker logins: integrators of the site."""
+# --- end of sites and registration ---
 MAY: dict[Role, set[str]] = {
     # their sites: devices, device health, utilisation, occupancy, sessions without participant identity,
     # suppressed vitality aggregates, the live floor
     "operator": DEVICE_READS
     | CONTRACT
     | SITE_READS
-    | {"GET /v1/samples/latest", "GET /v1/sessions", "GET /v1/sessions/{session_id}"},
+    | {"GET /v1/samples/latest", "GET /v1/sessions", "GET /v1/sessions/{session_id}"}
+    | SITE_INFO
+    | REGISTRY_READS,
     # their sites' devices and those devices' dead letters
     "integrator": DEVICE_READS
     | CONTRACT
-    | {"GET /v1/dead-letters", "GET /v1/devices/{device_id}/dead-letters", "POST /v1/contract/validate"},
+    | {"GET /v1/dead-letters", "GET /v1/devices/{device_id}/dead-letters", "POST /v1/contract/validate"}
+    | SITE_INFO
+    | REGISTRY_READS
+    | REGISTRATION,
     # one site: registering participants, check-ins
     "kiosk": CONTRACT
     | {
@@ -61,7 +84,8 @@ MAY: dict[Role, set[str]] = {
         "POST /v1/check-ins",
         "POST /v1/check-ins/{device_id}/end",
         "GET /v1/check-ins",
-    },
+    }
+    | SITE_INFO,
     # their studies only: no current route (no raw device management, no internal ids)
     "researcher": CONTRACT,
 }
@@ -84,15 +108,23 @@ class Call:
     body: dict[str, Any] | None = None
     unknown: tuple[str, str] | None = None
     """(gym-b's id in this call, an unknown id of the same kind): the same call for a missing resource."""
+    fresh: bool = False
+    """``@n`` in the path or body becomes a new number at every send (a call that creates something)."""
 
     async def send(self, http: httpx.AsyncClient, headers: dict[str, str] | None) -> httpx.Response:
-        return await http.request(self.method, self.path, params=self.params, json=self.body, headers=headers)
+        path, body = self.path, self.body
+        if self.fresh:
+            path, body = json.loads(json.dumps([path, body]).replace("@n", str(next(FRESH))))
+        return await http.request(self.method, path, params=self.params, json=body, headers=headers)
 
     def missing(self) -> Call:
         assert self.unknown is not None
         old, new = self.unknown
         swap = json.loads(json.dumps([self.path, self.params, self.body]).replace(old, new))
-        return Call(self.method, swap[0], swap[1], swap[2])
+        return Call(self.method, swap[0], swap[1], swap[2], fresh=self.fresh)
+
+
+FRESH = itertools.count()
 
 
 @dataclass
@@ -226,7 +258,72 @@ def routes(session_a: int, session_b: int, key_id: str) -> dict[str, Route]:
             Call("GET", dev.format("bike-1") + "/dead-letters"),
             Call("GET", dev.format("bike-b") + "/dead-letters", unknown=("bike-b", "bike-z")),
         ),
+        **registration_routes(),
     }
+
+
+# --- sites and registration (devices on the broker) ---
+
+
+def registration_routes() -> dict[str, Route]:
+    """Sites, and the devices and gateways of a site with their broker logins: each site has a registered
+    device to rotate (``rot-``), one to retire (``ret-``), one to attach (``att-``), a gateway to rotate and
+    attach to (``gw-``) and one to retire (``gwr-``), with the suffix ``a`` at gym-a and ``b`` at gym-b."""
+    gym_z = ("gym-b", "gym-z")
+
+    def at(method: str, tail: str, body: dict[str, Any] | None = None, fresh: bool = False) -> Route:
+        """The call at gym-a (on its ``-a`` resources) and at gym-b (on its ``-b`` ones)."""
+        inside = json.loads(json.dumps(body).replace("-X", "-a")) if body is not None else None
+        outside = json.loads(json.dumps(body).replace("-X", "-b")) if body is not None else None
+        return Route(
+            Call(method, "/v1/sites/gym-a" + tail.replace("-X", "-a"), body=inside, fresh=fresh),
+            Call(
+                method, "/v1/sites/gym-b" + tail.replace("-X", "-b"), body=outside, unknown=gym_z, fresh=fresh
+            ),
+        )
+
+    return {
+        "POST /v1/sites": Route(
+            Call("POST", "/v1/sites", body={"id": "new-site-@n", "timezone": "Europe/Oslo"}, fresh=True),
+            None,
+        ),
+        "GET /v1/sites": Route(Call("GET", "/v1/sites"), None, Call("GET", "/v1/sites")),
+        "GET /v1/sites/{site_id}": at("GET", ""),
+        "PATCH /v1/sites/{site_id}": at("PATCH", "", {"name": "renamed"}),
+        "GET /v1/sites/{site_id}/devices": at("GET", "/devices"),
+        "POST /v1/sites/{site_id}/devices": at(
+            "POST", "/devices", {"id": "new-dev-@n", "kind": "bike"}, fresh=True
+        ),
+        "POST /v1/sites/{site_id}/devices/{device_id}/rotate": at("POST", "/devices/rot-X/rotate"),
+        "POST /v1/sites/{site_id}/devices/{device_id}/retire": at("POST", "/devices/ret-X/retire"),
+        "GET /v1/sites/{site_id}/gateways": at("GET", "/gateways"),
+        "POST /v1/sites/{site_id}/gateways": at("POST", "/gateways", {"id": "new-gw-@n"}, fresh=True),
+        "POST /v1/sites/{site_id}/gateways/{gateway_id}/devices": at(
+            "POST", "/gateways/gw-X/devices", {"devices": ["att-X"]}
+        ),
+        "POST /v1/sites/{site_id}/gateways/{gateway_id}/rotate": at("POST", "/gateways/gw-X/rotate"),
+        "POST /v1/sites/{site_id}/gateways/{gateway_id}/retire": at("POST", "/gateways/gwr-X/retire"),
+    }
+
+
+def seed_registrations(url: str) -> None:
+    """The registered devices and gateways of :func:`registration_routes` at gym-a and gym-b."""
+    with psycopg.connect(url) as conn:
+        for suffix, site in (("a", "gym-a"), ("b", "gym-b")):
+            for gateway in (f"gw-{suffix}", f"gwr-{suffix}"):
+                conn.execute(
+                    "INSERT INTO gateways (gateway_id, site_id, registered_at) VALUES (%s, %s, %s)",
+                    (gateway, site, NOW - timedelta(days=1)),
+                )
+            for device in (f"rot-{suffix}", f"ret-{suffix}", f"att-{suffix}"):
+                conn.execute(
+                    "INSERT INTO devices (device_id, site_id, kind, registered_at) "
+                    "VALUES (%s, %s, 'bike', %s)",
+                    (device, site, NOW - timedelta(days=1)),
+                )
+
+
+# --- end of sites and registration ---
 
 
 def _validate(site: str, device: str) -> dict[str, Any]:
@@ -303,9 +400,10 @@ def same_but_id(out: httpx.Response, missing: httpx.Response, ids: tuple[str, st
     assert out.json() == body, (out.json(), body)
 
 
-async def test_every_route_every_role_every_credential(database_url: str) -> None:
+async def test_every_route_every_role_every_credential(database_url: str, tmp_path: Path) -> None:
     seeded = seed(database_url)
     session_b = seed_gym_b(database_url)
+    seed_registrations(database_url)
     throwaway = await make_key(database_url, "operator", name="to revoke")
     table = routes(seeded.session_id, session_b, throwaway[3:19])
     role_keys = {
@@ -324,7 +422,9 @@ async def test_every_route_every_role_every_credential(database_url: str) -> Non
         "not a key": bearer("hunter2"),
         "unknown key": bearer("vl_0123456789abcdef_" + "A" * 43),
     }
-    app = app_at(database_url, NOW, auth_failures_max=1_000_000)
+    # device registration issues broker logins in an account store (of a broker that is not running)
+    store = MosquittoAuth(tmp_path / "broker", NoReload())
+    app = app_at(database_url, NOW, auth_failures_max=1_000_000, broker_auth=store)
     app_routes = {f"{m} {t}" for m, t, _ in policy.endpoints(app.routes)}
     public = {n for n in app_routes if policy.rule_for(*n.split(" ", 1)) == policy.PUBLIC}
     assert public == {

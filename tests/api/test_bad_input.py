@@ -22,6 +22,7 @@ from tests.api.seed import NOW, PARTICIPANT, T0, seed
 from tests.api.seed_study import seed_study
 from tests.api.support import app_at, assert_problem, serve
 from tests.support.helpers import make_key
+from vitalab.broker import MosquittoAuth, NoReload
 
 pytestmark = pytest.mark.asyncio
 
@@ -31,6 +32,7 @@ UNKNOWN = {
     "participant_id": "8f0e2a9c-0000-4000-8000-000000000000",
     "session_id": "999999999",
     "key_id": "0000000000000000",
+    "gateway_id": "no-such-gateway",
 }
 FILTERS = {
     "site": "site_id",
@@ -59,6 +61,12 @@ BODY_TIMES = {
     "/v1/check-ins/{device_id}/end": ["ended_at"],
     "/v1/contract/validate": [],  # its payload's times are judged, not refused (tests/api/test_contract.py)
     "/v1/keys": ["expires_at"],
+    # sites and registration: no times in their bodies
+    "/v1/sites": [],
+    "/v1/sites/{site_id}": [],
+    "/v1/sites/{site_id}/devices": [],
+    "/v1/sites/{site_id}/gateways": [],
+    "/v1/sites/{site_id}/gateways/{gateway_id}/devices": [],
 }
 FUTURE_TIMES = {"expires_at"}
 """Times that must lie ahead (not behind) of the server's clock."""
@@ -103,6 +111,13 @@ def bodies() -> dict[tuple[str, str], dict[str, Any]]:
             "at": iso(NOW),
         },
         ("post", "/v1/studies/{study_id}/exports"): {"datasets": ["sessions"], "format": "csv"},
+        # sites and registration, walked in the schema's order: bike-1 (heard of) is registered, gw-1
+        # registered and given bike-1, rotated and retired, then bike-1 rotated and retired
+        ("post", "/v1/sites"): {"id": "gym-new", "timezone": "Europe/Oslo"},
+        ("patch", "/v1/sites/{site_id}"): {"name": "Gym A"},
+        ("post", "/v1/sites/{site_id}/devices"): {"id": "bike-1", "kind": "bike"},
+        ("post", "/v1/sites/{site_id}/gateways"): {"id": "gw-1"},
+        ("post", "/v1/sites/{site_id}/gateways/{gateway_id}/devices"): {"devices": ["bike-1"]},
     }
 
 
@@ -147,6 +162,7 @@ def check_in_rows(url: str) -> list[tuple[Any, ...]]:
 async def test_every_operation_follows_the_one_rule_for_bad_input(database_url: str, tmp_path: Path) -> None:
     seeded = seed(database_url)
     known = {
+        "gateway_id": "gw-1",
         "device_id": "bike-1",
         "site_id": "gym-a",
         "participant_id": str(PARTICIPANT),
@@ -156,6 +172,8 @@ async def test_every_operation_follows_the_one_rule_for_bad_input(database_url: 
     }
     required_query = {"since": enc(iso(T0))}
     async with serve(app_at(database_url, NOW, export_worker=False, export_dir=tmp_path)) as http:
+    store = MosquittoAuth(tmp_path / "broker", NoReload())  # registration issues broker logins here
+    async with serve(app_at(database_url, NOW, broker_auth=store)) as http:
         schema = (await http.get("/openapi.json")).json()
         walked = 0
         for template, item in schema["paths"].items():

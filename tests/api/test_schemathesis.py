@@ -62,6 +62,7 @@ def test_generated_calls_never_fail_the_server(
         "participant_id": str(PARTICIPANT),
         "session_id": seeded.session_id,
         **seed_study(database_url, tmp_path),
+        "gateway_id": "gw-1",
     }
     app = app_at(database_url, NOW, export_worker=False, export_dir=tmp_path)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)

@@ -157,6 +157,13 @@ def test_api(services: dict[str, dict[str, Any]]) -> None:
     assert "http://127.0.0.1:8000/health" in api["healthcheck"]["test"][-1]
     deps = _depends_on(api)
     assert deps["migrate"]["condition"] == "service_completed_successfully"
+    # device registration issues and revokes logins in the broker's account store (read-write), which
+    # mosquitto's run.sh watches; broker-init has made it and given it to the API's uid first
+    store = env["VITALAB_BROKER_STATE_DIR"]
+    mounts = {v.split(":")[1]: v for v in api["volumes"]}
+    assert mounts[store] == f"mosquitto-auth:{store}"
+    assert "mosquitto-auth:/mosquitto/auth" in services["mosquitto"]["volumes"]
+    assert deps["broker-init"]["condition"] == "service_completed_successfully"
 
 
 def test_timescaledb(services: dict[str, dict[str, Any]]) -> None:

@@ -1,4 +1,6 @@
-"""`vitalab up` on the embedded default: no external services, data kept between runs, clean Ctrl-C."""
+"""`vitalab up` on the embedded default: no external services, data kept between runs, clean Ctrl-C; its
+in-process broker refuses anonymous clients and lets a device registered through the API publish until it is
+retired."""
 
 from __future__ import annotations
 
@@ -11,12 +13,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import paho.mqtt.client as mqtt
 import psycopg
 
 from simulators.gymfleet import GymPlan
 from simulators.run import gym_config
+from tests.broker.clients import Connector, assert_not_authorized
 from tests.conftest import Mosquitto, free_port
 from vitalab.settings import Settings
+from vitalab.wire import Sample, TelemetryMessage, encode, telemetry_topic
 
 MACHINES = ("bike-001", "treadmill-002", "rower-003", "cross-trainer-004")
 START = datetime(2026, 11, 24, 18, 0, tzinfo=UTC)
@@ -56,7 +61,6 @@ def _start(
     data_dir: Path, port: int, seed: int, sim_start: datetime = START, **extra: str
 ) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VITALAB_")}
-    env.update(extra)
     env.update(
         VITALAB_DATA_DIR=str(data_dir),
         VITALAB_API_PORT=str(port),
@@ -66,6 +70,7 @@ def _start(
         VITALAB_SIM_START=sim_start.isoformat(),
         VITALAB_MAX_PAST_S=str(CENTURY_S),
     )
+    env.update(extra)
     return subprocess.Popen(
         [sys.executable, "-m", "vitalab", "up"],
         env=env,
@@ -122,23 +127,55 @@ def _stop(proc: subprocess.Popen[str]) -> str:
     return out
 
 
+def _a_registered_device_publishes_until_retired(base: str, data_dir: Path, mqtt_port: int) -> None:
+    """The in-process broker: anonymous clients are refused; a device registered through the API (sharing the
+    broker's account store) publishes into the database; retired, it is disconnected and refused."""
+    admin = _admin(data_dir)
+    connect = Connector("127.0.0.1", mqtt_port, mqtt.MQTTv311)
+    try:
+        assert_not_authorized(connect(None))
+        r = httpx.post(
+            f"{base}/v1/sites/demo/devices", json={"id": "bike-own", "kind": "bike"}, headers=admin
+        )
+        assert r.status_code == 201, r.text
+        login = r.json()["mqtt"]
+        device = connect.login(login["username"], login["password"])
+        # a minute before the ingester's receive time, whatever the simulated gym's clock says
+        t = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+        message = TelemetryMessage(v=1, device="bike-own", seq=0, samples=[Sample(t=t, power_w=123.0)])
+        device.publish(telemetry_topic("demo", "bike-own"), encode(message))
+        deadline = time.monotonic() + 30
+        while not httpx.get(f"{base}/v1/devices/bike-own/samples", headers=admin, timeout=5).json():
+            assert time.monotonic() < deadline, "the registered device's sample did not arrive"
+            time.sleep(0.2)
+        r = httpx.post(f"{base}/v1/sites/demo/devices/bike-own/retire", headers=admin)
+        assert (r.status_code, r.json()["broker"]) == (200, "revoked")
+        assert device.disconnected.wait(10), "the retired device is still connected"
+        assert_not_authorized(connect(login["username"], login["password"]))
+    finally:
+        connect.close()
+
+
 def test_up_runs_the_platform_and_keeps_data(tmp_path: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     seed = _busy_seed()
-    proc = _start(tmp_path, port, seed)
+    mqtt_port = free_port()
+    proc = _start(tmp_path, port, seed, VITALAB_EMBEDDED_MQTT_PORT=str(mqtt_port))
     try:
         first = _wait_for_samples(base, proc, START, tmp_path)
         assert httpx.get(f"{base}/v1/devices").status_code == 401  # protected like any deployment
+        _a_registered_device_publishes_until_retired(base, tmp_path, mqtt_port)
         devices = httpx.get(f"{base}/v1/devices", headers=_admin(tmp_path)).json()
         # the gym's machines, and the straps its members wear
         assert {d["kind"] for d in devices} == {"bike", "treadmill", "rower", "cross_trainer", "hr_strap"}
-        assert {d["device_id"] for d in devices if d["kind"] != "hr_strap"} == set(MACHINES)
+        assert {d["device_id"] for d in devices if d["kind"] != "hr_strap"} == {*MACHINES, "bike-own"}
         assert all(d["device_id"].startswith("strap-m") for d in devices if d["kind"] == "hr_strap")
         assert httpx.get(f"{base}/health").json()["database"] is True
     finally:
         out = _stop(proc)
     assert "vitalab is up" in out
+    assert f"mqtt://127.0.0.1:{mqtt_port} (in-process broker; no anonymous clients" in out
     assert "vitalab stopped" in out
     assert (tmp_path / "postgres" / "PG_VERSION").exists()
     key = (tmp_path / "admin.key").read_text().strip()
