@@ -34,8 +34,8 @@ from api.routes import (
     samples,
     sessions,
     sites,
-    studies,
     sites_admin,
+    studies,
 )
 from vitalab.broker import GenerationReload, MosquittoAuth
 from vitalab.settings import Settings

@@ -171,9 +171,9 @@ async def test_every_operation_follows_the_one_rule_for_bad_input(database_url: 
         **seed_study(database_url, tmp_path),
     }
     required_query = {"since": enc(iso(T0))}
-    async with serve(app_at(database_url, NOW, export_worker=False, export_dir=tmp_path)) as http:
     store = MosquittoAuth(tmp_path / "broker", NoReload())  # registration issues broker logins here
-    async with serve(app_at(database_url, NOW, broker_auth=store)) as http:
+    app = app_at(database_url, NOW, export_worker=False, export_dir=tmp_path, broker_auth=store)
+    async with serve(app) as http:
         schema = (await http.get("/openapi.json")).json()
         walked = 0
         for template, item in schema["paths"].items():

@@ -27,10 +27,11 @@ def good(device: str, n: int = 3) -> Inbound:
 class BuggyRouter(Router):
     """A router whose telemetry step fails half-way for one device, as a decoder bug would."""
 
-    def _telemetry(self, batch: Batch, msg: Inbound, received: datetime, site: str, device: str) -> None:
-        Router._telemetry(self, batch, msg, received, site, device)  # slots: no zero-argument super()
+    def _telemetry(self, batch: Batch, msg: Inbound, received: datetime, site: str, device: str) -> bool:
+        kept = Router._telemetry(self, batch, msg, received, site, device)  # slots: no zero-argument super()
         if device == "bike-bug":
             raise KeyError("a bug")
+        return kept
 
 
 def test_a_routing_bug_dead_letters_the_message_and_keeps_the_others() -> None:
