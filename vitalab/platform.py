@@ -246,7 +246,7 @@ async def run_platform(settings: Settings, *, ready: asyncio.Event | None = None
         every = interval_of(settings.analytics_interval_s, default=DEFAULT_INTERVAL_S)
         # /health: the analytics job is failing, or has not finished a run in ten of its intervals
         stale = None if every is None else timedelta(seconds=10 * every)
-        app = create_app(settings, db_url, health_checks=[analytics_job(stale_after=stale)])
+        app = create_app(settings, db_url, health_checks=[analytics_job(stale_after=stale)], live_mqtt=target)
         server = _Api(
             uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")
         )

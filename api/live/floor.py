@@ -5,8 +5,8 @@ A :class:`Floor` holds one record per device of the site and turns each message 
 
 ``in_use``
     A machine whose training status is active (anything but ``idle``, ``pre_workout``, ``post_workout``:
-    :data:`analytics.sessions.INACTIVE_STATUSES`), a strap that says it is online (worn). A device that has
-    never reported a training status is in use while its telemetry keeps coming (within
+    :data:`analytics.sessions.INACTIVE_STATUSES`). A strap (whose "online" means reachable, not worn) and a
+    device that has never reported a training status are in use while their telemetry keeps coming (within
     ``silent_after_s``).
 ``status``
     ``offline`` when the device's state or last will says so, when its gateway's status (or the gateway's
@@ -294,10 +294,9 @@ class Floor:
         return self._refresh([d], k_since=now)
 
     def _used_by_state(self, d: _Device) -> bool | None:
-        """In use by what the device said (None: it never said anything that tells)."""
-        if d.kind == STRAP:
-            return d.said_online
-        if d.training is None:
+        """In use by what the device said (None: nothing it says tells: a strap says it is online whether
+        worn or not, so it is in use while its heart rates come)."""
+        if d.kind == STRAP or d.training is None:
             return None
         return d.training not in INACTIVE_STATUSES
 

@@ -103,6 +103,11 @@ def hub(app: FastAPI, site: str = SITE) -> SiteHub:
     return found
 
 
+def is_(floor: dict[str, dict[str, Any]], device: str, **want: Any) -> bool:
+    tile = floor.get(device)
+    return tile is not None and all(tile.get(k) == v for k, v in want.items())
+
+
 def tile_is(device: str, **want: Any) -> Any:
     def check(event: Event) -> bool:
         tile = device_of(event, device)
@@ -315,16 +320,23 @@ async def test_silence_and_last_wills_make_devices_offline(mosquitto: Mosquitto,
             )
             await dev.gateway("gw-7", ["rower-1", "strap-1"])
             await dev.state("rower-1", clock.now, training="idle")
-            await dev.state("strap-1", clock.now, online=True)
-            await live.until(tile_is("rower-1", status="online", in_use=False))
-            await live.until(tile_is("strap-1", status="online", in_use=True))
+            await dev.state("strap-1", clock.now, online=True)  # reachable: not yet worn
+            await live.until_floor(lambda f: is_(f, "strap-1", status="online", in_use=False))
+            await dev.telemetry("strap-1", Sample(t=clock.now, hr_bpm=120))  # worn: heart rates come
+            await live.until_floor(
+                lambda f: (
+                    is_(f, "strap-1", status="online", in_use=True)
+                    and is_(f, "rower-1", status="online", in_use=False)
+                )
+            )
         finally:
             proc.kill()
             await proc.wait()
-        got = {
-            (await live.until(tile_is(d, status="offline"))).data["device_id"] for d in ("rower-1", "strap-1")
-        }
-        assert got == {"rower-1", "strap-1"}
+        await live.until_floor(
+            lambda f: (
+                is_(f, "strap-1", status="offline", in_use=False) and is_(f, "rower-1", status="offline")
+            )
+        )
         assert hub(app).floor.tile("bike-1").status == "online"  # type: ignore[union-attr]
         # the gateway is back: its devices are online again
         await dev.gateway("gw-7", ["rower-1", "strap-1"])
