@@ -7,7 +7,8 @@ A :class:`Floor` holds one record per device of the site and turns each message 
     A machine whose training status is active (anything but ``idle``, ``pre_workout``, ``post_workout``:
     :data:`analytics.sessions.INACTIVE_STATUSES`). A strap (whose "online" means reachable, not worn) and a
     device that has never reported a training status are in use while their telemetry keeps coming (within
-    ``silent_after_s``).
+    ``silent_after_s``). A state without a training status leaves the last one in force (as the analytics
+    read it).
 ``status``
     ``offline`` when the device's state or last will says so, when its gateway's status (or the gateway's
     last will) says the gateway is offline, or when nothing was ever heard of it; ``silent`` when a device
@@ -115,6 +116,8 @@ class _Device:
     training: str | None = None
     errors: tuple[str, ...] = ()
     gateway: str | None = None
+    state_t: datetime | None = None
+    """Device time of the state applied (an older one, e.g. a stale retained state, changes nothing)."""
     last_heard: datetime | None = None
     """When the hub last heard of the device (its clock; the database's device time before that)."""
     sample_t: datetime | None = None
@@ -200,6 +203,7 @@ class Floor:
                 d.said_online = k.online
                 d.training = k.training
                 d.errors = tuple(k.errors)
+                d.state_t = k.state_at
             heard = max((t for t in (k.state_at, k.last_seen) if t is not None), default=None)
             if d.last_heard is None:
                 d.last_heard = heard
@@ -214,8 +218,10 @@ class Floor:
         self._hr_max = dict(hr_max_bpm)
         return self._refresh(self._devices.values(), k_since=None)
 
-    def on_message(self, topic: str, payload: bytes, now: datetime) -> list[Tile]:
-        """One message from the broker; a message outside the contract changes nothing (logged)."""
+    def on_message(self, topic: str, payload: bytes, now: datetime, *, retained: bool = False) -> list[Tile]:
+        """One message from the broker, in the broker's order; a message outside the contract changes nothing
+        (logged). A ``retained`` state (the broker's copy, delivered when the hub subscribes) older than the
+        state the hub already has (from the database) is stale and changes nothing either."""
         try:
             parsed = parse_topic(topic)
             if parsed.site != self.site_id:
@@ -228,7 +234,12 @@ class Floor:
                 return self._refresh([d], k_since=now)
             if parsed.kind is TopicKind.STATE:
                 state = decode_state(payload, self.config.limits)
-                d.said_online, d.training, d.errors = state.online, state.training, tuple(state.errors)
+                if retained and d.state_t is not None and state.t < d.state_t:
+                    return []
+                d.said_online, d.errors = state.online, tuple(state.errors)
+                if state.training is not None:  # a state without a training status changes none
+                    d.training = state.training
+                d.state_t = state.t
                 d.last_heard = now
                 d.silent = False
                 return self._refresh([d], k_since=min(state.t, now))

@@ -245,8 +245,8 @@ class SiteHub:
         if started and (self._profiles_task is None or self._profiles_task.done()):
             self._profiles_task = asyncio.create_task(self._refresh_profiles())
 
-    def on_message(self, topic: str, payload: bytes) -> None:
-        self._publish(self.floor.on_message(topic, payload, self.clock()))
+    def on_message(self, topic: str, payload: bytes, *, retained: bool = False) -> None:
+        self._publish(self.floor.on_message(topic, payload, self.clock(), retained=retained))
 
     def tick(self) -> None:
         """Judge silence at the clock's time (the timer calls this every ``tick_s``)."""
@@ -317,7 +317,7 @@ class SiteHub:
                     async for message in client.messages:
                         payload = message.payload
                         if isinstance(payload, bytes | bytearray):
-                            self.on_message(message.topic.value, bytes(payload))
+                            self.on_message(message.topic.value, bytes(payload), retained=message.retain)
             except aiomqtt.MqttError as exc:
                 log.warning("live view of %s: broker %s: %s", self.site_id, target.url(), exc)
             self._set_broker("disconnected")

@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
@@ -165,7 +166,16 @@ async def test_the_dashboard_in_a_real_browser(
         clock.go()
         gym = asyncio.create_task(simulate_gym(mosquitto.target, SITE, live_plan, data_dir=tmp_path))
         try:
-            shot = await _browse(async_playwright, url, operator, tmp_path)
+            shot, shown = await _browse(async_playwright, url, operator, tmp_path)
+            # the vitality table: a row per week and group, a suppressed group's every figure shown as such
+            async with httpx.AsyncClient(
+                base_url=url, headers={"Authorization": f"Bearer {operator}"}
+            ) as http:
+                r = await http.get(f"/v1/sites/{SITE}/vitality", params={"breakdown": "age_band"})
+            assert r.status_code == 200, r.text
+            cells = r.json()["cells"]
+            assert cells
+            assert shown == [5 if c["suppressed"] else 0 for c in _page_order(cells)]
         finally:
             gym.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -176,7 +186,7 @@ async def test_the_dashboard_in_a_real_browser(
         shutil.copyfile(shot, REPO / wanted if not Path(wanted).is_absolute() else Path(wanted))
 
 
-async def _browse(async_playwright: Any, url: str, key: str, tmp_path: Path) -> Path:
+async def _browse(async_playwright: Any, url: str, key: str, tmp_path: Path) -> tuple[Path, list[int]]:
     errors: list[str] = []
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -202,9 +212,10 @@ async def _browse(async_playwright: Any, url: str, key: str, tmp_path: Path) -> 
             )
             await page.wait_for_selector("#broker[data-state=connected]", timeout=30_000)
             # the tiles change as the gym moves: power and states differ from what they were
+            # members on the machines (the live gym continues the morning's visits)
+            await _until(page, "() => document.querySelector('#floor .tile[data-state=in_use]') !== null")
             before = await _tiles(page)
             assert len(before) >= 6
-            assert any(t["state"] == "in_use" for t in before.values()), before
             await _until(
                 page,
                 """(before) => [...document.querySelectorAll('#floor .tile')].some(
@@ -235,6 +246,10 @@ async def _browse(async_playwright: Any, url: str, key: str, tmp_path: Path) -> 
             )
             health = await page.inner_text("#health")
             assert "bike-001" in health
+            vitality = await page.evaluate(
+                """() => [...document.querySelectorAll('#vitality tr')].slice(1).map(
+                    (tr) => tr.querySelectorAll('td.suppressed').length)"""
+            )
             shot = tmp_path / "dashboard.png"
             await page.screenshot(path=str(shot), full_page=True)
             # a tablet: one column, nothing wider than the screen
@@ -252,7 +267,13 @@ async def _browse(async_playwright: Any, url: str, key: str, tmp_path: Path) -> 
         finally:
             await browser.close()
     assert errors == [], errors
-    return shot
+    return shot, vitality
+
+
+def _page_order(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The page's order: newest week first, each week as the API lists it (all members, then the groups)."""
+    weeks = sorted({c["week"] for c in cells}, reverse=True)
+    return [c for w in weeks for c in cells if c["week"] == w]
 
 
 def _failed(request: Any, errors: list[str]) -> None:

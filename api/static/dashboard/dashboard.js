@@ -183,6 +183,7 @@
       state.todayStart = new Date(data.today_start);
       state.tiles.clear();
       $("floor").replaceChildren();
+      $("straps").replaceChildren();
       for (const tile of data.devices) drawTile(tile);
       setBroker(data.broker);
       summarise();
@@ -233,9 +234,11 @@
       el.innerHTML = '<div class="id"></div><div class="kind"></div><div class="state"></div>'
         + '<div class="values"></div><div class="zone" role="img"></div>';
       state.tiles.set(t.device_id, el);
-      const after = [...state.tiles.keys()].sort();
-      const next = after[after.indexOf(t.device_id) + 1];
-      $("floor").insertBefore(el, next ? state.tiles.get(next) : null);
+      // machines on the floor, straps (personal devices) in a compact strip below, each by id
+      const box = $(t.kind === "hr_strap" ? "straps" : "floor");
+      const ids = [...box.querySelectorAll(".tile")].map((x) => x.dataset.device);
+      const next = ids.filter((id) => id > t.device_id).sort()[0];
+      box.insertBefore(el, next ? box.querySelector(`[data-device="${CSS.escape(next)}"]`) : null);
     }
     el.tile = t;
     const s = tileState(t);
@@ -262,10 +265,14 @@
   }
 
   function summarise() {
-    const all = [...state.tiles.values()].map((el) => tileState(el.tile));
-    const n = (k) => all.filter((s) => s === k).length;
-    $("floor-summary").textContent =
-      `${n("in_use")} in use · ${n("free")} free · ${n("silent")} silent · ${n("offline")} offline`;
+    const count = (straps) => {
+      const all = [...state.tiles.values()].filter((el) => (el.tile.kind === "hr_strap") === straps)
+        .map((el) => tileState(el.tile));
+      const n = (k) => all.filter((s) => s === k).length;
+      return `${n("in_use")} in use · ${n("free")} free · ${n("silent")} silent · ${n("offline")} offline`;
+    };
+    $("floor-summary").textContent = `machines: ${count(false)}`;
+    $("straps-summary").textContent = count(true);
     const now = serverNow();
     if (now) $("clock").textContent = `${fmtTime(now)} (${state.tz})`;
   }
@@ -361,7 +368,10 @@
       height: 260,
       scales: { x: { time: false, range: [0, 24] }, y: { range: (u, lo, hi) => [0, Math.max(1, hi)] } },
       axes: [
-        { values: (u, ticks) => ticks.map((h) => `${String(Math.floor(h)).padStart(2, "0")}:00`) },
+        {
+          incrs: [1, 2, 3, 4, 6, 12],
+          values: (u, ticks) => ticks.map((h) => `${String(Math.floor(h)).padStart(2, "0")}:00`),
+        },
         { label: "machines" },
       ],
       series: [
@@ -376,7 +386,10 @@
   }
 
   async function health(site) {
-    const devices = await api("/v1/devices", { site, limit: 1000 });
+    const listed = await api("/v1/devices", { site, limit: 1000 });
+    // the machines first, then the straps
+    const devices = [...listed].sort((a, b) =>
+      (a.kind === "hr_strap") - (b.kind === "hr_strap") || a.device_id.localeCompare(b.device_id));
     const alerts = await fleetAlerts(site);
     const table = $("health");
     const head = ["device", "kind", "model", "firmware", "status", "last heard", "training"];
@@ -445,10 +458,13 @@
   }
 
   async function vitality(site) {
-    const data = await api(`/v1/sites/${encodeURIComponent(site)}/vitality`);
+    const data = await api(`/v1/sites/${encodeURIComponent(site)}/vitality`, { breakdown: "age_band" });
     const table = $("vitality");
-    const cells = data.cells.filter((c) => c.group === "all").reverse();
-    $("vit-note").textContent = `per week, members with a session; groups under ${data.k_anonymity} are suppressed`;
+    // newest week first; in a week, all members first, then the age bands
+    const weeks = [...new Set(data.cells.map((c) => c.week))].sort().reverse();
+    const cells = weeks.flatMap((w) => data.cells.filter((c) => c.week === w));
+    $("vit-note").textContent =
+      `per week and age band, members with a session; groups under ${data.k_anonymity} are suppressed`;
     if (!cells.length) {
       table.replaceChildren(headRow(["week"]));
       const tr = document.createElement("tr");
@@ -463,11 +479,13 @@
       ["median MVPA min", (c) => c.median_mvpa_min, 0],
       ["≥ 150 WHO min", (c) => (c.who_share === null ? null : c.who_share * 100), 0, "%"],
     ];
-    table.replaceChildren(headRow(["week of", ...cols.map((c) => c[0])]), ...cells.map((c) => {
+    table.replaceChildren(headRow(["week of", "group", ...cols.map((c) => c[0])]), ...cells.map((c) => {
       const tr = document.createElement("tr");
       const week = document.createElement("td");
-      week.textContent = c.week;
-      tr.append(week);
+      week.textContent = c.group === "all" ? c.week : "";
+      const group = document.createElement("td");
+      group.textContent = c.group === "all" ? "all members" : c.group;
+      tr.append(week, group);
       for (const [, get, digits, unit] of cols) {
         const td = document.createElement("td");
         if (c.suppressed) {
