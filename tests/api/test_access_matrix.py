@@ -42,13 +42,18 @@ SITE_READS = {
 DEVICE_READS = {"GET /v1/devices", "GET /v1/devices/{device_id}", "GET /v1/devices/{device_id}/quality"}
 CONTRACT = {"GET /v1/contract/schema", "GET /v1/contract/asyncapi"}
 """The wire contract's documents: any authenticated caller."""
+# --- issue 13: the live floor (the dashboard page and its files are public: they hold no data) ---
+LIVE = {"GET /v1/sites/{site_id}/live"}
+DASHBOARD = {"GET /", "GET /static/dashboard/{path}"}
+# --- end of issue 13 ---
 MAY: dict[Role, set[str]] = {
     # their sites: devices, device health, utilisation, occupancy, sessions without participant identity,
     # suppressed vitality aggregates, the live floor
     "operator": DEVICE_READS
     | CONTRACT
     | SITE_READS
-    | {"GET /v1/samples/latest", "GET /v1/sessions", "GET /v1/sessions/{session_id}"},
+    | {"GET /v1/samples/latest", "GET /v1/sessions", "GET /v1/sessions/{session_id}"}
+    | LIVE,
     # their sites' devices and those devices' dead letters
     "integrator": DEVICE_READS
     | CONTRACT
@@ -84,15 +89,30 @@ class Call:
     body: dict[str, Any] | None = None
     unknown: tuple[str, str] | None = None
     """(gym-b's id in this call, an unknown id of the same kind): the same call for a missing resource."""
+    stream: bool = False
+    """An endless answer (Server-Sent Events): its first event stands for the body."""
 
     async def send(self, http: httpx.AsyncClient, headers: dict[str, str] | None) -> httpx.Response:
-        return await http.request(self.method, self.path, params=self.params, json=self.body, headers=headers)
+        if not self.stream:
+            return await http.request(
+                self.method, self.path, params=self.params, json=self.body, headers=headers
+            )
+        async with http.stream(self.method, self.path, params=self.params, headers=headers) as r:
+            body = b""
+            if r.is_success:
+                async for chunk in r.aiter_bytes():
+                    body += chunk
+                    if b"\r\n\r\n" in body or b"\n\n" in body:
+                        break
+            else:
+                body = await r.aread()
+            return httpx.Response(r.status_code, headers=r.headers, content=body, request=r.request)
 
     def missing(self) -> Call:
         assert self.unknown is not None
         old, new = self.unknown
         swap = json.loads(json.dumps([self.path, self.params, self.body]).replace(old, new))
-        return Call(self.method, swap[0], swap[1], swap[2])
+        return Call(self.method, swap[0], swap[1], swap[2], stream=self.stream)
 
 
 @dataclass
@@ -226,6 +246,12 @@ def routes(session_a: int, session_b: int, key_id: str) -> dict[str, Route]:
             Call("GET", dev.format("bike-1") + "/dead-letters"),
             Call("GET", dev.format("bike-b") + "/dead-letters", unknown=("bike-b", "bike-z")),
         ),
+        # --- issue 13: the live floor ---
+        "GET /v1/sites/{site_id}/live": Route(
+            Call("GET", "/v1/sites/gym-a/live", stream=True),
+            Call("GET", "/v1/sites/gym-b/live", unknown=("gym-b", "gym-z"), stream=True),
+        ),
+        # --- end of issue 13 ---
     }
 
 
@@ -327,14 +353,18 @@ async def test_every_route_every_role_every_credential(database_url: str) -> Non
     app = app_at(database_url, NOW, auth_failures_max=1_000_000)
     app_routes = {f"{m} {t}" for m, t, _ in policy.endpoints(app.routes)}
     public = {n for n in app_routes if policy.rule_for(*n.split(" ", 1)) == policy.PUBLIC}
-    assert public == {
-        "GET /health",
-        "GET /openapi.json",
-        "GET /docs",
-        "GET /docs/oauth2-redirect",
-        "GET /redoc",
-        "GET /static/docs/{path}",
-    }
+    assert (
+        public
+        == {
+            "GET /health",
+            "GET /openapi.json",
+            "GET /docs",
+            "GET /docs/oauth2-redirect",
+            "GET /redoc",
+            "GET /static/docs/{path}",
+        }
+        | DASHBOARD
+    )
     assert app_routes - public == set(table), "a route this matrix does not know how to call (or a stale one)"
     for role, names in MAY.items():
         assert names <= set(table), role
