@@ -300,3 +300,28 @@ async def _tiles(page: Any) -> dict[str, dict[str, str]]:
         "{state: el.dataset.state, power: el.dataset.power, zone: el.dataset.zone}]))",
     )
     return found
+
+
+@pytest.mark.asyncio
+async def test_the_page_and_its_files_need_no_key_and_load_nothing_from_elsewhere(database_url: str) -> None:
+    from tests.api.support import app_at, serve
+
+    async with serve(app_at(database_url, LIVE), key=None) as http:
+        page = await http.get("/")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        csp = page.headers["content-security-policy"]
+        assert "default-src 'none'" in csp
+        assert "script-src 'self'" in csp
+        assert "connect-src 'self'" in csp
+        for src in ("/static/dashboard/dashboard.js", "/static/dashboard/vendor/uPlot.iife.min.js"):
+            assert f'src="{src}"' in page.text
+            r = await http.get(src)
+            assert r.status_code == 200, src
+            assert "javascript" in r.headers["content-type"]
+        assert (await http.get("/static/dashboard/dashboard.css")).status_code == 200
+        missing_file = await http.get("/static/dashboard/nothing.js")
+        assert missing_file.status_code == 404
+        # the data is not public: the page's first call needs the key it asks for
+        assert (await http.get("/v1/devices")).status_code == 401
+        assert (await http.get("/v1/sites/gym-a/live")).status_code == 401
