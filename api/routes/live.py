@@ -8,6 +8,7 @@ from typing import Final
 
 from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
 
 from api.deps import PoolDep, SettingsDep
@@ -48,10 +49,13 @@ class LiveResponse(EventSourceResponse):
         self._leave = (hubs, hub, client)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hubs, hub, client = self._leave
         try:
             await super().__call__(scope, receive, send)
+        except SendTimeoutError:
+            # a client that took nothing for send_timeout: dropped (the server closes its connection)
+            log.warning("live view of %s: a client that took no data was disconnected", hub.site_id)
         finally:
-            hubs, hub, client = self._leave
             hubs.leave(hub, client)
 
 

@@ -25,7 +25,7 @@ from tests.api.sse import Event, device_of, publisher, watch
 from tests.api.support import PinnedClock, assert_problem, bearer
 from tests.conftest import Mosquitto, free_port
 from tests.support.helpers import make_key, make_settings, wait_until
-from vitalab.wire import GatewayStatus, Sample, encode, gateway_status_topic
+from vitalab.wire import DeviceState, GatewayStatus, Sample, encode, gateway_status_topic
 
 pytestmark = pytest.mark.asyncio
 
@@ -466,3 +466,62 @@ async def _async(value: bool) -> bool:
 def _log_lines(mosquitto: Mosquitto, marker: str) -> list[str]:
     text = (mosquitto.workdir / "mosquitto.log").read_text(errors="replace")
     return [line for line in text.splitlines() if marker in line]
+
+
+async def test_a_client_whose_socket_takes_nothing_is_disconnected(
+    mosquitto: Mosquitto, database_url: str
+) -> None:
+    """Over HTTP: a client that reads nothing fills its socket, then its queue; the server drops it (queue
+    overflow, then the send timeout for the write that is stuck) and closes its connection, while a client
+    that reads gets every change."""
+    import socket
+
+    seed(database_url)
+    key = await make_key(database_url, "operator", Scope(frozenset({SITE}), frozenset()), name="stuck")
+    async with (
+        publisher(mosquitto.target, SITE) as dev,
+        stack(database_url, mosquitto, PinnedClock(NOW), live_client_queue=16, live_send_timeout_s=1.0) as (
+            app,
+            http,
+        ),
+        watch(http, SITE) as fast,
+    ):
+        await fast.next()
+        # a bare socket that nobody reads (no transport reading ahead into a buffer of its own)
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.setblocking(False)
+        loop = asyncio.get_running_loop()
+        port = int(str(http.base_url).rsplit(":", 1)[1].rstrip("/"))
+        await loop.sock_connect(raw, ("127.0.0.1", port))
+        request = (
+            f"GET /v1/sites/{SITE}/live HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\r\n"
+        )
+        await loop.sock_sendall(raw, request.encode())
+        await wait_until(lambda: _async(len(hub(app).clients) == 2), timeout_s=10, what="the second client")
+        # a machine reporting 32 long error codes: each tile event is ~2.5 kB (the socket buffers fill sooner)
+        errors = [f"E{i:02d}-" + "x" * 59 for i in range(32)]
+        state = DeviceState(v=1, device="bike-1", t=NOW, online=True, training="manual", errors=errors)
+        await dev.client.publish("vitalab/v1/gym-a/dev/bike-1/state", encode(state), qos=1, retain=True)
+        n = 4000
+        # the other client reads all along
+        last = asyncio.create_task(fast.until(tile_is("bike-1", power_w=float(n - 1)), timeout_s=60))
+        for i in range(n):
+            await dev.client.publish(
+                "vitalab/v1/gym-a/dev/bike-1/telemetry",
+                f'{{"v":1,"device":"bike-1","seq":{i},"samples":[{{"t":"2026-11-25T10:00:00Z",'
+                f'"power_w":{i % 4000}}}]}}'.encode(),
+                qos=0,
+            )
+        await wait_until(
+            lambda: _async(len(hub(app).clients) == 1), timeout_s=30, what="the stuck client dropped"
+        )
+        await last
+        # the server closed the stuck connection: reading it now reaches its end
+        received = 0
+        try:
+            while chunk := await asyncio.wait_for(loop.sock_recv(raw, 65536), 10):
+                received += len(chunk)
+        finally:
+            raw.close()
+        assert 0 < received < n * 2000, received  # the start of the stream, not all of it
