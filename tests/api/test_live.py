@@ -7,9 +7,11 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import aiomqtt
 import httpx
 import psycopg
 import pytest
@@ -21,10 +23,12 @@ from api.main import create_app
 from api.security import Scope
 from simulators.fleet import Fleet
 from simulators.publisher import FleetPublisher
-from tests.api.sse import Event, device_of, publisher, watch
+from tests.api.sse import Devices, Event, device_of, publisher, watch
 from tests.api.support import PinnedClock, assert_problem, bearer
 from tests.conftest import Mosquitto, free_port
 from tests.support.helpers import make_key, make_settings, wait_until
+from vitalab.broker import MosquittoAuth, NoReload, Role
+from vitalab.settings import MqttTarget
 from vitalab.wire import DeviceState, GatewayStatus, Sample, encode, gateway_status_topic
 
 pytestmark = pytest.mark.asyncio
@@ -80,13 +84,11 @@ async def serving(app: FastAPI) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def stack(
-    database_url: str, mosquitto: Mosquitto, clock: PinnedClock, **settings: Any
+    database_url: str, target: MqttTarget, clock: PinnedClock, **settings: Any
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    """The API following ``mosquitto``, with an operator of gym-a's key."""
+    """The API following the broker at ``target``, with an operator of gym-a's key."""
     base: dict[str, Any] = {"live_tick_s": 0.05, "live_silent_after_s": 30.0}
-    app = create_app(
-        make_settings(**(base | settings)), database_url, clock=clock, live_mqtt=mosquitto.target
-    )
+    app = create_app(make_settings(**(base | settings)), database_url, clock=clock, live_mqtt=target)
     key = await make_key(database_url, "operator", Scope(frozenset({SITE}), frozenset()), name="floor")
     async with serving(app) as url, httpx.AsyncClient(base_url=url, headers=bearer(key), timeout=30) as http:
         yield app, http
@@ -121,7 +123,10 @@ async def test_the_snapshot_and_each_change_are_what_the_devices_sent(
 ) -> None:
     seed(database_url)
     clock = PinnedClock(NOW)
-    async with publisher(mosquitto.target, SITE) as dev, stack(database_url, mosquitto, clock) as (_, http):
+    async with (
+        publisher(mosquitto.target, SITE) as dev,
+        stack(database_url, mosquitto.target, clock) as (_, http),
+    ):
         # retained before anyone watches: the hub gets them when it subscribes
         await dev.meta("bike-1", "bike")
         await dev.state("bike-1", NOW - timedelta(minutes=4), training="warm_up")
@@ -215,7 +220,7 @@ async def test_the_simulated_fleet_is_shown_as_it_moves(mosquitto: Mosquitto, da
     clock = PinnedClock(NOW)
     fleet = Fleet.build(SITE, 4, seed=3, mix=("bike", "rower", "treadmill", "hr_strap"))
     async with (
-        stack(database_url, mosquitto, clock) as (_, http),
+        stack(database_url, mosquitto.target, clock) as (_, http),
         publisher(mosquitto.target, SITE, "sim-gw") as dev,
         watch(http, SITE) as live,
     ):
@@ -257,7 +262,7 @@ async def test_silence_and_last_wills_make_devices_offline(mosquitto: Mosquitto,
     clock = PinnedClock(NOW)
     async with (
         publisher(mosquitto.target, SITE) as dev,
-        stack(database_url, mosquitto, clock, live_silent_after_s=30.0, live_open_hours="6-22") as (
+        stack(database_url, mosquitto.target, clock, live_silent_after_s=30.0, live_open_hours="6-22") as (
             app,
             http,
         ),
@@ -350,7 +355,7 @@ async def test_a_slow_client_is_dropped_and_the_others_keep_up(
     clock = PinnedClock(NOW)
     async with (
         publisher(mosquitto.target, SITE) as dev,
-        stack(database_url, mosquitto, clock, live_client_queue=8) as (app, http),
+        stack(database_url, mosquitto.target, clock, live_client_queue=8) as (app, http),
         watch(http, SITE) as fast,
     ):
         await fast.next()
@@ -376,7 +381,7 @@ async def test_last_event_id_resumes_or_starts_afresh(mosquitto: Mosquitto, data
     clock = PinnedClock(NOW)
     async with (
         publisher(mosquitto.target, SITE) as dev,
-        stack(database_url, mosquitto, clock, live_replay_events=6) as (app, http),
+        stack(database_url, mosquitto.target, clock, live_replay_events=6) as (app, http),
         watch(http, SITE) as keeper,
     ):
         # `keeper` keeps the site's hub alive while another client comes and goes
@@ -414,7 +419,7 @@ async def test_out_of_scope_and_unknown_sites_are_404_and_roles_are_checked(
     mosquitto: Mosquitto, database_url: str
 ) -> None:
     seed(database_url)
-    async with stack(database_url, mosquitto, PinnedClock(NOW)) as (app, http):
+    async with stack(database_url, mosquitto.target, PinnedClock(NOW)) as (app, http):
         out = await http.get("/v1/sites/gym-b/live")
         unknown = await http.get("/v1/sites/gym-z/live")
         assert_problem(out, 404, "path.site_id")
@@ -433,7 +438,10 @@ async def test_one_broker_subscription_per_site_whatever_the_number_of_clients(
     seed(database_url)
     clock = PinnedClock(NOW)
     admin = await make_key(database_url, "admin", name="admin")
-    async with stack(database_url, mosquitto, clock) as (app, http), contextlib.AsyncExitStack() as streams:
+    async with (
+        stack(database_url, mosquitto.target, clock) as (app, http),
+        contextlib.AsyncExitStack() as streams,
+    ):
         a = [await streams.enter_async_context(watch(http, SITE)) for _ in range(4)]
         b = [await streams.enter_async_context(watch(http, "gym-b", bearer(admin))) for _ in range(3)]
         for reader in (*a, *b):
@@ -480,7 +488,9 @@ async def test_a_client_whose_socket_takes_nothing_is_disconnected(
     key = await make_key(database_url, "operator", Scope(frozenset({SITE}), frozenset()), name="stuck")
     async with (
         publisher(mosquitto.target, SITE) as dev,
-        stack(database_url, mosquitto, PinnedClock(NOW), live_client_queue=16, live_send_timeout_s=1.0) as (
+        stack(
+            database_url, mosquitto.target, PinnedClock(NOW), live_client_queue=16, live_send_timeout_s=1.0
+        ) as (
             app,
             http,
         ),
@@ -534,7 +544,7 @@ async def test_a_check_in_after_the_start_changes_the_zone(mosquitto: Mosquitto,
     clock = PinnedClock(NOW)
     async with (
         publisher(mosquitto.target, SITE) as dev,
-        stack(database_url, mosquitto, clock, live_profile_refresh_s=0.2) as (_, http),
+        stack(database_url, mosquitto.target, clock, live_profile_refresh_s=0.2) as (_, http),
         watch(http, SITE) as live,
     ):
         await live.next()
@@ -555,7 +565,7 @@ async def test_a_check_in_after_the_start_changes_the_zone(mosquitto: Mosquitto,
 async def test_a_broker_restart_is_followed_and_announced(mosquitto: Mosquitto, database_url: str) -> None:
     seed(database_url)
     clock = PinnedClock(NOW)
-    async with stack(database_url, mosquitto, clock) as (app, http), watch(http, SITE) as live:
+    async with stack(database_url, mosquitto.target, clock) as (app, http), watch(http, SITE) as live:
         assert (await live.next()).data["broker"] == "connected"
         async with publisher(mosquitto.target, SITE) as dev:
             await dev.state("bike-1", NOW, training="manual")
@@ -579,7 +589,7 @@ async def test_each_change_arrives_within_a_second(mosquitto: Mosquitto, databas
     loop = asyncio.get_running_loop()
     async with (
         publisher(mosquitto.target, SITE) as dev,
-        stack(database_url, mosquitto, PinnedClock(NOW)) as (_, http),
+        stack(database_url, mosquitto.target, PinnedClock(NOW)) as (_, http),
         watch(http, SITE) as live,
     ):
         await live.next()
@@ -592,3 +602,33 @@ async def test_each_change_arrives_within_a_second(mosquitto: Mosquitto, databas
             await live.until(tile_is("bike-1", power_w=float(100 + i)))
             delays.append(loop.time() - sent)
         assert max(delays) < 1.0, delays
+
+
+async def test_the_hub_reads_with_the_read_only_live_view_account(database_url: str, tmp_path: Path) -> None:
+    """Against a Mosquitto that enforces vitalab's account store: the API logs in with the live-view account
+    (read-only, its sites) and follows what the site's simulator account publishes."""
+    from tests.broker.conftest import _start_mosquitto, _stop
+
+    seed(database_url)
+    auth = MosquittoAuth(tmp_path / "auth", NoReload())
+    viewer = auth.add_service(Role.LIVE_VIEW, "api", sites=[SITE])
+    sim = auth.add_service(Role.SIMULATOR, "sim", site=SITE)
+    auth.apply()
+    proc, port, _ = _start_mosquitto(tmp_path, auth)
+    try:
+        as_viewer = MqttTarget("127.0.0.1", port, username="api", password=viewer.password)
+        as_sim = MqttTarget("127.0.0.1", port, username="sim", password=sim.password)
+        async with (
+            stack(database_url, as_viewer, PinnedClock(NOW)) as (_, http),
+            watch(http, SITE) as live,
+            aiomqtt.Client(
+                "127.0.0.1", port, username="sim", password=as_sim.password, identifier="sim"
+            ) as c,
+        ):
+            assert (await live.next()).data["broker"] == "connected"
+            dev = Devices(c, SITE)
+            await dev.state("bike-1", NOW, training="manual")
+            await dev.telemetry("bike-1", Sample(t=NOW, power_w=123))
+            await live.until(tile_is("bike-1", power_w=123.0, in_use=True))
+    finally:
+        _stop(proc)
