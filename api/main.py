@@ -19,16 +19,21 @@ from api import errors, policy
 from api.deps import Clock
 from api.guard import AuditTrail, Guard, enforce
 from api.health import HealthCheck
+from api.live import hub_config  # issue 13
+from api.live.hub import LiveHubs  # issue 13
+from api.live.source import PoolSource  # issue 13
 from api.middleware import RejectNul
 from api.routes import (
     audit,
     check_ins,
     contract,
+    dashboard,  # issue 13: the operators' page
     dead_letters,
     devices,
     exports,
     health,
     keys,
+    live,  # issue 13: the live floor
     participants,
     registration,
     samples,
@@ -38,7 +43,7 @@ from api.routes import (
     studies,
 )
 from vitalab.broker import GenerationReload, MosquittoAuth
-from vitalab.settings import Settings
+from vitalab.settings import MqttTarget, Settings
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,7 @@ def create_app(
     clock: Clock = _system_clock,
     health_checks: Sequence[HealthCheck] = (),
     broker_auth: MosquittoAuth | None = None,
+    live_mqtt: MqttTarget | None = None,
 ) -> FastAPI:
     """The API over ``database_url``. ``clock`` is the one source of "now" of every handler (tests pin it);
     ``health_checks`` are reported by ``/health`` (see :mod:`api.health`).
@@ -86,9 +92,14 @@ def create_app(
 
     Every route but ``/health`` and the documentation needs a credential (:mod:`api.guard`,
     :mod:`api.policy`): there is no switch to turn that off. The composition root makes the first admin
-    key with :func:`api.keys.first_admin_key` (``vitalab up``) or ``vitalab keys create``."""
+    key with :func:`api.keys.first_admin_key` (``vitalab up``) or ``vitalab keys create``.
+
+    ``live_mqtt``: the broker the live floor follows (default: ``settings.mqtt_url``; none: the live floor is
+    the database's snapshot only)."""
 
     timeout = settings.api_db_timeout_s
+    live_config = hub_config(settings)  # a bad setting fails here, not at the first live client
+    live_target = live_mqtt or settings.mqtt_target()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -101,7 +112,14 @@ def create_app(
         async with main as pool, guard as security_pool:
             app.state.pool = pool
             app.state.security_pool = security_pool
-            yield
+            # the live floor's hubs: one per watched site, made for its first client (api/live/hub.py)
+            app.state.live = LiveHubs(
+                config=live_config, clock=clock, source=PoolSource(lambda: pool), target=live_target
+            )
+            try:
+                yield
+            finally:
+                await app.state.live.close()
 
     # Swagger UI and ReDoc from the files fastapi-offline ships: /docs and /redoc work without a network
     app = FastAPIOffline(
@@ -142,9 +160,11 @@ def create_app(
         # --- device registration (issue 11: devices on the broker) ---
         sites_admin,
         registration,
+        live,  # issue 13: the live floor
     )
     for module in routers:
         app.include_router(module.router)
+    dashboard.install(app)  # issue 13: the operators' page at / and /static/dashboard/
     unguarded = policy.missing(app.routes)
     if unguarded:  # default deny: they answer 403 to everyone (and tests/api/test_policy.py fails)
         log.warning("routes without an access policy entry (nobody may call them): %s", unguarded)

@@ -167,6 +167,16 @@ POLICY: Final[dict[tuple[str, str], Rule]] = {
     ("GET", "/v1/sites/{site_id}/utilisation"): allow("admin", "operator", refs=(path("site", "site_id"),)),
     ("GET", "/v1/sites/{site_id}/occupancy"): allow("admin", "operator", refs=(path("site", "site_id"),)),
     ("GET", "/v1/sites/{site_id}/vitality"): allow("admin", "operator", refs=(path("site", "site_id"),)),
+    # --- issue 13: the live floor and the operators' dashboard ---
+    # the live floor: heart-rate zones of whoever is on a device (no identity), so audited like latest samples
+    ("GET", "/v1/sites/{site_id}/live"): allow(
+        "admin", "operator", refs=(path("site", "site_id"),), personal=True
+    ),
+    # the page and its files hold no data: a browser cannot send a bearer header when it navigates; the page
+    # sends the key it is given with every request it makes (api/routes/dashboard.py)
+    ("GET", "/"): PUBLIC,
+    ("GET", "/static/dashboard/{path}"): PUBLIC,
+    # --- end of issue 13 ---
     # access management
     ("POST", "/v1/keys"): allow("admin"),
     ("GET", "/v1/keys"): allow("admin"),

@@ -83,6 +83,8 @@ async def database(settings: Settings) -> AsyncIterator[str]:
 
 
 INGEST_ACCOUNT = "ingest"
+LIVE_ACCOUNT = "live"
+"""The live floor's read-only broker account in `vitalab up`."""
 SIMULATED_GATEWAYS = ("sim-gw", "sim-gw-raw", "sim-gw-history", "sim-gw-history-raw", "sim-raw-gw")
 """The connections of the simulated gym (and fleet) of `vitalab up`: their logins of an earlier run that this
 run does not use are revoked."""
@@ -107,6 +109,15 @@ class Broker:
         issued = await asyncio.to_thread(auth.issue_service, Role.INGESTER, INGEST_ACCOUNT)
         client_id = f"vitalab-ingest-{secrets.token_hex(12)}"
         return settings.model_copy(update={"ingest_client_id": client_id}), self.login(issued)
+
+    async def live_view(self) -> MqttTarget:
+        """The live floor's login: a fresh password of the read-only ``live`` account on the in-process
+        broker (an external broker: the URL's own login)."""
+        auth = self.auth
+        if auth is None:
+            return self.target
+        issued = await asyncio.to_thread(auth.issue_service, Role.LIVE_VIEW, LIVE_ACCOUNT)
+        return self.login(issued)
 
     async def gateways(self, site: str, devices: Mapping[str, list[str]]) -> dict[str, MqttTarget]:
         """A login for each simulated gateway, publishing for exactly its ``devices`` (gateway id -> device
@@ -341,9 +352,13 @@ async def run_platform(settings: Settings, *, ready: asyncio.Event | None = None
         # /health: the analytics job is failing, or has not finished a run in ten of its intervals
         stale = None if every is None else timedelta(seconds=10 * every)
         # the API issues and revokes device logins in the in-process broker's store (an external broker's:
-        # VITALAB_BROKER_STATE_DIR, read by create_app)
+        # VITALAB_BROKER_STATE_DIR, read by create_app); the live floor follows the broker read-only
         app = create_app(
-            settings, db_url, health_checks=[analytics_job(stale_after=stale)], broker_auth=mqtt.auth
+            settings,
+            db_url,
+            health_checks=[analytics_job(stale_after=stale)],
+            broker_auth=mqtt.auth,
+            live_mqtt=await mqtt.live_view(),
         )
         server = _Api(
             uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")

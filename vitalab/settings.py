@@ -109,6 +109,41 @@ class Settings(BaseSettings):
         default=2.0, gt=0, le=60, description="a request waits this long for a database connection, then 503"
     )
 
+    # --- the live floor (GET /v1/sites/{site}/live; api/live/) -----------------------------------------
+    # The API follows the broker with the account of VITALAB_MQTT_URL (in the compose stack the read-only
+    # live-view account `api`); one connection per watched site, a clean session that keeps nothing.
+    live_silent_after_s: float = Field(
+        default=60.0, gt=0, description="a device in use that sends nothing this long is shown silent"
+    )
+    live_idle_silent_after_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="a free device that sends nothing this long is shown silent; unset: never (most "
+        "equipment speaks only while used)",
+    )
+    live_open_hours: str | None = Field(
+        default=None,
+        pattern=r"^\d{1,2}-\d{1,2}$",
+        description="local opening hours of the sites, e.g. 6-22 (22-6 spans midnight): silence counts only "
+        "then; unset: always open",
+    )
+    live_client_queue: int = Field(
+        default=256,
+        ge=1,
+        description="events waiting for one live client; a client further behind is dropped",
+    )
+    live_replay_events: int = Field(
+        default=2000, ge=1, description="recent events per site a client resuming with Last-Event-ID gets"
+    )
+    live_send_timeout_s: float = Field(
+        default=10.0, gt=0, description="a live client that takes no data for this long is dropped"
+    )
+    live_ping_s: float = Field(default=15.0, gt=0, description="keep-alive comment interval of the stream")
+    live_tick_s: float = Field(default=1.0, gt=0, description="how often silence is judged")
+    live_profile_refresh_s: float = Field(
+        default=30.0, gt=0, description="how often the check-ins behind the heart-rate zones are re-read"
+    )
+
     # --- access (api/security.py, api/policy.py) -----------------------------------------------------
     oidc_issuer: str | None = Field(
         default=None, description="accept bearer JWTs from this OpenID Connect issuer (single sign-on)"

@@ -60,6 +60,10 @@ REGISTRATION = {
 }
 """Registering devices and gateways and getting their broker logins: integrators of the site."""
 # --- end of sites and registration ---
+# --- issue 13: the live floor (the dashboard page and its files are public: they hold no data) ---
+LIVE = {"GET /v1/sites/{site_id}/live"}
+DASHBOARD = {"GET /", "GET /static/dashboard/{path}"}
+# --- end of issue 13 ---
 MAY: dict[Role, set[str]] = {
     # their sites: devices, device health, utilisation, occupancy, sessions without participant identity,
     # suppressed vitality aggregates, the live floor
@@ -68,7 +72,8 @@ MAY: dict[Role, set[str]] = {
     | SITE_READS
     | {"GET /v1/samples/latest", "GET /v1/sessions", "GET /v1/sessions/{session_id}"}
     | SITE_INFO
-    | REGISTRY_READS,
+    | REGISTRY_READS
+    | LIVE,
     # their sites' devices and those devices' dead letters
     "integrator": DEVICE_READS
     | CONTRACT
@@ -110,18 +115,31 @@ class Call:
     """(gym-b's id in this call, an unknown id of the same kind): the same call for a missing resource."""
     fresh: bool = False
     """``@n`` in the path or body becomes a new number at every send (a call that creates something)."""
+    stream: bool = False
+    """An endless answer (Server-Sent Events): its first event stands for the body."""
 
     async def send(self, http: httpx.AsyncClient, headers: dict[str, str] | None) -> httpx.Response:
         path, body = self.path, self.body
         if self.fresh:
             path, body = json.loads(json.dumps([path, body]).replace("@n", str(next(FRESH))))
-        return await http.request(self.method, path, params=self.params, json=body, headers=headers)
+        if not self.stream:
+            return await http.request(self.method, path, params=self.params, json=body, headers=headers)
+        async with http.stream(self.method, path, params=self.params, headers=headers) as r:
+            data = b""
+            if r.is_success:
+                async for chunk in r.aiter_bytes():
+                    data += chunk
+                    if b"\r\n\r\n" in data or b"\n\n" in data:
+                        break
+            else:
+                data = await r.aread()
+            return httpx.Response(r.status_code, headers=r.headers, content=data, request=r.request)
 
     def missing(self) -> Call:
         assert self.unknown is not None
         old, new = self.unknown
         swap = json.loads(json.dumps([self.path, self.params, self.body]).replace(old, new))
-        return Call(self.method, swap[0], swap[1], swap[2], fresh=self.fresh)
+        return Call(self.method, swap[0], swap[1], swap[2], fresh=self.fresh, stream=self.stream)
 
 
 FRESH = itertools.count()
@@ -259,6 +277,12 @@ def routes(session_a: int, session_b: int, key_id: str) -> dict[str, Route]:
             Call("GET", dev.format("bike-b") + "/dead-letters", unknown=("bike-b", "bike-z")),
         ),
         **registration_routes(),
+        # --- issue 13: the live floor ---
+        "GET /v1/sites/{site_id}/live": Route(
+            Call("GET", "/v1/sites/gym-a/live", stream=True),
+            Call("GET", "/v1/sites/gym-b/live", unknown=("gym-b", "gym-z"), stream=True),
+        ),
+        # --- end of issue 13 ---
     }
 
 
@@ -427,14 +451,18 @@ async def test_every_route_every_role_every_credential(database_url: str, tmp_pa
     app = app_at(database_url, NOW, auth_failures_max=1_000_000, broker_auth=store)
     app_routes = {f"{m} {t}" for m, t, _ in policy.endpoints(app.routes)}
     public = {n for n in app_routes if policy.rule_for(*n.split(" ", 1)) == policy.PUBLIC}
-    assert public == {
-        "GET /health",
-        "GET /openapi.json",
-        "GET /docs",
-        "GET /docs/oauth2-redirect",
-        "GET /redoc",
-        "GET /static/docs/{path}",
-    }
+    assert (
+        public
+        == {
+            "GET /health",
+            "GET /openapi.json",
+            "GET /docs",
+            "GET /docs/oauth2-redirect",
+            "GET /redoc",
+            "GET /static/docs/{path}",
+        }
+        | DASHBOARD
+    )
     assert app_routes - public == set(table), "a route this matrix does not know how to call (or a stale one)"
     for role, names in MAY.items():
         assert names <= set(table), role

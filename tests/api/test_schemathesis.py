@@ -69,7 +69,10 @@ def test_generated_calls_never_fail_the_server(
     operations = []
     for result in schema.get_all_operations():
         assert isinstance(result, Ok), result.err()
-        operations.append(result.ok())
+        # an endless answer (the live floor's event stream) cannot be called in-process to its end: its bad
+        # input is walked by tests/api/test_bad_input.py, its answers by tests/api/test_live.py
+        if not result.ok().definition.raw.get("x-vitalab-stream"):
+            operations.append(result.ok())
     assert len(operations) >= 19
     calls = 0
     statuses: Counter[int] = Counter()
