@@ -100,11 +100,11 @@ INSERT INTO device_events (device_id, t, kind, detail) VALUES (%s, %s, %s, %s::j
 ON CONFLICT DO NOTHING
 """
 _STATE_APPLY = """
-INSERT INTO devices AS d (device_id, site_id, online, training, errors, state_at)
-VALUES (%s, %s, %s, %s, %s, %s)
+INSERT INTO devices AS d (device_id, site_id, online, training, errors, battery_pct, state_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (device_id) DO UPDATE SET
     online = EXCLUDED.online, training = EXCLUDED.training, errors = EXCLUDED.errors,
-    state_at = EXCLUDED.state_at
+    battery_pct = EXCLUDED.battery_pct, state_at = EXCLUDED.state_at
 WHERE d.state_at IS NULL OR d.state_at < EXCLUDED.state_at
 """
 _UPSERT_GATEWAY = """
@@ -164,7 +164,8 @@ async def write_batch(conn: AsyncConnection, batch: Batch) -> WriteResult:
             kind = "state" if state.online else "offline"
             await cur.execute(_STATE_EVENT, (state.device, state.t, kind, detail))
             await cur.execute(
-                _STATE_APPLY, (state.device, site, state.online, state.training, state.errors, state.t)
+                _STATE_APPLY,
+                (state.device, site, state.online, state.training, state.errors, state.battery_pct, state.t),
             )
         for gw, (site, status, received) in sorted(batch.gateways.items()):
             await cur.execute(_UPSERT_GATEWAY, (gw, site, status.online, status.t or received))
