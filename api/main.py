@@ -26,6 +26,7 @@ from api.routes import (
     contract,
     dead_letters,
     devices,
+    fleet,
     health,
     keys,
     participants,
@@ -120,6 +121,7 @@ def create_app(
         contract,
         keys,
         audit,
+        fleet,  # fleet health and maintenance
     )
     for module in routers:
         app.include_router(module.router)

@@ -52,6 +52,11 @@ BODY_TIMES = {
     "/v1/check-ins/{device_id}/end": ["ended_at"],
     "/v1/contract/validate": [],  # its payload's times are judged, not refused (tests/api/test_contract.py)
     "/v1/keys": ["expires_at"],
+    # fleet health and maintenance
+    "/v1/devices/{device_id}/serviced": ["serviced_at"],
+    "/v1/service-thresholds": [],
+    "/v1/sites/{site_id}/opening-hours": [],
+    "/v1/sites/{site_id}/webhook": [],
 }
 FUTURE_TIMES = {"expires_at"}
 """Times that must lie ahead (not behind) of the server's clock."""
@@ -76,6 +81,13 @@ def bodies() -> dict[tuple[str, str], dict[str, Any]]:
             "payload": {"v": 1, "device": "bike-1", "seq": 0, "samples": [{"t": iso(NOW), "hr_bpm": 90}]},
         },
         ("post", "/v1/keys"): {"name": "walk", "owner": "tests", "role": "operator", "scope": ["site:gym-a"]},
+        # fleet health and maintenance
+        ("post", "/v1/devices/{device_id}/serviced"): {"serviced_at": iso(NOW - timedelta(hours=1))},
+        ("put", "/v1/service-thresholds"): {"kind": "treadmill", "km": 5000, "hours": 1000},
+        ("put", "/v1/sites/{site_id}/opening-hours"): {
+            "periods": [{"weekday": 1, "opens": "06:00", "closes": "22:00"}]
+        },
+        ("put", "/v1/sites/{site_id}/webhook"): {"url": "http://127.0.0.1:9/alerts"},
     }
 
 
