@@ -20,6 +20,7 @@ from api.deps import Clock
 from api.guard import AuditTrail, Guard, enforce
 from api.health import HealthCheck
 from api.middleware import RejectNul
+from api.report_cache import ReportCache
 from api.routes import (
     audit,
     check_ins,
@@ -108,6 +109,7 @@ def create_app(
     app.state.clock = clock
     app.state.health_checks = tuple(health_checks)
     app.state.guard = Guard(settings)
+    app.state.report_cache = ReportCache()  # reports served again while their inputs are unchanged
     errors.install(app)
     routers = (
         health,

@@ -246,3 +246,56 @@ async def test_paged_alerts_newest_first(database_url: str) -> None:
         assert_problem(
             await http.get("/v1/sites/gym-a/alerts", params={"cursor": "nonsense"}), 422, "query.cursor"
         )
+
+
+async def test_occupancy_is_served_again_until_its_sessions_change(database_url: str) -> None:
+    """The occupancy kept by the report cache equals a fresh computation, for every range with the same slot
+    edges, and is recomputed once a session changes (here: deleted, as an erasure does, without the job);
+    the vitality aggregates likewise once a member's daily series changes (k = 5: six members, then five)."""
+
+    pids: list[str] = []
+
+    def go() -> None:
+        d.setup_site(database_url, [(f"bike-{i}", "bike") for i in range(6)])
+        pids.extend(d.participant(database_url) for _ in range(6))
+        for i, pid in enumerate(pids):
+            start = T0 + i * 25 * M
+            d.check_in(database_url, f"bike-{i}", pid, start - M, start + 40 * M)
+            d.write(database_url, d.bike(f"bike-{i}", start, 1800))
+        run_once(database_url, now=T0 + 6 * H)
+
+    await asyncio.to_thread(go)
+    params = {"since": "2026-11-23T00:00:00Z", "until": "2026-11-24T00:00:00Z", "slot_min": "15"}
+    shifted = {"since": "2026-11-23T00:05:00Z", "until": "2026-11-23T23:50:00Z", "slot_min": "15"}
+    app = app_at(database_url, T0 + 6 * H)
+    async with serve(app) as http, serve(app_at(database_url, T0 + 6 * H)) as fresh:
+        first = await get(http, "/v1/sites/gym-a/occupancy", **params)
+        again = await get(http, "/v1/sites/gym-a/occupancy", **shifted)  # the same edges: served again
+        assert app.state.report_cache.hits == 1
+        assert (again["since"], again["until"]) == ("2026-11-23T00:05:00Z", "2026-11-23T23:50:00Z")
+        assert {**again, "since": first["since"], "until": first["until"]} == first
+        assert await get(fresh, "/v1/sites/gym-a/occupancy", **shifted) == again
+        monday = first["participants"][0]
+        assert max(v for v in monday if v is not None) == 2  # two members overlap in some slot
+
+        with psycopg.connect(database_url) as conn:
+            conn.execute("DELETE FROM sessions WHERE device_ids = ARRAY['bike-1']")
+        changed = await get(http, "/v1/sites/gym-a/occupancy", **params)
+        assert changed != first
+        assert app.state.report_cache.hits == 1  # recomputed
+        assert changed == await get(fresh, "/v1/sites/gym-a/occupancy", **params)
+
+        # vitality: the same, until a member is erased (their daily series goes with them)
+        week = {"since": "2026-11-23", "until": "2026-11-29", "k": "2"}
+        members = await get(http, "/v1/sites/gym-a/vitality", **week)
+        assert await get(http, "/v1/sites/gym-a/vitality", **week) == members
+        assert app.state.report_cache.hits == 2
+        [cell] = [c for c in members["cells"] if c["group"] == "all"]
+        assert cell["members"] == 6
+        with psycopg.connect(database_url) as conn:
+            conn.execute("DELETE FROM participants WHERE participant_id = %s", (pids[0],))
+        [cell] = [
+            c for c in (await get(http, "/v1/sites/gym-a/vitality", **week))["cells"] if c["group"] == "all"
+        ]
+        assert cell["members"] == 5
+        assert app.state.report_cache.hits == 2

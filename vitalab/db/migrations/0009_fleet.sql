@@ -114,8 +114,12 @@ CREATE INDEX alert_outbox_due_idx ON alert_outbox (next_attempt_at, id)
     WHERE delivered_at IS NULL AND failed_at IS NULL;
 
 -- Indexes of the operator endpoints (EXPLAINed on a 100-device, 90-day data set: bench/bench_operators.py).
--- sessions of a site by start, and of an algorithm version: GET /v1/sessions?site=, the reports' overlaps
+-- sessions of a site and algorithm version by start: GET /v1/sessions?site= pages along this index
 CREATE INDEX sessions_site_version_idx ON sessions (site_id, algorithm_version, started_at, session_id);
+-- ... and by end: the occupancy's sessions overlapping a recent range (`ended_at >= since`), and the
+-- fingerprint of those sessions (api/queries/report_inputs.py) read from the index alone
+CREATE INDEX sessions_site_version_end_idx ON sessions (site_id, algorithm_version, ended_at)
+    INCLUDE (started_at, session_id, computed_at);
 -- device_hourly of a site over a range: utilisation and occupancy read whole hour ranges of one site
 DROP INDEX device_hourly_site_idx;
 CREATE INDEX device_hourly_site_idx ON device_hourly (site_id, hour)
