@@ -26,7 +26,9 @@ A run, step by step (each step a function of its own):
    series (``participant_daily``, written from the first changed day on), and ``device_quality_daily``
    for the complete UTC days (before today) whose samples changed. When the UTC day changes, every
    participant's series is extended to today and yesterday's device quality is computed;
-4. record (:mod:`analytics.job_runs`): the rows set aside, the run's outcome and the job's state.
+4. fleet (:mod:`analytics.fleet`): the machines' odometers and running hours for the windows' hours, and
+   the alerts as of ``now`` (with their webhook deliveries queued in the outbox);
+5. record (:mod:`analytics.job_runs`): the rows set aside, the run's outcome and the job's state.
 
 One bad row never stops the job for everyone: every window, participant and device-day is computed in a
 savepoint, and one whose data cannot be processed (:data:`analytics.job_runs.DATA_ERRORS`) is rolled back
@@ -53,9 +55,10 @@ from datetime import UTC, date, datetime
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
+import httpx
 import psycopg
 
-from analytics import session_metrics, store
+from analytics import fleet, session_metrics, store
 from analytics.errors import AnalyticsJobError
 from analytics.job_daily import device_quality, participant_daily
 from analytics.job_plan import (
@@ -117,6 +120,8 @@ class JobConfig:
     """Longer windows are processed in chunks of this length (bounded memory on a full run)."""
     max_extend_s: float = 2 * 86_400.0
     """A window grows at most this far beyond its chunk to find a session's boundary."""
+    fleet: fleet.FleetConfig = field(default_factory=fleet.FleetConfig)
+    """Odometers, alerts and their webhooks (:mod:`analytics.fleet`)."""
 
     @property
     def windows(self) -> WindowConfig:
@@ -141,6 +146,11 @@ class RunReport:
     daily_rows: int = 0
     hourly_rows: int = 0
     quality_rows: int = 0
+    usage_rows: int = 0
+    counters: int = 0
+    alerts_opened: int = 0
+    alerts_closed: int = 0
+    webhooks_queued: int = 0
     set_aside: int = 0
     """rows this run could not process, recorded in ``analytics_rejects``"""
     seconds: float = 0.0
@@ -209,21 +219,51 @@ def _utc_now() -> datetime:
 
 
 async def run_periodically(
-    database_url: str, interval_s: float, *, clock: Callable[[], datetime] = _utc_now
+    database_url: str,
+    interval_s: float,
+    *,
+    clock: Callable[[], datetime] = _utc_now,
+    config: JobConfig = JobConfig(),
 ) -> None:
     """Run the job every ``interval_s`` seconds as of ``clock()`` until cancelled (``vitalab up``,
     ``vitalab ingest``). A run that finds another one in progress skips; a failed run is logged (and
     recorded in ``analytics_job_runs``) and the next one tries again, so the service carrying the trigger
-    never stops because of it."""
-    while True:
-        await asyncio.sleep(interval_s)
+    never stops because of it. After every run the alert webhooks due are posted in a task of their own
+    (:func:`analytics.fleet.deliver_due`): a slow receiver never holds up the next run."""
+    deliveries: asyncio.Task[fleet.DeliveryReport] | None = None
+    async with httpx.AsyncClient() as client:
         try:
-            report = await asyncio.to_thread(run_once, database_url, now=clock(), wait=False)
-        except Exception:  # a failed run must not stop the service that triggers it
-            logger.exception("analytics run failed; retrying in %.0f s", interval_s)
-            continue
-        if report.skipped:
-            logger.info("analytics run skipped: another run is in progress")
+            while True:
+                await asyncio.sleep(interval_s)
+                try:
+                    report = await asyncio.to_thread(
+                        run_once, database_url, now=clock(), wait=False, config=config
+                    )
+                except Exception:  # a failed run must not stop the service that triggers it
+                    logger.exception("analytics run failed; retrying in %.0f s", interval_s)
+                    report = None
+                if report is not None and report.skipped:
+                    logger.info("analytics run skipped: another run is in progress")
+                if deliveries is None or deliveries.done():
+                    deliveries = asyncio.create_task(
+                        fleet.deliver_due(database_url, client, now=clock(), cfg=config.fleet)
+                    )
+                    deliveries.add_done_callback(_delivered)
+        finally:
+            if deliveries is not None and not deliveries.done():
+                deliveries.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await deliveries
+
+
+def _delivered(task: asyncio.Task[fleet.DeliveryReport]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        logger.error("alert webhooks: delivery failed: %s", reason_of(exc))
+    elif task.result().delivered or task.result().failed:
+        logger.info("alert webhooks: %s", task.result())
 
 
 @contextlib.contextmanager
@@ -295,6 +335,11 @@ def _run(
     report.participants = len(participants)
     report.daily_rows = _run_daily(conn, participants, now, version, rejects)
     report.quality_rows = _run_quality(conn, sorted(quality_keys), site_of, rejects)
+    fleet_report, fleet_rejects = fleet.run_step(conn, windows, now, cfg.fleet)
+    rejects += fleet_rejects
+    report.usage_rows, report.counters = fleet_report.usage_rows, fleet_report.counters
+    report.alerts_opened, report.alerts_closed = fleet_report.alerts_opened, fleet_report.alerts_closed
+    report.webhooks_queued = fleet_report.webhooks_queued
 
     store.delete_notes(conn, work.notes)
     store.note_dirty(conn, open_notes, "open")

@@ -23,6 +23,7 @@ from api.live import hub_config  # issue 13
 from api.live.hub import LiveHubs  # issue 13
 from api.live.source import PoolSource  # issue 13
 from api.middleware import RejectNul
+from api.report_cache import ReportCache
 from api.routes import (
     audit,
     check_ins,
@@ -31,6 +32,7 @@ from api.routes import (
     dead_letters,
     devices,
     exports,
+    fleet,
     health,
     keys,
     live,  # issue 13: the live floor
@@ -142,6 +144,7 @@ def create_app(
         state_dir = settings.broker_state_dir
         broker_auth = MosquittoAuth(state_dir, GenerationReload(state_dir, wait_s=BROKER_RELOAD_WAIT_S))
     app.state.broker_auth = broker_auth
+    app.state.report_cache = ReportCache()  # reports served again while their inputs are unchanged
     errors.install(app)
     routers = (
         health,
@@ -161,6 +164,7 @@ def create_app(
         sites_admin,
         registration,
         live,  # issue 13: the live floor
+        fleet,  # fleet health and maintenance
     )
     for module in routers:
         app.include_router(module.router)

@@ -177,6 +177,19 @@ POLICY: Final[dict[tuple[str, str], Rule]] = {
     ("GET", "/"): PUBLIC,
     ("GET", "/static/dashboard/{path}"): PUBLIC,
     # --- end of issue 13 ---
+    # fleet health and maintenance (api/routes/fleet.py): operators read their sites' fleet and alerts and
+    # record services; the settings behind the alerts are the admin's (a webhook URL can reach any host)
+    ("GET", "/v1/sites/{site_id}/fleet"): allow("admin", "operator", refs=(path("site", "site_id"),)),
+    ("GET", "/v1/sites/{site_id}/alerts"): allow("admin", "operator", refs=(path("site", "site_id"),)),
+    ("POST", "/v1/devices/{device_id}/serviced"): allow(
+        "admin", "operator", refs=(path("device", "device_id"),)
+    ),
+    ("GET", "/v1/service-thresholds"): allow("admin", "operator"),
+    ("PUT", "/v1/service-thresholds"): allow("admin"),
+    ("GET", "/v1/sites/{site_id}/opening-hours"): allow("admin", "operator", refs=(path("site", "site_id"),)),
+    ("PUT", "/v1/sites/{site_id}/opening-hours"): allow("admin", refs=(path("site", "site_id"),)),
+    ("GET", "/v1/sites/{site_id}/webhook"): allow("admin", refs=(path("site", "site_id"),)),
+    ("PUT", "/v1/sites/{site_id}/webhook"): allow("admin", refs=(path("site", "site_id"),)),
     # access management
     ("POST", "/v1/keys"): allow("admin"),
     ("GET", "/v1/keys"): allow("admin"),

@@ -313,4 +313,8 @@ def _add_samples(
 
 
 def state_detail(state: DeviceState) -> bytes:
-    return msgspec.json.encode({"online": state.online, "training": state.training, "errors": state.errors})
+    """The ``device_events`` detail of a state: online, training, errors, and the battery when reported."""
+    detail: dict[str, object] = {"online": state.online, "training": state.training, "errors": state.errors}
+    if state.battery_pct is not None:
+        detail["battery_pct"] = state.battery_pct
+    return msgspec.json.encode(detail)

@@ -101,11 +101,11 @@ INSERT INTO device_events (device_id, t, kind, detail) VALUES (%s, %s, %s, %s::j
 ON CONFLICT DO NOTHING
 """
 _STATE_APPLY = """
-INSERT INTO devices AS d (device_id, site_id, online, training, errors, state_at)
-VALUES (%s, %s, %s, %s, %s, %s)
+INSERT INTO devices AS d (device_id, site_id, online, training, errors, battery_pct, state_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (device_id) DO UPDATE SET
     online = EXCLUDED.online, training = EXCLUDED.training, errors = EXCLUDED.errors,
-    state_at = EXCLUDED.state_at
+    battery_pct = EXCLUDED.battery_pct, state_at = EXCLUDED.state_at
 WHERE d.state_at IS NULL OR d.state_at < EXCLUDED.state_at
 """
 _DEVICE_SITES = "SELECT device_id, site_id FROM devices WHERE device_id = ANY(%s)"
@@ -168,7 +168,8 @@ async def write_batch(conn: AsyncConnection, batch: Batch) -> WriteResult:
             kind = "state" if state.online else "offline"
             await cur.execute(_STATE_EVENT, (state.device, state.t, kind, detail))
             await cur.execute(
-                _STATE_APPLY, (state.device, site, state.online, state.training, state.errors, state.t)
+                _STATE_APPLY,
+                (state.device, site, state.online, state.training, state.errors, state.battery_pct, state.t),
             )
         if batch.claims:
             # devices this batch met for the first time: bound to the site of their first message, unless

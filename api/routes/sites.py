@@ -9,11 +9,13 @@ from typing import Annotated, Final
 from fastapi import APIRouter, Query
 from psycopg import AsyncConnection
 
+from api import report_cache
 from api.deps import ConnDep, NowDep, SettingsDep
 from api.errors import invalid, not_found, responses
 from api.models import SiteOccupancy, SiteUtilisation, SiteVitality
 from api.params import QUERY_EARLIEST, Since, SinceDay, SiteId, Until, UntilDay, check_range
 from api.queries import sites
+from api.report_cache import ReportCacheDep
 from api.security import Caller, CallerDep
 from api.services import sites as reports
 
@@ -60,6 +62,7 @@ async def occupancy(
     conn: ConnDep,
     caller: CallerDep,
     now: NowDep,
+    cache: ReportCacheDep,
     site_id: SiteId,
     since: Since = None,
     until: Until = None,
@@ -74,7 +77,7 @@ async def occupancy(
     if until - since > timedelta(days=MAX_OCCUPANCY_DAYS):
         raise invalid("query.since", f"at most {MAX_OCCUPANCY_DAYS} days per request")
     tz_name = await _timezone(conn, site_id, caller)
-    return await reports.occupancy(conn, site_id, tz_name, since, until, slot_min)
+    return await report_cache.occupancy(conn, cache, site_id, tz_name, since, until, slot_min)
 
 
 @router.get("/{site_id}/vitality", response_model=SiteVitality)
@@ -83,6 +86,7 @@ async def vitality(
     caller: CallerDep,
     settings: SettingsDep,
     now: NowDep,
+    cache: ReportCacheDep,
     site_id: SiteId,
     since: SinceDay = None,
     until: UntilDay = None,
@@ -102,4 +106,4 @@ async def vitality(
         raise invalid("query.since", f"at most {MAX_VITALITY_DAYS} days per request")
     await _timezone(conn, site_id, caller)
     k_used = max(settings.analytics_k_anonymity, k or 0)
-    return await reports.vitality(conn, site_id, since, until, breakdown, k_used)
+    return await report_cache.vitality(conn, cache, site_id, since, until, breakdown, k_used)

@@ -64,6 +64,15 @@ REGISTRATION = {
 LIVE = {"GET /v1/sites/{site_id}/live"}
 DASHBOARD = {"GET /", "GET /static/dashboard/{path}"}
 # --- end of issue 13 ---
+FLEET_OPERATOR = {
+    "GET /v1/sites/{site_id}/fleet",
+    "GET /v1/sites/{site_id}/alerts",
+    "GET /v1/sites/{site_id}/opening-hours",
+    "POST /v1/devices/{device_id}/serviced",
+    "GET /v1/service-thresholds",
+}
+"""Fleet health and maintenance: operators read their sites' fleet, alerts and opening hours and record
+services; the settings behind the alerts (opening hours, thresholds, webhooks) are the admin's."""
 MAY: dict[Role, set[str]] = {
     # their sites: devices, device health, utilisation, occupancy, sessions without participant identity,
     # suppressed vitality aggregates, the live floor
@@ -73,7 +82,8 @@ MAY: dict[Role, set[str]] = {
     | {"GET /v1/samples/latest", "GET /v1/sessions", "GET /v1/sessions/{session_id}"}
     | SITE_INFO
     | REGISTRY_READS
-    | LIVE,
+    | LIVE
+    | FLEET_OPERATOR,
     # their sites' devices and those devices' dead letters
     "integrator": DEVICE_READS
     | CONTRACT
@@ -283,6 +293,7 @@ def routes(session_a: int, session_b: int, key_id: str) -> dict[str, Route]:
             Call("GET", "/v1/sites/gym-b/live", unknown=("gym-b", "gym-z"), stream=True),
         ),
         # --- end of issue 13 ---
+        **fleet_routes(),
     }
 
 
@@ -503,3 +514,33 @@ async def test_every_route_every_role_every_credential(database_url: str, tmp_pa
                         assert any(word in r.text for word in GYM_B), (name, r.text)
                     assert not leaks(role, r), (name, role, leaks(role, r))
     assert cells >= len(table) * (len(refused) + 5)
+
+
+def fleet_routes() -> dict[str, Route]:
+    """Fleet health and maintenance (api/routes/fleet.py)."""
+    site = "/v1/sites/{}/"
+    hours = {"periods": [{"weekday": 1, "opens": "06:00", "closes": "22:00"}]}
+    hook = {"url": "http://127.0.0.1:9/alerts"}
+    out = {
+        f"{method} /v1/sites/{{site_id}}/{name}": Route(
+            Call(method, site.format("gym-a") + name, body=body),
+            Call(method, site.format("gym-b") + name, body=body, unknown=("gym-b", "gym-z")),
+        )
+        for method, name, body in (
+            ("GET", "fleet", None),
+            ("GET", "alerts", None),
+            ("GET", "opening-hours", None),
+            ("PUT", "opening-hours", hours),
+            ("GET", "webhook", None),
+            ("PUT", "webhook", hook),
+        )
+    }
+    out["POST /v1/devices/{device_id}/serviced"] = Route(
+        Call("POST", "/v1/devices/bike-1/serviced", body={"note": "belt"}),
+        Call("POST", "/v1/devices/bike-b/serviced", body={"note": "belt"}, unknown=("bike-b", "bike-z")),
+    )
+    out["GET /v1/service-thresholds"] = Route(Call("GET", "/v1/service-thresholds"), None)
+    out["PUT /v1/service-thresholds"] = Route(
+        Call("PUT", "/v1/service-thresholds", body={"kind": "treadmill", "km": 5000, "hours": 1000}), None
+    )
+    return out

@@ -67,6 +67,11 @@ BODY_TIMES = {
     "/v1/sites/{site_id}/devices": [],
     "/v1/sites/{site_id}/gateways": [],
     "/v1/sites/{site_id}/gateways/{gateway_id}/devices": [],
+    # fleet health and maintenance
+    "/v1/devices/{device_id}/serviced": ["serviced_at"],
+    "/v1/service-thresholds": [],
+    "/v1/sites/{site_id}/opening-hours": [],
+    "/v1/sites/{site_id}/webhook": [],
 }
 FUTURE_TIMES = {"expires_at"}
 """Times that must lie ahead (not behind) of the server's clock."""
@@ -118,6 +123,13 @@ def bodies() -> dict[tuple[str, str], dict[str, Any]]:
         ("post", "/v1/sites/{site_id}/devices"): {"id": "bike-1", "kind": "bike"},
         ("post", "/v1/sites/{site_id}/gateways"): {"id": "gw-1"},
         ("post", "/v1/sites/{site_id}/gateways/{gateway_id}/devices"): {"devices": ["bike-1"]},
+        # fleet health and maintenance
+        ("post", "/v1/devices/{device_id}/serviced"): {"serviced_at": iso(NOW - timedelta(hours=1))},
+        ("put", "/v1/service-thresholds"): {"kind": "treadmill", "km": 5000, "hours": 1000},
+        ("put", "/v1/sites/{site_id}/opening-hours"): {
+            "periods": [{"weekday": 1, "opens": "06:00", "closes": "22:00"}]
+        },
+        ("put", "/v1/sites/{site_id}/webhook"): {"url": "http://127.0.0.1:9/alerts"},
     }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 
 VITALAB_SERVICES = {"migrate", "broker-init", "ingest-1", "ingest-2", "api", "simulator"}
-ONE_SHOT = {"migrate", "broker-init"}
+GRAFANA_SERVICES = {"grafana-init", "grafana"}
+ONE_SHOT = {"migrate", "broker-init", "grafana-init"}
 HEALTH_CONDITIONS = {"service_healthy", "service_completed_successfully"}
 
 
@@ -51,7 +52,7 @@ def _depends_on(service: dict[str, Any]) -> dict[str, Any]:
 
 def test_compose_spec_shape(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
     assert "version" not in compose, "the Compose spec has no `version:` key"
-    assert set(services) == {"timescaledb", "mosquitto"} | VITALAB_SERVICES
+    assert set(services) == {"timescaledb", "mosquitto"} | VITALAB_SERVICES | GRAFANA_SERVICES
     declared = set(compose.get("volumes") or {})
     for name, service in services.items():
         for volume in service.get("volumes", []):
@@ -240,3 +241,70 @@ def test_dockerignore_keeps_what_the_wheel_build_needs() -> None:
         assert needed not in patterns, needed
         assert f"/{needed}" not in patterns, needed
     assert not any(p in ("*", "**") for p in patterns)
+
+
+# --- Grafana (deploy/grafana; its dashboard's queries are run in test_grafana.py) ---------------------------
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, tuple[str, list[str]]]:
+    out = {}
+    for volume in service["volumes"]:
+        source, target, *mode = volume.split(":")
+        out[target] = (source, mode)
+    return out
+
+
+def test_grafana(services: dict[str, dict[str, Any]]) -> None:
+    grafana = services["grafana"]
+    assert re.fullmatch(r"grafana/grafana:\d+\.\d+\.\d+", grafana["image"]), "pin a Grafana release"
+    env = _env(grafana)
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    # the admin password comes from a file made at start-up, never from the repository
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in env
+    secret = PurePosixPath(env["GF_SECURITY_ADMIN_PASSWORD__FILE"])
+    mounts = _mounts(grafana)
+    secrets_source, secrets_mode = mounts[str(secret.parent)]
+    assert secrets_source == "grafana-secrets"
+    assert secrets_mode == ["ro"]
+    # provisioning and dashboards from the repository, read-only
+    for target, source in (
+        ("/etc/grafana/provisioning", "./deploy/grafana/provisioning"),
+        ("/etc/vitalab/grafana/dashboards", "./deploy/grafana/dashboards"),
+    ):
+        assert mounts[target] == (source, ["ro"])
+        assert (REPO / source).is_dir()
+    home = PurePosixPath(env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
+    assert str(home.parent) == "/etc/vitalab/grafana/dashboards"
+    assert (REPO / "deploy/grafana/dashboards" / home.name).is_file()
+    assert mounts["/var/lib/grafana"][0] == "grafana-data"
+    assert "/api/health" in grafana["healthcheck"]["test"][-1]
+    deps = _depends_on(grafana)
+    assert deps["grafana-init"]["condition"] == "service_completed_successfully"
+    assert deps["timescaledb"]["condition"] == "service_healthy"
+
+
+def test_grafana_init(services: dict[str, dict[str, Any]]) -> None:
+    init = services["grafana-init"]
+    # psql of the database's own image, after the migrations (which make the role vitalab_readonly)
+    assert init["image"] == services["timescaledb"]["image"]
+    assert _depends_on(init) == {"migrate": {"condition": "service_completed_successfully"}}
+    env = _env(init)
+    db = _env(services["timescaledb"])
+    assert (env["PGHOST"], env["PGUSER"], env["PGPASSWORD"], env["PGDATABASE"]) == (
+        "timescaledb",
+        db["POSTGRES_USER"],
+        db["POSTGRES_PASSWORD"],
+        db["POSTGRES_DB"],
+    )
+    assert env["GRAFANA_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:-}"  # from the environment, if at all
+    mounts = _mounts(init)
+    assert mounts[env["GRAFANA_SECRETS_DIR"]][0] == "grafana-secrets"
+    script = PurePosixPath(init["entrypoint"][-1])
+    assert mounts[str(script)] == ("./deploy/grafana/init.sh", ["ro"])
+    # the data source reads the database password from the file the init script writes
+    source = yaml.safe_load((REPO / "deploy/grafana/provisioning/datasources/vitalab.yml").read_text())
+    [ds] = source["datasources"]
+    assert ds["secureJsonData"]["password"] == "$__file{/run/vitalab/grafana/db.password}"
+    assert ds["url"] == "timescaledb:5432"
+    assert ds["jsonData"]["database"] == _env(services["timescaledb"])["POSTGRES_DB"]

@@ -51,6 +51,7 @@ RrMs = Annotated[float, _bounded(200, 3_000, "ms between beats")]
 ElapsedS = Annotated[float, _bounded(0, 604_800, "s since the start of the workout")]
 ResistanceLevel = Annotated[float, _bounded(-1_000, 10_000, "machine units")]
 Met = Annotated[float, _bounded(0, 30, "metabolic equivalents")]
+BatteryPct = Annotated[float, _bounded(0, 100, "% of the battery's charge left")]
 
 
 class Sample(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -129,7 +130,8 @@ TrainingStatus = Literal[
 
 
 class DeviceState(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
-    """``.../dev/{device}/state``, retained: online, training status, error codes."""
+    """``.../dev/{device}/state``, retained: online, training status, error codes, and the battery's charge
+    where the device reports it (BLE Battery Service, ANT+ common page 82)."""
 
     v: Literal[1]
     device: DeviceId
@@ -137,6 +139,7 @@ class DeviceState(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults
     online: bool
     training: TrainingStatus | None = None
     errors: Annotated[list[Text64], Meta(max_length=32)] = []
+    battery_pct: BatteryPct | None = None
 
 
 class GatewayStatus(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
