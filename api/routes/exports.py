@@ -1,8 +1,12 @@
-"""Exports of a study's consented data (researchers of the study): request (202 with a job), status and
-progress, and the files, downloaded with HTTP range requests. The rules are in :mod:`api.services.exports`;
-the jobs run in :class:`api.exports.jobs.Worker`, in a thread of this process when the setting
-``export_worker`` is on (and/or in ``vitalab export worker`` processes): a job outlives the process that
-queued it.
+"""Exports of a study's consented data (researchers of the study, admins): request (202 with a job), status
+and progress, and the files, downloaded with HTTP range requests. The rules are in
+:mod:`api.services.exports`; the jobs run in :class:`api.exports.jobs.Worker`, in a thread of this process
+when the setting ``export_worker`` is on (and/or in ``vitalab export worker`` processes): a job outlives the
+process that queued it.
+
+A study outside the caller's studies answers 404 as an unknown one does. Every request and every download is
+audited (:mod:`api.policy`: a write; downloads are ``personal``). A job keeps who asked: the caller's key id,
+or its single-sign-on subject.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from api.exports.jobs import Worker
 from api.pagination import CursorParam, PageLimit
 from api.queries import exports as q
 from api.research_models import ExportIn, ExportOut
-from api.routes.studies import CallerDep, StudyId, in_scope, who
+from api.routes.studies import StudyId, in_scope, who
+from api.security import CallerDep
 from api.services import exports as rules
 
 logger = logging.getLogger(__name__)
