@@ -34,6 +34,7 @@ from api.security import CallerDep
 from api.services import exports as rules
 
 logger = logging.getLogger(__name__)
+STOP_TIMEOUT_S = 10.0
 FILE_NAME = r"^[a-z_]+(\.[a-z0-9]+){1,3}$"
 FILE_MEDIA_TYPES = (
     "application/json",
@@ -64,9 +65,11 @@ async def _worker(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        # a job in progress stops at its next progress report and goes back to the queue
         stop.set()
-        # a job in progress keeps its lease until it expires; another worker then takes it over
-        await asyncio.to_thread(thread.join, 10.0)
+        await asyncio.to_thread(thread.join, STOP_TIMEOUT_S)
+        if thread.is_alive():  # stuck in one database call: its lease expires and another worker takes over
+            logger.warning("the export worker did not stop within %.0f s", STOP_TIMEOUT_S)
 
 
 router = APIRouter(prefix="/v1/studies", tags=["research"], responses=responses(404, 422), lifespan=_worker)

@@ -23,6 +23,7 @@ ROOT = (
     "vitalab.cli_keys",
     "vitalab.cli_conform",
     "vitalab.conform",
+    "vitalab.cli_export",
 )
 LIBRARIES = ("vitalab.broker",)
 """Shared libraries that are neither contract nor root: they import only the contract and themselves (the
