@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from api.exports import jobs
+from api.exports import engine, jobs
 from api.exports.engine import ExportParams
 from tests.api.support import app_at, serve
 from tests.exports.world import SNAPSHOT, T0
@@ -185,7 +185,7 @@ def test_a_stopped_worker_gives_its_job_back_at_once(world: str, tmp_path: Path)
     writing, resume = threading.Event(), threading.Event()
 
     class Hold:
-        def __init__(self, inner: jobs.engine.Progress) -> None:
+        def __init__(self, inner: engine.Progress) -> None:
             self.inner = inner
 
         def totals(self, rows: Mapping[str, int]) -> None:
