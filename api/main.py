@@ -26,6 +26,7 @@ from api.routes import (
     contract,
     dead_letters,
     devices,
+    erasure,
     exports,
     health,
     keys,
@@ -124,6 +125,7 @@ def create_app(
         audit,
         studies,
         exports,
+        erasure,
     )
     for module in routers:
         app.include_router(module.router)

@@ -209,6 +209,10 @@ POLICY: Final[dict[tuple[str, str], Rule]] = {
     ("GET", "/v1/studies/{study_id}/exports/{export_id}/files/{name}"): allow(
         "admin", "researcher", refs=(path("study", "study_id"),), personal=True
     ),
+    # erasure of a participant: everything attributable to them (admins)
+    ("POST", "/v1/participants/{participant_id}/erase"): allow(
+        "admin", refs=(path("participant", "participant_id"),)
+    ),
     # --- end of research ----------------------------------------------------------------------------------
 }
 

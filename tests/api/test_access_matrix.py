@@ -305,6 +305,11 @@ MEMBER = UUID("0b9e6d2a-4c1f-4a8e-9d3b-5e7f1a2c4d60")
 """A second participant of gym-a (enrolled in s1: consent changes)."""
 OTHER_2 = UUID("c4e2a7b9-1d3f-4b5a-8e6c-9f0a2b4d6e81")
 """A second participant of gym-b (enrolled in s2: consent changes)."""
+TO_ERASE = {
+    "gym-a": UUID("e1a5e000-0000-4000-8000-00000000000a"),
+    "gym-b": UUID("e1a5e000-0000-4000-8000-00000000000b"),
+}
+"""A participant at each site for the admin to erase."""
 STUDY_KEYS = {"s1": bytes(range(32)), "s2": bytes(range(32, 64))}
 EXPORT_IDS = {
     "s1": UUID("6d1f4c1e-0000-4000-8000-0000000000a1"),
@@ -329,7 +334,9 @@ def seed_research(url: str, export_dir: Path) -> None:
     """Studies s1 (gym-a) and s2 (gym-a, gym-b), recruiting, each with two enrolments and a succeeded export
     (its manifest in ``export_dir``); drafts to delete at each site."""
     with psycopg.connect(url) as conn:
-        for participant, site, ref in ((MEMBER, "gym-a", "m0002"), (OTHER_2, "gym-b", "b0002")):
+        people = [(MEMBER, "gym-a", "m0002"), (OTHER_2, "gym-b", "b0002")]
+        people += [(pid, site, f"erase-{site}") for site, pid in TO_ERASE.items()]
+        for participant, site, ref in people:
             conn.execute(
                 "INSERT INTO participants (participant_id, site_id, external_ref) VALUES (%s, %s, %s)",
                 (participant, site, ref),
@@ -442,6 +449,14 @@ def research_routes() -> dict[str, Route]:
         "GET /v1/studies/{study_id}/exports/{export_id}": study("/exports/{export_id}"),
         "GET /v1/studies/{study_id}/exports/{export_id}/files/{name}": study(
             "/exports/{export_id}/files/manifest.json"
+        ),
+        "POST /v1/participants/{participant_id}/erase": Route(
+            Call("POST", f"/v1/participants/{TO_ERASE['gym-a']}/erase"),
+            Call(
+                "POST",
+                f"/v1/participants/{TO_ERASE['gym-b']}/erase",
+                unknown=(str(TO_ERASE["gym-b"]), UNKNOWN_PARTICIPANT),
+            ),
         ),
     }
 

@@ -24,6 +24,7 @@ ROOT = (
     "vitalab.cli_conform",
     "vitalab.conform",
     "vitalab.cli_export",
+    "vitalab.cli_participants",
 )
 LIBRARIES = ("vitalab.broker",)
 """Shared libraries that are neither contract nor root: they import only the contract and themselves (the
