@@ -31,6 +31,7 @@ from api.routes import (
     dashboard,  # issue 13: the operators' page
     dead_letters,
     devices,
+    erasure,
     exports,
     fleet,
     health,
@@ -165,6 +166,7 @@ def create_app(
         registration,
         live,  # issue 13: the live floor
         fleet,  # fleet health and maintenance
+        erasure,
     )
     for module in routers:
         app.include_router(module.router)

@@ -6,16 +6,18 @@ is checked. Default deny: a route without an entry answers 403 to everyone (and 
 Roles
     ``admin``: everything, key management, the audit log. ``operator``: their sites' devices, device health,
     utilisation, occupancy, sessions without participant identity, suppressed vitality aggregates, the live
-    floor (newest samples). ``researcher``: their studies (the study routes come with the research API; no
-    current route is theirs: no raw device management, never internal participant ids or site references).
+    floor (newest samples). ``researcher``: their studies: the study, its enrolments and consent histories
+    under pseudonyms, its exports (no raw device management, never internal participant ids, site references
+    or check-ins).
     ``integrator``: their sites' devices and those devices' dead letters. ``kiosk``: one site: registering
-    participants (with the consent given at the desk) and check-ins.
+    participants, enrolling them in the studies at that site with the consent given at the desk, check-ins.
 
 Scope checks (:class:`Ref`)
     Every resource a request names (``refs``: in its path, query or JSON body) is checked against the
     caller's scope: a site directly, a device, participant or session through the site it belongs to, a study
-    directly. The check is made by the lookup that answers 404 for an unknown resource
-    (:mod:`api.routes.lookup`, the routes' fetches, :mod:`api.services.check_ins`), after the route's own
+    directly (for a kiosk, which has no studies: through the sites the study takes part at). The check is
+    made by the lookup that answers 404 for an unknown resource (:mod:`api.routes.lookup`, the routes'
+    fetches, :mod:`api.services.check_ins`, :mod:`api.services.studies`), after the route's own
     validation, so something out of scope answers 404 exactly as something unknown does, in every case: a
     caller learns nothing about what it may not see. Participants are in scope only for roles that see
     participant ids (admin, kiosk).
@@ -25,8 +27,8 @@ Scope checks (:class:`Ref`)
 
 Audit
     Every write (any method but GET/HEAD), every route marked ``personal`` (participant-level data: profiles,
-    check-ins, sessions, physiological series) and every refused authentication or authorisation is recorded
-    (:mod:`api.audit`).
+    check-ins, sessions, physiological series, enrolments, export downloads) and every refused authentication
+    or authorisation is recorded (:mod:`api.audit`).
 """
 
 from __future__ import annotations
@@ -230,6 +232,45 @@ POLICY: Final[dict[tuple[str, str], Rule]] = {
         "admin", "integrator", refs=(path("site", "site_id"),)
     ),
     # --- end of sites and registration ---
+    # --- research: studies, enrolment and consent, exports (issue 12) -----------------------------------
+    # studies: admins manage them; researchers see their own (the list is filtered to caller.studies)
+    ("POST", "/v1/studies"): allow("admin"),
+    ("GET", "/v1/studies"): allow("admin", "researcher", lists=True),
+    ("GET", "/v1/studies/{study_id}"): allow("admin", "researcher", refs=(path("study", "study_id"),)),
+    ("PATCH", "/v1/studies/{study_id}"): allow("admin", refs=(path("study", "study_id"),)),
+    ("DELETE", "/v1/studies/{study_id}"): allow("admin", refs=(path("study", "study_id"),)),
+    # enrolment and consent at the desk: the participant's site (a desk sees the studies at its site)
+    ("POST", "/v1/studies/{study_id}/enrolments"): allow(
+        "admin", "kiosk", refs=(path("study", "study_id"), body("participant", "participant_id"))
+    ),
+    ("POST", "/v1/studies/{study_id}/participants/{participant_id}/consents"): allow(
+        "admin", "kiosk", refs=(path("study", "study_id"), path("participant", "participant_id"))
+    ),
+    # enrolments and consent histories under pseudonyms: the study's researchers
+    ("GET", "/v1/studies/{study_id}/enrolments"): allow(
+        "admin", "researcher", refs=(path("study", "study_id"),), personal=True
+    ),
+    ("GET", "/v1/studies/{study_id}/enrolments/{pseudonym}/consents"): allow(
+        "admin", "researcher", refs=(path("study", "study_id"),), personal=True
+    ),
+    # exports: requests are writes (audited); every download is audited (personal)
+    ("POST", "/v1/studies/{study_id}/exports"): allow(
+        "admin", "researcher", refs=(path("study", "study_id"),)
+    ),
+    ("GET", "/v1/studies/{study_id}/exports"): allow(
+        "admin", "researcher", refs=(path("study", "study_id"),)
+    ),
+    ("GET", "/v1/studies/{study_id}/exports/{export_id}"): allow(
+        "admin", "researcher", refs=(path("study", "study_id"),)
+    ),
+    ("GET", "/v1/studies/{study_id}/exports/{export_id}/files/{name}"): allow(
+        "admin", "researcher", refs=(path("study", "study_id"),), personal=True
+    ),
+    # erasure of a participant: everything attributable to them (admins)
+    ("POST", "/v1/participants/{participant_id}/erase"): allow(
+        "admin", refs=(path("participant", "participant_id"),)
+    ),
+    # --- end of research ----------------------------------------------------------------------------------
 }
 
 

@@ -199,3 +199,28 @@ class ExportOut(BaseModel):
     error: str | None
     consent_snapshot: datetime | None
     files: list[ExportFile]
+
+
+class ErasedExport(BaseModel):
+    """An earlier export whose files hold data of the erased participant (under the study's pseudonym): the
+    files are not touched by the erasure; whoever holds them is to be told."""
+
+    export_id: UUID
+    study_id: str
+    requested_by: str
+    requested_at: datetime
+    status: str
+    finished_at: datetime | None
+
+
+class ErasureReport(BaseModel):
+    """What an erasure removed (rows per table), and the earlier exports that contained the participant."""
+
+    participant_id: UUID
+    erased_at: datetime
+    erased_by: str
+    rows: dict[str, int]
+    """Rows removed, per table."""
+    personal_devices: list[str]
+    """The participant's own devices (straps) whose data inside their assignment windows was removed."""
+    exports: list[ErasedExport]

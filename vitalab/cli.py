@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import typer
 
 import vitalab
-from vitalab import cli_conform, cli_keys, logs
+from vitalab import cli_conform, cli_export, cli_keys, cli_participants, logs
 from vitalab.errors import ConfigError
 from vitalab.settings import Settings, load_settings
 
@@ -32,6 +32,8 @@ app = typer.Typer(
 db_app = typer.Typer(no_args_is_help=True, help="The database: schema, URL, psql.")
 app.add_typer(db_app, name="db")
 app.add_typer(cli_keys.app, name="keys")
+app.add_typer(cli_export.app, name="export")
+app.add_typer(cli_participants.app, name="participants")
 cli_conform.register(app)
 
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]

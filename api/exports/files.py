@@ -1,8 +1,7 @@
-"""Files of an export: written once, hashed while written, fsynced on close, and a byte stream adapter.
+"""Files of an export: written once, hashed while written, fsynced on close.
 
 :class:`HashingFile` counts and hashes (SHA-256) every byte written to it, so a writer's checksum costs no
-second read; ``close()`` flushes and fsyncs. :class:`ChunkReader` turns an iterator of byte chunks (a
-``COPY ... TO STDOUT``) into a readable binary stream for readers such as pyarrow's CSV reader.
+second read; ``close()`` flushes and fsyncs.
 """
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,35 +78,6 @@ class HashingFile(io.RawIOBase):
     @property
     def sha256(self) -> str:
         return self._hash.hexdigest()
-
-
-class ChunkReader(io.RawIOBase):
-    """A readable stream over an iterator of byte chunks (read-only, not seekable)."""
-
-    def __init__(self, chunks: Iterator[Chunk]) -> None:
-        super().__init__()
-        self._chunks = chunks
-        self._buf = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Buffer) -> int:
-        """Fill ``buffer`` as far as the stream goes (COPY yields one row per chunk: short reads would make
-        readers parse tiny blocks)."""
-        out = memoryview(buffer).cast("B")
-        filled = 0
-        while filled < len(out):
-            if not self._buf:
-                nxt = next(self._chunks, None)
-                if nxt is None:
-                    break
-                self._buf = memoryview(nxt).cast("B")
-            n = min(len(out) - filled, len(self._buf))
-            out[filled : filled + n] = self._buf[:n]
-            self._buf = self._buf[n:]
-            filled += n
-        return filled
 
 
 def fsync_dir(path: Path) -> None:

@@ -53,6 +53,10 @@ class LeaseLost(Exception):
     """Another worker took the job over: this attempt must stop and leave nothing behind."""
 
 
+class Stopped(Exception):
+    """The worker is asked to stop (its process shuts down): the attempt is abandoned, the job given back."""
+
+
 @dataclass(frozen=True, slots=True)
 class Claimed:
     export_id: UUID
@@ -199,10 +203,33 @@ class _JobProgress:
         self._save()
 
 
+class _Stoppable:
+    """Progress that raises :class:`Stopped` at the next report once ``stop`` is set."""
+
+    def __init__(self, inner: engine.Progress, stop: threading.Event) -> None:
+        self.inner, self.stop = inner, stop
+
+    def _check(self) -> None:
+        if self.stop.is_set():
+            raise Stopped
+
+    def totals(self, rows: Mapping[str, int]) -> None:
+        self._check()
+        self.inner.totals(rows)
+
+    def step(self, dataset: str) -> None:
+        self._check()
+        self.inner.step(dataset)
+
+    def advance(self, rows: int) -> None:
+        self._check()
+        self.inner.advance(rows)
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     export_id: UUID
-    status: str  # succeeded, retry, failed, lost
+    status: str  # succeeded, retry, failed, lost, stopped
     error: str | None = None
     directory: Path | None = None
 
@@ -233,32 +260,52 @@ class Worker:
         self.count_rows = count_rows
         self.on_progress = on_progress
 
-    def run_one(self, export_id: UUID | None = None, *, target: Path | None = None) -> Outcome | None:
+    def run_one(
+        self,
+        export_id: UUID | None = None,
+        *,
+        target: Path | None = None,
+        stop: threading.Event | None = None,
+    ) -> Outcome | None:
         """Claim and run one job (``export_id`` only, when given); None when there was none to claim.
-        ``target``: write the files into this directory (new or empty) instead of under ``root``."""
+        ``target``: write the files into this directory (new or empty) instead of under ``root``. ``stop``:
+        once set, the attempt is abandoned at its next progress report and the job given back."""
         with psycopg.connect(self.database_url, autocommit=True) as ctl:
             job = claim(ctl, self.owner, self.clock(), self.lease_s, export_id)
             if job is None:
                 return None
-            return self._attempt(ctl, job, target)
+            return self._attempt(ctl, job, target, stop)
 
-    def run_pending(self) -> list[Outcome]:
-        """Run jobs until none is left to claim."""
+    def run_pending(self, stop: threading.Event | None = None) -> list[Outcome]:
+        """Run jobs until none is left to claim (or ``stop`` is set: the job in hand is given back)."""
         done = []
-        while (outcome := self.run_one()) is not None:
+        while stop is None or not stop.is_set():
+            outcome = self.run_one(stop=stop)
+            if outcome is None:
+                break
             done.append(outcome)
         return done
 
     def run_forever(self, stop: threading.Event, poll_s: float = 2.0) -> None:
-        """Run jobs until ``stop`` is set, looking for new ones every ``poll_s`` seconds."""
+        """Run jobs until ``stop`` is set, looking for new ones every ``poll_s`` seconds. Once ``stop`` is set
+        the job in hand stops at its next progress report (within one block of rows) and goes back to the
+        queue without counting the attempt: a worker stopped with its process leaves no lease to wait for."""
+        logger.info("export worker %s: started", self.owner)
         while not stop.is_set():
             try:
-                self.run_pending()
+                self.run_pending(stop)
             except psycopg.Error as exc:  # no database yet, or not migrated: look again later
                 logger.warning("export worker: cannot read the job queue (%s); retrying", exc)
             stop.wait(poll_s)
+        logger.info("export worker %s: stopped", self.owner)
 
-    def _attempt(self, ctl: psycopg.Connection, job: Claimed, target: Path | None = None) -> Outcome:
+    def _attempt(
+        self,
+        ctl: psycopg.Connection,
+        job: Claimed,
+        target: Path | None = None,
+        stop: threading.Event | None = None,
+    ) -> Outcome:
         if target is None:
             base = job_dir(self.root, job.export_id)
             base.mkdir(parents=True, exist_ok=True)
@@ -279,6 +326,8 @@ class Worker:
         progress: engine.Progress = _JobProgress(ctl, job, self.owner, self.clock, self.lease_s)
         if self.on_progress is not None:
             progress = self.on_progress(progress)
+        if stop is not None:
+            progress = _Stoppable(progress, stop)
         snapshot = self.clock()
         try:
             with psycopg.connect(self.database_url) as data:
@@ -290,6 +339,20 @@ class Worker:
             shutil.rmtree(tmp, ignore_errors=True)
             logger.warning("%s", exc)
             return Outcome(job.export_id, "lost", str(exc))
+        except Stopped:
+            shutil.rmtree(tmp, ignore_errors=True)
+            _held(
+                ctl,
+                job,
+                self.owner,
+                "status = 'queued', attempts = attempts - 1, lease_owner = NULL, lease_until = NULL, "
+                "started_at = NULL, rows_done = 0, rows_total = NULL, progress_step = NULL",
+                (),
+            )
+            logger.info(
+                "export %s: attempt %d stopped with its worker; queued again", job.export_id, job.attempts
+            )
+            return Outcome(job.export_id, "stopped")
         except engine.ExportError as exc:  # the request cannot be met: trying again would not help
             shutil.rmtree(tmp, ignore_errors=True)
             return self._failed(ctl, job, str(exc), final_attempt=True)

@@ -3,9 +3,12 @@
 * CSV: the bytes of ``COPY (query) TO STDOUT (FORMAT csv, HEADER)`` (PostgreSQL's RFC 4180 writer: header
   row, ``NULL`` as an empty field, a quoted ``""`` for an empty string), optionally gzip-compressed
   (deterministic: no name and mtime 0 in the gzip header).
-* Parquet: the same CSV stream parsed by pyarrow's streaming CSV reader into the dataset's typed Arrow schema
-  (UTC timestamps in microseconds, float32 for PostgreSQL ``real``, ...) and written one record batch per row
-  group with :class:`pyarrow.parquet.ParquetWriter` (zstd).
+* Parquet: the same CSV stream cut into blocks of whole lines (:data:`CSV_BLOCK_BYTES`), each parsed by
+  pyarrow's CSV reader into the dataset's typed Arrow schema (UTC timestamps in microseconds, float32 for
+  PostgreSQL ``real``, ...) and written as one row group with :class:`pyarrow.parquet.ParquetWriter` (zstd).
+  One block is held at a time: memory is flat in the row count. (pyarrow's streaming reader, ``open_csv``,
+  is not used: it reads up to 32 blocks ahead in a background thread, whatever ``use_threads`` says: 256 MB
+  of CSV at 8 MB blocks, held while the Parquet side is slower; bench/bench_export.py measured it.)
 * NDJSON (FHIR R4 Bundles, Open mHealth data points): one JSON document per line, produced by the format's
   module from rows read through a server-side cursor.
 
@@ -25,12 +28,14 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from api.exports.datasets import Column, Kind
-from api.exports.files import Chunk, ChunkReader, FileResult, HashingFile
+from api.exports.files import Chunk, FileResult, HashingFile
 
 OnRows = Callable[[int], None]
 GZIP_LEVEL: Final = 6
 CSV_BLOCK_BYTES: Final = 8 << 20
-"""Bytes of CSV pyarrow parses at once: one Parquet row group per block (~100k sample rows)."""
+"""Bytes of CSV parsed at once (whole lines): one Parquet row group per block (~100k sample rows)."""
+PARSE_BLOCK_BYTES: Final = 1 << 20
+"""pyarrow parses a block in pieces of this size, in parallel (its CPU thread pool)."""
 PARQUET_COMPRESSION: Final = "zstd"
 
 _ARROW: Final[dict[Kind, pa.DataType]] = {
@@ -112,19 +117,16 @@ def write_parquet(
     columns: Sequence[Column],
     on_rows: OnRows,
 ) -> FileResult:
-    """Parse COPY CSV output (with a header line) into ``columns``' Arrow types and write it as Parquet,
-    one row group per parsed block."""
+    """Parse COPY CSV output (with a header line) into ``columns``' Arrow types and write it as Parquet, one
+    row group per block of whole lines. ValueError if the header does not name ``columns``."""
     schema = arrow_schema(columns)
-    reader = pacsv.open_csv(
-        cast(IO[Any], ChunkReader(chunks)),
-        read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=True),
-        parse_options=pacsv.ParseOptions(newlines_in_values=False),
-        convert_options=pacsv.ConvertOptions(
-            column_types={f.name: f.type for f in schema},
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=False,
-            null_values=[""],
-        ),
+    read = pacsv.ReadOptions(column_names=schema.names, block_size=PARSE_BLOCK_BYTES, use_threads=True)
+    parse = pacsv.ParseOptions(newlines_in_values=False)
+    convert = pacsv.ConvertOptions(
+        column_types={f.name: f.type for f in schema},
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,
+        null_values=[""],
     )
     raw = HashingFile(path)
     rows = 0
@@ -132,14 +134,47 @@ def write_parquet(
         with pq.ParquetWriter(
             cast(IO[Any], raw), schema, compression=PARQUET_COMPRESSION, write_statistics=True
         ) as writer:
-            for batch in reader:
-                if batch.num_rows:
-                    writer.write_batch(batch)
-                    rows += batch.num_rows
-                    on_rows(batch.num_rows)
+            for block in _line_blocks(chunks, CSV_BLOCK_BYTES, schema.names):
+                table = pacsv.read_csv(
+                    cast(IO[Any], pa.BufferReader(block)),
+                    read_options=read,
+                    parse_options=parse,
+                    convert_options=convert,
+                )
+                if table.num_rows:
+                    writer.write_table(table, row_group_size=table.num_rows)
+                    rows += table.num_rows
+                    on_rows(table.num_rows)
     finally:
         raw.close()
     return FileResult(name, dataset, "application/vnd.apache.parquet", rows, raw.size, raw.sha256)
+
+
+def _line_blocks(chunks: Iterable[Chunk], size: int, header: Sequence[str]) -> Iterator[bytearray]:
+    """The stream after its header line, in blocks of whole lines of at least ``size`` bytes (the last one
+    shorter). Each block is a new buffer: a block handed out is never written to again."""
+    buf = bytearray()
+    seen_header = False
+    for chunk in chunks:
+        buf += chunk
+        if not seen_header:
+            end = buf.find(b"\n")
+            if end < 0:
+                continue
+            got = buf[:end].decode().split(",")
+            if got != list(header):
+                raise ValueError(f"CSV header {got} is not the dataset's columns {list(header)}")
+            del buf[: end + 1]
+            seen_header = True
+        if len(buf) >= size:
+            cut = buf.rfind(b"\n") + 1
+            if cut >= size:
+                block, buf = buf[:cut], buf[cut:]
+                yield block
+    if buf:
+        if not buf.endswith(b"\n"):
+            buf += b"\n"
+        yield buf
 
 
 def write_ndjson(

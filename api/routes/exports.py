@@ -1,8 +1,12 @@
-"""Exports of a study's consented data (researchers of the study): request (202 with a job), status and
-progress, and the files, downloaded with HTTP range requests. The rules are in :mod:`api.services.exports`;
-the jobs run in :class:`api.exports.jobs.Worker`, in a thread of this process when the setting
-``export_worker`` is on (and/or in ``vitalab export worker`` processes): a job outlives the process that
-queued it.
+"""Exports of a study's consented data (researchers of the study, admins): request (202 with a job), status
+and progress, and the files, downloaded with HTTP range requests. The rules are in
+:mod:`api.services.exports`; the jobs run in :class:`api.exports.jobs.Worker`, in a thread of this process
+when the setting ``export_worker`` is on (and/or in ``vitalab export worker`` processes): a job outlives the
+process that queued it.
+
+A study outside the caller's studies answers 404 as an unknown one does. Every request and every download is
+audited (:mod:`api.policy`: a write; downloads are ``personal``). A job keeps who asked: the caller's key id,
+or its single-sign-on subject.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ from api.exports.jobs import Worker
 from api.pagination import CursorParam, PageLimit
 from api.queries import exports as q
 from api.research_models import ExportIn, ExportOut
-from api.routes.studies import CallerDep, StudyId, in_scope, who
+from api.routes.studies import StudyId, in_scope, who
+from api.security import CallerDep
 from api.services import exports as rules
 
 logger = logging.getLogger(__name__)
+STOP_TIMEOUT_S = 10.0
 FILE_NAME = r"^[a-z_]+(\.[a-z0-9]+){1,3}$"
 FILE_MEDIA_TYPES = (
     "application/json",
@@ -59,9 +65,11 @@ async def _worker(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        # a job in progress stops at its next progress report and goes back to the queue
         stop.set()
-        # a job in progress keeps its lease until it expires; another worker then takes it over
-        await asyncio.to_thread(thread.join, 10.0)
+        await asyncio.to_thread(thread.join, STOP_TIMEOUT_S)
+        if thread.is_alive():  # stuck in one database call: its lease expires and another worker takes over
+            logger.warning("the export worker did not stop within %.0f s", STOP_TIMEOUT_S)
 
 
 router = APIRouter(prefix="/v1/studies", tags=["research"], responses=responses(404, 422), lifespan=_worker)

@@ -1,18 +1,18 @@
 """Studies (admin), enrolment and consent (a kiosk or front desk at the participant's site), enrolments under
 pseudonyms (researchers of the study). The rules are in :mod:`api.services.studies`.
 
-Who may call what is the access layer's policy table; until it is wired in, :func:`placeholder_caller`
-stands in for its ``CallerDep`` (every call is an administrator's). Handlers already answer 404 for a study
-outside the caller's studies and a participant outside the caller's sites.
+Who may call what is the policy table (:mod:`api.policy`); the guard hands the caller over
+(:data:`api.security.CallerDep`). The handlers check the resources against the caller's scope and answer 404
+for one out of it exactly as for an unknown one: a study outside the caller's studies (a kiosk: a study not
+taking part at its site), a participant outside the caller's sites.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Path, Request, Response, status
+from fastapi import APIRouter, Path, Request, Response, status
 
 from api import pagination
 from api.deps import ConnDep, NowDep, SettingsDep
@@ -30,6 +30,7 @@ from api.research_models import (
     StudyOut,
     StudyPatch,
 )
+from api.security import Caller, CallerDep
 from api.services import studies as rules
 from vitalab.wire.topics import ID_PATTERN
 
@@ -39,34 +40,9 @@ StudyId = Annotated[str, Path(pattern=ID_PATTERN, description="a study id")]
 PseudonymPath = Annotated[str, Path(pattern=PSEUDONYM_PATTERN, description="a pseudonym in this study")]
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Stand-in for ``api.security.Caller`` (the access layer) with the same fields."""
-
-    role: str
-    key_id: str | None
-    subject: str | None
-    sites: frozenset[str] | None
-    studies: frozenset[str] | None
-    address: str | None
-
-    def can_study(self, study_id: str) -> bool:
-        return self.studies is None or study_id in self.studies
-
-    def can_site(self, site_id: str) -> bool:
-        return self.sites is None or site_id in self.sites
-
-
-def placeholder_caller(request: Request) -> Caller:
-    """Every call is an administrator's until the coordinator swaps in ``api.security.CallerDep``."""
-    return Caller("admin", "local", None, None, None, request.client.host if request.client else None)
-
-
-CallerDep = Annotated[Caller, Depends(placeholder_caller)]
-
-
 def who(caller: Caller) -> str:
-    """What the records keep of who asked: the key id, else the token's subject."""
+    """What the records keep of who asked: the API key's id, else the single-sign-on token's subject (a
+    caller always has one of them)."""
     return caller.key_id or caller.subject or "unknown"
 
 
@@ -138,7 +114,6 @@ async def enrol(
 ) -> ConsentOut:
     """Enrol a participant of one of the study's sites with their first consent (the study must be
     recruiting). The same request again answers 200 with what is stored; 409 for a different one."""
-    in_scope(caller, study_id)
     record, created = await rules.enrol(
         conn, study_id, body, who(caller), now, settings.max_future_s, allowed_sites=caller.sites
     )
@@ -166,7 +141,6 @@ async def change_consent(
     """Record a consent change: a new consent (text version, scopes; the study must be recruiting) or a
     withdrawal (always possible). The history is append-only; a change cannot take effect before the newest
     record (409)."""
-    in_scope(caller, study_id)
     record, created = await rules.change_consent(
         conn,
         study_id,

@@ -8,7 +8,8 @@ Studies (admin):
   removed only while it is a draft (participants agreed to what it asked); sites may be added later;
 * a study is deleted only while it is a draft without enrolments or exports (409 otherwise).
 
-Enrolment and consent (a kiosk or front desk at the participant's site):
+Enrolment and consent (a kiosk or front desk at the participant's site; a desk sees the studies that take part
+at its site, as if no other existed):
 
 * enrolment needs a recruiting study, a participant registered at one of its sites, scopes the study asks
   for, and records the first consent; the same enrolment again (same version, scopes and time) answers with
@@ -58,9 +59,13 @@ async def _require_sites(conn: AsyncConnection, sites: list[str], field: str) ->
         raise invalid(field, f"unknown site(s): {', '.join(unknown)}")
 
 
-async def require_study(conn: AsyncConnection, study_id: str, *, lock: bool = False) -> StudyOut:
+async def require_study(
+    conn: AsyncConnection, study_id: str, *, lock: bool = False, at_sites: frozenset[str] | None = None
+) -> StudyOut:
+    """The study; 404 for an unknown one and, ``at_sites`` given (a desk's sites), for one that takes part
+    at none of them: the same answer."""
     found = await q.get_study(conn, study_id, lock=lock)
-    if found is None:
+    if found is None or (at_sites is not None and at_sites.isdisjoint(found.sites)):
         raise not_found("study", study_id, field="path.study_id")
     return found
 
@@ -140,10 +145,11 @@ async def enrol(
     allowed_sites: frozenset[str] | None = None,
 ) -> tuple[ConsentOut, bool]:
     """Enrol with a first consent; ``(record, created)``. ``allowed_sites``: the caller's sites (None:
-    all)."""
+    all): the study must take part at one of them and the participant be registered at one of them (404
+    otherwise, as for unknown ones)."""
     given = check_written(body.given_at or now, "body.given_at", now, max_future_s)
     async with conn.transaction():
-        study = await require_study(conn, study_id, lock=True)
+        study = await require_study(conn, study_id, lock=True, at_sites=allowed_sites)
         site = await _participant_site(conn, body.participant_id, allowed_sites, "body.participant_id")
         if site not in study.sites:
             raise invalid(
@@ -195,10 +201,11 @@ async def change_consent(
     *,
     allowed_sites: frozenset[str] | None = None,
 ) -> tuple[ConsentOut, bool]:
-    """Add a consent record (a new consent or a withdrawal); ``(record, created)``."""
+    """Add a consent record (a new consent or a withdrawal); ``(record, created)``. ``allowed_sites`` as for
+    :func:`enrol`."""
     at = check_written(body.at or now, "body.at", now, max_future_s)
     async with conn.transaction():
-        study = await require_study(conn, study_id)
+        study = await require_study(conn, study_id, at_sites=allowed_sites)
         await _participant_site(conn, participant_id, allowed_sites, "path.participant_id")
         if not await q.lock_enrolment(conn, study_id, participant_id):
             raise not_found("enrolment of participant", str(participant_id), field="path.participant_id")

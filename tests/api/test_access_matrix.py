@@ -22,9 +22,11 @@ from uuid import UUID
 import httpx
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from analytics.version import ALGORITHM_VERSION
 from api import keys, policy
+from api.exports.pseudonyms import pseudonym
 from api.security import Role, Scope
 from tests.api.seed import NOW, PARTICIPANT, T0, seed
 from tests.api.support import app_at, bearer, serve
@@ -101,9 +103,28 @@ MAY: dict[Role, set[str]] = {
         "GET /v1/check-ins",
     }
     | SITE_INFO,
-    # their studies only: no current route (no raw device management, no internal ids)
+    # their studies only (no raw device management, no internal ids): see the research block below
     "researcher": CONTRACT,
 }
+# --- research: studies, enrolment and consent, exports (issue 12) ------------------------------------------
+STUDY_READS = {"GET /v1/studies", "GET /v1/studies/{study_id}"}
+ENROLMENT_READS = {
+    "GET /v1/studies/{study_id}/enrolments",
+    "GET /v1/studies/{study_id}/enrolments/{pseudonym}/consents",
+}
+EXPORTS = {
+    "POST /v1/studies/{study_id}/exports",
+    "GET /v1/studies/{study_id}/exports",
+    "GET /v1/studies/{study_id}/exports/{export_id}",
+    "GET /v1/studies/{study_id}/exports/{export_id}/files/{name}",
+}
+DESK = {
+    "POST /v1/studies/{study_id}/enrolments",
+    "POST /v1/studies/{study_id}/participants/{participant_id}/consents",
+}
+MAY["researcher"] |= STUDY_READS | ENROLMENT_READS | EXPORTS  # their studies (s1), under pseudonyms
+MAY["kiosk"] |= DESK  # consent at the desk: the studies at their site, their site's participants
+# --- end of research ------------------------------------------------------------------------------------
 SCOPES: dict[Role, list[str]] = {
     "admin": ["*"],
     "operator": ["site:gym-a"],
@@ -294,6 +315,7 @@ def routes(session_a: int, session_b: int, key_id: str) -> dict[str, Route]:
         ),
         # --- end of issue 13 ---
         **fleet_routes(),
+        **research_routes(),
     }
 
 
@@ -406,6 +428,179 @@ def seed_gym_b(url: str) -> int:
     return int(row[0])
 
 
+# --- research: studies, enrolment and consent, exports (issue 12) ------------------------------------------
+# s1 (gym-a): the researcher key's study; s2 (gym-a and gym-b): outside it, and the kiosk (gym-a) sees it but
+# not gym-b's participants. Out of scope: s2 for researchers (answers as the unknown study s9), gym-b's
+# participants for the kiosk (as an unknown participant).
+MEMBER = UUID("0b9e6d2a-4c1f-4a8e-9d3b-5e7f1a2c4d60")
+"""A second participant of gym-a (enrolled in s1: consent changes)."""
+OTHER_2 = UUID("c4e2a7b9-1d3f-4b5a-8e6c-9f0a2b4d6e81")
+"""A second participant of gym-b (enrolled in s2: consent changes)."""
+TO_ERASE = {
+    "gym-a": UUID("e1a5e000-0000-4000-8000-00000000000a"),
+    "gym-b": UUID("e1a5e000-0000-4000-8000-00000000000b"),
+}
+"""A participant at each site for the admin to erase."""
+STUDY_KEYS = {"s1": bytes(range(32)), "s2": bytes(range(32, 64))}
+EXPORT_IDS = {
+    "s1": UUID("6d1f4c1e-0000-4000-8000-0000000000a1"),
+    "s2": UUID("6d1f4c1e-0000-4000-8000-0000000000b2"),
+}
+CONSENTED_AT = NOW - timedelta(days=1)
+OUT_STUDY = ("s2", "s9")
+"""(the study outside the researcher's scope, an unknown study id)."""
+
+
+def _enrolment(participant: UUID) -> dict[str, Any]:
+    """The enrolment the seed stored: sent again, it answers 200 with what is stored."""
+    return {
+        "participant_id": str(participant),
+        "consent_version": "v1",
+        "scopes": ["derived_metrics"],
+        "given_at": iso(CONSENTED_AT),
+    }
+
+
+def seed_research(url: str, export_dir: Path) -> None:
+    """Studies s1 (gym-a) and s2 (gym-a, gym-b), recruiting, each with two enrolments and a succeeded export
+    (its manifest in ``export_dir``); drafts to delete at each site."""
+    with psycopg.connect(url) as conn:
+        people = [(MEMBER, "gym-a", "m0002"), (OTHER_2, "gym-b", "b0002")]
+        people += [(pid, site, f"erase-{site}") for site, pid in TO_ERASE.items()]
+        for participant, site, ref in people:
+            conn.execute(
+                "INSERT INTO participants (participant_id, site_id, external_ref) VALUES (%s, %s, %s)",
+                (participant, site, ref),
+            )
+        studies = {
+            "s1": (["gym-a"], "recruiting", (PARTICIPANT, MEMBER)),
+            "s2": (["gym-a", "gym-b"], "recruiting", (OTHER, OTHER_2)),
+            "sa-draft": (["gym-a"], "draft", ()),
+            "sb-draft": (["gym-b"], "draft", ()),
+        }
+        for study, (sites, status, enrolled) in studies.items():
+            conn.execute(
+                "INSERT INTO studies (study_id, title, starts_on, scopes, status) "
+                "VALUES (%s, 'T', '2026-01-01', '{derived_metrics}', %s)",
+                (study, status),
+            )
+            for site in sites:
+                conn.execute("INSERT INTO study_sites VALUES (%s, %s)", (study, site))
+            conn.execute(
+                "INSERT INTO study_keys VALUES (%s, %s, %s)", (study, STUDY_KEYS.get(study, bytes(32)), NOW)
+            )
+            for participant in enrolled:
+                conn.execute(
+                    "INSERT INTO study_enrolments (study_id, participant_id, enrolled_at) "
+                    "VALUES (%s, %s, %s)",
+                    (study, participant, CONSENTED_AT),
+                )
+                conn.execute(
+                    "INSERT INTO study_consents (study_id, participant_id, consent_version, scopes, "
+                    "given_at, recorded_at, recorded_by) "
+                    "VALUES (%s, %s, 'v1', '{derived_metrics}', %s, %s, 'desk')",
+                    (study, participant, CONSENTED_AT, CONSENTED_AT),
+                )
+        for study, export_id in EXPORT_IDS.items():
+            directory = export_dir / str(export_id) / "attempt-1"
+            directory.mkdir(parents=True)
+            manifest = {"export_id": str(export_id), "study_id": study, "files": []}
+            (directory / "manifest.json").write_text(json.dumps(manifest))
+            conn.execute(
+                "INSERT INTO export_jobs (export_id, study_id, requested_by, requested_at, params, status, "
+                "directory, manifest) VALUES (%s, %s, 'tester', %s, %s, 'succeeded', %s, %s)",
+                (
+                    export_id,
+                    study,
+                    NOW,
+                    Jsonb({"datasets": ["sessions"], "format": "csv"}),
+                    f"{export_id}/attempt-1",
+                    Jsonb(manifest),
+                ),
+            )
+
+
+def research_routes() -> dict[str, Route]:
+    def study(path: str = "", method: str = "GET", body: dict[str, Any] | None = None) -> Route:
+        """The call on s1, and on s2 (out of the researcher's scope: as the unknown s9)."""
+        return Route(
+            Call(method, f"/v1/studies/s1{path.format(**_ids('s1'))}", body=body),
+            Call(method, f"/v1/studies/s2{path.format(**_ids('s2'))}", body=body, unknown=OUT_STUDY),
+        )
+
+    export = {"datasets": ["sessions"], "format": "csv"}
+    consent = {"action": "give", "consent_version": "v2", "scopes": ["derived_metrics"]}
+    return {
+        "POST /v1/studies": Route(
+            Call(
+                "POST",
+                "/v1/studies",
+                body={
+                    "study_id": "s-new",
+                    "title": "N",
+                    "starts_on": "2026-12-01",
+                    "sites": ["gym-a"],
+                    "scopes": ["derived_metrics"],
+                },
+            ),
+            None,
+        ),
+        "GET /v1/studies": Route(Call("GET", "/v1/studies"), None, Call("GET", "/v1/studies")),
+        "GET /v1/studies/{study_id}": study(),
+        "PATCH /v1/studies/{study_id}": study(method="PATCH", body={"title": "Renamed"}),
+        "DELETE /v1/studies/{study_id}": Route(
+            Call("DELETE", "/v1/studies/sa-draft"),
+            Call("DELETE", "/v1/studies/sb-draft", unknown=("sb-draft", "sz-draft")),
+        ),
+        # the desk: s2 takes part at gym-a, so the kiosk sees it, but not gym-b's participants
+        "POST /v1/studies/{study_id}/enrolments": Route(
+            Call("POST", "/v1/studies/s1/enrolments", body=_enrolment(PARTICIPANT)),
+            Call(
+                "POST",
+                "/v1/studies/s2/enrolments",
+                body=_enrolment(OTHER),
+                unknown=(str(OTHER), UNKNOWN_PARTICIPANT),
+            ),
+        ),
+        "POST /v1/studies/{study_id}/participants/{participant_id}/consents": Route(
+            Call("POST", f"/v1/studies/s1/participants/{MEMBER}/consents", body=consent),
+            Call(
+                "POST",
+                f"/v1/studies/s2/participants/{OTHER_2}/consents",
+                body=consent,
+                unknown=(str(OTHER_2), UNKNOWN_PARTICIPANT),
+            ),
+        ),
+        "GET /v1/studies/{study_id}/enrolments": study("/enrolments"),
+        "GET /v1/studies/{study_id}/enrolments/{pseudonym}/consents": study(
+            "/enrolments/{pseudonym}/consents"
+        ),
+        "POST /v1/studies/{study_id}/exports": study("/exports", method="POST", body=export),
+        "GET /v1/studies/{study_id}/exports": study("/exports"),
+        "GET /v1/studies/{study_id}/exports/{export_id}": study("/exports/{export_id}"),
+        "GET /v1/studies/{study_id}/exports/{export_id}/files/{name}": study(
+            "/exports/{export_id}/files/manifest.json"
+        ),
+        "POST /v1/participants/{participant_id}/erase": Route(
+            Call("POST", f"/v1/participants/{TO_ERASE['gym-a']}/erase"),
+            Call(
+                "POST",
+                f"/v1/participants/{TO_ERASE['gym-b']}/erase",
+                unknown=(str(TO_ERASE["gym-b"]), UNKNOWN_PARTICIPANT),
+            ),
+        ),
+    }
+
+
+def _ids(study: str) -> dict[str, str]:
+    """The path parameters naming the study's stored resources."""
+    participant = PARTICIPANT if study == "s1" else OTHER
+    return {"pseudonym": pseudonym(STUDY_KEYS[study], participant), "export_id": str(EXPORT_IDS[study])}
+
+
+# --- end of research ------------------------------------------------------------------------------------
+
+
 async def revoked_key(url: str) -> str:
     token = await make_key(url, "admin", name="revoked")
     async with await psycopg.AsyncConnection.connect(url) as conn:
@@ -439,6 +634,7 @@ async def test_every_route_every_role_every_credential(database_url: str, tmp_pa
     seeded = seed(database_url)
     session_b = seed_gym_b(database_url)
     seed_registrations(database_url)
+    seed_research(database_url, tmp_path)
     throwaway = await make_key(database_url, "operator", name="to revoke")
     table = routes(seeded.session_id, session_b, throwaway[3:19])
     role_keys = {
@@ -459,7 +655,14 @@ async def test_every_route_every_role_every_credential(database_url: str, tmp_pa
     }
     # device registration issues broker logins in an account store (of a broker that is not running)
     store = MosquittoAuth(tmp_path / "broker", NoReload())
-    app = app_at(database_url, NOW, auth_failures_max=1_000_000, broker_auth=store)
+    app = app_at(
+        database_url,
+        NOW,
+        auth_failures_max=1_000_000,
+        broker_auth=store,
+        export_worker=False,
+        export_dir=tmp_path,
+    )
     app_routes = {f"{m} {t}" for m, t, _ in policy.endpoints(app.routes)}
     public = {n for n in app_routes if policy.rule_for(*n.split(" ", 1)) == policy.PUBLIC}
     assert (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -12,8 +13,12 @@ import psycopg
 import pytest
 
 from api.exports.jobs import Worker
+from api.security import Scope
+from tests.api.seed import NOW
 from tests.api.support import PinnedClock, app_at, assert_problem, serve
+from tests.api.test_oidc import AUDIENCE, identity_provider, key_pair, token
 from tests.exports.world import KEY_A, SNAPSHOT, T0, P, pseudonym, seed
+from tests.support.helpers import make_key
 
 pytestmark = pytest.mark.asyncio
 
@@ -152,8 +157,10 @@ async def test_enrolment_and_an_append_only_consent_history(database_url: str) -
 
 async def test_export_through_the_api_with_range_downloads(database_url: str, tmp_path: Path) -> None:
     seed(database_url)
+    researcher = await make_key(database_url, "researcher", Scope.parse(["study:s-a", "study:s-b"]), name="r")
+    key_id = researcher[3:19]
     app = app_at(database_url, SNAPSHOT, export_worker=False, export_dir=tmp_path)
-    async with serve(app) as http:
+    async with serve(app, key=researcher) as http:
         bad = {"datasets": ["rr"], "format": "fhir-r4"}
         assert_problem(await http.post("/v1/studies/s-a/exports", json=bad), 422, "body.datasets")
         assert_problem(
@@ -179,7 +186,7 @@ async def test_export_through_the_api_with_range_downloads(database_url: str, tm
         job = asked.json()
         assert asked.headers["location"] == f"/v1/studies/s-a/exports/{job['export_id']}"
         assert job["status"] == "queued"
-        assert job["requested_by"] == "local"
+        assert job["requested_by"] == key_id
         assert job["files"] == []
         early = await http.get(f"/v1/studies/s-a/exports/{job['export_id']}/files/manifest.json")
         assert_problem(early, 409)
@@ -205,11 +212,105 @@ async def test_export_through_the_api_with_range_downloads(database_url: str, tm
         assert tail.content == whole.content[-10:]
         manifest = (await http.get(f"/v1/studies/s-a/exports/{job['export_id']}/files/manifest.json")).json()
         assert manifest["export_id"] == job["export_id"]
-        assert manifest["requested_by"] == "local"
+        assert manifest["requested_by"] == key_id
         assert manifest["parameters"]["datasets"] == ["sessions", "samples"]
         assert pseudonym(KEY_A, P["P1"]) in whole.text
         assert_problem(await http.get(f"/v1/studies/s-a/exports/{job['export_id']}/files/other.csv"), 404)
         listed = await http.get("/v1/studies/s-a/exports")
         assert [j["export_id"] for j in listed.json()] == [job["export_id"]]
         assert_problem(await http.get(f"/v1/studies/s-a/exports/{uuid.uuid4()}"), 404, "path.export_id")
+        # an export of another study is not found through this one
+        assert_problem(await http.get(f"/v1/studies/s-b/exports/{job['export_id']}"), 404, "path.export_id")
+        # a study outside the key's scope: as if it did not exist
+        outside = await http.get(f"/v1/studies/s-c/exports/{job['export_id']}")
+        unknown = await http.get(f"/v1/studies/s-z/exports/{job['export_id']}")
+        assert_problem(outside, 404, "path.study_id")
+        assert outside.json() == json.loads(unknown.text.replace("s-z", "s-c"))
     assert T0 < SNAPSHOT
+    # the request and every download are in the audit log, under the researcher's key
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT key_id, role, action, resource, outcome FROM audit_log WHERE action LIKE '%%/exports%%' "
+            "ORDER BY id"
+        ).fetchall()
+    files = "GET /v1/studies/{study_id}/exports/{export_id}/files/{name}"
+    base = f"/v1/studies/s-a/exports/{job['export_id']}/files/"
+    assert [r[2:] for r in rows if r[4] in ("202", "200", "206", "409") and r[1] == "researcher"] == [
+        ("POST /v1/studies/{study_id}/exports", "/v1/studies/s-a/exports", "202"),
+        (files, base + "manifest.json", "409"),
+        (files, base + "samples.csv", "200"),
+        (files, base + "samples.csv", "206"),
+        (files, base + "samples.csv", "206"),
+        (files, base + "manifest.json", "200"),
+    ]
+    assert {r[0] for r in rows} == {key_id}
+    # status reads are not participant-level: not audited
+    assert not [r for r in rows if r[2] == "GET /v1/studies/{study_id}/exports/{export_id}"]
+
+
+async def test_who_asked_is_the_key_id_or_the_token_subject(database_url: str, tmp_path: Path) -> None:
+    seed(database_url)
+    private, jwk = key_pair()
+    with identity_provider(jwk) as issuer:
+        app = app_at(
+            database_url,
+            NOW,
+            export_worker=False,
+            export_dir=tmp_path,
+            oidc_issuer=issuer,
+            oidc_audience=AUDIENCE,
+        )
+        signed_in = token(
+            private, issuer, sub="rita@uni.example", vitalab_role="researcher", vitalab_scope=["study:s-a"]
+        )
+        async with serve(app, key=signed_in) as http:
+            asked = await http.post(
+                "/v1/studies/s-a/exports", json={"datasets": ["sessions"], "format": "csv"}
+            )
+            assert asked.status_code == 202, asked.text
+            assert asked.json()["requested_by"] == "rita@uni.example"
+            assert_problem(
+                await http.post("/v1/studies/s-b/exports", json={"datasets": ["sessions"], "format": "csv"}),
+                404,
+                "path.study_id",
+            )
+    outcome = Worker(database_url, tmp_path, clock=lambda: SNAPSHOT).run_one()
+    assert outcome is not None
+    assert outcome.status == "succeeded"
+    with psycopg.connect(database_url) as conn:
+        manifest = conn.execute("SELECT manifest->>'requested_by' FROM export_jobs").fetchall()
+        audited = conn.execute(
+            "SELECT subject, role, outcome FROM audit_log "
+            "WHERE action = 'POST /v1/studies/{study_id}/exports' ORDER BY id"
+        ).fetchall()
+    assert manifest == [("rita@uni.example",)]
+    assert audited == [("rita@uni.example", "researcher", "202"), ("rita@uni.example", "researcher", "404")]
+
+
+async def test_a_desk_sees_the_studies_at_its_site_and_its_participants_only(database_url: str) -> None:
+    seed(database_url)
+    desk = await make_key(database_url, "kiosk", Scope.parse(["site:gym-a"]), name="desk")
+    async with serve(app_at(database_url, SNAPSHOT, export_worker=False), key=desk) as http:
+        enrol = {"participant_id": str(P["P4"]), "consent_version": "v1", "scopes": ["derived_metrics"]}
+        # s-b runs at gym-b only: the desk at gym-a is told what it would be told of an unknown study
+        outside = await http.post("/v1/studies/s-b/enrolments", json=enrol)
+        unknown = await http.post("/v1/studies/s-z/enrolments", json=enrol)
+        assert_problem(outside, 404, "path.study_id")
+        assert outside.json() == json.loads(unknown.text.replace("s-z", "s-b"))
+        withdraw = {"action": "withdraw"}
+        outside = await http.post(f"/v1/studies/s-b/participants/{P['P5']}/consents", json=withdraw)
+        assert_problem(outside, 404, "path.study_id")
+        # a participant of gym-b (P5), in a study at gym-a: as an unknown participant
+        stranger = {**enrol, "participant_id": str(P["P5"])}
+        nobody_id = str(uuid.UUID(int=7))
+        nobody = {**enrol, "participant_id": nobody_id}
+        outside = await http.post("/v1/studies/s-a/enrolments", json=stranger)
+        unknown = await http.post("/v1/studies/s-a/enrolments", json=nobody)
+        assert_problem(outside, 404, "body.participant_id")
+        assert outside.json() == json.loads(unknown.text.replace(nobody_id, str(P["P5"])))
+        # its own site's participant in a study at its site: enrolled, recorded by the desk's key
+        r = await http.post("/v1/studies/s-c/enrolments", json=enrol)
+        assert r.status_code == 201, r.text
+        assert r.json()["recorded_by"] == desk[3:19]
+        # but the desk reads nothing of the study
+        assert_problem(await http.get("/v1/studies/s-c/enrolments"), 403)

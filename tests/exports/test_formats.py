@@ -17,6 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.observation import Observation
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jsonschema import Draft7Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
@@ -125,6 +127,34 @@ def test_many_row_groups_stream_into_one_parquet_file(
     meta = pq.ParquetFile(out / "samples.parquet").metadata
     assert meta.num_row_groups > 5
     assert meta.num_rows == len(Model(world, "s-a").sample_rows())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(st.text(alphabet="abc,0123456789", max_size=30), max_size=60),
+    cuts=st.lists(st.integers(1, 40), min_size=1, max_size=20),
+    size=st.integers(1, 200),
+)
+def test_the_parquet_blocks_are_whole_lines_of_the_stream_after_its_header(
+    rows: list[str], cuts: list[int], size: int
+) -> None:
+    """However COPY cuts its stream, the blocks parsed into row groups hold whole lines, each at least the
+    block size but the last, and together exactly the stream after the header."""
+    from api.exports.writers import _line_blocks
+
+    body = "".join(f"{r}\n" for r in rows).encode()
+    stream = b"a,b\n" + body
+    chunks, at, i = [], 0, 0
+    while at < len(stream):  # the stream cut at arbitrary places (cycling through the cut lengths)
+        chunks.append(memoryview(stream[at : at + cuts[i % len(cuts)]]))
+        at += cuts[i % len(cuts)]
+        i += 1
+    blocks = [bytes(b) for b in _line_blocks(iter(chunks), size, ["a", "b"])]
+    assert b"".join(blocks) == body
+    assert all(b.endswith(b"\n") for b in blocks)
+    assert all(len(b) >= size for b in blocks[:-1])
+    with pytest.raises(ValueError, match="header"):
+        list(_line_blocks(iter([b"a,c\n", body]), size, ["a", "b"]))
 
 
 def test_same_parameters_on_unchanged_data_give_identical_files(world: str, run_export: Run) -> None:

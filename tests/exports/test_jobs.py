@@ -11,14 +11,18 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 
 import psycopg
+import pytest
 
-from api.exports import jobs
+from api.exports import engine, jobs
 from api.exports.engine import ExportParams
+from tests.api.support import app_at, serve
 from tests.exports.world import SNAPSHOT, T0
+from tests.support.helpers import wait_until
 
 LEASE_S = 60.0
 REPO = Path(__file__).resolve().parents[2]
@@ -172,3 +176,64 @@ def test_concurrent_workers_never_share_a_job(world: str, tmp_path: Path) -> Non
             "SELECT count(DISTINCT lease_owner) FROM export_jobs WHERE status = 'running'"
         ).fetchone()
     assert owners == (4,)
+
+
+def test_a_stopped_worker_gives_its_job_back_at_once(world: str, tmp_path: Path) -> None:
+    """Stopping a worker (its process shuts down) abandons the attempt at its next progress report: the job is
+    queued again without counting the attempt, no lease to wait for, nothing left on disk."""
+    export_id = queue(world)
+    writing, resume = threading.Event(), threading.Event()
+
+    class Hold:
+        def __init__(self, inner: engine.Progress) -> None:
+            self.inner = inner
+
+        def totals(self, rows: Mapping[str, int]) -> None:
+            self.inner.totals(rows)
+
+        def step(self, dataset: str) -> None:
+            self.inner.step(dataset)
+            if not writing.is_set():  # the first dataset: hold the attempt here until told
+                writing.set()
+                assert resume.wait(30)
+
+        def advance(self, rows: int) -> None:
+            self.inner.advance(rows)
+
+    worker = jobs.Worker(world, tmp_path, clock=lambda: SNAPSHOT, lease_s=LEASE_S, on_progress=Hold)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run_forever, args=(stop, 0.05))
+    thread.start()
+    try:
+        assert writing.wait(30)
+        assert job(world, export_id)[:2] == ("running", 1)
+        stop.set()
+    finally:
+        resume.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    status, attempts, _, directory = job(world, export_id)
+    assert (status, attempts, directory) == ("queued", 0, None)
+    assert list((tmp_path / str(export_id)).iterdir()) == []
+    # the next worker takes it at once (no lease to wait out) as a first attempt
+    outcome = jobs.Worker(world, tmp_path, clock=lambda: SNAPSHOT, lease_s=LEASE_S).run_one()
+    assert outcome is not None
+    assert outcome.status == "succeeded"
+    assert job(world, export_id)[1] == 1
+
+
+@pytest.mark.asyncio
+async def test_the_api_runs_the_worker_for_its_lifetime(world: str, tmp_path: Path) -> None:
+    """``export_worker`` on: the API process runs queued jobs in a thread that starts and stops with it."""
+    app = app_at(world, SNAPSHOT, export_worker=True, export_dir=tmp_path)
+    async with serve(app) as http:
+        assert [t.name for t in threading.enumerate()].count("export-worker") == 1
+        asked = await http.post("/v1/studies/s-a/exports", json={"datasets": ["sessions"], "format": "csv"})
+        assert asked.status_code == 202, asked.text
+
+        async def done() -> bool:
+            r = await http.get(asked.headers["location"])
+            return bool(r.json()["status"] == "succeeded")
+
+        await wait_until(done, timeout_s=60, what="the export to succeed in the API's worker")
+    assert "export-worker" not in [t.name for t in threading.enumerate()]

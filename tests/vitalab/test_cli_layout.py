@@ -23,6 +23,8 @@ ROOT = (
     "vitalab.cli_keys",
     "vitalab.cli_conform",
     "vitalab.conform",
+    "vitalab.cli_export",
+    "vitalab.cli_participants",
 )
 LIBRARIES = ("vitalab.broker",)
 """Shared libraries that are neither contract nor root: they import only the contract and themselves (the
