@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from tests.api.seed import NOW, PARTICIPANT, T0, seed
-from tests.api.seed_study import seed_study
+from tests.api.seed_study import ERASABLE, seed_study
 from tests.api.support import app_at, assert_problem, serve
 from tests.support.helpers import make_key
 
@@ -106,7 +106,10 @@ def bodies() -> dict[tuple[str, str], dict[str, Any]]:
     }
 
 
-OVERRIDES = {("delete", "/v1/studies/{study_id}"): {"study_id": "walk-draft"}}
+OVERRIDES = {
+    ("delete", "/v1/studies/{study_id}"): {"study_id": "walk-draft"},
+    ("post", "/v1/participants/{participant_id}/erase"): {"participant_id": str(ERASABLE)},
+}
 """Path parameters of operations that need another resource than ``known`` names."""
 
 
