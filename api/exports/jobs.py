@@ -16,6 +16,10 @@ A worker that dies (killed, machine lost) leaves its job ``running`` until the l
 takes it again (a new attempt, the old temporary directory removed) or, once ``max_attempts`` attempts have
 been made, marks it ``failed`` with the reason. An attempt that raises is retried the same way (``queued``
 again, with the error noted) until ``max_attempts``, then ``failed``.
+
+An attempt is given back (queued again, the attempt not counted) when its worker is stopped, and when a
+participant whose data it holds was erased while it ran: it is never published (the erasure's report could
+not have listed it); the next attempt's snapshot has nothing of them.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -226,6 +230,19 @@ class _Stoppable:
         self.inner.advance(rows)
 
 
+def _erased(conn: psycopg.Connection, participants: Sequence[UUID]) -> list[UUID]:
+    """Those of ``participants`` that no longer exist; the others are share-locked until the transaction
+    ends (an erasure of one of them waits)."""
+    if not participants:
+        return []
+    rows = conn.execute(
+        "SELECT participant_id FROM participants WHERE participant_id = ANY (%s) FOR SHARE",
+        (list(participants),),
+    ).fetchall()
+    present = {r[0] for r in rows}
+    return [p for p in participants if p not in present]
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     export_id: UUID
@@ -341,14 +358,7 @@ class Worker:
             return Outcome(job.export_id, "lost", str(exc))
         except Stopped:
             shutil.rmtree(tmp, ignore_errors=True)
-            _held(
-                ctl,
-                job,
-                self.owner,
-                "status = 'queued', attempts = attempts - 1, lease_owner = NULL, lease_until = NULL, "
-                "started_at = NULL, rows_done = 0, rows_total = NULL, progress_step = NULL",
-                (),
-            )
+            self._give_back(ctl, job, None)
             logger.info(
                 "export %s: attempt %d stopped with its worker; queued again", job.export_id, job.attempts
             )
@@ -360,7 +370,10 @@ class Worker:
             shutil.rmtree(tmp, ignore_errors=True)
             return self._failed(ctl, job, f"{type(exc).__name__}: {exc}")
         with ctl.transaction():
-            done = _held(
+            # a participant erased while the export ran must not be published (the next attempt's snapshot
+            # has nothing of them); the share lock makes an erasure yet to come wait and then list this export
+            erased = _erased(ctl, result.participants)
+            done = not erased and _held(
                 ctl,
                 job,
                 self.owner,
@@ -380,6 +393,12 @@ class Worker:
                         "INSERT INTO export_contents (export_id, participant_id) VALUES (%s, %s)",
                         [(job.export_id, p) for p in result.participants],
                     )
+        if erased:
+            shutil.rmtree(final, ignore_errors=True)
+            why = f"{len(erased)} participant(s) of it were erased while it ran; running it again"
+            self._give_back(ctl, job, why)
+            logger.info("export %s: %s", job.export_id, why)
+            return Outcome(job.export_id, "retry", why)
         if not done:
             shutil.rmtree(final, ignore_errors=True)
             return Outcome(job.export_id, "lost", "the lease was taken over before the job was marked done")
@@ -389,6 +408,17 @@ class Worker:
                     shutil.rmtree(other, ignore_errors=True)
         logger.info("export %s succeeded (attempt %d)", job.export_id, job.attempts)
         return Outcome(job.export_id, "succeeded", None, final)
+
+    def _give_back(self, ctl: psycopg.Connection, job: Claimed, note: str | None) -> None:
+        """The job queued again without counting this attempt (it did not fail: it was interrupted)."""
+        _held(
+            ctl,
+            job,
+            self.owner,
+            "status = 'queued', attempts = attempts - 1, lease_owner = NULL, lease_until = NULL, "
+            "started_at = NULL, rows_done = 0, rows_total = NULL, progress_step = NULL, error = %s",
+            (note,),
+        )
 
     def _failed(
         self, ctl: psycopg.Connection, job: Claimed, error: str, *, final_attempt: bool = False

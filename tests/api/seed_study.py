@@ -1,5 +1,5 @@
 """A recruiting study with one enrolment and one finished export on top of tests/api/seed.py (for the walks of
-every operation): returns the path parameters that name them."""
+every operation), and a participant to erase: returns the path parameters that name the study's."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from tests.api.seed import NOW, PARTICIPANT
 
 KEY = bytes(range(32))
 EXPORT = uuid.UUID("6d1f4c1e-0000-4000-8000-000000000001")
+ERASABLE = uuid.UUID("e1a5e000-0000-4000-8000-000000000001")
+"""A participant of gym-a for the walks to erase (``POST /v1/participants/{participant_id}/erase``)."""
 
 
 def seed_study(url: str, root: Path) -> dict[str, str]:
@@ -23,6 +25,11 @@ def seed_study(url: str, root: Path) -> dict[str, str]:
     directory.mkdir(parents=True)
     (directory / "manifest.json").write_text(json.dumps({"export_id": str(EXPORT), "files": []}))
     with psycopg.connect(url) as conn:
+        conn.execute(
+            "INSERT INTO participants (participant_id, site_id, external_ref) "
+            "VALUES (%s, 'gym-a', 'erase-me')",
+            (ERASABLE,),
+        )
         conn.execute(
             "INSERT INTO studies (study_id, title, starts_on, scopes, status) "
             "VALUES ('st-1', 'T', '2026-01-01', '{derived_metrics,raw_samples}', 'recruiting')"

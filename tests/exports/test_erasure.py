@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,12 @@ from psycopg import sql
 from typer.testing import CliRunner
 
 from analytics.jobs import run_once
+from api.exports import engine, jobs
+from api.exports.engine import ExportParams
 from api.exports.jobs import Worker
-from api.security import Scope
+from api.research_models import ErasureReport
+from api.security import Caller, Scope
+from api.services import erasure
 from tests.api.support import app_at, assert_problem, serve
 from tests.exports.world import KEY_A, SNAPSHOT, T0, P, minutes, pseudonym
 from tests.support.helpers import make_key
@@ -220,3 +226,66 @@ async def test_erasure_leaves_nothing_of_the_participant_and_reports_their_expor
     )
     assert missing.exit_code == 1
     assert missing.stderr.strip() == f"vitalab participants erase: no participant '{P['P2']}'"
+
+
+def test_an_export_running_while_its_participant_is_erased_is_not_published(
+    world: str, tmp_path: Path
+) -> None:
+    """The erasure commits while the export writes (its snapshot still holds the participant): the attempt is
+    given back instead of published, and the next one has nothing of them."""
+    export_id = uuid.uuid4()
+    with psycopg.connect(world, autocommit=True) as conn:
+        jobs.create(
+            conn,
+            export_id=export_id,
+            study_id="s-a",
+            requested_by="tester",
+            requested_at=T0,
+            params=ExportParams.canonical(["sessions"], "csv"),
+        )
+    reports: list[ErasureReport] = []
+    admin = Caller("admin", "k", None, None, None, None)
+
+    async def erase_p1() -> ErasureReport:
+        async with await psycopg.AsyncConnection.connect(world) as conn:
+            return await erasure.erase(conn, P["P1"], caller=admin, now=SNAPSHOT)
+
+    class EraseMidway:
+        def __init__(self, inner: engine.Progress) -> None:
+            self.inner = inner
+
+        def totals(self, rows: Mapping[str, int]) -> None:
+            self.inner.totals(rows)
+
+        def step(self, dataset: str) -> None:
+            self.inner.step(dataset)
+            reports.append(asyncio.run(erase_p1()))  # committed before the export reads its rows
+
+        def advance(self, rows: int) -> None:
+            self.inner.advance(rows)
+
+    first = jobs.Worker(world, tmp_path, clock=lambda: SNAPSHOT, on_progress=EraseMidway).run_one()
+    assert first is not None
+    assert first.status == "retry"
+    ((report,),) = [reports]
+    assert report.exports == []  # nothing published held them
+    with psycopg.connect(world) as conn:
+        row = conn.execute(
+            "SELECT status, attempts, directory, error FROM export_jobs WHERE export_id = %s", (export_id,)
+        ).fetchone()
+    assert row is not None
+    assert row[:3] == ("queued", 0, None)
+    assert "erased" in str(row[3])
+    assert list((tmp_path / str(export_id)).iterdir()) == []
+
+    second = jobs.Worker(world, tmp_path, clock=lambda: SNAPSHOT).run_one()
+    assert second is not None
+    assert second.status == "succeeded"
+    assert second.directory is not None
+    text = (second.directory / "sessions.csv").read_text()
+    assert pseudonym(KEY_A, P["P2"]) in text
+    assert pseudonym(KEY_A, P["P1"]) not in text
+    with psycopg.connect(world) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM export_contents WHERE participant_id = %s", (P["P1"],)
+        ).fetchone() == (0,)
