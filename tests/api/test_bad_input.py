@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from tests.api.seed import NOW, PARTICIPANT, T0, seed
-from tests.api.seed_study import seed_study
+from tests.api.seed_study import ERASABLE, seed_study
 from tests.api.support import app_at, assert_problem, serve
 from tests.support.helpers import make_key
 from vitalab.broker import MosquittoAuth, NoReload
@@ -133,11 +133,9 @@ def bodies() -> dict[tuple[str, str], dict[str, Any]]:
     }
 
 
-ERASED = "5e1d0000-0000-4000-8000-00000000e5a5"
-"""A participant of gym-a seeded for the erasure call (erasing the seeded one would take its check-in)."""
 OVERRIDES = {
     ("delete", "/v1/studies/{study_id}"): {"study_id": "walk-draft"},
-    ("post", "/v1/participants/{participant_id}/erase"): {"participant_id": ERASED},
+    ("post", "/v1/participants/{participant_id}/erase"): {"participant_id": str(ERASABLE)},
 }
 """Path parameters of operations that need another resource than ``known`` names."""
 
@@ -178,12 +176,6 @@ def check_in_rows(url: str) -> list[tuple[Any, ...]]:
 
 async def test_every_operation_follows_the_one_rule_for_bad_input(database_url: str, tmp_path: Path) -> None:
     seeded = seed(database_url)
-    with psycopg.connect(database_url) as conn:
-        conn.execute(
-            "INSERT INTO participants (participant_id, site_id, external_ref) "
-            "VALUES (%s, 'gym-a', 'erase-me')",
-            (ERASED,),
-        )
     known = {
         "gateway_id": "gw-1",
         "device_id": "bike-1",
