@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
@@ -24,6 +24,12 @@ from analytics import store
 from analytics.device_quality import DeviceDayQuality, device_day_quality
 from analytics.job_sessions import none_if_nan, sex_code
 from analytics.participant import WHO_STATUS, DailyInputs, DailySeries, daily_series, hunt_hr_max, to_grid
+
+_FILLED_BY_STORE = ("device_id", "day", "site_id", "samples_received", "duplicates")
+COMPUTED_QUALITY_COLUMNS: Final[tuple[str, ...]] = tuple(
+    c for c in store.QUALITY_COLUMNS if c not in _FILLED_BY_STORE
+)
+"""The columns of ``device_quality_daily`` computed from the samples (the store fills in the others)."""
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
@@ -186,26 +192,7 @@ def quality_rows(
 ) -> list[tuple[Any, ...]]:
     """``store.QUALITY_COLUMNS`` rows of the device-days with samples (received and duplicates are filled in
     by the store)."""
-    cols = {
-        name: getattr(q, name).tolist()
-        for name in (
-            "samples",
-            "late_samples",
-            "backfill_samples",
-            "lag_p05_s",
-            "lag_p50_s",
-            "lag_p95_s",
-            "clock_skew_s",
-            "period_s",
-            "on_s",
-            "expected_samples",
-            "received_ratio",
-            "dropouts",
-            "gaps",
-            "gap_s",
-            "hr_valid_share",
-        )
-    }
+    cols = {name: getattr(q, name).tolist() for name in COMPUTED_QUALITY_COLUMNS}
     out: list[tuple[Any, ...]] = []
     for i, (dev, day) in enumerate(keys):
         v = {k: c[i] for k, c in cols.items()}
