@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 
 from ingest.batch import Batch, Router
-from ingest.mqtt import Inbound
+from ingest.source import Inbound
 from simulators.fleet import Fleet
 from vitalab.wire import TelemetryMessage, decode_telemetry, encode, telemetry_topic
 

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from ingest.mqtt import Inbound
+from ingest.source import Inbound
 from vitalab.wire import (
     METRIC_FIELDS,
     DeviceMeta,

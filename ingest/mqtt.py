@@ -16,7 +16,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, Self
 
@@ -27,27 +26,13 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from ingest.errors import BrokerUnavailable
+from ingest.source import Inbound
 from vitalab.settings import MqttTarget
 
 logger = logging.getLogger(__name__)
 
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF
 _SETTLE_FILTER = "vitalab/settle/never-subscribed"
-
-
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    mid: int
-    generation: int
-    """Connection the message came on; an ack is only meaningful on the same connection."""
-    received_at: float
-    """time.time() when paho handed it over."""
-    dup: bool = False
-    """MQTT DUP flag: the broker sends this message again because it did not get our PUBACK."""
 
 
 class MqttSource:

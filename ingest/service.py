@@ -30,7 +30,8 @@ from ingest.dberrors import DatabaseRejected, Severity, classify, describe
 from ingest.errors import SiteConflict
 from ingest.health import HealthServer
 from ingest.metrics import IngestMetrics
-from ingest.mqtt import Inbound, MqttSource
+from ingest.mqtt import MqttSource
+from ingest.source import Inbound, Source
 from ingest.writer import WriteResult, prepare, write_batch
 from vitalab.settings import MqttTarget, Settings
 from vitalab.wire import TopicKind, WireLimits, subscription
@@ -99,7 +100,7 @@ def router_from_settings(settings: Settings) -> Router:
 class Ingester:
     def __init__(
         self,
-        source: MqttSource,
+        source: Source,
         database_url: str,
         *,
         router: Router,

@@ -23,8 +23,8 @@ from typing import Any, Literal
 from paho.mqtt.client import topic_matches_sub
 
 from ingest.batch import SAMPLE_COLUMNS, Batch, DeadLetter, Router
-from ingest.mqtt import Inbound
 from ingest.service import subscriptions
+from ingest.source import Inbound
 from vitalab.wire import (
     DeviceMeta,
     DeviceState,

@@ -15,7 +15,7 @@ import numpy as np
 import psycopg
 
 from ingest.batch import Batch, Router
-from ingest.mqtt import Inbound
+from ingest.source import Inbound
 from ingest.writer import WriteResult, prepare, write_batch
 from vitalab.wire import (
     DeviceMeta,

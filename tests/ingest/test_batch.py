@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from ingest.batch import Batch, Router
-from ingest.mqtt import Inbound
+from ingest.source import Inbound
 from vitalab.wire import Sample, TelemetryMessage, encode, telemetry_topic
 
 RECEIVED = datetime(2026, 12, 4, 14, 0, tzinfo=UTC)

@@ -25,8 +25,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ingest.health import health
-from ingest.mqtt import Inbound, MqttSource
+from ingest.mqtt import MqttSource
 from ingest.service import IngestConfig, Ingester, router_from_settings, subscriptions
+from ingest.source import Inbound
 from simulators.loadgen import LoadPublisher
 from tests.conftest import Mosquitto, free_port
 from tests.support.helpers import count, ingester_task, make_settings, metric, running_ingester, wait_until

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from ingest.mqtt import Inbound, MqttSource
+from ingest.mqtt import MqttSource
+from ingest.source import Inbound
 from vitalab.settings import MqttTarget
 
 pytestmark = pytest.mark.asyncio

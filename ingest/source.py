@@ -1,0 +1,56 @@
+"""What the ingester needs from a message bus: one seam, two engines (MQTT and NATS JetStream).
+
+A source hands over :class:`Inbound` messages and takes them back as acknowledged once their rows are
+committed; until then the bus keeps them and delivers them again (to this ingester or another one). It also
+publishes the contract's commit acknowledgements for devices and gateways.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    topic: str
+    """The MQTT topic, on every bus (a NATS subject is mapped back to it by its source)."""
+    payload: bytes
+    qos: int
+    retain: bool
+    mid: int
+    """The bus's handle for acknowledging this message on its connection."""
+    generation: int
+    """Connection the message came on; an ack is only meaningful on the same connection."""
+    received_at: float
+    """time.time() when the bus handed it over."""
+    dup: bool = False
+    """The bus sends this message again because it did not get our acknowledgement."""
+
+
+class Source(Protocol):
+    """One subscriber connection to a bus (used as an async context manager by whoever opens it)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def backlog(self) -> int:
+        """Messages received and not yet taken by the caller."""
+        ...
+
+    async def wait_subscribed(self, timeout_s: float = 10.0) -> None: ...
+
+    def stop_intake(self) -> None:
+        """Take no more messages; what is buffered already stays to be taken."""
+        ...
+
+    async def get(self) -> Inbound: ...
+
+    async def get_within(self, timeout_s: float) -> Inbound | None: ...
+
+    def get_nowait(self) -> Inbound | None: ...
+
+    def ack(self, msg: Inbound) -> bool:
+        """Acknowledge a message whose effects are committed; False if it can no longer be acked."""
+        ...
