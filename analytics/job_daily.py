@@ -24,37 +24,19 @@ from analytics import store
 from analytics.device_quality import DeviceDayQuality, device_day_quality
 from analytics.job_sessions import none_if_nan, sex_code
 from analytics.participant import WHO_STATUS, DailyInputs, DailySeries, daily_series, hunt_hr_max, to_grid
+from vitalab.db.columns import DAILY_VALUES, QUALITY_COLUMNS
 
 _FILLED_BY_STORE = ("device_id", "day", "site_id", "samples_received", "duplicates")
 COMPUTED_QUALITY_COLUMNS: Final[tuple[str, ...]] = tuple(
-    c for c in store.QUALITY_COLUMNS if c not in _FILLED_BY_STORE
+    c for c in QUALITY_COLUMNS if c not in _FILLED_BY_STORE
 )
 """The columns of ``device_quality_daily`` computed from the samples (the store fills in the others)."""
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
 
-DAILY_SERIES: tuple[str, ...] = (
-    "sessions",
-    "load",
-    "load_7d",
-    "ctl",
-    "atl",
-    "tsb",
-    "acwr_ewma",
-    "acwr_rolling",
-    "moderate_min",
-    "vigorous_min",
-    "who_min_7d",
-    "pai_as",
-    "pai_7d",
-    "rhr_bpm",
-    "rhr_7d_bpm",
-    "rhr_28d_bpm",
-    "rmssd_ms",
-    "ln_rmssd_7d",
-    "vo2max_ml_kg_min",
-)
+DAILY_SERIES: tuple[str, ...] = tuple(c for c in DAILY_VALUES if c != "who_status")
+"""The numeric daily series (``who_status`` is put in its place from the status codes)."""
 _NULLABLE = {"acwr_ewma", "acwr_rolling", "pai_7d", "rhr_bpm", "rhr_7d_bpm", "rhr_28d_bpm", "rmssd_ms"}
 _NULLABLE |= {"ln_rmssd_7d", "vo2max_ml_kg_min"}
 
@@ -143,7 +125,7 @@ def daily_rows(
     changed: dict[str, datetime],
     version: str,
 ) -> tuple[list[tuple[Any, ...]], dict[str, date]]:
-    """``store.DAILY_COLUMNS`` rows from each participant's first changed local day through today, and each
+    """``DAILY_COLUMNS`` rows from each participant's first changed local day through today, and each
     participant's first day (rows before it are deleted)."""
     inputs = {"sessions": x.sessions, "load": x.load, "moderate_min": x.moderate_min}
     inputs |= {
@@ -190,7 +172,7 @@ def device_quality(
 def quality_rows(
     keys: list[tuple[str, date]], q: DeviceDayQuality, site_of: dict[str, str]
 ) -> list[tuple[Any, ...]]:
-    """``store.QUALITY_COLUMNS`` rows of the device-days with samples (received and duplicates are filled in
+    """``QUALITY_COLUMNS`` rows of the device-days with samples (received and duplicates are filled in
     by the store)."""
     cols = {name: getattr(q, name).tolist() for name in COMPUTED_QUALITY_COLUMNS}
     out: list[tuple[Any, ...]] = []

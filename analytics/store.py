@@ -26,6 +26,7 @@ from psycopg.types.json import Jsonb
 from analytics.batch import KIND_CODE
 from analytics.errors import AnalyticsJobError
 from analytics.sessions import CheckIns, DeviceSamples, RrIntervals
+from vitalab.db.columns import DAILY_COLUMNS, QUALITY_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -489,31 +490,6 @@ def session_days(conn: psycopg.Connection[Any], participants: Sequence[str], ver
     return SessionDays([r[0] for r in rows], [r[1] for r in rows], *(col(i) for i in range(2, 9)))
 
 
-DAILY_COLUMNS: Final[tuple[str, ...]] = (
-    "participant_id",
-    "day",
-    "sessions",
-    "load",
-    "load_7d",
-    "ctl",
-    "atl",
-    "tsb",
-    "acwr_ewma",
-    "acwr_rolling",
-    "moderate_min",
-    "vigorous_min",
-    "who_min_7d",
-    "who_status",
-    "pai_as",
-    "pai_7d",
-    "rhr_bpm",
-    "rhr_7d_bpm",
-    "rhr_28d_bpm",
-    "rmssd_ms",
-    "ln_rmssd_7d",
-    "vo2max_ml_kg_min",
-    "algorithm_version",
-)
 _DAILY_TYPES = ["uuid", "date", "int4"] + ["float4"] * 10 + ["text"] + ["float4"] * 8 + ["text"]
 _DAILY_KEY = ("participant_id", "day")
 _DAILY_SET = [c for c in DAILY_COLUMNS if c not in _DAILY_KEY]
@@ -611,28 +587,6 @@ def load_quality_rows(conn: psycopg.Connection[Any], keys: Sequence[tuple[str, d
     )
 
 
-QUALITY_COLUMNS: Final[tuple[str, ...]] = (
-    "device_id",
-    "day",
-    "site_id",
-    "samples",
-    "samples_received",
-    "duplicates",
-    "late_samples",
-    "backfill_samples",
-    "lag_p05_s",
-    "lag_p50_s",
-    "lag_p95_s",
-    "clock_skew_s",
-    "period_s",
-    "on_s",
-    "expected_samples",
-    "received_ratio",
-    "dropouts",
-    "gaps",
-    "gap_s",
-    "hr_valid_share",
-)
 _QUALITY_TYPES = (
     ["text", "date", "text", "int8", "int8", "int8", "int8", "int8"]
     + ["float4"] * 8

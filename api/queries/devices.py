@@ -10,6 +10,7 @@ from psycopg import AsyncConnection, sql
 from api.models import Device, DeviceQualityDay
 from api.pagination import Cursor, Keyset, Page
 from api.queries import cols, exists, fetch_one, fetch_page, in_sites
+from vitalab.db.columns import QUALITY_VALUES
 
 KEYSET = Keyset(("device_id",), (str,))
 QUALITY_KEYSET = Keyset(("day",), (date,))
@@ -20,26 +21,7 @@ _SELECT = sql.SQL(
     "coalesce(coalesce(online, true) AND greatest(last_seen, state_at) >= %(heard_since)s, false) AS online, "
     "greatest(last_seen, state_at) AS last_heard, training, first_seen, last_seen FROM devices"
 )
-_QUALITY_COLS = (
-    "day",
-    "samples",
-    "samples_received",
-    "duplicates",
-    "late_samples",
-    "backfill_samples",
-    "lag_p05_s",
-    "lag_p50_s",
-    "lag_p95_s",
-    "clock_skew_s",
-    "period_s",
-    "on_s",
-    "expected_samples",
-    "received_ratio",
-    "dropouts",
-    "gaps",
-    "gap_s",
-    "hr_valid_share",
-)
+_QUALITY_COLS = ("day", *QUALITY_VALUES)
 
 
 def _heard_since(now: datetime, offline_after_s: float) -> datetime:

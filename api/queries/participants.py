@@ -10,6 +10,7 @@ from psycopg import AsyncConnection, sql
 
 from api.models import ParticipantDay, ParticipantIn, ParticipantOut
 from api.queries import cols, exists, fetch_all, fetch_one
+from vitalab.db.columns import DAILY_VALUES
 
 PARTICIPANT_COLS = (
     "participant_id",
@@ -34,29 +35,7 @@ _PROFILE_COLS = (
     "hr_max_bpm",
     "consent_given_at",
 )
-DAY_COLS = (
-    "day",
-    "sessions",
-    "load",
-    "load_7d",
-    "ctl",
-    "atl",
-    "tsb",
-    "acwr_ewma",
-    "acwr_rolling",
-    "moderate_min",
-    "vigorous_min",
-    "who_min_7d",
-    "who_status",
-    "pai_as",
-    "pai_7d",
-    "rhr_bpm",
-    "rhr_7d_bpm",
-    "rhr_28d_bpm",
-    "rmssd_ms",
-    "ln_rmssd_7d",
-    "vo2max_ml_kg_min",
-)
+DAY_COLS = ("day", *DAILY_VALUES)
 
 
 async def known(conn: AsyncConnection, participant_id: UUID) -> bool:
