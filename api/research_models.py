@@ -224,3 +224,9 @@ class ErasureReport(BaseModel):
     personal_devices: list[str]
     """The participant's own devices (straps) whose data inside their assignment windows was removed."""
     exports: list[ErasedExport]
+    aggregates_refreshed: list[str] = []
+    """TimescaleDB's continuous aggregates re-materialised over the personal devices' windows (empty on plain
+    PostgreSQL, where the rollups are views)."""
+    aggregates_pending: str | None = None
+    """Set when that refresh failed after the erasure was committed: the error, and that the aggregates still
+    hold per-minute figures of the erased windows until ``refresh_continuous_aggregate`` is run over them."""

@@ -139,3 +139,23 @@ async def delete_rows_of(conn: AsyncConnection, participant_id: UUID, counts: di
     counts["analytics_rejects"] = max(cur.rowcount, 0)
     cur = await conn.execute("DELETE FROM participants WHERE participant_id = %s", (participant_id,))
     counts["participants"] = max(cur.rowcount, 0)
+
+
+CONTINUOUS_AGGREGATES: Final = (("samples_1m", "1 minute"), ("site_samples_1h", "1 hour"))
+"""TimescaleDB's continuous aggregates over ``samples``, finest first (the second is built on the first)."""
+
+
+async def refresh_aggregates(conn: AsyncConnection, windows: list[Window]) -> None:
+    """Re-materialise the continuous aggregates over each window, so that no per-minute or per-hour
+    aggregate of an erased strap's samples outlives them. Runs outside a transaction (TimescaleDB refuses
+    ``refresh_continuous_aggregate`` inside one): the connection must be in autocommit mode."""
+    for view, width in CONTINUOUS_AGGREGATES:
+        for w in windows:
+            # whole buckets around the window (an open window: to the end)
+            await conn.execute(
+                sql.SQL(
+                    "CALL refresh_continuous_aggregate({view}, time_bucket({width}::interval, %(t_from)s), "
+                    "time_bucket({width}::interval, %(t_to)s::timestamptz) + {width}::interval)"
+                ).format(view=sql.Literal(view), width=sql.Literal(width)),
+                {"t_from": w.t_from, "t_to": w.t_to},
+            )

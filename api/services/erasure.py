@@ -15,25 +15,30 @@ pseudonym.
 
 On TimescaleDB the same statements run on the hypertables, compressed chunks included (DML on compressed
 chunks is supported since TimescaleDB 2.11; a DELETE filtered on the ``device_id`` segment-by column
-decompresses only that device's segments). The continuous aggregates (``samples_1m``, ``site_samples_1h``)
-are not refreshed by the erasure: their refresh policy re-materialises the last two days; older buckets of a
-strap keep its per-minute aggregates until ``refresh_continuous_aggregate`` covers them.
+decompresses only that device's segments). After the commit, the continuous aggregates (``samples_1m``, then
+``site_samples_1h`` built on it) are re-materialised over the personal devices' windows, so no per-minute
+aggregate of an erased strap outlives its samples (TimescaleDB refuses that refresh inside a transaction).
+If the refresh fails, the erasure stands and the report says what is pending.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from uuid import UUID
 
+import psycopg
 from psycopg import AsyncConnection
 
 from api import audit
 from api.errors import not_found
 from api.queries import erasure as q
+from api.queries.system import has_timescale
 from api.research_models import ErasedExport, ErasureReport
 from api.security import Caller
 
 ACTION = "erase participant"
+logger = logging.getLogger(__name__)
 
 
 async def erase(
@@ -65,6 +70,7 @@ async def erase(
             now,
             None,
         )
+    refreshed, pending = await _refresh_aggregates(conn, windows)
     return ErasureReport(
         participant_id=participant_id,
         erased_at=now,
@@ -82,4 +88,28 @@ async def erase(
             )
             for e in exports
         ],
+        aggregates_refreshed=refreshed,
+        aggregates_pending=pending,
     )
+
+
+async def _refresh_aggregates(conn: AsyncConnection, windows: list[q.Window]) -> tuple[list[str], str | None]:
+    if not windows or not await has_timescale(conn):
+        return [], None
+    autocommit = conn.autocommit
+    try:
+        if not autocommit:
+            await conn.commit()  # close the read's implicit transaction
+            await conn.set_autocommit(True)
+        await q.refresh_aggregates(conn, windows)
+    except psycopg.Error as exc:
+        logger.error("erasure committed, but refreshing the continuous aggregates failed: %s", exc)
+        return [], (
+            f"{exc}; run refresh_continuous_aggregate on "
+            + ", ".join(v for v, _ in q.CONTINUOUS_AGGREGATES)
+            + " over the devices' windows"
+        )
+    finally:
+        if not autocommit and not conn.broken:
+            await conn.set_autocommit(False)
+    return [v for v, _ in q.CONTINUOUS_AGGREGATES], None
