@@ -7,7 +7,6 @@ Mounted into the main command line as ``app.add_typer(cli_keys.app, name="keys")
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -17,33 +16,14 @@ import typer
 
 from api import audit, keys
 from api.pagination import FROM_START, Cursor
-from api.security import ROLES, Caller, Scope
-from vitalab.settings import load_settings
+from api.security import ROLES, Scope
+from vitalab.cli_admin import cli_caller, database_url
 
 app = typer.Typer(no_args_is_help=True, help="API keys: create (shown once), list, revoke.")
 
 
-def _database_url() -> str:
-    try:
-        url = load_settings().database_url
-    except ValueError as exc:
-        typer.echo(f"configuration error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    if not url:
-        typer.echo(
-            "VITALAB_DATABASE_URL is not set. With `vitalab up` on its embedded database, use the admin key "
-            "it wrote to its data directory (admin.key) and POST /v1/keys instead.",
-            err=True,
-        )
-        raise typer.Exit(2)
-    return url
-
-
-def _operator() -> Caller:
-    """Whoever runs the command, as the audit log names them."""
-    return Caller(
-        role="admin", key_id=None, subject=f"cli:{getpass.getuser()}", sites=None, studies=None, address=None
-    )
+def _url() -> str:
+    return database_url("POST /v1/keys")
 
 
 def _shown(info: keys.KeyInfo) -> dict[str, Any]:
@@ -87,11 +67,14 @@ def create(
     expires = None if expires_in_days is None else now + timedelta(days=expires_in_days)
 
     async def run() -> keys.NewKey:
-        async with await psycopg.AsyncConnection.connect(_database_url()) as conn, conn.transaction():
+        async with (
+            await psycopg.AsyncConnection.connect(_url()) as conn,
+            conn.transaction(),
+        ):
             made = await keys.create_key(
                 conn, name=name, owner=owner, role=role, scope=parsed, now=now, expires_at=expires
             )
-            await audit.record(conn, _operator(), "keys.create", made.info.key_id, "ok", now, None)
+            await audit.record(conn, cli_caller(), "keys.create", made.info.key_id, "ok", now, None)
             return made
 
     try:
@@ -118,7 +101,7 @@ def list_(
     async def run() -> list[keys.KeyInfo]:
         found: list[keys.KeyInfo] = []
         cursor: Cursor | None = FROM_START
-        async with await psycopg.AsyncConnection.connect(_database_url()) as conn:
+        async with await psycopg.AsyncConnection.connect(_url()) as conn:
             while cursor is not None:
                 page = await keys.list_keys(
                     conn,
@@ -145,10 +128,13 @@ def revoke(
     now = datetime.now(UTC)
 
     async def run() -> keys.KeyInfo | None:
-        async with await psycopg.AsyncConnection.connect(_database_url()) as conn, conn.transaction():
+        async with (
+            await psycopg.AsyncConnection.connect(_url()) as conn,
+            conn.transaction(),
+        ):
             info = await keys.revoke_key(conn, key_id, now)
             if info is not None:
-                await audit.record(conn, _operator(), "keys.revoke", key_id, "ok", now, None)
+                await audit.record(conn, cli_caller(), "keys.revoke", key_id, "ok", now, None)
             return info
 
     info = asyncio.run(run())

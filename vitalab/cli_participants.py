@@ -7,7 +7,6 @@ Mounted into the main command line as ``app.add_typer(cli_participants.app, name
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
 import uuid
 from datetime import UTC, datetime
@@ -18,27 +17,10 @@ import typer
 
 from api.errors import Problem
 from api.research_models import ErasureReport
-from api.security import Caller
 from api.services import erasure
-from vitalab.settings import load_settings
+from vitalab.cli_admin import cli_caller, database_url
 
 app = typer.Typer(no_args_is_help=True, help="Participants: erasure.")
-
-
-def _database_url() -> str:
-    try:
-        url = load_settings().database_url
-    except ValueError as exc:
-        typer.echo(f"configuration error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    if not url:
-        typer.echo(
-            "VITALAB_DATABASE_URL is not set. With `vitalab up` on its embedded database, use the admin key "
-            "it wrote to its data directory (admin.key) and POST /v1/participants/{id}/erase instead.",
-            err=True,
-        )
-        raise typer.Exit(2)
-    return url
 
 
 @app.command("erase")
@@ -47,14 +29,12 @@ def erase(
     yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,
 ) -> None:
     """Remove everything attributable to a participant, in one transaction; print the report (JSON)."""
-    url = _database_url()
+    url = database_url("POST /v1/participants/{id}/erase")
     if not yes:
         typer.confirm(
             f"erase participant {participant_id} and all their data? This cannot be undone", abort=True
         )
-    operator = Caller(
-        role="admin", key_id=None, subject=f"cli:{getpass.getuser()}", sites=None, studies=None, address=None
-    )
+    operator = cli_caller()
 
     async def run() -> ErasureReport:
         async with await psycopg.AsyncConnection.connect(url) as conn:

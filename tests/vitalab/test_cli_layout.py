@@ -25,6 +25,7 @@ ROOT = (
     "vitalab.conform",
     "vitalab.cli_export",
     "vitalab.cli_participants",
+    "vitalab.cli_admin",
 )
 LIBRARIES = ("vitalab.broker",)
 """Shared libraries that are neither contract nor root: they import only the contract and themselves (the
