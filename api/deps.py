@@ -1,5 +1,11 @@
 """Dependencies of the routes, as ``Annotated`` aliases. Everything comes from ``app.state``, set once by
-:func:`api.main.create_app` (settings, clock, health checks) and its lifespan (the connection pool)."""
+:func:`api.main.create_app` (settings, clock, health checks) and its lifespan (the connection pools).
+
+:data:`ConnDep` is a connection of the main pool (each request's work is one transaction, committed when the
+route returns). :data:`ReadConnDep` is one of the read pool, in autocommit: for routes that only read (the
+operators' endpoints), no ``BEGIN``/``COMMIT`` round trips, each statement its own snapshot (what the default
+READ COMMITTED gives each statement anyway). A route that writes, or needs several statements to see one
+snapshot, takes :data:`ConnDep`."""
 
 from __future__ import annotations
 
@@ -32,6 +38,18 @@ async def get_conn(pool: Annotated[AsyncConnectionPool, Depends(get_pool)]) -> A
         yield conn
 
 
+def get_read_pool(request: Request) -> AsyncConnectionPool:
+    pool: AsyncConnectionPool = request.app.state.read_pool
+    return pool
+
+
+async def get_read_conn(
+    pool: Annotated[AsyncConnectionPool, Depends(get_read_pool)],
+) -> AsyncIterator[AsyncConnection]:
+    async with pool.connection() as conn:
+        yield conn
+
+
 def get_now(request: Request) -> datetime:
     """The request's "now" (aware, UTC), from the app's clock: the one place a handler learns the time."""
     clock: Clock = request.app.state.clock
@@ -46,5 +64,6 @@ def get_health_checks(request: Request) -> Sequence[HealthCheck]:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PoolDep = Annotated[AsyncConnectionPool, Depends(get_pool)]
 ConnDep = Annotated[AsyncConnection, Depends(get_conn)]
+ReadConnDep = Annotated[AsyncConnection, Depends(get_read_conn)]
 NowDep = Annotated[datetime, Depends(get_now)]
 HealthChecksDep = Annotated[Sequence[HealthCheck], Depends(get_health_checks)]

@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import audit, keys
 from api.errors import Problem, response
+from api.key_cache import KeyCache
 from api.oidc import KeySetUnavailable, OidcVerifier
 from api.policy import rule_for
 from api.security import CALLER_KEY, Caller
@@ -88,10 +89,12 @@ def _challenge(error: bool) -> dict[str, str]:
 
 
 class Guard:
-    """The guard's state: the failed-authentication throttle and the single-sign-on verifier."""
+    """The guard's state: the failed-authentication throttle, the cache of verified keys and the
+    single-sign-on verifier."""
 
     def __init__(self, settings: Settings, oidc: OidcVerifier | None = None) -> None:
         self.throttle = FailureThrottle(settings.auth_failures_max, settings.auth_failures_window_s)
+        self.key_cache = KeyCache(settings.api_key_cache_s)
         self.oidc = oidc if oidc is not None else (OidcVerifier(settings) if settings.oidc_issuer else None)
 
     async def authenticate(
@@ -104,7 +107,7 @@ class Guard:
             )
             return problem, "401 missing", None
         if token.startswith(keys.PREFIX):
-            verified = await keys.verify(conn, token, now, address)
+            verified = await keys.verify(conn, token, now, address, self.key_cache)
             if isinstance(verified, Caller):
                 return verified
             problem = Problem(
@@ -156,8 +159,17 @@ async def enforce(request: Request) -> None:
             headers={"Retry-After": str(wait)},
         )
     pool: AsyncConnectionPool = app.state.security_pool
-    async with pool.connection() as conn:
-        outcome = await guard.authenticate(conn, _credential(request), now, address)
+    token = _credential(request)
+    # a key verified within the cache's time to live needs no connection (api/key_cache.py)
+    outcome: Caller | tuple[Problem, str, str | None] | None = (
+        guard.key_cache.get(token, now, address) if token and token.startswith(keys.PREFIX) else None
+    )
+    if outcome is None:
+        async with pool.connection() as conn:
+            outcome = await guard.authenticate(conn, token, now, address)
+            if isinstance(outcome, Caller) and outcome.key_id is not None:
+                # its use recorded when it is read, so at least once per cache time to live
+                await keys.touch(conn, outcome.key_id, now)
     if not isinstance(outcome, Caller):
         problem, said, key_id = outcome
         if problem.status == 401:
@@ -167,9 +179,6 @@ async def enforce(request: Request) -> None:
     caller = outcome
     request.scope[CALLER_KEY] = caller
     audited = rule is not None and (rule.personal or method in WRITE_METHODS)
-    if caller.key_id is not None:
-        async with pool.connection() as conn:
-            await keys.touch(conn, caller.key_id, now)
     if rule is None or caller.role not in rule.roles:
         request.scope[NOTE_KEY] = Note(caller, action, resource, now, address)
         detail = (

@@ -7,7 +7,8 @@ the secret is random and long, so no salt or slow hash is needed (nothing to gue
 verification costs one indexed read and one hash, compared in constant time (``hmac.compare_digest``).
 
 A key has a name, an owner, a role and a scope (:class:`api.security.Scope`), an optional expiry; its last
-use is recorded (at most once a minute per key) and it can be revoked, which takes effect at once.
+use is recorded (at most once a minute per key) and it can be revoked, which takes effect at once in the
+process that revokes it and within ``VITALAB_API_KEY_CACHE_S`` everywhere else (:mod:`api.key_cache`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Final, Literal, cast
 
 from psycopg import AsyncConnection
 
+from api.key_cache import KeyCache
 from api.pagination import Cursor, Page
 from api.queries import keys as q
 from api.security import ROLES, Caller, Role, Scope, check_role_scope
@@ -156,9 +158,18 @@ async def revoke_key(conn: AsyncConnection, key_id: str, now: datetime) -> KeyIn
 
 
 async def verify(
-    conn: AsyncConnection, token: str, now: datetime, address: str | None = None
+    conn: AsyncConnection,
+    token: str,
+    now: datetime,
+    address: str | None = None,
+    cache: KeyCache | None = None,
 ) -> Caller | Failure:
-    """The caller a key stands for, or why it does not stand for one."""
+    """The caller a key stands for, or why it does not stand for one. With ``cache``, a key verified
+    within its time to live is not read again, and one verified now is kept there."""
+    if cache is not None:
+        kept = cache.get(token, now, address)
+        if kept is not None:
+            return kept
     parts = split(token)
     if parts is None:
         return "malformed"
@@ -175,7 +186,7 @@ async def verify(
     if found.expires_at is not None and found.expires_at <= now:
         return "expired"
     scope = _scope(found.sites, found.studies)
-    return Caller(
+    caller = Caller(
         role=cast(Role, found.role),
         key_id=key_id,
         subject=found.owner,
@@ -183,6 +194,9 @@ async def verify(
         studies=scope.studies,
         address=address,
     )
+    if cache is not None:
+        cache.put(token, caller, now, found.expires_at)
+    return caller
 
 
 async def touch(conn: AsyncConnection, key_id: str, now: datetime) -> None:

@@ -198,7 +198,7 @@ def api(log_level: LogLevel = "info") -> None:
 
     settings = _setup("api", log_level)
     with _failures("api", settings):
-        serve_api(settings)
+        serve_api(settings, log_level)
 
 
 @app.command()

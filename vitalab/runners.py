@@ -129,18 +129,14 @@ async def run_ingest(settings: Settings) -> None:
                     tg.create_task(run_periodically(url, every))
 
 
-def serve_api(settings: Settings) -> None:
-    """`vitalab api`: the HTTP API on VITALAB_API_HOST:VITALAB_API_PORT, once the database answers."""
-    import uvicorn
-
-    from api.health import analytics_job
-    from api.main import create_app
+def serve_api(settings: Settings, log_level: str = "info") -> None:
+    """`vitalab api`: the HTTP API on VITALAB_API_HOST:VITALAB_API_PORT with VITALAB_API_WORKERS processes,
+    once the database answers."""
+    from api import asgi
 
     url = require_database(settings)
     check_database(url)
-    # the analytics job may run in another process (`vitalab ingest`): /health reports its failing runs
-    app = create_app(settings, url, health_checks=[analytics_job(stale_after=None)])
-    uvicorn.run(app, host=settings.api_host, port=settings.api_port)
+    asgi.serve(settings, log_level)
 
 
 def run_analytics(settings: Settings, *, full: bool) -> RunReport:

@@ -108,6 +108,16 @@ class Settings(BaseSettings):
     api_db_timeout_s: float = Field(
         default=2.0, gt=0, le=60, description="a request waits this long for a database connection, then 503"
     )
+    api_workers: int = Field(
+        default=1, ge=1, le=64, description="API processes (`vitalab api`); each has its own pools and caches"
+    )
+    api_key_cache_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=300,
+        description="a verified API key is not read again for this long (0: every request reads it); a key "
+        "revoked on another API process is accepted there at most this long",
+    )
 
     # --- the live floor (GET /v1/sites/{site}/live; api/live/) -----------------------------------------
     # The API follows the broker with the account of VITALAB_MQTT_URL (in the compose stack the read-only

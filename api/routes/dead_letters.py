@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from api import pagination
-from api.deps import ConnDep
+from api.deps import ReadConnDep
 from api.errors import responses
 from api.models import DeadLetterOut
 from api.pagination import CursorParam, PageLimit
@@ -21,7 +21,7 @@ router = APIRouter(prefix="/v1/dead-letters", tags=["dead letters"], responses=r
 
 @router.get("", response_model=list[DeadLetterOut], responses=pagination.PAGED)
 async def list_dead_letters(
-    conn: ConnDep,
+    conn: ReadConnDep,
     caller: CallerDep,
     request: Request,
     response: Response,

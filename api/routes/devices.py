@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from api import pagination
-from api.deps import ConnDep, NowDep, SettingsDep
+from api.deps import NowDep, ReadConnDep, SettingsDep
 from api.errors import not_found, responses
 from api.models import Device, DeviceQualityDay, RrOut, SampleOut
 from api.pagination import CursorParam, LargePageLimit, PageLimit
@@ -19,7 +19,7 @@ router = APIRouter(prefix="/v1/devices", tags=["devices"], responses=responses(4
 
 @router.get("", response_model=list[Device], responses=pagination.PAGED)
 async def list_devices(
-    conn: ConnDep,
+    conn: ReadConnDep,
     caller: CallerDep,
     settings: SettingsDep,
     now: NowDep,
@@ -47,7 +47,7 @@ async def list_devices(
 
 @router.get("/{device_id}", response_model=Device)
 async def get_device(
-    conn: ConnDep, caller: CallerDep, settings: SettingsDep, now: NowDep, device_id: DeviceId
+    conn: ReadConnDep, caller: CallerDep, settings: SettingsDep, now: NowDep, device_id: DeviceId
 ) -> Device:
     device = await devices.get_device(conn, device_id, now, settings.device_offline_after_s)
     if device is None or not caller.can_site(device.site_id):
@@ -57,7 +57,7 @@ async def get_device(
 
 @router.get("/{device_id}/samples", response_model=list[SampleOut], responses=pagination.PAGED)
 async def device_samples(
-    conn: ConnDep,
+    conn: ReadConnDep,
     caller: CallerDep,
     request: Request,
     response: Response,
@@ -81,7 +81,7 @@ async def device_samples(
 
 @router.get("/{device_id}/rr", response_model=list[RrOut], responses=pagination.PAGED)
 async def device_rr(
-    conn: ConnDep,
+    conn: ReadConnDep,
     caller: CallerDep,
     request: Request,
     response: Response,
@@ -103,7 +103,7 @@ async def device_rr(
 
 @router.get("/{device_id}/quality", response_model=list[DeviceQualityDay], responses=pagination.PAGED)
 async def device_quality(
-    conn: ConnDep,
+    conn: ReadConnDep,
     caller: CallerDep,
     request: Request,
     response: Response,

@@ -12,7 +12,7 @@ from psycopg import AsyncConnection
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from api import pagination
-from api.deps import ConnDep, NowDep, SettingsDep
+from api.deps import ConnDep, NowDep, ReadConnDep, SettingsDep
 from api.errors import invalid, not_found, responses
 from api.models import TEXT
 from api.pagination import CursorParam, PageLimit
@@ -202,7 +202,7 @@ def _per(value: float | None, unit: float) -> float | None:
 
 @router.get("/v1/sites/{site_id}/fleet", response_model=Fleet)
 async def site_fleet(
-    conn: ConnDep, caller: CallerDep, settings: SettingsDep, now: NowDep, site_id: SiteId
+    conn: ReadConnDep, caller: CallerDep, settings: SettingsDep, now: NowDep, site_id: SiteId
 ) -> Fleet:
     """Every device of the site with its health, by id: status and when it was last heard, firmware,
     battery, the machine's status and error codes, odometer and running hours (whole history and since the
@@ -247,7 +247,7 @@ async def site_fleet(
 
 @router.get("/v1/sites/{site_id}/alerts", response_model=list[AlertOut], responses=pagination.PAGED)
 async def site_alerts(
-    conn: ConnDep,
+    conn: ReadConnDep,
     caller: CallerDep,
     request: Request,
     response: Response,
@@ -293,7 +293,7 @@ async def serviced(
 
 
 @router.get("/v1/service-thresholds", response_model=list[Threshold])
-async def service_thresholds(conn: ConnDep) -> list[Threshold]:
+async def service_thresholds(conn: ReadConnDep) -> list[Threshold]:
     """Distance and running hours between services, per kind of machine and model."""
     return [Threshold.model_validate(t, from_attributes=True) for t in await fleet.thresholds(conn)]
 
@@ -306,7 +306,7 @@ async def set_service_threshold(conn: ConnDep, body: Threshold) -> Threshold:
 
 
 @router.get("/v1/sites/{site_id}/opening-hours", response_model=OpeningHoursOut)
-async def opening_hours(conn: ConnDep, caller: CallerDep, site_id: SiteId) -> OpeningHoursOut:
+async def opening_hours(conn: ReadConnDep, caller: CallerDep, site_id: SiteId) -> OpeningHoursOut:
     """When the site is open (local time); no periods: around the clock."""
     tz = await _site(conn, site_id, caller)
     return _hours_out(site_id, tz, await fleet.opening_hours(conn, site_id))
@@ -337,7 +337,7 @@ def _hours_out(site_id: str, tz: str, rows: list[fleet.PeriodRow]) -> OpeningHou
 
 
 @router.get("/v1/sites/{site_id}/webhook", response_model=WebhookOut)
-async def site_webhook(conn: ConnDep, caller: CallerDep, site_id: SiteId) -> WebhookOut:
+async def site_webhook(conn: ReadConnDep, caller: CallerDep, site_id: SiteId) -> WebhookOut:
     """Where the site's alerts are posted (null: nowhere)."""
     await _site(conn, site_id, caller)
     row = await fleet.webhook(conn, site_id)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 from api import audit, keys, pagination
 from api.deps import ConnDep, NowDep
 from api.errors import invalid, not_found, responses
+from api.guard import Guard
 from api.models import KeyIn, KeyOut, NewKeyOut, RoleName
 from api.pagination import CursorParam, PageLimit
 from api.params import QUERY_LATEST
@@ -96,11 +97,16 @@ async def get_key(conn: ConnDep, key_id: KeyId) -> KeyOut:
 
 
 @router.post("/{key_id}/revoke", response_model=KeyOut)
-async def revoke_key(conn: ConnDep, now: NowDep, caller: CallerDep, key_id: KeyId) -> KeyOut:
-    """Revoke a key: from now on it answers 401. Revoking again changes nothing."""
+async def revoke_key(
+    request: Request, conn: ConnDep, now: NowDep, caller: CallerDep, key_id: KeyId
+) -> KeyOut:
+    """Revoke a key: from now on it answers 401 (at once on this API process; other API processes may
+    accept it for up to `VITALAB_API_KEY_CACHE_S` seconds more). Revoking again changes nothing."""
     async with conn.transaction():
         found = await keys.revoke_key(conn, key_id, now)
         if found is None:
             raise not_found("key", key_id, field="path.key_id")
         await audit.record(conn, caller, "keys.revoke", key_id, "ok", now, caller.address)
+    guard: Guard = request.app.state.guard
+    guard.key_cache.invalidate(key_id)
     return _out(found)

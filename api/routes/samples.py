@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from api import pagination
-from api.deps import ConnDep
+from api.deps import ReadConnDep
 from api.errors import responses
 from api.models import SampleOut
 from api.pagination import CursorParam, PageLimit
@@ -19,7 +19,7 @@ router = APIRouter(prefix="/v1/samples", tags=["samples"], responses=responses(4
 
 @router.get("/latest", response_model=list[SampleOut], responses=pagination.PAGED)
 async def latest_samples(
-    conn: ConnDep,
+    conn: ReadConnDep,
     caller: CallerDep,
     request: Request,
     response: Response,

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 
 from analytics.version import ALGORITHM_VERSION
 from api import pagination
-from api.deps import ConnDep
+from api.deps import ReadConnDep
 from api.errors import not_found, responses
 from api.models import SessionDetail, SessionOut
 from api.pagination import CursorParam, PageLimit
@@ -24,7 +24,7 @@ router = APIRouter(prefix="/v1/sessions", tags=["analytics"], responses=response
 
 @router.get("", response_model=list[SessionOut], responses=pagination.PAGED)
 async def list_sessions(
-    conn: ConnDep,
+    conn: ReadConnDep,
     caller: CallerDep,
     request: Request,
     response: Response,
@@ -65,7 +65,7 @@ async def list_sessions(
 
 @router.get("/{session_id}", response_model=SessionDetail)
 async def get_session(
-    conn: ConnDep, caller: CallerDep, session_id: Annotated[int, Path(ge=1, le=2**63 - 1)]
+    conn: ReadConnDep, caller: CallerDep, session_id: Annotated[int, Path(ge=1, le=2**63 - 1)]
 ) -> SessionDetail:
     """One session with its full metric summary (for operators without its participant)."""
     found = await sessions.get_session(conn, session_id)

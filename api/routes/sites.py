@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from psycopg import AsyncConnection
 
 from api import report_cache
-from api.deps import ConnDep, NowDep, SettingsDep
+from api.deps import NowDep, ReadConnDep, SettingsDep
 from api.errors import invalid, not_found, responses
 from api.models import SiteOccupancy, SiteUtilisation, SiteVitality
 from api.params import QUERY_EARLIEST, Since, SinceDay, SiteId, Until, UntilDay, check_range
@@ -46,7 +46,12 @@ async def _timezone(conn: AsyncConnection, site_id: str, caller: Caller) -> str:
 
 @router.get("/{site_id}/utilisation", response_model=SiteUtilisation)
 async def utilisation(
-    conn: ConnDep, caller: CallerDep, now: NowDep, site_id: SiteId, since: Since = None, until: Until = None
+    conn: ReadConnDep,
+    caller: CallerDep,
+    now: NowDep,
+    site_id: SiteId,
+    since: Since = None,
+    until: Until = None,
 ) -> SiteUtilisation:
     """Per device and UTC hour of ``[since, until)`` (default: the last 24 h; at most 31 days): seconds in a
     session, the share of the hour, and minutes with any sample. Hours without activity are 0."""
@@ -59,7 +64,7 @@ async def utilisation(
 
 @router.get("/{site_id}/occupancy", response_model=SiteOccupancy)
 async def occupancy(
-    conn: ConnDep,
+    conn: ReadConnDep,
     caller: CallerDep,
     now: NowDep,
     cache: ReportCacheDep,
@@ -82,7 +87,7 @@ async def occupancy(
 
 @router.get("/{site_id}/vitality", response_model=SiteVitality)
 async def vitality(
-    conn: ConnDep,
+    conn: ReadConnDep,
     caller: CallerDep,
     settings: SettingsDep,
     now: NowDep,
