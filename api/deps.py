@@ -1,5 +1,7 @@
 """Dependencies of the routes, as ``Annotated`` aliases. Everything comes from ``app.state``, set once by
-:func:`api.main.create_app` (settings, clock, health checks) and its lifespan (the connection pools).
+:func:`api.main.create_app` (settings, clock, health checks) and its lifespan (the connection pools). Every
+dependency is a coroutine: FastAPI runs a plain function dependency in a thread pool, which costs more than
+the dependency itself.
 
 :data:`ConnDep` is a connection of the main pool (each request's work is one transaction, committed when the
 route returns). :data:`ReadConnDep` is one of the read pool, in autocommit: for routes that only read (the
@@ -23,12 +25,12 @@ from vitalab.settings import Settings
 Clock = Callable[[], datetime]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_pool(request: Request) -> AsyncConnectionPool:
+async def get_pool(request: Request) -> AsyncConnectionPool:
     pool: AsyncConnectionPool = request.app.state.pool
     return pool
 
@@ -38,7 +40,7 @@ async def get_conn(pool: Annotated[AsyncConnectionPool, Depends(get_pool)]) -> A
         yield conn
 
 
-def get_read_pool(request: Request) -> AsyncConnectionPool:
+async def get_read_pool(request: Request) -> AsyncConnectionPool:
     pool: AsyncConnectionPool = request.app.state.read_pool
     return pool
 
@@ -50,13 +52,13 @@ async def get_read_conn(
         yield conn
 
 
-def get_now(request: Request) -> datetime:
+async def get_now(request: Request) -> datetime:
     """The request's "now" (aware, UTC), from the app's clock: the one place a handler learns the time."""
     clock: Clock = request.app.state.clock
     return clock()
 
 
-def get_health_checks(request: Request) -> Sequence[HealthCheck]:
+async def get_health_checks(request: Request) -> Sequence[HealthCheck]:
     checks: Sequence[HealthCheck] = request.app.state.health_checks
     return checks
 

@@ -58,7 +58,7 @@ class ReportCache:
             return value
 
 
-def get_report_cache(request: Request) -> ReportCache:
+async def get_report_cache(request: Request) -> ReportCache:
     cache: ReportCache = request.app.state.report_cache
     return cache
 

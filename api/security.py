@@ -100,7 +100,7 @@ def check_role_scope(role: Role, scope: Scope) -> None:
         raise ValueError("a kiosk key is for exactly one site (`site:<id>`)")
 
 
-def current_caller(request: Request) -> Caller:
+async def current_caller(request: Request) -> Caller:
     """The request's caller, authenticated by the guard (401 on a route the guard leaves open)."""
     caller = request.scope.get(CALLER_KEY)
     if not isinstance(caller, Caller):

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
+import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -40,6 +42,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -50,13 +53,18 @@ from psycopg import conninfo, sql
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from broker import start_mosquitto  # noqa: E402
+
 from analytics.version import ALGORITHM_VERSION  # noqa: E402
 from api import keys  # noqa: E402
 from api.security import Scope  # noqa: E402
 from vitalab.db import migrate  # noqa: E402
+from vitalab.settings import MqttTarget  # noqa: E402
 
 TARGET_P99_MS = 100.0
 TARGET_RATE = 200.0
+LIVE_TARGET_MS = 1000.0
+WRK = shutil.which("wrk") or "wrk"
 SITE = "gym"
 TZ = ZoneInfo("Europe/Oslo")
 KINDS = ["treadmill"] * 30 + ["bike"] * 30 + ["rower"] * 15 + ["cross_trainer"] * 15 + ["hr_strap"] * 10
@@ -390,38 +398,21 @@ def endpoints(seeded: Seeded, now: datetime) -> list[Endpoint]:
     ]
 
 
-def make_app() -> Any:
-    """The app as uvicorn's factory builds it in the API process (``VITALAB_DATABASE_URL`` says where)."""
-    from api.main import create_app
-    from vitalab.settings import load_settings
-
-    settings = load_settings()
-    assert settings.database_url is not None
-    return create_app(settings, settings.database_url)
-
-
 @contextmanager
-def api_process(url: str, port: int, workers: int) -> Iterator[str]:
-    env = {**os.environ, "VITALAB_DATABASE_URL": url, "PYTHONPATH": str(REPO)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "bench_operators:make_app",
-        "--factory",
-        "--app-dir",
-        str(REPO / "bench"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "--no-access-log",
-        "--workers",
-        str(workers),
-    ]
-    proc = subprocess.Popen(cmd, env=env)
+def api_process(url: str, port: int, workers: int, mqtt_url: str | None) -> Iterator[str]:
+    """``vitalab api`` in a process of its own, with ``workers`` API processes (VITALAB_API_WORKERS)."""
+    env = {
+        **os.environ,
+        "VITALAB_DATABASE_URL": url,
+        "VITALAB_API_HOST": "127.0.0.1",
+        "VITALAB_API_PORT": str(port),
+        "VITALAB_API_WORKERS": str(workers),
+        "PYTHONPATH": str(REPO),
+    }
+    if mqtt_url is not None:
+        env["VITALAB_MQTT_URL"] = mqtt_url
+    vitalab = str(Path(sys.executable).with_name("vitalab"))
+    proc = subprocess.Popen([vitalab, "api", "--log-level", "warning"], env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -448,167 +439,269 @@ def api_process(url: str, port: int, workers: int) -> Iterator[str]:
 
 
 @dataclass
-class Result:
-    latencies: dict[str, list[float]]
-    errors: dict[str, int]
+class Measured:
+    """One endpoint's share of a load phase, as its wrk process reports it."""
+
+    requests: int
     seconds: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    errors: int
 
 
-async def load(
-    base: str, key: str, eps: list[Endpoint], *, seconds: float, workers: int, rate: float | None
-) -> Result:
-    """``workers`` closed-loop clients taking the endpoints in turn; with ``rate``, request i is not sent
-    before ``start + i / rate`` (a client that falls behind sends at once)."""
-    lat: dict[str, list[float]] = {e.name: [] for e in eps}
-    errors: dict[str, int] = {e.name: 0 for e in eps}
-    counter = itertools.count()
-    limits = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
-    async with httpx.AsyncClient(
-        base_url=base, headers={"Authorization": f"Bearer {key}"}, limits=limits, timeout=30
-    ) as http:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        end = start + seconds
-
-        async def worker() -> None:
-            while True:
-                i = next(counter)
-                if rate is not None:
-                    due = start + i / rate
-                    if due >= end or loop.time() >= end:  # a backlog is not worked off: the rate says so
-                        return
-                    if due > loop.time():
-                        await asyncio.sleep(due - loop.time())
-                elif loop.time() >= end:
-                    return
-                ep = eps[i % len(eps)]
-                t0 = time.perf_counter()
-                r = await http.get(ep.path, params=ep.params)
-                dt = time.perf_counter() - t0
-                if r.status_code != 200:
-                    errors[ep.name] += 1
-                else:
-                    lat[ep.name].append(dt)
-
-        await asyncio.gather(*(worker() for _ in range(workers)))
-        took = loop.time() - start
-    return Result(lat, errors, took)
-
-
-def quantile_ms(xs: list[float], q: int) -> float:
-    if len(xs) < 2:
-        return float("nan") if not xs else xs[0] * 1e3
-    return statistics.quantiles(xs, n=100, method="inclusive")[q - 1] * 1e3
+def wrk_load(
+    base: str, key: str, eps: list[Endpoint], *, seconds: float, connections: int, rate: float | None
+) -> dict[str, Measured]:
+    """One wrk process per endpoint, all at once (bench/operators_load.lua): ``connections`` each, paced
+    together to ``rate`` requests/s (an equal share per endpoint), or as fast as they go (None)."""
+    share = 0.0 if rate is None else rate / len(eps)
+    procs: dict[str, subprocess.Popen[str]] = {}
+    for ep in eps:
+        target = ep.path + ("?" + urlencode(ep.params) if ep.params else "")
+        cmd = [
+            WRK,
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(REPO / "bench" / "operators_load.lua"),
+            base,
+            "--",
+            target,
+            f"{share:g}",
+            key,
+        ]
+        procs[ep.name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    out: dict[str, Measured] = {}
+    for name, proc in procs.items():
+        stdout, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"wrk failed for {name}: {stdout}")
+        line = next(x for x in reversed(stdout.splitlines()) if x.startswith("{"))
+        r = json.loads(line)
+        out[name] = Measured(
+            requests=r["requests"],
+            seconds=r["duration_us"] / 1e6,
+            p50_ms=r["p50_us"] / 1e3,
+            p99_ms=r["p99_us"] / 1e3,
+            max_ms=r["max_us"] / 1e3,
+            errors=sum(r["errors"].values()),
+        )
+    return out
 
 
-def report(title: str, result: Result, rate: float | None) -> bool:
-    total = sum(len(v) for v in result.latencies.values())
-    every = [x for v in result.latencies.values() for x in v]
+def report(title: str, result: dict[str, Measured], rate: float | None) -> bool:
+    total = sum(m.requests for m in result.values())
+    seconds = max(m.seconds for m in result.values())
+    achieved = sum(m.requests / m.seconds for m in result.values())
     print(
-        f"\n{title}: {total} requests in {result.seconds:.1f} s = {total / result.seconds:.0f} requests/s"
+        f"\n{title}: {total} requests in {seconds:.1f} s = {achieved:.0f} requests/s"
         + (f" (paced to {rate:g}/s)" if rate else " (unpaced)")
     )
-    print(f"  {'endpoint':24} {'n':>6} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8}  errors")
-    for name, xs in result.latencies.items():
+    print(f"  {'endpoint':24} {'n':>6} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}  errors")
+    for name, m in result.items():
         print(
-            f"  {name:24} {len(xs):6d} {len(xs) / result.seconds:7.1f} {quantile_ms(xs, 50):8.1f} "
-            f"{quantile_ms(xs, 99):8.1f}  {result.errors[name]}"
+            f"  {name:24} {m.requests:6d} {m.requests / m.seconds:7.1f} {m.p50_ms:8.1f} {m.p99_ms:8.1f} "
+            f"{m.max_ms:8.1f}  {m.errors}"
         )
-    p99 = quantile_ms(every, 99)
-    print(
-        f"  {'all':24} {total:6d} {total / result.seconds:7.1f} {quantile_ms(every, 50):8.1f} {p99:8.1f}  "
-        f"{sum(result.errors.values())}"
-    )
+    worst = max(m.p99_ms for m in result.values())
+    errors = sum(m.errors for m in result.values())
+    print(f"  {'all':24} {total:6d} {achieved:7.1f} {'':>8} {worst:8.1f} {'':>8}  {errors}  (p99: the worst)")
     if rate is None:
         return True
-    achieved = total / result.seconds
-    worst = max(quantile_ms(xs, 99) for xs in result.latencies.values() if xs)
-    ok = achieved >= 0.95 * rate and worst < TARGET_P99_MS and not any(result.errors.values())
+    ok = achieved >= 0.95 * rate and worst < TARGET_P99_MS and not errors
     print(
         f"target: p99 < {TARGET_P99_MS:g} ms per endpoint at {TARGET_RATE:g} requests/s"
         + ("" if rate == TARGET_RATE else f" (this run: {rate:g} requests/s)")
-        + ": "
-        f"{'met' if ok else 'NOT met'} (achieved {achieved:.0f} requests/s, worst endpoint p99 "
-        f"{worst:.1f} ms, all p99 {p99:.1f} ms)"
+        + f": {'met' if ok else 'NOT met'} (achieved {achieved:.0f} requests/s, "
+        f"worst endpoint p99 {worst:.1f} ms)"
     )
     return ok
 
 
-def measure_live(base: str, key: str, site: str, clients: int = 200) -> str:
-    """Hook for the live floor (api/routes/live.py): 200 SSE clients on ``/v1/sites/{site}/live`` and the
-    p99 of the delay between a device's publication and its event at the clients. Filled in by the live
-    floor's work; until then it says whether the route exists."""
-    r = httpx.get(base + "/openapi.json", timeout=10)
-    if "/v1/sites/{site_id}/live" not in r.json().get("paths", {}):
-        return "live stream: the route is not in this build (not measured)"
-    return f"live stream: the route exists; its {clients}-client measurement is not implemented here yet"
+# ---------------------------------------------------------------------------------------------- live
+
+
+class Arrivals:
+    """When each change (by its power value) reached each client; ``all_in`` once ``expected`` are in."""
+
+    def __init__(self) -> None:
+        self.at: dict[int, list[float]] = {}
+        self.count = 0
+        self.expected: int | None = None
+        self.all_in = asyncio.Event()
+
+    def add(self, power: int, t: float) -> None:
+        self.at.setdefault(power, []).append(t)
+        self.count += 1
+        if self.expected is not None and self.count >= self.expected:
+            self.all_in.set()
+
+
+async def _live_client(
+    base: str,
+    key: str,
+    ready: asyncio.Event,
+    arrived: Arrivals,
+    device: str,
+    stop: asyncio.Event,
+) -> None:
+    """One SSE client of the live floor: records when each ``device`` event with a new power arrives."""
+    headers = {"Authorization": f"Bearer {key}"}
+    async with (
+        httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(30, read=None)) as http,
+        http.stream("GET", f"/v1/sites/{SITE}/live", headers=headers) as r,
+    ):
+        assert r.status_code == 200, r.status_code
+        event, data = "", ""
+        async for line in r.aiter_lines():
+            if stop.is_set():
+                return
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data = line[5:].strip()
+            elif line == "" and data:
+                if event == "snapshot":
+                    ready.set()
+                elif event == "device":
+                    tile = json.loads(data)
+                    if tile["device_id"] == device and tile.get("power_w") is not None:
+                        arrived.add(int(tile["power_w"]), time.perf_counter())
+                event, data = "", ""
+
+
+async def measure_live(
+    base: str, key: str, target: MqttTarget, device: str, *, clients: int, seconds: float, every_s: float
+) -> tuple[bool, str]:
+    """``clients`` SSE clients on ``/v1/sites/{site}/live``; ``device`` publishes a sample with a new power
+    every ``every_s`` for ``seconds`` (QoS 1, through the broker the API follows); the delay from each
+    publication to its event at each client, p50/p99/max, against the target: p99 < 1 s."""
+    import aiomqtt
+
+    from vitalab.wire import DeviceState, Sample, TelemetryMessage, TopicKind, device_topic, encode
+
+    arrived = Arrivals()
+    sent: dict[int, float] = {}
+    stop = asyncio.Event()
+    readies = [asyncio.Event() for _ in range(clients)]
+    tasks = [asyncio.create_task(_live_client(base, key, r, arrived, device, stop)) for r in readies]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 60)
+        async with aiomqtt.Client(target.host, target.port, identifier="bench-live") as mqtt:
+            state = DeviceState(v=1, device=device, t=datetime.now(UTC), online=True, training="manual")
+            await mqtt.publish(device_topic(SITE, device, TopicKind.STATE), encode(state), qos=1, retain=True)
+            await asyncio.sleep(1.0)  # the tile in use before the first measured change
+            n = int(seconds / every_s)
+            arrived.expected = n * clients
+            t0 = time.perf_counter()
+            for i in range(n):
+                await asyncio.sleep(max(0.0, t0 + i * every_s - time.perf_counter()))
+                power = 1000 + i
+                msg = TelemetryMessage(
+                    v=1, device=device, seq=i + 1, samples=[Sample(t=datetime.now(UTC), power_w=power)]
+                )
+                sent[power] = time.perf_counter()
+                await mqtt.publish(device_topic(SITE, device, TopicKind.TELEMETRY), encode(msg), qos=1)
+            with suppress(TimeoutError):  # what has not arrived 10 s after the last publication is lost
+                await asyncio.wait_for(arrived.all_in.wait(), 10)
+    finally:
+        stop.set()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    delays = sorted(t - sent[p] for p in sent for t in arrived.at.get(p, []))
+    expected = len(sent) * clients
+    if len(delays) < 2:
+        return False, f"live stream: {len(delays)} of {expected} events arrived"
+    q = statistics.quantiles(delays, n=100, method="inclusive")
+    p99 = q[98] * 1e3
+    ok = p99 < LIVE_TARGET_MS and len(delays) == expected
+    return ok, (
+        f"live stream: {clients} clients, {len(sent)} changes published over {seconds:g} s, "
+        f"{len(delays)} of {expected} events delivered; publish -> client p50 {q[49] * 1e3:.1f} ms, "
+        f"p99 {p99:.1f} ms, max {delays[-1] * 1e3:.1f} ms; target: p99 < {LIVE_TARGET_MS:g} ms "
+        f"with every event delivered: {'met' if ok else 'NOT met'}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- explain
 
 
-def explain(url: str, now: datetime) -> None:
-    """EXPLAIN ANALYZE of the queries behind the endpoints, as the API sends them."""
-    from api.queries import fleet
+AGGREGATE_TABLES = (
+    "device_hourly",
+    "participant_daily",
+    "device_quality_daily",
+    "sessions",
+    "alerts",
+    "samples",
+)
+"""The tables behind the endpoints that grow with time (the others hold a row or a few per site, device or
+member)."""
 
-    day_ago, month_ago = now - timedelta(days=1), now - timedelta(days=28)
-    h0 = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=23)
-    plans: list[tuple[str, Any, Any]] = [
-        ("fleet", fleet._FLEET, {"site": SITE, "heard_since": now - timedelta(minutes=5)}),
-        (
-            "alerts (active, first page)",
-            "SELECT alert_id, site_id, subject, subject_id, kind, started_at, ended_at, detail FROM alerts "
-            "WHERE site_id = %(s)s AND (ended_at IS NULL) = true ORDER BY started_at DESC, alert_id DESC "
-            "LIMIT 1001",
-            {"s": SITE},
-        ),
-        (
-            "utilisation: device_hourly",
-            "SELECT device_id, hour, in_session_s, minutes_with_data FROM device_hourly "
-            "WHERE site_id = %s AND hour >= %s AND hour < %s",
-            (SITE, h0, h0 + timedelta(hours=24)),
-        ),
-        (
-            "occupancy: sessions overlapping 28 days",
-            "SELECT device_ids, participant_id, extract(epoch FROM started_at)::float8, "
-            "extract(epoch FROM ended_at)::float8 FROM sessions WHERE site_id = %s "
-            "AND algorithm_version = %s AND started_at < %s AND ended_at >= %s",
-            (SITE, ALGORITHM_VERSION, now, month_ago),
-        ),
-        (
-            "vitality: member weeks",
-            "SELECT p.participant_id, p.sex, p.birth_year, date_trunc('week', d.day)::date AS week, "
-            "sum(d.sessions)::float8, sum(d.load)::float8, sum(d.moderate_min + d.vigorous_min)::float8, "
-            "(sum(d.moderate_min) + 2 * sum(d.vigorous_min))::float8 "
-            "FROM participant_daily d JOIN participants p USING (participant_id) "
-            "WHERE p.site_id = %s AND d.day >= %s AND d.day <= %s "
-            "GROUP BY 1, 2, 3, 4 HAVING sum(d.sessions) > 0",
-            (SITE, (now - timedelta(weeks=8)).date(), now.date()),
-        ),
-        (
-            "sessions of the last day (first page)",
-            "SELECT session_id FROM sessions WHERE algorithm_version = %s AND site_id = %s "
-            "AND started_at >= %s ORDER BY started_at, session_id LIMIT 201",
-            (ALGORITHM_VERSION, SITE, day_ago),
-        ),
-        (
-            "samples/latest",
-            "SELECT s.* FROM devices d CROSS JOIN LATERAL (SELECT device_id, t FROM samples "
-            "WHERE samples.device_id = d.device_id ORDER BY t DESC LIMIT 1) s WHERE d.site_id = %s "
-            "ORDER BY d.device_id LIMIT 1001",
-            (SITE,),
-        ),
-    ]
-    # (the texts of api/queries/sites.py, sessions.py and samples.py, with a request's parameters filled in)
+
+def explain(url: str, key: str, eps: list[Endpoint]) -> bool:
+    """The plan of every query the endpoints send (EXPLAIN ANALYZE, with their parameters), taken from the
+    API itself: each endpoint is called once in this process with every cursor's ``execute`` recorded.
+    Prints the scans of each; False if a table of :data:`AGGREGATE_TABLES` is read without an index."""
+    from psycopg import AsyncCursor
+
+    from api.asgi import build
+    from vitalab.settings import load_settings
+
+    seen: dict[str, tuple[str, Any, Any]] = {}
+    current = [""]
+    original = AsyncCursor.execute
+
+    async def recording(self: Any, query: Any, params: Any = None, **kw: Any) -> Any:
+        text = query.as_string(self.connection) if isinstance(query, sql.Composable) else str(query)
+        if not text.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")):
+            seen.setdefault(" ".join(text.split()), (current[0], text, params))
+        return await original(self, query, params, **kw)
+
+    async def call_all() -> None:
+        app = build(load_settings(database_url=url, mqtt_url=None))
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 1))
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(
+                transport=transport, base_url="http://api", headers={"Authorization": f"Bearer {key}"}
+            ) as http,
+        ):
+            for ep in eps:
+                current[0] = ep.name
+                r = await http.get(ep.path, params=ep.params)
+                assert r.status_code == 200, (ep.name, r.status_code)
+
+    AsyncCursor.execute = recording  # type: ignore[method-assign]
+    try:
+        asyncio.run(call_all())
+    finally:
+        AsyncCursor.execute = original  # type: ignore[method-assign]
+    ok = True
     with psycopg.connect(url) as conn:
-        for name, query, params in plans:
-            text = query if isinstance(query, sql.Composable) else sql.SQL(query)
+        for name, text, params in seen.values():
             rows = conn.execute(
-                sql.SQL("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {}").format(text), params
+                sql.SQL("EXPLAIN (ANALYZE, COSTS OFF) {}").format(sql.SQL(text)),
+                params,
             ).fetchall()
-            print(f"\n--- {name}")
-            for (line,) in rows:
-                print("   ", line)
+            plan = [line for (line,) in rows]
+            nodes = [line.strip().removeprefix("->").strip() for line in plan]
+            scans = [node.split(" (actual")[0] for node in nodes if " Scan " in node]
+            took = next((line for line in plan if line.startswith("Execution Time")), "")
+            bad = [x for x in scans if x.startswith("Seq Scan on") and x.split()[3] in AGGREGATE_TABLES]
+            ok = ok and not bad
+            print(f"\n--- {name}: {' '.join(text.split())[:150]}")
+            print(f"    {took}; {'; '.join(scans)}" + (f"  <-- NO INDEX: {bad}" if bad else ""))
+    print(
+        "\nevery aggregate table is read through an index"
+        if ok
+        else "\nSOME aggregate table is read without an index (see above)"
+    )
+    return ok
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -630,35 +723,85 @@ async def _operator_key(url: str, now: datetime) -> str:
     return made.token
 
 
-def run(url: str, args: argparse.Namespace) -> bool:
-    now = datetime.now(UTC)
+def _seeded(url: str, args: argparse.Namespace, now: datetime) -> Seeded:
+    """Seed the database, or (``--reuse``) read what an earlier run seeded there."""
+    if args.reuse:
+        with psycopg.connect(url) as conn:
+            row = conn.execute("SELECT seeded_at, devices FROM bench_seed").fetchone()
+        assert row is not None, "not a database seeded by this benchmark"
+        seeded_at, devices = row
+        age = now - seeded_at
+        print(f"reusing the database seeded {age.total_seconds() / 3600:.1f} h ago: {url}")
+        if age > timedelta(hours=6):
+            print("  (its last day is partly empty now: seed again for figures comparable to a fresh run)")
+        return Seeded(devices=list(devices))
     migrate(url, timescale="off")
     seeded = seed(url, now, args.days, args.sample_days)
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE bench_seed (seeded_at timestamptz NOT NULL, devices text[] NOT NULL)")
+        conn.execute("INSERT INTO bench_seed VALUES (%s, %s)", (now, seeded.devices))
     print(
         f"seeded in {seeded.seconds:.0f} s: {len(seeded.devices)} devices, {seeded.sessions} sessions, "
         f"{seeded.hourly} device-hours, {seeded.daily} participant-days, {seeded.quality} device-days of "
         f"quality ({args.days} days), {seeded.samples} raw samples ({args.sample_days} days)"
     )
-    if args.explain:
-        explain(url, now)
+    return seeded
+
+
+def run(url: str, args: argparse.Namespace) -> bool:
+    now = datetime.now(UTC)
+    seeded = _seeded(url, args, now)
     key = asyncio.run(_operator_key(url, now - timedelta(minutes=1)))
     eps = endpoints(seeded, now)
-    with api_process(url, _free_port(), args.api_workers) as base:
-        for ep in eps:  # every endpoint answers before anything is timed
-            r = httpx.get(
-                base + ep.path, params=ep.params, headers={"Authorization": f"Bearer {key}"}, timeout=30
-            )
-            assert r.status_code == 200, (ep.name, r.status_code, r.text[:300])
-        asyncio.run(load(base, key, eps, seconds=5, workers=args.workers, rate=args.rate))  # warm-up
-        paced = asyncio.run(load(base, key, eps, seconds=args.seconds, workers=args.workers, rate=args.rate))
-        ok = report("paced", paced, args.rate)
-        unpaced = asyncio.run(load(base, key, eps, seconds=args.seconds / 2, workers=args.workers, rate=None))
-        report("unpaced (the most this machine serves with these clients)", unpaced, None)
-        print("\n" + measure_live(base, key, SITE))
+    if args.explain:
+        explain(url, key, eps)
+    live_device = next(d for d in seeded.devices if d.startswith("bike-"))
+    with tempfile.TemporaryDirectory() as tmp:
+        broker, target = start_mosquitto(Path(tmp))
+        try:
+            mqtt_url = f"mqtt://{target.host}:{target.port}"
+            with api_process(url, _free_port(), args.api_workers, mqtt_url) as base:
+                for ep in eps:  # every endpoint answers before anything is timed
+                    r = httpx.get(
+                        base + ep.path,
+                        params=ep.params,
+                        headers={"Authorization": f"Bearer {key}"},
+                        timeout=30,
+                    )
+                    assert r.status_code == 200, (ep.name, r.status_code, r.text[:300])
+                print(
+                    f"\nAPI: `vitalab api` with VITALAB_API_WORKERS={args.api_workers}; load: one wrk "
+                    f"process per endpoint, {args.connections} connections each"
+                )
+                wrk_load(base, key, eps, seconds=5, connections=args.connections, rate=args.rate)  # warm-up
+                paced = wrk_load(
+                    base, key, eps, seconds=args.seconds, connections=args.connections, rate=args.rate
+                )
+                ok = report("paced", paced, args.rate)
+                unpaced = wrk_load(
+                    base, key, eps, seconds=args.seconds / 2, connections=args.connections, rate=None
+                )
+                report("unpaced (the most this machine serves with these connections)", unpaced, None)
+                live_ok, said = asyncio.run(
+                    measure_live(
+                        base,
+                        key,
+                        target,
+                        live_device,
+                        clients=args.live_clients,
+                        seconds=args.seconds,
+                        every_s=0.5,
+                    )
+                )
+                print("\n" + said)
+                ok = ok and live_ok
+        finally:
+            broker.terminate()
+            broker.wait()
     load1, load5, _ = os.getloadavg()
     print(
         f"machine: {os.cpu_count()} cores, load average {load1:.1f} (1 min) {load5:.1f} (5 min); "
-        f"the API process, its PostgreSQL and this client share them"
+        f"the API processes, PostgreSQL, the broker and the load generators share them"
     )
     return ok
 
@@ -668,20 +811,24 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rate", type=float, default=TARGET_RATE, help="requests/s in total (paced phase)")
-    parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--workers", type=int, default=16, help="concurrent clients")
-    parser.add_argument(
-        "--api-workers", type=int, default=1, help="API processes (uvicorn --workers; `vitalab api` runs one)"
-    )
+    parser.add_argument("--seconds", type=float, default=30.0, help="each phase (paced, live; unpaced: half)")
+    parser.add_argument("--connections", type=int, default=4, help="connections per endpoint (wrk -c)")
+    parser.add_argument("--api-workers", type=int, default=2, help="VITALAB_API_WORKERS of the API")
+    parser.add_argument("--live-clients", type=int, default=200)
     parser.add_argument("--days", type=int, default=90)
     parser.add_argument("--sample-days", type=int, default=7)
     parser.add_argument("--explain", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the database (its URL is printed)")
+    parser.add_argument("--reuse", metavar="URL", help="a database kept by an earlier --keep run: no seeding")
     parser.add_argument(
         "--database-url",
         default=os.environ.get("VITALAB_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
     )
     args = parser.parse_args()
+    if shutil.which(WRK) is None:
+        sys.exit("bench_operators.py needs wrk (Debian/Ubuntu: apt-get install wrk; macOS: brew install wrk)")
+    if args.reuse:
+        sys.exit(0 if run(args.reuse, args) else 1)
     name = f"vitalab_bench_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(args.database_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -692,7 +839,7 @@ def main() -> None:
         ok = run(url, args)
     finally:
         if args.keep:
-            print(f"database kept: {url}")
+            print(f"database kept: {url} (run again on it: --reuse '{url}')")
         else:
             with psycopg.connect(args.database_url, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -35,7 +35,7 @@ SHOWN_ONCE = "no-store"
 """``Cache-Control`` of answers that may hold a password."""
 
 
-def get_broker(request: Request) -> MosquittoAuth | None:
+async def get_broker(request: Request) -> MosquittoAuth | None:
     """The broker's account store (None: broker logins are managed outside vitalab)."""
     auth: MosquittoAuth | None = request.app.state.broker_auth
     return auth
