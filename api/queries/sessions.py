@@ -47,10 +47,17 @@ async def list_sessions(
     cursor: Cursor,
     limit: int,
     sites: list[str] | None = None,
+    with_participants: bool = True,
 ) -> Page[SessionOut]:
     """Sessions starting in ``[since, until)``; ``device`` matches any device of a session; ``sites``: only
-    of these sites."""
-    select = sql.SQL("SELECT {} FROM sessions").format(cols(SESSION_COLS))
+    of these sites; without participants: ``participant_id`` null in every row (not read)."""
+    columns = sql.SQL(", ").join(
+        sql.SQL("NULL::uuid AS participant_id")
+        if c == "participant_id" and not with_participants
+        else sql.Identifier(c)
+        for c in SESSION_COLS
+    )
+    select = sql.SQL("SELECT {} FROM sessions").format(columns)
     where = sql.SQL(
         "algorithm_version = %(v)s AND (%(site)s::text IS NULL OR site_id = %(site)s) "
         "AND (%(device)s::text IS NULL OR device_ids @> ARRAY[%(device)s::text]) "

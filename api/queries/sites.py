@@ -19,11 +19,13 @@ class SiteDevice:
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceHour:
+class DeviceHours:
+    """One device's stored hours of a range: ``hours`` counts from the range's first hour."""
+
     device_id: str
-    hour: datetime
-    in_session_s: float
-    minutes_with_data: int
+    hours: list[int]
+    in_session_s: list[float]
+    minutes_with_data: list[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +64,15 @@ async def devices(conn: AsyncConnection, site_id: str) -> list[SiteDevice]:
     return await fetch_all(conn, SiteDevice, query, (site_id,))
 
 
-async def device_hours(conn: AsyncConnection, site_id: str, h0: datetime, h1: datetime) -> list[DeviceHour]:
+async def device_hours(conn: AsyncConnection, site_id: str, h0: datetime, h1: datetime) -> list[DeviceHours]:
+    """Per device, its hours of ``[h0, h1)`` in ``device_hourly`` as arrays (a row per device, not per hour:
+    a day of a hundred devices is a hundred rows)."""
     query = sql.SQL(
-        "SELECT device_id, hour, in_session_s, minutes_with_data FROM device_hourly "
-        "WHERE site_id = %s AND hour >= %s AND hour < %s"
+        "SELECT device_id, array_agg((extract(epoch FROM hour - %(h0)s) / 3600)::int) AS hours, "
+        "array_agg(in_session_s) AS in_session_s, array_agg(minutes_with_data) AS minutes_with_data "
+        "FROM device_hourly WHERE site_id = %(site)s AND hour >= %(h0)s AND hour < %(h1)s GROUP BY device_id"
     )
-    return await fetch_all(conn, DeviceHour, query, (site_id, h0, h1))
+    return await fetch_all(conn, DeviceHours, query, {"site": site_id, "h0": h0, "h1": h1})
 
 
 async def sessions_overlapping(

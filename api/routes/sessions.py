@@ -56,11 +56,10 @@ async def list_sessions(
         cursor=pagination.decode(cursor, sessions.KEYSET, default),
         limit=limit,
         sites=scope_sites(caller),
+        with_participants=sees_participants(caller),
     )
     pagination.link(request, response, page)
-    if sees_participants(caller):
-        return page.rows
-    return [s.model_copy(update={"participant_id": None}) for s in page.rows]
+    return page.rows
 
 
 @router.get("/{session_id}", response_model=SessionDetail)

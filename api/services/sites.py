@@ -39,9 +39,9 @@ async def utilisation(
     minutes = np.zeros((len(devices), n_hours), dtype=np.int64)
     for row in await q.device_hours(conn, site_id, h0, h0 + timedelta(hours=n_hours)):
         if row.device_id in index:
-            j = int((row.hour - h0).total_seconds() // 3600)
-            in_session[index[row.device_id], j] = row.in_session_s
-            minutes[index[row.device_id], j] = row.minutes_with_data
+            i = index[row.device_id]
+            in_session[i, row.hours] = row.in_session_s
+            minutes[i, row.hours] = row.minutes_with_data
     return SiteUtilisation(
         site_id=site_id,
         hours=[h0 + timedelta(hours=j) for j in range(n_hours)],
