@@ -64,6 +64,8 @@ from vitalab.settings import MqttTarget  # noqa: E402
 TARGET_P99_MS = 100.0
 TARGET_RATE = 200.0
 LIVE_TARGET_MS = 1000.0
+FIRST_POWER = 1000
+"""The live stream's changes carry powers from this one up (a seeded sample's power is below)."""
 WRK = shutil.which("wrk") or "wrk"
 SITE = "gym"
 TZ = ZoneInfo("Europe/Oslo")
@@ -535,6 +537,8 @@ class Arrivals:
         self.all_in = asyncio.Event()
 
     def add(self, power: int, t: float) -> None:
+        if power < FIRST_POWER:  # the tile's power before the measurement (the database's latest sample)
+            return
         self.at.setdefault(power, []).append(t)
         self.count += 1
         if self.expected is not None and self.count >= self.expected:
@@ -603,7 +607,7 @@ async def measure_live(
             t0 = time.perf_counter()
             for i in range(n):
                 await asyncio.sleep(max(0.0, t0 + i * every_s - time.perf_counter()))
-                power = 1000 + i
+                power = FIRST_POWER + i
                 msg = TelemetryMessage(
                     v=1, device=device, seq=i + 1, samples=[Sample(t=datetime.now(UTC), power_w=power)]
                 )
@@ -621,7 +625,9 @@ async def measure_live(
     if len(delays) < 2:
         return False, f"live stream: {len(delays)} of {expected} events arrived"
     missing = {
-        p - 1000: clients - len(arrived.at.get(p, [])) for p in sent if len(arrived.at.get(p, [])) < clients
+        p - FIRST_POWER: clients - len(arrived.at.get(p, []))
+        for p in sent
+        if len(arrived.at.get(p, [])) < clients
     }
     if missing:
         print(
