@@ -116,7 +116,7 @@ def create_app(
         )
         # the read-only routes' connections (api/deps.py ReadConnDep), autocommit
         read = AsyncConnectionPool(
-            database_url, min_size=1, max_size=8, open=False, timeout=timeout, kwargs={"autocommit": True}
+            database_url, min_size=2, max_size=8, open=False, timeout=timeout, kwargs={"autocommit": True}
         )
         async with main as pool, guard as security_pool, read as read_pool:
             app.state.pool = pool

@@ -47,6 +47,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import numpy as np
+import psutil
 import psycopg
 from psycopg import conninfo, sql
 
@@ -401,8 +402,9 @@ def endpoints(seeded: Seeded, now: datetime) -> list[Endpoint]:
 
 
 @contextmanager
-def api_process(url: str, port: int, workers: int, mqtt_url: str | None) -> Iterator[str]:
-    """``vitalab api`` in a process of its own, with ``workers`` API processes (VITALAB_API_WORKERS)."""
+def api_process(url: str, port: int, workers: int, mqtt_url: str | None) -> Iterator[tuple[str, int]]:
+    """``vitalab api`` in a process of its own, with ``workers`` API processes (VITALAB_API_WORKERS): its
+    base URL and process id."""
     env = {
         **os.environ,
         "VITALAB_DATABASE_URL": url,
@@ -427,7 +429,7 @@ def api_process(url: str, port: int, workers: int, mqtt_url: str | None) -> Iter
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the API did not start")
             time.sleep(0.2)
-        yield base
+        yield base, proc.pid
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -435,6 +437,31 @@ def api_process(url: str, port: int, workers: int, mqtt_url: str | None) -> Iter
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+class CpuMeter:
+    """CPU seconds used by the API (its process and workers) and by the benchmark database's PostgreSQL
+    backends: what a request costs, whatever else the machine runs."""
+
+    def __init__(self, api_pid: int, dbname: str) -> None:
+        self.api = psutil.Process(api_pid)
+        self.dbname = dbname
+
+    def read(self) -> tuple[float, float]:
+        def cpu(p: psutil.Process) -> float:
+            with suppress(psutil.Error):
+                t = p.cpu_times()
+                return float(t.user + t.system)
+            return 0.0
+
+        api = cpu(self.api) + sum(cpu(c) for c in self.api.children(recursive=True))
+        pg = 0.0
+        for p in psutil.process_iter(["cmdline"]):
+            with suppress(psutil.Error):
+                cmd = " ".join(p.info["cmdline"] or [])
+                if cmd.startswith("postgres:") and self.dbname in cmd:  # a backend of the benchmark database
+                    pg += cpu(p)
+        return api, pg
 
 
 # ---------------------------------------------------------------------------------------------- load
@@ -777,7 +804,7 @@ def run(url: str, args: argparse.Namespace) -> bool:
         broker, target = start_mosquitto(Path(tmp))
         try:
             mqtt_url = f"mqtt://{target.host}:{target.port}"
-            with api_process(url, _free_port(), args.api_workers, mqtt_url) as base:
+            with api_process(url, _free_port(), args.api_workers, mqtt_url) as (base, api_pid):
                 for ep in eps:  # every endpoint answers before anything is timed
                     r = httpx.get(
                         base + ep.path,
@@ -794,8 +821,20 @@ def run(url: str, args: argparse.Namespace) -> bool:
                 if not args.live_only:
                     conns = args.connections
                     wrk_load(base, key, eps, seconds=5, connections=conns, rate=args.rate)  # warm-up
+                    meter = CpuMeter(api_pid, str(conninfo.conninfo_to_dict(url).get("dbname", "")))
+                    (api0, pg0), t0 = meter.read(), time.perf_counter()
                     paced = wrk_load(base, key, eps, seconds=args.seconds, connections=conns, rate=args.rate)
+                    (api1, pg1), took = meter.read(), time.perf_counter() - t0
                     ok = report("paced", paced, args.rate)
+                    n = sum(m.requests for m in paced.values())
+                    per_api, per_pg = (api1 - api0) / n * 1e3, (pg1 - pg0) / n * 1e3
+                    cores = (per_api + per_pg) * TARGET_RATE / 1e3
+                    print(
+                        f"CPU per request: API {per_api:.2f} ms, PostgreSQL {per_pg:.2f} ms; at "
+                        f"{TARGET_RATE:g} requests/s that is {cores:.2f} of the machine's {os.cpu_count()} "
+                        f"cores (this phase used {(api1 - api0 + pg1 - pg0) / took:.2f}; the rest of the load"
+                        " average is other work)"
+                    )
                     unpaced = wrk_load(base, key, eps, seconds=args.seconds / 2, connections=conns, rate=None)
                     report("unpaced (the most this machine serves with these connections)", unpaced, None)
                 live_ok, said = asyncio.run(
