@@ -20,7 +20,7 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 
-from api.exports import jobs, site
+from api.exports import engine, jobs, site
 from api.exports.site import SiteExportParams, SiteExportSpec
 from tests.api.support import app_at, serve
 from tests.exports import site_world as w
@@ -36,7 +36,9 @@ def world(database_url: str) -> str:
     return database_url
 
 
-def export(url: str, out: Path, params: SiteExportParams, export_id: uuid.UUID | None = None) -> site.Result:
+def export(
+    url: str, out: Path, params: SiteExportParams, export_id: uuid.UUID | None = None
+) -> engine.Result:
     out.mkdir()
     spec = SiteExportSpec(export_id or uuid.UUID(int=1), w.SITE, "tester", w.NOW, params)
     with psycopg.connect(url) as conn:
@@ -58,11 +60,10 @@ def utc(text: str) -> datetime:
 
 
 async def api_reports(url: str, breakdown: str) -> dict[str, Any]:
-    span = site.window("Europe/Oslo", w.SINCE, w.UNTIL)
-    start, end = span.start, span.end
+    local = site.window("Europe/Oslo", w.SINCE, w.UNTIL)
     got: dict[str, Any] = {}
     async with serve(app_at(url, w.NOW, export_worker=False)) as http:
-        span = {"since": start.isoformat(), "until": end.isoformat()}
+        span = {"since": local.start.isoformat(), "until": local.end.isoformat()}
         for name, params in (
             ("utilisation", span),
             ("occupancy", {**span, "slot_min": "15"}),
@@ -110,8 +111,7 @@ def check_occupancy(rows: list[dict[str, Any]], api: dict[str, Any]) -> None:
 
 
 def check_vitality(rows: list[dict[str, Any]], api: dict[str, Any]) -> None:
-    keys = ("week", "group", "suppressed", "members", "sessions_per_member", "median_load")
-    keys += ("median_mvpa_min", "mean_who_min", "who_share")
+    keys = [c.name for c in site.VITALITY_COLUMNS]
     expected = [tuple(c[k] for k in keys) for c in api["cells"]]
     got = [tuple(str(r[k]) if k == "week" else r[k] for k in keys) for r in rows]
     assert got == expected
