@@ -47,7 +47,7 @@ from psycopg.rows import class_row
 
 from analytics.site import K_ANONYMITY
 from analytics.version import ALGORITHM_VERSION
-from api.exports.datasets import Column
+from api.exports.datasets import Column, Kind
 from api.exports.engine import DICTIONARY, MANIFEST, ExportError, NoProgress, Progress, Result, file_name
 from api.exports.files import Chunk, FileResult, HashingFile
 from api.exports.writers import write_csv, write_parquet
@@ -168,7 +168,7 @@ class SiteExportSpec:
     params: SiteExportParams
 
 
-def _c(name: str, kind: Any, unit: str | None, meaning: str, expr: str = "") -> Column:
+def _c(name: str, kind: Kind, unit: str | None, meaning: str, expr: str = "") -> Column:
     return Column(name, kind, unit, meaning, expr)
 
 
