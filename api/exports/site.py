@@ -97,7 +97,7 @@ class SiteExportParams:
         if self.gzip and self.format == "parquet":
             raise ExportError("parquet files are compressed inside (zstd); gzip applies to csv")
         if self.until < self.since:
-            raise ExportError("since must not be after until")
+            raise ExportError("the range runs backwards: since (the first day, --from) is after until (--to)")
         if self.slot_min not in SLOT_MINUTES:
             raise ExportError(f"slot_min must divide an hour ({', '.join(map(str, SLOT_MINUTES))})")
         if self.breakdown not in BREAKDOWNS:
