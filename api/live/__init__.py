@@ -5,7 +5,8 @@ dashboard as Server-Sent Events (``GET /v1/sites/{site_id}/live``, :mod:`api.rou
   values, heart-rate zone);
 * :mod:`api.live.hub`: one hub per watched site (one broker subscription, fan-out to bounded client
   queues, a ring buffer for ``Last-Event-ID``, the silence timer);
-* :mod:`api.live.source`: what the hubs read from the database (the first snapshot, the check-ins).
+* :mod:`api.live.source`: what the hubs read from the database (the first snapshot, the check-ins, the site's
+  opening hours and timezone).
 """
 
 from __future__ import annotations
