@@ -1,5 +1,5 @@
-"""Sites and the stored analytics behind the per-site reports (``sites``, ``devices``, ``device_hourly``,
-``sessions``, ``participant_daily``)."""
+"""Sites (timezone, opening hours) and the stored analytics behind the per-site reports (``sites``,
+``devices``, ``device_hourly``, ``sessions``, ``participant_daily``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from uuid import UUID
 
 from psycopg import AsyncConnection, sql
 
+from analytics.opening_hours import SiteHours
 from api.queries import exists, fetch_all
 
 
@@ -76,6 +77,13 @@ MEMBER_WEEKS: Final = sql.SQL(
 """Per member of the site and ISO week of ``[since, until]`` with at least one session: its sums, in a total
 order (week, member), so that the aggregates are the same bits wherever they are computed (the API, the site
 exports of :mod:`api.exports.site`)."""
+
+
+async def hours(conn: AsyncConnection, site_id: str) -> SiteHours:
+    """The site's opening hours and timezone (an unknown site: always open, in UTC)."""
+    cur = await conn.execute("SELECT timezone, opening_hours FROM sites WHERE site_id = %s", (site_id,))
+    row = await cur.fetchone()
+    return SiteHours() if row is None else SiteHours.stored(site_id, row[0], row[1])
 
 
 async def devices(conn: AsyncConnection, site_id: str) -> list[SiteDevice]:
