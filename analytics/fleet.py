@@ -24,7 +24,8 @@ kind and model (``service_thresholds``: the model's row, else the kind's ``*`` r
 Alerts (``alerts``: one open row per subject and kind, ``ended_at`` set when the condition clears):
 
 ``silent``: a device expected to report is not heard (no sample, no state) for ``silent_after_s`` while its
-    site is open (``site_opening_hours``; a site without hours is always open). A machine is expected while
+    site is open (``sites.opening_hours`` in the site's timezone, :mod:`analytics.opening_hours`; a site
+    without hours is always open). A machine is expected while
     the site is open: it is silent once it said it is offline, or when its state says a workout is running
     and nothing came for ``silent_after_s``. (Machines send samples only while in use: an idle machine is
     quiet, not silent.) A strap or power meter is expected while its state says it is online (worn). The
@@ -51,9 +52,8 @@ import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
-from zoneinfo import ZoneInfo
 
 import httpx
 import numpy as np
@@ -65,6 +65,7 @@ from psycopg.types.json import Jsonb
 from analytics import store
 from analytics.job_plan import EARLIEST, Window
 from analytics.job_runs import Reject, isolated, reason_of
+from analytics.opening_hours import SiteHours
 from analytics.sessions import INACTIVE_STATUSES
 from vitalab.wire.registry import MACHINE_KINDS
 
@@ -165,51 +166,6 @@ def hourly_sums(rows: UsageRows, dist: F64, run: F64) -> dict[tuple[int, float],
         a, b = out.get((dv, h), (0.0, 0.0))
         out[(dv, h)] = (a + dd, b + rr)
     return out
-
-
-# ---------------------------------------------------------------------------------------------- opening hours
-
-
-@dataclass(frozen=True, slots=True)
-class OpeningPeriod:
-    iso_dow: int
-    """1 Monday .. 7 Sunday, local."""
-    opens_s: float
-    closes_s: float
-    """Seconds after local midnight; 86400 is the end of the day."""
-
-
-def open_since(periods: Sequence[OpeningPeriod], tz: ZoneInfo, now: datetime) -> datetime | None:
-    """When the site's current opening began (None: closed at ``now``; :data:`EARLIEST`: open around the
-    clock, or for the whole week before ``now``). Periods are local wall-clock times of the site."""
-    if not periods:
-        return EARLIEST
-    today = now.astimezone(tz).date()
-    spans: list[tuple[datetime, datetime]] = []
-    for back in range(8, -2, -1):
-        day = today - timedelta(days=back)
-        for p in periods:
-            if p.iso_dow == day.isoweekday():
-                spans.append((_local(day, p.opens_s, tz), _local(day, p.closes_s, tz)))
-    spans.sort()
-    merged: list[list[datetime]] = []
-    for a, b in spans:
-        if merged and a <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], b)
-        else:
-            merged.append([a, b])
-    horizon = _local(today - timedelta(days=7), 0.0, tz)
-    for a, b in merged:
-        if a <= now < b:
-            return EARLIEST if a <= horizon else a
-    return None
-
-
-def _local(day: date, seconds: float, tz: ZoneInfo) -> datetime:
-    midnight = datetime(day.year, day.month, day.day, tzinfo=tz)
-    # wall-clock arithmetic, then to UTC: 10:00 on a daylight-saving day is still 10:00
-    wall = midnight.replace(tzinfo=None) + timedelta(seconds=seconds)
-    return wall.replace(tzinfo=tz).astimezone(UTC)
 
 
 # ---------------------------------------------------------------------------------------------- usage (db)
@@ -472,20 +428,12 @@ def _iso(t: datetime | None) -> str | None:
 
 
 def site_openings(conn: psycopg.Connection[Any], now: datetime) -> dict[str, datetime | None]:
-    """Every site's :func:`open_since` at ``now`` (a site whose time zone does not exist counts as open)."""
-    periods: dict[str, list[OpeningPeriod]] = {}
-    for site, dow, a, b in conn.execute(
-        "SELECT site_id, iso_dow, extract(epoch FROM opens)::float8, extract(epoch FROM closes)::float8 "
-        "FROM site_opening_hours"
-    ).fetchall():
-        periods.setdefault(site, []).append(OpeningPeriod(int(dow), float(a), float(b)))
+    """Every site's :meth:`~analytics.opening_hours.SiteHours.open_since` at ``now`` (an opening that began
+    before :data:`EARLIEST`, or a site always open: :data:`EARLIEST`)."""
     out: dict[str, datetime | None] = {}
-    for site, tz_name in conn.execute("SELECT site_id, timezone FROM sites").fetchall():
-        try:
-            tz = ZoneInfo(tz_name)
-        except (ValueError, KeyError, OSError):
-            tz = ZoneInfo("UTC")
-        out[site] = open_since(periods.get(site, []), tz, now)
+    for site, tz_name, hours in conn.execute("SELECT site_id, timezone, opening_hours FROM sites").fetchall():
+        since = SiteHours.stored(site, tz_name, hours).open_since(now)
+        out[site] = None if since is None else max(since, EARLIEST)
     return out
 
 

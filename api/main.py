@@ -41,6 +41,7 @@ from api.routes import (
     registration,
     samples,
     sessions,
+    site_exports,
     sites,
     sites_admin,
     studies,
@@ -168,6 +169,7 @@ def create_app(
         audit,
         studies,
         exports,
+        site_exports,  # gym operators' site exports (jobs of the exports' worker)
         # --- device registration (issue 11: devices on the broker) ---
         sites_admin,
         registration,

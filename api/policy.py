@@ -169,6 +169,16 @@ POLICY: Final[dict[tuple[str, str], Rule]] = {
     ("GET", "/v1/sites/{site_id}/utilisation"): allow("admin", "operator", refs=(path("site", "site_id"),)),
     ("GET", "/v1/sites/{site_id}/occupancy"): allow("admin", "operator", refs=(path("site", "site_id"),)),
     ("GET", "/v1/sites/{site_id}/vitality"): allow("admin", "operator", refs=(path("site", "site_id"),)),
+    # site exports: those reports as files (api/routes/site_exports.py); requests are writes (audited), every
+    # download is audited like a study export's
+    ("POST", "/v1/sites/{site_id}/exports"): allow("admin", "operator", refs=(path("site", "site_id"),)),
+    ("GET", "/v1/sites/{site_id}/exports"): allow("admin", "operator", refs=(path("site", "site_id"),)),
+    ("GET", "/v1/sites/{site_id}/exports/{export_id}"): allow(
+        "admin", "operator", refs=(path("site", "site_id"),)
+    ),
+    ("GET", "/v1/sites/{site_id}/exports/{export_id}/files/{name}"): allow(
+        "admin", "operator", refs=(path("site", "site_id"),), personal=True
+    ),
     # --- issue 13: the live floor and the operators' dashboard ---
     # the live floor: heart-rate zones of whoever is on a device (no identity), so audited like latest samples
     ("GET", "/v1/sites/{site_id}/live"): allow(

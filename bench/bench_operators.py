@@ -58,12 +58,14 @@ import numpy as np
 import psutil
 import psycopg
 from psycopg import conninfo, sql
+from psycopg.types.json import Jsonb
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from broker import start_mosquitto  # noqa: E402
 
+from analytics.opening_hours import WEEKDAYS  # noqa: E402
 from analytics.version import ALGORITHM_VERSION  # noqa: E402
 from api import keys  # noqa: E402
 from api.security import Scope  # noqa: E402
@@ -119,13 +121,10 @@ def seed(url: str, now: datetime, days: int, sample_days: int) -> Seeded:
     out.devices = devices
     machines = [d for d, k in zip(devices, KINDS, strict=True) if k != "hr_strap"]
     with psycopg.connect(url) as conn:
+        week = {day: [["06:00", "22:00"]] for day in WEEKDAYS}
         conn.execute(
-            "INSERT INTO sites (site_id, name, timezone) VALUES (%s, 'Bench gym', %s)", (SITE, str(TZ))
-        )
-        conn.execute(
-            "INSERT INTO site_opening_hours (site_id, iso_dow, opens, closes) "
-            "SELECT %s, g, '06:00', '22:00' FROM generate_series(1, 7) g",
-            (SITE,),
+            "INSERT INTO sites (site_id, name, timezone, opening_hours) VALUES (%s, 'Bench gym', %s, %s)",
+            (SITE, str(TZ), Jsonb(week)),
         )
         _copy(
             conn,

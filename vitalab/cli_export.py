@@ -4,8 +4,9 @@
 ``vitalab export run STUDY`` queues an export job like the API does (who asked: ``cli:<user>`` unless
 ``--as``) and runs it at once in this process with a progress bar, into ``--out DIR`` (created; must be new or
 empty) or the export directory the API serves from. Consent, pseudonyms, formats and the manifest are the
-same as through the API. ``vitalab export worker`` runs queued jobs until stopped; ``vitalab export status``
-shows a job.
+same as through the API. ``vitalab export site SITE`` does the same for a site's aggregates (gym operators:
+utilisation, occupancy, suppressed vitality over ``--from``/``--to`` local days). ``vitalab export worker``
+runs queued jobs (of both kinds) until stopped; ``vitalab export status`` shows a job.
 """
 
 from __future__ import annotations
@@ -125,6 +126,77 @@ def run(
         except psycopg.errors.ForeignKeyViolation:
             typer.echo(f"no study {study!r}", err=True)
             raise typer.Exit(2) from None
+    _run_now(url, settings, export_id, out)
+
+
+@app.command("site")
+def site_export(
+    site: Annotated[str, typer.Argument(help="the site id")],
+    datasets: Annotated[
+        list[str],
+        typer.Option("--datasets", "-d", help="utilisation, occupancy, vitality (repeat or comma-separate)"),
+    ],
+    since: Annotated[datetime, typer.Option("--from", formats=["%Y-%m-%d"], help="first local day")],
+    until: Annotated[datetime, typer.Option("--to", formats=["%Y-%m-%d"], help="last local day (included)")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="csv, parquet")] = "csv",
+    gzip: Annotated[bool, typer.Option(help="gzip the csv files")] = False,
+    slot_min: Annotated[int, typer.Option(help="occupancy slot in minutes (5, 10, 15, 20, 30, 60)")] = 15,
+    breakdown: Annotated[str, typer.Option(help="vitality groups: none, sex, age_band")] = "none",
+    k: Annotated[
+        int | None, typer.Option(help="vitality suppression threshold (never below the configured one)")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="write into this directory (new or empty)")] = None,
+    requested_by: Annotated[
+        str | None, typer.Option("--as", help="who asks (recorded in the manifest)")
+    ] = None,
+    log_level: LogLevel = "warning",
+) -> None:
+    """Export a site's aggregates (utilisation, occupancy, suppressed vitality) now, with a progress bar;
+    print the manifest's file list."""
+    from api.exports import jobs
+    from api.exports.engine import ExportError
+    from api.exports.site import SiteExportParams
+
+    settings, url = _setup(log_level)
+    try:
+        params = SiteExportParams.canonical(
+            [d.strip() for item in datasets for d in item.split(",") if d.strip()],
+            fmt,
+            since.date(),
+            until.date(),
+            gzip=gzip,
+            slot_min=slot_min,
+            breakdown=breakdown,
+            k=max(settings.analytics_k_anonymity, k or 0),
+        )
+    except ExportError as exc:
+        typer.echo(f"bad export request: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if out is not None and out.exists() and any(out.iterdir()):
+        typer.echo(f"{out} is not empty", err=True)
+        raise typer.Exit(2)
+    export_id = uuid.uuid4()
+    with psycopg.connect(url, autocommit=True) as conn:
+        try:
+            jobs.create_site(
+                conn,
+                export_id=export_id,
+                site_id=site,
+                requested_by=requested_by or f"cli:{getpass.getuser()}",
+                requested_at=_clock(),
+                params=params,
+                max_attempts=1,
+            )
+        except psycopg.errors.ForeignKeyViolation:
+            typer.echo(f"no site {site!r}", err=True)
+            raise typer.Exit(2) from None
+    _run_now(url, settings, export_id, out)
+
+
+def _run_now(url: str, settings: Settings, export_id: uuid.UUID, out: Path | None) -> None:
+    """Run the queued job ``export_id`` in this process with a progress bar; print its files."""
+    from api.exports import jobs
+
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
     ) as bar:
@@ -172,7 +244,8 @@ def status(export_id: Annotated[uuid.UUID, typer.Argument()], log_level: LogLeve
         row = conn.execute(
             "SELECT json_build_object('export_id', export_id, 'study_id', study_id, 'status', status, "
             "'attempts', attempts, 'rows_done', rows_done, 'rows_total', rows_total, 'error', error, "
-            "'directory', directory) FROM export_jobs WHERE export_id = %s",
+            "'directory', directory, 'kind', kind, 'site_id', site_id) "
+            "FROM export_jobs WHERE export_id = %s",
             (export_id,),
         ).fetchone()
     if row is None:

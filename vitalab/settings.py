@@ -131,12 +131,6 @@ class Settings(BaseSettings):
         description="a free device that sends nothing this long is shown silent; unset: never (most "
         "equipment speaks only while used)",
     )
-    live_open_hours: str | None = Field(
-        default=None,
-        pattern=r"^\d{1,2}-\d{1,2}$",
-        description="local opening hours of the sites, e.g. 6-22 (22-6 spans midnight): silence counts only "
-        "then; unset: always open",
-    )
     live_client_queue: int = Field(
         default=256,
         ge=1,
@@ -151,7 +145,10 @@ class Settings(BaseSettings):
     live_ping_s: float = Field(default=15.0, gt=0, description="keep-alive comment interval of the stream")
     live_tick_s: float = Field(default=1.0, gt=0, description="how often silence is judged")
     live_profile_refresh_s: float = Field(
-        default=30.0, gt=0, description="how often the check-ins behind the heart-rate zones are re-read"
+        default=30.0,
+        gt=0,
+        description="how often a live hub re-reads the check-ins behind the heart-rate zones and the site's "
+        "opening hours and timezone (a change reaches a watched floor within this time)",
     )
 
     # --- access (api/security.py, api/policy.py) -----------------------------------------------------

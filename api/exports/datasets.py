@@ -31,7 +31,7 @@ from api.exports.pseudonyms import sql_session
 
 DatasetName = Literal["sessions", "samples", "rr", "daily", "participants"]
 Scope = Literal["derived_metrics", "raw_samples", "rr_intervals", "pooled_analyses", "full_profile"]
-Kind = Literal["string", "timestamp", "date", "float32", "float64", "int16", "int32"]
+Kind = Literal["string", "timestamp", "date", "float32", "float64", "int16", "int32", "bool"]
 
 DATASETS: Final[tuple[DatasetName, ...]] = get_args(DatasetName)
 SCOPES: Final[tuple[Scope, ...]] = get_args(Scope)

@@ -1,4 +1,6 @@
-"""Export jobs: a queue in the ``export_jobs`` table and the worker that runs it.
+"""Export jobs: a queue in the ``export_jobs`` table and the worker that runs it. A job exports a study
+(:mod:`api.exports.engine`) or a site's aggregates (:mod:`api.exports.site`, ``kind = 'site'``): one queue,
+one worker, the same leases, attempts and atomic publication for both.
 
 A job is created ``queued`` (by the API or the CLI). A worker claims one with ``FOR UPDATE SKIP LOCKED``
 (several workers never take the same job), sets it ``running`` with a lease (``lease_owner``,
@@ -41,7 +43,7 @@ import psycopg
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from api.exports import engine
+from api.exports import engine, site
 from api.exports.engine import ExportParams, ExportSpec
 from api.exports.files import fsync_dir
 
@@ -64,7 +66,9 @@ class Stopped(Exception):
 @dataclass(frozen=True, slots=True)
 class Claimed:
     export_id: UUID
-    study_id: str
+    kind: str  # study, site (0011)
+    study_id: str | None
+    site_id: str | None
     requested_by: str
     requested_at: datetime
     params: dict[str, Any]
@@ -72,12 +76,23 @@ class Claimed:
     max_attempts: int
 
     def spec(self) -> ExportSpec:
+        assert self.study_id is not None, "a study export names its study"
         return ExportSpec(
             self.export_id,
             self.study_id,
             self.requested_by,
             self.requested_at,
             ExportParams.from_json(self.params),
+        )
+
+    def site_spec(self) -> site.SiteExportSpec:
+        assert self.site_id is not None, "a site export names its site"
+        return site.SiteExportSpec(
+            self.export_id,
+            self.site_id,
+            self.requested_by,
+            self.requested_at,
+            site.SiteExportParams.from_json(self.params),
         )
 
 
@@ -96,6 +111,24 @@ def create(
         "INSERT INTO export_jobs (export_id, study_id, requested_by, requested_at, params, max_attempts) "
         "VALUES (%s, %s, %s, %s, %s, %s)",
         (export_id, study_id, requested_by, requested_at, Jsonb(params.as_json()), max_attempts),
+    )
+
+
+def create_site(
+    conn: psycopg.Connection,
+    *,
+    export_id: UUID,
+    site_id: str,
+    requested_by: str,
+    requested_at: datetime,
+    params: site.SiteExportParams,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> None:
+    """Queue a site export job (the CLI's way; the API queues through api.queries.site_exports)."""
+    conn.execute(
+        "INSERT INTO export_jobs (export_id, kind, site_id, requested_by, requested_at, params, "
+        "max_attempts) VALUES (%s, 'site', %s, %s, %s, %s, %s)",
+        (export_id, site_id, requested_by, requested_at, Jsonb(params.as_json()), max_attempts),
     )
 
 
@@ -143,8 +176,8 @@ def claim(
                     "UPDATE export_jobs SET status = 'running', attempts = attempts + 1, lease_owner = %s, "
                     "lease_until = %s, started_at = %s, rows_done = 0, rows_total = NULL, "
                     "progress_step = NULL "
-                    "WHERE export_id = %s RETURNING export_id, study_id, requested_by, requested_at, params, "
-                    "attempts, max_attempts",
+                    "WHERE export_id = %s RETURNING export_id, kind, study_id, site_id, requested_by, "
+                    "requested_at, params, attempts, max_attempts",
                     (owner, now + timedelta(seconds=lease_s), now, job_id),
                 )
                 claimed = cur.fetchone()
@@ -348,7 +381,10 @@ class Worker:
         snapshot = self.clock()
         try:
             with psycopg.connect(self.database_url) as data:
-                result = engine.run(data, job.spec(), tmp, snapshot, progress, count_rows=self.count_rows)
+                if job.kind == "site":
+                    result = site.run(data, job.site_spec(), tmp, snapshot, progress)
+                else:
+                    result = engine.run(data, job.spec(), tmp, snapshot, progress, count_rows=self.count_rows)
             fsync_dir(tmp)
             os.rename(tmp, final)
             fsync_dir(base)

@@ -46,6 +46,7 @@ _ARROW: Final[dict[Kind, pa.DataType]] = {
     "float64": pa.float64(),
     "int16": pa.int16(),
     "int32": pa.int32(),
+    "bool": pa.bool_(),
 }
 
 

@@ -5,30 +5,26 @@ dashboard as Server-Sent Events (``GET /v1/sites/{site_id}/live``, :mod:`api.rou
   values, heart-rate zone);
 * :mod:`api.live.hub`: one hub per watched site (one broker subscription, fan-out to bounded client
   queues, a ring buffer for ``Last-Event-ID``, the silence timer);
-* :mod:`api.live.source`: what the hubs read from the database (the first snapshot, the check-ins).
+* :mod:`api.live.source`: what the hubs read from the database (the first snapshot, the check-ins, the site's
+  opening hours and timezone).
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from api.live.floor import FloorConfig, parse_hours
+from api.live.floor import FloorConfig
 from api.live.hub import HubConfig
-from vitalab.errors import ConfigError
 from vitalab.settings import Settings
 from vitalab.wire import WireLimits
 
 
 def hub_config(settings: Settings) -> HubConfig:
-    """The hubs' configuration from the settings (``VITALAB_LIVE_*``); ConfigError for bad opening hours."""
-    try:
-        hours = None if settings.live_open_hours is None else parse_hours(settings.live_open_hours)
-    except ValueError as exc:
-        raise ConfigError("live_open_hours", str(exc)) from None
+    """The hubs' configuration from the settings (``VITALAB_LIVE_*``; a site's opening hours are the site's
+    own, ``sites.opening_hours``)."""
     floor = FloorConfig(
         silent_after_s=settings.live_silent_after_s,
         idle_silent_after_s=settings.live_idle_silent_after_s,
-        open_hours=hours,
         limits=WireLimits(
             max_payload_bytes=settings.max_payload_bytes,
             max_future=timedelta(seconds=settings.max_future_s),

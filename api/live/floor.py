@@ -13,8 +13,11 @@ A :class:`Floor` holds one record per device of the site and turns each message 
     ``offline`` when the device's state or last will says so, when its gateway's status (or the gateway's
     last will) says the gateway is offline, or when nothing was ever heard of it; ``silent`` when a device
     that is expected to send (in use by its state) has sent nothing for ``silent_after_s`` while the site is
-    open (a free device only after ``idle_silent_after_s``, if set: most equipment speaks only while used);
-    ``online`` otherwise. Any message from the device ends its silence.
+    open (a free device only after ``idle_silent_after_s``, if set: most equipment speaks only while used):
+    counted from its last message or from the start of the site's current opening, whichever is later, as
+    the fleet alerts count it (the site's ``opening_hours`` in its timezone,
+    :class:`analytics.opening_hours.SiteHours`; not set: always open); ``online`` otherwise. Any message from
+    the device ends its silence, and so does the site's closing (nobody expects it to send then).
 ``since``
     When the current use and status began: the state's own time (device clock) where the device reported
     the change, otherwise when the hub saw it (``now`` of :meth:`Floor.on_message` / :meth:`Floor.tick`).
@@ -33,12 +36,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final, Literal
-from zoneinfo import ZoneInfo
 
 import msgspec
 import numpy as np
 
 from analytics.hr import EDGE_TOLERANCE_BPM, ZONE5_EDGES_PCT_HRMAX, hrmax_estimate
+from analytics.opening_hours import SiteHours
 from analytics.sessions import INACTIVE_STATUSES
 from vitalab.wire import (
     TopicKind,
@@ -83,9 +86,6 @@ class Tile(msgspec.Struct, frozen=True):
 class FloorConfig:
     silent_after_s: float = 60.0
     idle_silent_after_s: float | None = None
-    open_hours: tuple[int, int] | None = None
-    """Local opening hours ``(open_h, close_h)``; None: always open (``close_h < open_h`` spans midnight)."""
-    timezone: str = "UTC"
     limits: WireLimits = field(default_factory=WireLimits)
 
 
@@ -127,6 +127,8 @@ class _Device:
     stroke_rate_spm: float | None = None
     hr_bpm: float | None = None
     silent: bool = False
+    silent_since: datetime | None = None
+    """The later of its last message and the start of the opening it went silent in."""
     streaming: bool = False
     """Telemetry came within ``silent_after_s`` (what "in use" means for a device without a status)."""
     tile: Tile | None = None
@@ -148,33 +150,14 @@ def hr_max_of(hr_max_bpm: float | None, birth_year: int | None, today_year: int)
     return DEFAULT_HR_MAX_BPM
 
 
-def parse_hours(text: str) -> tuple[int, int]:
-    """``"6-22"`` -> ``(6, 22)`` (``"22-6"`` spans midnight); ValueError otherwise."""
-    lo_s, sep, hi_s = text.partition("-")
-    try:
-        lo, hi = int(lo_s), int(hi_s)
-    except ValueError:
-        raise ValueError(f"opening hours must look like 6-22, got {text!r}") from None
-    if not sep or not (0 <= lo <= 24 and 0 <= hi <= 24) or lo == hi:
-        raise ValueError(f"opening hours must be two different hours 0..24 like 6-22, got {text!r}")
-    return lo, hi
-
-
-def is_open(now: datetime, hours: tuple[int, int] | None, timezone: str) -> bool:
-    """Is the site open at ``now`` (local ``[open_h, close_h)``)?"""
-    if hours is None:
-        return True
-    lo, hi = hours
-    h = now.astimezone(ZoneInfo(timezone)).hour
-    return lo <= h < hi if lo < hi else (h >= lo or h < hi)
-
-
 class Floor:
     """The devices of one site and what they are doing now."""
 
-    def __init__(self, site_id: str, config: FloorConfig) -> None:
+    def __init__(self, site_id: str, config: FloorConfig, hours: SiteHours | None = None) -> None:
         self.site_id = site_id
         self.config = config
+        self.hours = SiteHours() if hours is None else hours
+        """The site's opening hours and timezone (:meth:`set_hours`)."""
         self._devices: dict[str, _Device] = {}
         self._gateways: dict[str, bool] = {}
         self._hr_max: dict[str, float] = {}
@@ -218,6 +201,11 @@ class Floor:
         self._hr_max = dict(hr_max_bpm)
         return self._refresh(self._devices.values(), k_since=None)
 
+    def set_hours(self, hours: SiteHours, now: datetime) -> list[Tile]:
+        """The site's opening hours (or timezone) as they are now; the silences that changed with them."""
+        self.hours = hours
+        return self.tick(now)
+
     def on_message(self, topic: str, payload: bytes, now: datetime, *, retained: bool = False) -> list[Tile]:
         """One message from the broker, in the broker's order; a message outside the contract changes nothing
         (logged). A ``retained`` state (the broker's copy, delivered when the hub subscribes) older than the
@@ -250,20 +238,23 @@ class Floor:
         return []
 
     def tick(self, now: datetime) -> list[Tile]:
-        """Silence: devices expected to send that have not for too long (only while the site is open)."""
-        if not is_open(now, self.config.open_hours, self.config.timezone):
-            return []
+        """Silence: devices expected to send that have not for too long while the site is open (counted from
+        the later of their last message and the opening); a closed site has no silent devices."""
+        opened = self.hours.open_since(now)
         went: list[_Device] = []
         for d in self._devices.values():
+            if opened is None:
+                if d.silent:  # closed: nobody expects it to send
+                    d.silent = False
+                    went.append(d)
+                continue
             limit = self._silent_after(d)
-            if (
-                not d.silent
-                and limit is not None
-                and d.last_heard is not None
-                and now - d.last_heard > timedelta(seconds=limit)
-            ):
-                d.silent = True
-                went.append(d)
+            if not d.silent and limit is not None and d.last_heard is not None:
+                quiet_from = max(d.last_heard, opened)
+                if now - quiet_from > timedelta(seconds=limit):
+                    d.silent = True
+                    d.silent_since = quiet_from
+                    went.append(d)
         # a device without a training status counts as in use only while its telemetry keeps coming
         for d in self._devices.values():
             if (
@@ -346,7 +337,9 @@ class Floor:
             in_use = self._in_use(d, status)
             old = d.tile
             if old is None or old.status != status or old.in_use != in_use:
-                since = d.last_heard if (k_since is None or status == "silent") else k_since
+                since = k_since if k_since is not None else d.last_heard
+                if status == "silent":
+                    since = d.silent_since
                 if in_use and (old is None or not old.in_use):
                     self._started.add(d.device_id)
                 if not in_use and old is not None and old.in_use:  # the next use starts afresh

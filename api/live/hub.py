@@ -11,7 +11,9 @@ snapshot when they are no longer there (or the id is of another hub's lifetime).
 
 :class:`LiveHubs` makes a site's hub for its first client and closes it after its last. The hubs read the
 time from the app's clock (tests pin and move it) and judge silence on :meth:`SiteHub.tick`, which a timer
-calls every ``tick_s`` (and tests may call themselves).
+calls every ``tick_s`` (and tests may call themselves). A hub reads the site's opening hours and timezone
+(``sites``) when it starts and again every ``profile_refresh_s`` with the check-ins: a change reaches a
+watched floor within that time.
 
 Event ids are ``<hub token>.<sequence>``: the token is new for every hub, the sequence increases by one per
 event of that hub.
@@ -28,7 +30,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, Literal, Protocol
-from zoneinfo import ZoneInfo
 
 import aiomqtt
 import msgspec
@@ -36,6 +37,7 @@ import paho.mqtt.client as paho
 import psycopg
 from psycopg_pool import PoolTimeout
 
+from analytics.opening_hours import SiteHours
 from api.live.floor import Floor, FloorConfig, KnownDevice, Tile
 from vitalab.settings import MqttTarget
 from vitalab.wire import TopicKind, subscription
@@ -82,8 +84,11 @@ class LiveEvent:
 class LiveSource(Protocol):
     """The database side of a hub (:mod:`api.queries.live` over the app's pool)."""
 
-    async def site(self, site_id: str) -> tuple[list[KnownDevice], str]:
-        """The site's devices and timezone."""
+    async def site(self, site_id: str) -> tuple[list[KnownDevice], SiteHours]:
+        """The site's devices, and its opening hours and timezone."""
+
+    async def hours(self, site_id: str) -> SiteHours:
+        """The site's opening hours and timezone."""
 
     async def profiles(self, site_id: str, now: datetime) -> Mapping[str, float]:
         """``{device: HRmax}`` of whoever is checked in on the site's devices."""
@@ -152,7 +157,6 @@ class SiteHub:
         self.target = target
         self.token = secrets.token_hex(4)
         self.floor = Floor(site_id, config.floor)
-        self.timezone = "UTC"
         self.broker: BrokerState = "none" if target is None else "connecting"
         self.clients: set[LiveClient] = set()
         self.seq = 0
@@ -165,8 +169,8 @@ class SiteHub:
 
     # --- life ------------------------------------------------------------------------------------------
     async def start(self) -> None:
-        known, self.timezone = await self.source.site(self.site_id)
-        self.floor = Floor(self.site_id, _with_timezone(self.config.floor, self.timezone))
+        known, hours = await self.source.site(self.site_id)
+        self.floor = Floor(self.site_id, self.config.floor, hours)
         self.floor.load(known)
         await self._load_profiles()
         self.floor.take_started()  # those in use at the start have just been looked at
@@ -201,9 +205,14 @@ class SiteHub:
     def leave(self, client: LiveClient) -> None:
         self.clients.discard(client)
 
+    @property
+    def timezone(self) -> str:
+        """The site's IANA timezone (as of the last read of the database)."""
+        return self.floor.hours.timezone_name
+
     def snapshot(self) -> LiveEvent:
         now = self.clock()
-        local = now.astimezone(ZoneInfo(self.timezone))
+        local = now.astimezone(self.floor.hours.timezone)
         midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
         snap = Snapshot(
             site_id=self.site_id,
@@ -267,6 +276,15 @@ class SiteHub:
         except (psycopg.Error, PoolTimeout):  # the zones keep their last profiles; the stream goes on
             log.exception("live view of %s: check-ins could not be read", self.site_id)
 
+    async def refresh_hours(self) -> None:
+        """Read the site's opening hours and timezone again (the silences they change are published)."""
+        try:
+            hours = await self.source.hours(self.site_id)
+        except (psycopg.Error, PoolTimeout):  # the floor keeps the hours it has; the stream goes on
+            log.exception("live view of %s: opening hours could not be read", self.site_id)
+            return
+        self._publish(self.floor.set_hours(hours, self.clock()))
+
     async def _timer(self) -> None:
         loop = asyncio.get_running_loop()
         profiles_at = loop.time()
@@ -276,6 +294,7 @@ class SiteHub:
             if loop.time() - profiles_at >= self.config.profile_refresh_s:
                 profiles_at = loop.time()
                 await self._refresh_profiles()
+                await self.refresh_hours()
 
     # --- broker ----------------------------------------------------------------------------------------
     def _client(self, target: MqttTarget) -> aiomqtt.Client:
@@ -323,16 +342,6 @@ class SiteHub:
             self._set_broker("disconnected")
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
-
-
-def _with_timezone(config: FloorConfig, timezone: str) -> FloorConfig:
-    return FloorConfig(
-        silent_after_s=config.silent_after_s,
-        idle_silent_after_s=config.idle_silent_after_s,
-        open_hours=config.open_hours,
-        timezone=timezone,
-        limits=config.limits,
-    )
 
 
 class LiveHubs:

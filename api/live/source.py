@@ -7,6 +7,7 @@ from datetime import datetime
 
 from psycopg_pool import AsyncConnectionPool
 
+from analytics.opening_hours import SiteHours
 from api.live.floor import KnownDevice, hr_max_of
 from api.queries import live as q
 from api.queries import sites
@@ -18,11 +19,15 @@ class PoolSource:
     def __init__(self, pool: Callable[[], AsyncConnectionPool]) -> None:
         self._pool = pool
 
-    async def site(self, site_id: str) -> tuple[list[KnownDevice], str]:
+    async def site(self, site_id: str) -> tuple[list[KnownDevice], SiteHours]:
         async with self._pool().connection() as conn:
             devices = await q.known_devices(conn, site_id)
-            tz = await sites.timezone(conn, site_id)
-        return devices, tz or "UTC"
+            hours = await sites.hours(conn, site_id)
+        return devices, hours
+
+    async def hours(self, site_id: str) -> SiteHours:
+        async with self._pool().connection() as conn:
+            return await sites.hours(conn, site_id)
 
     async def profiles(self, site_id: str, now: datetime) -> Mapping[str, float]:
         async with self._pool().connection() as conn:

@@ -1,6 +1,6 @@
 """Fleet health and maintenance: each device's state and counters, alerts, services, service thresholds,
-opening hours and alert webhooks (``devices``, ``device_counters``, ``service_thresholds``, ``alerts``,
-``device_services``, ``site_opening_hours``, ``site_webhooks``; written by analytics/fleet.py)."""
+and alert webhooks (``devices``, ``device_counters``, ``service_thresholds``, ``alerts``,
+``device_services``, ``site_webhooks``; written by analytics/fleet.py)."""
 
 from __future__ import annotations
 
@@ -210,41 +210,6 @@ async def set_threshold(
             ),
             (kind, model, km, hours),
         )
-
-
-@dataclass(frozen=True, slots=True)
-class PeriodRow:
-    iso_dow: int
-    opens_s: float
-    closes_s: float
-
-
-async def opening_hours(conn: AsyncConnection, site_id: str) -> list[PeriodRow]:
-    query = sql.SQL(
-        "SELECT iso_dow, extract(epoch FROM opens)::float8 AS opens_s, "
-        "extract(epoch FROM closes)::float8 AS closes_s FROM site_opening_hours WHERE site_id = %s "
-        "ORDER BY iso_dow, opens"
-    )
-    return await fetch_all(conn, PeriodRow, query, (site_id,))
-
-
-async def set_opening_hours(conn: AsyncConnection, site_id: str, periods: list[PeriodRow]) -> None:
-    """Replace the site's opening hours (none: open around the clock)."""
-    async with _committed(conn):
-        await conn.execute("DELETE FROM site_opening_hours WHERE site_id = %s", (site_id,))
-        if periods:
-            await conn.execute(
-                "INSERT INTO site_opening_hours (site_id, iso_dow, opens, closes) "
-                "SELECT %s, d, make_interval(secs => o)::time, "
-                "CASE WHEN c >= 86400 THEN '24:00'::time ELSE make_interval(secs => c)::time END "
-                "FROM unnest(%s::int[], %s::float8[], %s::float8[]) AS p(d, o, c)",
-                (
-                    site_id,
-                    [p.iso_dow for p in periods],
-                    [p.opens_s for p in periods],
-                    [p.closes_s for p in periods],
-                ),
-            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,22 +4,25 @@ behind them (opening hours, service thresholds, the alert webhook). Definitions:
 
 from __future__ import annotations
 
-from datetime import datetime, time
+from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Body, Query, Request, Response, status
 from psycopg import AsyncConnection
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from analytics import opening_hours as opening_hours_rules
+from analytics.opening_hours import WEEKDAYS, Weekday
 from api import pagination
 from api.deps import ConnDep, NowDep, ReadConnDep, SettingsDep
 from api.errors import invalid, not_found, responses
 from api.models import TEXT
 from api.pagination import CursorParam, PageLimit
 from api.params import DeviceId, Since, SiteId, Until, check_range, check_written
-from api.queries import fleet, sites
+from api.queries import fleet, registration, sites
 from api.routes.lookup import require_device
 from api.security import Caller, CallerDep
+from api.site_models import SiteOut
 from vitalab.wire.registry import DeviceKind
 
 router = APIRouter(tags=["fleet"], responses=responses(404, 422))
@@ -136,8 +139,9 @@ class OpeningPeriod(BaseModel):
 
 
 class OpeningHours(BaseModel):
-    """When the site is open, in its local time; no periods: open around the clock. Devices and gateways
-    are expected to report only while it is open (alerts)."""
+    """When the site is open, in its local time: the site's ``opening_hours`` (as ``GET``/``PATCH
+    /v1/sites/{site_id}`` show and set them) as a list of periods. No periods: open around the clock. Devices
+    and gateways are expected to report only while it is open (alerts, the live floor)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -147,6 +151,9 @@ class OpeningHours(BaseModel):
 class OpeningHoursOut(OpeningHours):
     site_id: str
     timezone: str
+    always_open: bool
+    """No hours set (``opening_hours`` null): open around the clock, no periods. False without periods: closed
+    every day (``opening_hours`` ``{}``, which only ``PATCH /v1/sites/{site_id}`` sets)."""
 
 
 class WebhookIn(BaseModel):
@@ -166,12 +173,6 @@ class WebhookOut(BaseModel):
 def _seconds(clock: str) -> float:
     h, m = clock.split(":")
     return int(h) * 3600 + int(m) * 60.0
-
-
-def _clock(seconds: float) -> str:
-    if seconds >= 86400:
-        return "24:00"
-    return time(int(seconds // 3600), int(seconds % 3600 // 60)).strftime("%H:%M")
 
 
 async def _site(conn: AsyncConnection, site_id: str, caller: Caller) -> str:
@@ -308,8 +309,10 @@ async def set_service_threshold(conn: ConnDep, body: Threshold) -> Threshold:
 @router.get("/v1/sites/{site_id}/opening-hours", response_model=OpeningHoursOut)
 async def opening_hours(conn: ReadConnDep, caller: CallerDep, site_id: SiteId) -> OpeningHoursOut:
     """When the site is open (local time); no periods: around the clock."""
-    tz = await _site(conn, site_id, caller)
-    return _hours_out(site_id, tz, await fleet.opening_hours(conn, site_id))
+    found = await registration.get_site(conn, site_id) if caller.can_site(site_id) else None
+    if found is None:
+        raise not_found("site", site_id, field="path.site_id")
+    return _hours_out(found)
 
 
 @router.put("/v1/sites/{site_id}/opening-hours", response_model=OpeningHoursOut)
@@ -317,23 +320,55 @@ async def set_opening_hours(
     conn: ConnDep, caller: CallerDep, site_id: SiteId, body: OpeningHours
 ) -> OpeningHoursOut:
     """Replace the site's opening hours (a night across midnight is two periods; no periods: around the
-    clock)."""
+    clock). The same as ``PATCH /v1/sites/{site_id}`` with ``opening_hours``: periods of a day must not
+    overlap."""
     seen: set[tuple[int, str]] = set()
     for i, p in enumerate(body.periods):
         if (p.weekday, p.opens) in seen:
             raise invalid(f"body.periods.{i}", f"two periods open at {p.opens} on day {p.weekday}")
         seen.add((p.weekday, p.opens))
-    tz = await _site(conn, site_id, caller)
-    periods = [fleet.PeriodRow(p.weekday, _seconds(p.opens), _seconds(p.closes)) for p in body.periods]
-    await fleet.set_opening_hours(conn, site_id, periods)
-    return _hours_out(site_id, tz, await fleet.opening_hours(conn, site_id))
+    hours = _checked(body.periods) if body.periods else None
+    async with conn.transaction():
+        updated = (
+            await registration.update_site(conn, site_id, {"opening_hours": hours})
+            if caller.can_site(site_id)
+            else None
+        )
+    if updated is None:
+        raise not_found("site", site_id, field="path.site_id")
+    return _hours_out(updated)
 
 
-def _hours_out(site_id: str, tz: str, rows: list[fleet.PeriodRow]) -> OpeningHoursOut:
+def _checked(periods: list[OpeningPeriod]) -> opening_hours_rules.OpeningHours:
+    """The periods as the site's opening hours (per weekday, in order); 422 naming the period that breaks a
+    rule."""
+    by_day: dict[Weekday, list[tuple[int, OpeningPeriod]]] = {}
+    for i, p in enumerate(periods):
+        by_day.setdefault(WEEKDAYS[p.weekday - 1], []).append((i, p))
+    for day_periods in by_day.values():
+        day_periods.sort(key=lambda ip: (ip[1].opens, ip[1].closes))
+    raw = {day: [[p.opens, p.closes] for _, p in ps] for day, ps in by_day.items()}
+    try:
+        return opening_hours_rules.check(raw)
+    except opening_hours_rules.OpeningHoursError as exc:
+        # the path names the day's period in time order (``mon[1]``): back to its place in the body
+        day, _, rest = exc.path.partition("[")
+        found = by_day.get(day, [])  # type: ignore[call-overload]
+        index = int(rest.rstrip("]")) if rest.rstrip("]").isdigit() else -1
+        field = f"body.periods.{found[index][0]}" if 0 <= index < len(found) else "body.periods"
+        raise invalid(field, exc.detail) from None
+
+
+def _hours_out(site: SiteOut) -> OpeningHoursOut:
+    hours = opening_hours_rules.SiteHours.stored(site.site_id, site.timezone, site.opening_hours).hours
     periods = [
-        OpeningPeriod(weekday=r.iso_dow, opens=_clock(r.opens_s), closes=_clock(r.closes_s)) for r in rows
+        OpeningPeriod(weekday=WEEKDAYS.index(day) + 1, opens=opens, closes=closes)
+        for day, intervals in (hours or {}).items()
+        for opens, closes in intervals
     ]
-    return OpeningHoursOut(site_id=site_id, timezone=tz, periods=periods)
+    return OpeningHoursOut(
+        site_id=site.site_id, timezone=site.timezone, always_open=hours is None, periods=periods
+    )
 
 
 @router.get("/v1/sites/{site_id}/webhook", response_model=WebhookOut)

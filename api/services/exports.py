@@ -14,6 +14,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from pathlib import Path
+from typing import Any, Protocol
 
 from psycopg import AsyncConnection
 
@@ -125,7 +126,22 @@ async def listing(conn: AsyncConnection, study_id: str, cursor: Cursor, limit: i
     return await q.list_jobs(conn, study_id, cursor, limit)
 
 
-def file_of(root: Path, job: q.JobRow, name: str) -> tuple[Path, str]:
+class Published(Protocol):
+    """What serving a file needs of a job (a study's or a site's)."""
+
+    @property
+    def export_id(self) -> uuid.UUID: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def directory(self) -> str | None: ...
+    @property
+    def manifest(self) -> dict[str, Any] | None: ...
+
+
+def file_of(root: Path, job: Published, name: str) -> tuple[Path, str]:
     """The path and media type of file ``name`` of a succeeded job."""
     if job.status in ("queued", "running"):
         raise Problem(409, f"export {job.export_id} is {job.status}; its files come once it succeeded")

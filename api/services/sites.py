@@ -5,6 +5,7 @@ day, vitality aggregates with small groups suppressed; definitions there)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Final, Literal
 from zoneinfo import ZoneInfo
@@ -18,6 +19,7 @@ from analytics.version import ALGORITHM_VERSION
 from api.models import DeviceUtilisation, SiteOccupancy, SiteUtilisation, SiteVitality, VitalityCell
 from api.queries import sites as q
 
+I64 = NDArray[np.int64]
 AGE_BANDS: Final = ((0, 30, "<30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, 200, "60+"))
 Breakdown = Literal["none", "sex", "age_band"]
 
@@ -62,18 +64,21 @@ def _nulls(x: NDArray[np.float64]) -> list[list[float | None]]:
     return [[None if math.isnan(v) else float(v) for v in row] for row in x.tolist()]
 
 
-async def occupancy(
-    conn: AsyncConnection, site_id: str, tz_name: str, since: datetime, until: datetime, slot_min: int
-) -> SiteOccupancy:
-    tz = ZoneInfo(tz_name)
+def slot_edges(since: datetime, until: datetime, slot_min: int) -> NDArray[np.float64]:
+    """Edges (epoch seconds) of the whole UTC slots of ``slot_min`` minutes covering ``[since, until)``."""
     slot_s = slot_min * 60.0
     e0 = math.floor(since.timestamp() / slot_s) * slot_s
     e1 = math.ceil(until.timestamp() / slot_s) * slot_s
-    edges = np.arange(e0, e1 + 1.0, slot_s)
-    machines = {d.device_id: i for i, d in enumerate(await q.devices(conn, site_id)) if d.kind != "hr_strap"}
-    spans = await q.sessions_overlapping(
-        conn, site_id, ALGORITHM_VERSION, datetime.fromtimestamp(e0, UTC), datetime.fromtimestamp(e1, UTC)
-    )
+    return np.arange(e0, e1 + 1.0, slot_s)
+
+
+def occupancy_series(
+    devices: Sequence[q.SiteDevice], spans: Sequence[q.SessionSpan], edges: NDArray[np.float64]
+) -> site_metrics.Occupancy:
+    """Per slot between consecutive ``edges``: machines in a session (time-weighted mean; heart-rate straps
+    are not machines) and distinct participants with a session overlapping it (one code for the API's
+    profile and the site exports' series)."""
+    machines = {d.device_id: i for i, d in enumerate(devices) if d.kind != "hr_strap"}
     people: dict[str, int] = {}
     dev: list[int] = []
     dev_s: list[float] = []
@@ -103,12 +108,35 @@ async def occupancy(
         edges,
         1,
     )
-    slots_per_day = int(86400 // slot_s)
+    return site_metrics.Occupancy(occ_m.machines_in_use, occ_p.participants)
+
+
+def local_slots(edges: NDArray[np.float64], tz: ZoneInfo, slot_min: int) -> tuple[list[datetime], I64, I64]:
+    """The local start of each slot, its weekday (0 = Monday) and its slot of the (local) day."""
+    slot_s = slot_min * 60
     local = [datetime.fromtimestamp(float(x), tz) for x in edges[:-1]]
     weekday = np.array([t.weekday() for t in local], dtype=np.int64)
-    slot = np.array([(t.hour * 3600 + t.minute * 60) // int(slot_s) for t in local], dtype=np.int64)
-    m = site_metrics.weekly_profile(occ_m.machines_in_use, weekday, slot, slots_per_day)
-    p = site_metrics.weekly_profile(occ_p.participants.astype(np.float64), weekday, slot, slots_per_day)
+    slot = np.array([(t.hour * 3600 + t.minute * 60) // slot_s for t in local], dtype=np.int64)
+    return local, weekday, slot
+
+
+async def occupancy(
+    conn: AsyncConnection, site_id: str, tz_name: str, since: datetime, until: datetime, slot_min: int
+) -> SiteOccupancy:
+    tz = ZoneInfo(tz_name)
+    edges = slot_edges(since, until, slot_min)
+    spans = await q.sessions_overlapping(
+        conn,
+        site_id,
+        ALGORITHM_VERSION,
+        datetime.fromtimestamp(float(edges[0]), UTC),
+        datetime.fromtimestamp(float(edges[-1]), UTC),
+    )
+    occ = occupancy_series(await q.devices(conn, site_id), spans, edges)
+    slots_per_day = 1440 // slot_min
+    _, weekday, slot = local_slots(edges, tz, slot_min)
+    m = site_metrics.weekly_profile(occ.machines_in_use, weekday, slot, slots_per_day)
+    p = site_metrics.weekly_profile(occ.participants.astype(np.float64), weekday, slot, slots_per_day)
     return SiteOccupancy(
         site_id=site_id,
         timezone=tz_name,
@@ -135,10 +163,10 @@ def _num(x: float) -> float | None:
     return None if math.isnan(x) else float(x)
 
 
-async def vitality(
-    conn: AsyncConnection, site_id: str, since: date, until: date, breakdown: Breakdown, k: int
-) -> SiteVitality:
-    rows = await q.member_weeks(conn, site_id, since, until)
+def vitality_cells(rows: Sequence[q.MemberWeek], breakdown: Breakdown, k: int) -> list[VitalityCell]:
+    """The cells (week x group) of member-weeks ``rows`` (in the order of
+    :data:`api.queries.sites.MEMBER_WEEKS`) with small cells suppressed; one code for the API and the site
+    exports (which pass one week at a time: cells of different weeks never depend on each other)."""
     keys: dict[tuple[date, str], int] = {}
     parent: list[int] = []
     week_of: dict[date, int] = {}
@@ -165,7 +193,7 @@ async def vitality(
         len(keys),
         k,
     )
-    cells = [
+    return [
         VitalityCell(
             week=week,
             group=label,
@@ -179,4 +207,12 @@ async def vitality(
         )
         for (week, label), i in sorted(keys.items(), key=lambda kv: (kv[0][0], kv[0][1] != "all", kv[0][1]))
     ]
-    return SiteVitality(site_id=site_id, k_anonymity=k, breakdown=breakdown, cells=cells)
+
+
+async def vitality(
+    conn: AsyncConnection, site_id: str, since: date, until: date, breakdown: Breakdown, k: int
+) -> SiteVitality:
+    rows = await q.member_weeks(conn, site_id, since, until)
+    return SiteVitality(
+        site_id=site_id, k_anonymity=k, breakdown=breakdown, cells=vitality_cells(rows, breakdown, k)
+    )

@@ -12,17 +12,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import httpx
 import numpy as np
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from analytics import fleet
-from analytics.fleet import FleetConfig, OpeningPeriod, UsageRows, open_since, usage_contributions
-from analytics.job_plan import EARLIEST
+from analytics.fleet import FleetConfig, UsageRows, usage_contributions
 from analytics.jobs import JobConfig, run_once, run_periodically
+from analytics.opening_hours import WEEKDAYS
 from tests.analytics import dbdata as d
 from vitalab.wire import DeviceState, Sample, TelemetryMessage
 
@@ -83,29 +83,6 @@ def test_context_rows_are_previous_readings_only_and_an_old_reading_starts_a_wor
     )
     assert usage_contributions(two)[0].tolist() == [100, 103]
     assert usage_contributions(two)[1].tolist() == [0, 0]
-
-
-def test_open_since() -> None:
-    oslo = ZoneInfo("Europe/Oslo")
-    week = [OpeningPeriod(dow, 6 * 3600, 22 * 3600) for dow in range(1, 8)]
-    # Monday 2026-11-23, 09:00 UTC = 10:00 in Oslo: open since 06:00 Oslo = 05:00 UTC
-    assert open_since(week, oslo, MONDAY + H) == datetime(2026, 11, 23, 5, 0, tzinfo=UTC)
-    assert open_since(week, oslo, datetime(2026, 11, 23, 21, 30, tzinfo=UTC)) is None  # 22:30 Oslo
-    assert open_since([], oslo, MONDAY) == EARLIEST  # no hours: always open
-    # a night across midnight is two rows: Monday 22:00-24:00 and Tuesday 00:00-02:00
-    night = [OpeningPeriod(1, 22 * 3600, 86400), OpeningPeriod(2, 0, 2 * 3600)]
-    utc = ZoneInfo("UTC")
-    assert open_since(night, utc, datetime(2026, 11, 24, 1, 0, tzinfo=UTC)) == datetime(
-        2026, 11, 23, 22, 0, tzinfo=UTC
-    )
-    assert open_since(night, utc, datetime(2026, 11, 24, 2, 0, tzinfo=UTC)) is None
-    # around the clock every day: open "for ever"
-    always = [OpeningPeriod(dow, 0, 86400) for dow in range(1, 8)]
-    assert open_since(always, utc, MONDAY) == EARLIEST
-    # wall-clock hours on the day summer time starts (Oslo, 2026-03-29: 02:00 -> 03:00)
-    assert open_since(week, oslo, datetime(2026, 3, 29, 12, 0, tzinfo=UTC)) == datetime(
-        2026, 3, 29, 4, 0, tzinfo=UTC
-    )
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -322,6 +299,12 @@ def test_service_due_fires_at_the_threshold_and_a_service_resets_the_counters(da
 # ---------------------------------------------------------------------------------------------- alerts
 
 
+def open_every_day(conn: psycopg.Connection[Any], site: str, opens: str, closes: str) -> None:
+    """The site's opening hours, where every reader finds them (``sites.opening_hours``)."""
+    hours = {day: [[opens, closes]] for day in WEEKDAYS}
+    conn.execute("UPDATE sites SET opening_hours = %s WHERE site_id = %s", (Jsonb(hours), site))
+
+
 def _state(device: str, t: datetime, *, online: bool = True, training: str | None = None) -> DeviceState:
     return DeviceState(v=1, device=device, t=t, online=online, training=training)  # type: ignore[arg-type]
 
@@ -329,11 +312,7 @@ def _state(device: str, t: datetime, *, online: bool = True, training: str | Non
 def test_alerts_open_while_their_condition_holds_and_close_when_it_clears(database_url: str) -> None:
     d.setup_site(database_url, DEVICES)
     with psycopg.connect(database_url) as conn:
-        # open 06:00-22:00 UTC every day
-        conn.execute(
-            "INSERT INTO site_opening_hours (site_id, iso_dow, opens, closes) "
-            "SELECT 'gym-a', g, '06:00', '22:00' FROM generate_series(1, 7) g"
-        )
+        open_every_day(conn, "gym-a", "06:00", "22:00")  # in UTC
         conn.execute(
             "INSERT INTO gateways (gateway_id, site_id, online, last_seen) "
             "VALUES ('gw-1', 'gym-a', false, %s)",
@@ -419,10 +398,7 @@ def test_alerts_open_while_their_condition_holds_and_close_when_it_clears(databa
 def test_silence_counts_only_while_the_site_is_open(database_url: str) -> None:
     d.setup_site(database_url, DEVICES[:1])
     with psycopg.connect(database_url) as conn:
-        conn.execute(
-            "INSERT INTO site_opening_hours (site_id, iso_dow, opens, closes) "
-            "SELECT 'gym-a', g, '06:00', '22:00' FROM generate_series(1, 7) g"
-        )
+        open_every_day(conn, "gym-a", "06:00", "22:00")
     evening = datetime(2026, 11, 23, 21, 0, tzinfo=UTC)
     d.write(database_url, [_state("tm-1", evening, training="manual")])
     write(database_url, Workout("tm-1", "treadmill", evening, 60, 2.5))
@@ -438,6 +414,59 @@ def test_silence_counts_only_while_the_site_is_open(database_url: str) -> None:
     assert len(alerts(database_url)) == 1
     run_once(database_url, now=morning + 6 * M)
     assert [(a[1], a[2], a[3]) for a in alerts(database_url)][1] == ("silent", morning + 5 * M, None)
+
+
+def test_silence_follows_the_sites_wall_clock_hours_across_a_clock_change_and_midnight_utc(
+    database_url: str,
+) -> None:
+    """gym-a in Oslo, open 06:00-22:00 every day, over the night summer time starts (2026-03-29: 02:00 CET ->
+    03:00 CEST); gym-t in Tokyo, open Mondays 08:00-10:00 (Sunday 23:00 to Monday 01:00 UTC). Each has a
+    treadmill whose workout state came, then nothing."""
+    d.setup_site(database_url, [("tm-1", "treadmill")], timezone="Europe/Oslo")
+    d.setup_site(database_url, [("tm-t", "treadmill")], site="gym-t", timezone="Asia/Tokyo")
+    last_oslo = datetime(2026, 3, 28, 10, 0, tzinfo=UTC)
+    last_tokyo = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+    with psycopg.connect(database_url) as conn:
+        open_every_day(conn, "gym-a", "06:00", "22:00")
+        conn.execute(
+            "UPDATE sites SET opening_hours = %s WHERE site_id = 'gym-t'",
+            (Jsonb({"mon": [["08:00", "10:00"]]}),),
+        )
+    d.write(database_url, [_state("tm-1", last_oslo, training="manual")])
+    d.write(database_url, [_state("tm-t", last_tokyo, training="manual")], site="gym-t")
+
+    def silent(now: datetime) -> dict[str, datetime]:
+        with psycopg.connect(database_url) as conn:
+            found = fleet.conditions(conn, now, FleetConfig())
+        return {c.subject_id: c.started_at for c in found if c.kind == "silent"}
+
+    def utc(*args: int) -> datetime:
+        return datetime(*args, tzinfo=UTC)  # type: ignore[misc,arg-type]
+
+    assert silent(utc(2026, 3, 28, 10, 4)) == {}  # within the 5 minutes
+    assert silent(utc(2026, 3, 28, 12, 0))["tm-1"] == last_oslo + 5 * M  # 13:00 CET: open
+    assert "tm-1" not in silent(utc(2026, 3, 28, 21, 0))  # 22:00 CET: closed
+    assert "tm-1" not in silent(utc(2026, 3, 29, 3, 59))  # 05:59 CEST
+    assert "tm-1" not in silent(utc(2026, 3, 29, 4, 4))  # 06:04 CEST: open, within 5 minutes of the opening
+    # 06:05 CEST (04:05 UTC; a fixed UTC+1 would still call it closed): silent, counted from the opening
+    assert silent(utc(2026, 3, 29, 4, 5))["tm-1"] == utc(2026, 3, 29, 4, 5)
+    assert silent(utc(2026, 3, 29, 19, 59))["tm-1"] == utc(2026, 3, 29, 4, 5)
+    assert "tm-1" not in silent(utc(2026, 3, 29, 20, 0))  # 22:00 CEST
+
+    assert "tm-t" not in silent(utc(2026, 11, 22, 22, 59))  # Monday 07:59 in Tokyo
+    assert silent(utc(2026, 11, 22, 23, 30))["tm-t"] == utc(2026, 11, 22, 23, 5)
+    assert silent(utc(2026, 11, 23, 0, 0))["tm-t"] == utc(2026, 11, 22, 23, 5)  # midnight UTC: still open
+    assert silent(utc(2026, 11, 23, 0, 59))["tm-t"] == utc(2026, 11, 22, 23, 5)
+    assert "tm-t" not in silent(utc(2026, 11, 23, 1, 0))  # 10:00 in Tokyo: closed
+    assert "tm-t" not in silent(utc(2026, 11, 23, 23, 30))  # Tuesday in Tokyo
+
+    # the alerts the job keeps: opened while open, closed at the closing, opened again the next opening
+    for now in (utc(2026, 3, 28, 12, 0), utc(2026, 3, 28, 21, 0), utc(2026, 3, 29, 4, 30)):
+        run_once(database_url, now=now)
+    assert [(a[0], a[2], a[3]) for a in alerts(database_url) if a[1] == "silent"] == [
+        ("tm-1", last_oslo + 5 * M, utc(2026, 3, 28, 21, 0)),
+        ("tm-1", utc(2026, 3, 29, 4, 5), None),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- webhooks

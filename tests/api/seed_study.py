@@ -15,15 +15,18 @@ from tests.api.seed import NOW, PARTICIPANT
 
 KEY = bytes(range(32))
 EXPORT = uuid.UUID("6d1f4c1e-0000-4000-8000-000000000001")
+SITE_EXPORT = uuid.UUID("5e0e4a11-0000-4000-8000-000000000001")
+"""A succeeded site export of gym-a (``/v1/sites/{site_id}/exports/{export_id}``)."""
 ERASABLE = uuid.UUID("e1a5e000-0000-4000-8000-000000000001")
 """A participant of gym-a for the walks to erase (``POST /v1/participants/{participant_id}/erase``)."""
 
 
 def seed_study(url: str, root: Path) -> dict[str, str]:
     """``root``: the API's export directory (a succeeded export's manifest is written under it)."""
-    directory = root / str(EXPORT) / "attempt-1"
-    directory.mkdir(parents=True)
-    (directory / "manifest.json").write_text(json.dumps({"export_id": str(EXPORT), "files": []}))
+    for export_id in (EXPORT, SITE_EXPORT):
+        directory = root / str(export_id) / "attempt-1"
+        directory.mkdir(parents=True)
+        (directory / "manifest.json").write_text(json.dumps({"export_id": str(export_id), "files": []}))
     with psycopg.connect(url) as conn:
         conn.execute(
             "INSERT INTO participants (participant_id, site_id, external_ref) "
@@ -54,6 +57,17 @@ def seed_study(url: str, root: Path) -> dict[str, str]:
                 Jsonb({"datasets": ["sessions"], "format": "csv"}),
                 f"{EXPORT}/attempt-1",
                 Jsonb({"export_id": str(EXPORT), "files": []}),
+            ),
+        )
+        conn.execute(
+            "INSERT INTO export_jobs (export_id, kind, site_id, requested_by, requested_at, params, status, "
+            "directory, manifest) VALUES (%s, 'site', 'gym-a', 'tester', %s, %s, 'succeeded', %s, %s)",
+            (
+                SITE_EXPORT,
+                NOW,
+                Jsonb({"datasets": ["utilisation"], "format": "csv"}),
+                f"{SITE_EXPORT}/attempt-1",
+                Jsonb({"export_id": str(SITE_EXPORT), "files": []}),
             ),
         )
     return {

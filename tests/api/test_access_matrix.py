@@ -75,6 +75,13 @@ FLEET_OPERATOR = {
 }
 """Fleet health and maintenance: operators read their sites' fleet, alerts and opening hours and record
 services; the settings behind the alerts (opening hours, thresholds, webhooks) are the admin's."""
+SITE_EXPORTS = {
+    "POST /v1/sites/{site_id}/exports",
+    "GET /v1/sites/{site_id}/exports",
+    "GET /v1/sites/{site_id}/exports/{export_id}",
+    "GET /v1/sites/{site_id}/exports/{export_id}/files/{name}",
+}
+"""The site reports as files (utilisation, occupancy, suppressed vitality): operators of the site."""
 MAY: dict[Role, set[str]] = {
     # their sites: devices, device health, utilisation, occupancy, sessions without participant identity,
     # suppressed vitality aggregates, the live floor
@@ -85,7 +92,8 @@ MAY: dict[Role, set[str]] = {
     | SITE_INFO
     | REGISTRY_READS
     | LIVE
-    | FLEET_OPERATOR,
+    | FLEET_OPERATOR
+    | SITE_EXPORTS,
     # their sites' devices and those devices' dead letters
     "integrator": DEVICE_READS
     | CONTRACT
@@ -316,6 +324,7 @@ def routes(session_a: int, session_b: int, key_id: str) -> dict[str, Route]:
         # --- end of issue 13 ---
         **fleet_routes(),
         **research_routes(),
+        **site_export_routes(),
     }
 
 
@@ -635,6 +644,7 @@ async def test_every_route_every_role_every_credential(database_url: str, tmp_pa
     session_b = seed_gym_b(database_url)
     seed_registrations(database_url)
     seed_research(database_url, tmp_path)
+    seed_site_exports(database_url, tmp_path)
     throwaway = await make_key(database_url, "operator", name="to revoke")
     table = routes(seeded.session_id, session_b, throwaway[3:19])
     role_keys = {
@@ -717,6 +727,57 @@ async def test_every_route_every_role_every_credential(database_url: str, tmp_pa
                         assert any(word in r.text for word in GYM_B), (name, r.text)
                     assert not leaks(role, r), (name, role, leaks(role, r))
     assert cells >= len(table) * (len(refused) + 5)
+
+
+SITE_EXPORT_IDS = {
+    "gym-a": UUID("5e0e4a11-0000-4000-8000-0000000000a1"),
+    "gym-b": UUID("5e0e4a11-0000-4000-8000-0000000000b2"),
+}
+
+
+def seed_site_exports(url: str, export_dir: Path) -> None:
+    """A succeeded site export of each site (its manifest in ``export_dir``)."""
+    with psycopg.connect(url) as conn:
+        for site, export_id in SITE_EXPORT_IDS.items():
+            directory = export_dir / str(export_id) / "attempt-1"
+            directory.mkdir(parents=True)
+            manifest = {"export_id": str(export_id), "site_id": site, "files": []}
+            (directory / "manifest.json").write_text(json.dumps(manifest))
+            conn.execute(
+                "INSERT INTO export_jobs (export_id, kind, site_id, requested_by, requested_at, params, "
+                "status, directory, manifest) VALUES (%s, 'site', %s, 'tester', %s, %s, 'succeeded', %s, %s)",
+                (
+                    export_id,
+                    site,
+                    NOW,
+                    Jsonb({"datasets": ["utilisation"], "format": "csv"}),
+                    f"{export_id}/attempt-1",
+                    Jsonb(manifest),
+                ),
+            )
+
+
+def site_export_routes() -> dict[str, Route]:
+    """Site exports (api/routes/site_exports.py): gym-a's, and gym-b's (as the unknown gym-z)."""
+    ask = {"datasets": ["utilisation"], "format": "csv", "since": "2026-11-24", "until": "2026-11-25"}
+
+    def at(method: str, tail: str, body: dict[str, Any] | None = None) -> Route:
+        return Route(
+            Call(method, "/v1/sites/gym-a/exports" + tail.format(SITE_EXPORT_IDS["gym-a"]), body=body),
+            Call(
+                method,
+                "/v1/sites/gym-b/exports" + tail.format(SITE_EXPORT_IDS["gym-b"]),
+                body=body,
+                unknown=("gym-b", "gym-z"),
+            ),
+        )
+
+    return {
+        "POST /v1/sites/{site_id}/exports": at("POST", "", ask),
+        "GET /v1/sites/{site_id}/exports": at("GET", ""),
+        "GET /v1/sites/{site_id}/exports/{export_id}": at("GET", "/{}"),
+        "GET /v1/sites/{site_id}/exports/{export_id}/files/{name}": at("GET", "/{}/files/manifest.json"),
+    }
 
 
 def fleet_routes() -> dict[str, Route]:

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from tests.api.seed import NOW, PARTICIPANT, T0, seed
-from tests.api.seed_study import ERASABLE, seed_study
+from tests.api.seed_study import ERASABLE, SITE_EXPORT, seed_study
 from tests.api.support import app_at, assert_problem, serve
 from tests.support.helpers import make_key
 from vitalab.broker import MosquittoAuth, NoReload
@@ -56,6 +56,7 @@ BODY_TIMES = {
     "/v1/studies/{study_id}/enrolments": ["given_at"],
     "/v1/studies/{study_id}/participants/{participant_id}/consents": ["at"],
     "/v1/studies/{study_id}/exports": [],  # since/until select data: any time in the query window
+    "/v1/sites/{site_id}/exports": [],  # since/until are days (spoiled with a NUL like every string)
     "/v1/participants": ["consent_given_at"],
     "/v1/check-ins": ["started_at", "ended_at"],
     "/v1/check-ins/{device_id}/end": ["ended_at"],
@@ -116,6 +117,12 @@ def bodies() -> dict[tuple[str, str], dict[str, Any]]:
             "at": iso(NOW),
         },
         ("post", "/v1/studies/{study_id}/exports"): {"datasets": ["sessions"], "format": "csv"},
+        ("post", "/v1/sites/{site_id}/exports"): {
+            "datasets": ["utilisation"],
+            "format": "csv",
+            "since": "2026-11-24",
+            "until": "2026-11-25",
+        },
         # sites and registration, walked in the schema's order: bike-1 (heard of) is registered, gw-1
         # registered and given bike-1, rotated and retired, then bike-1 rotated and retired
         ("post", "/v1/sites"): {"id": "gym-new", "timezone": "Europe/Oslo"},
@@ -136,6 +143,8 @@ def bodies() -> dict[tuple[str, str], dict[str, Any]]:
 OVERRIDES = {
     ("delete", "/v1/studies/{study_id}"): {"study_id": "walk-draft"},
     ("post", "/v1/participants/{participant_id}/erase"): {"participant_id": str(ERASABLE)},
+    ("get", "/v1/sites/{site_id}/exports/{export_id}"): {"export_id": str(SITE_EXPORT)},
+    ("get", "/v1/sites/{site_id}/exports/{export_id}/files/{name}"): {"export_id": str(SITE_EXPORT)},
 }
 """Path parameters of operations that need another resource than ``known`` names."""
 

@@ -170,6 +170,7 @@ async def test_settings_opening_hours_thresholds_and_webhook(database_url: str) 
         assert await get(http, "/v1/sites/gym-a/opening-hours") == {
             "site_id": "gym-a",
             "timezone": "Europe/Oslo",
+            "always_open": True,
             "periods": [],
         }
         week = [{"weekday": w, "opens": "06:00", "closes": "22:00"} for w in range(1, 6)]
@@ -177,24 +178,42 @@ async def test_settings_opening_hours_thresholds_and_webhook(database_url: str) 
             {"weekday": 6, "opens": "20:00", "closes": "24:00"},
             {"weekday": 7, "opens": "00:00", "closes": "02:30"},
         ]
-        r = await http.put("/v1/sites/gym-a/opening-hours", json={"periods": week + night})
+        r = await http.put("/v1/sites/gym-a/opening-hours", json={"periods": night[::-1] + week})
         assert r.status_code == 200, r.text
-        assert r.json()["periods"] == week + night
+        assert r.json()["periods"] == week + night  # in weekday order
+        assert r.json()["always_open"] is False
         assert (await get(http, "/v1/sites/gym-a/opening-hours"))["periods"] == week + night
-        stored = d.rows(
-            database_url, "SELECT iso_dow, opens::text, closes::text FROM site_opening_hours ORDER BY 1, 2"
-        )
-        assert stored[-2:] == [(6, "20:00:00", "24:00:00"), (7, "00:00:00", "02:30:00")]
+        # one place: the site's own opening_hours, as GET /v1/sites/gym-a shows them
+        as_site = {day: [["06:00", "22:00"]] for day in ("mon", "tue", "wed", "thu", "fri")}
+        as_site |= {"sat": [["20:00", "24:00"]], "sun": [["00:00", "02:30"]]}
+        assert d.rows(database_url, "SELECT opening_hours FROM sites WHERE site_id = 'gym-a'") == [(as_site,)]
+        assert (await get(http, "/v1/sites/gym-a"))["opening_hours"] == as_site
         bad = {"periods": [{"weekday": 1, "opens": "22:00", "closes": "06:00"}]}
         assert_problem(await http.put("/v1/sites/gym-a/opening-hours", json=bad), 422)
         twice = {"periods": [week[0], week[0]]}
         assert_problem(await http.put("/v1/sites/gym-a/opening-hours", json=twice), 422, "body.periods.1")
+        overlap = {"periods": [week[1], {"weekday": 1, "opens": "07:00", "closes": "23:00"}, week[0]]}
+        assert_problem(await http.put("/v1/sites/gym-a/opening-hours", json=overlap), 422, "body.periods.1")
         for clock in ("6:00", "24:30", "12:60"):
             wrong = {"periods": [{"weekday": 1, "opens": clock, "closes": "23:00"}]}
             assert_problem(await http.put("/v1/sites/gym-a/opening-hours", json=wrong), 422)
         assert (await get(http, "/v1/sites/gym-a/opening-hours"))["periods"] == week + night  # unchanged
+        # PATCH /v1/sites sets the same hours: the view shows them
+        r = await http.patch("/v1/sites/gym-a", json={"opening_hours": {"sun": [["10:00", "16:00"]]}})
+        assert r.status_code == 200, r.text
+        assert (await get(http, "/v1/sites/gym-a/opening-hours"))["periods"] == [
+            {"weekday": 7, "opens": "10:00", "closes": "16:00"}
+        ]
+        # no day named: closed all week, which is not "always open"
+        await http.patch("/v1/sites/gym-a", json={"opening_hours": {}})
+        closed = await get(http, "/v1/sites/gym-a/opening-hours")
+        assert (closed["periods"], closed["always_open"]) == ([], False)
         r = await http.put("/v1/sites/gym-a/opening-hours", json={"periods": []})
-        assert r.json()["periods"] == []
+        assert (r.json()["periods"], r.json()["always_open"]) == ([], True)
+        assert (await get(http, "/v1/sites/gym-a"))["opening_hours"] is None
+        assert_problem(
+            await http.put("/v1/sites/gym-z/opening-hours", json={"periods": []}), 404, "path.site_id"
+        )
 
         r = await http.put("/v1/service-thresholds", json={"kind": "treadmill", "model": "T9", "km": 800})
         assert r.json() == {"kind": "treadmill", "model": "T9", "km": 800.0, "hours": None}

@@ -16,7 +16,9 @@ import httpx
 import psycopg
 import pytest
 from fastapi import FastAPI
+from psycopg.types.json import Jsonb
 
+from analytics.opening_hours import WEEKDAYS
 from api.live.floor import DEFAULT_HR_MAX_BPM, zone
 from api.live.hub import LiveHubs, SiteHub
 from api.main import create_app
@@ -39,6 +41,15 @@ ATHLETE = UUID("3f6c1c52-5d4e-4b7a-9a51-0c8f4c1e2a10")
 """HRmax 200 measured, checked in on bike-1."""
 YOUNG = UUID("9a0b7c1d-2e3f-4a5b-8c6d-7e8f9a0b1c2d")
 """Born 1996, no HRmax: HUNT at 30 years, 191.8 bpm; wears strap-1."""
+
+
+def set_hours(url: str, hours: dict[str, Any] | None) -> None:
+    """gym-a's opening hours, where every reader finds them (``sites.opening_hours``)."""
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "UPDATE sites SET opening_hours = %s WHERE site_id = %s",
+            (None if hours is None else Jsonb(hours), SITE),
+        )
 
 
 def seed(url: str) -> None:
@@ -259,13 +270,11 @@ async def test_the_simulated_fleet_is_shown_as_it_moves(mosquitto: Mosquitto, da
 
 async def test_silence_and_last_wills_make_devices_offline(mosquitto: Mosquitto, database_url: str) -> None:
     seed(database_url)
+    set_hours(database_url, {day: [["06:00", "22:00"]] for day in WEEKDAYS})  # the site's own, in Oslo
     clock = PinnedClock(NOW)
     async with (
         publisher(mosquitto.target, SITE) as dev,
-        stack(database_url, mosquitto.target, clock, live_silent_after_s=30.0, live_open_hours="6-22") as (
-            app,
-            http,
-        ),
+        stack(database_url, mosquitto.target, clock, live_silent_after_s=30.0) as (app, http),
         watch(http, SITE) as live,
     ):
         await live.next()
@@ -295,6 +304,14 @@ async def test_silence_and_last_wills_make_devices_offline(mosquitto: Mosquitto,
         assert hub(app).seq == seq
         assert hub(app).floor.tile("bike-1") is not None
         assert hub(app).floor.tile("bike-1").status == "online"  # type: ignore[union-attr]
+        # the hours change (not set: always open); the hub reads them again (its timer: every
+        # live_profile_refresh_s) and the quiet since 23:30 is silence now
+        set_hours(database_url, None)
+        await hub(app).refresh_hours()
+        event = await live.until(tile_is("bike-1", status="silent"))
+        assert event.data["since"] == "2026-11-25T22:30:00Z"
+        await dev.telemetry("bike-1", Sample(t=clock.now, power_w=170))
+        await live.until(tile_is("bike-1", status="online"))
         clock.now = NOW + timedelta(minutes=5)
 
         # a gateway with its last will: killed, the broker says it is offline, and so are its devices

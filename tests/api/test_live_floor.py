@@ -1,24 +1,27 @@
 """The live floor's pure parts: the heart-rate zone (checked against analytics.hr's band thresholds), HRmax,
-opening hours, the fold of messages into tiles, and the hub's event ids, ring buffer and client queues."""
+silence only while the site is open (its opening hours), the fold of messages into tiles, and the hub's event
+ids, ring buffer and client queues, and how it learns the site's hours."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
 
 from analytics.hr import ZONE5_EDGES_PCT_HRMAX, band_index, thresholds_bpm
+from analytics.opening_hours import WEEKDAYS, SiteHours, check
 from api.live.floor import (
     DEFAULT_HR_MAX_BPM,
     Floor,
     FloorConfig,
     KnownDevice,
+    Tile,
     hr_max_of,
-    is_open,
-    parse_hours,
     zone,
 )
 from api.live.hub import HubConfig, SiteHub
@@ -56,20 +59,6 @@ def test_hr_max_is_measured_else_hunt_from_age_else_the_default() -> None:
     assert hr_max_of(200.0, 1980, 2026) == 200.0
     assert hr_max_of(None, 1996, 2026) == pytest.approx(211 - 0.64 * 30)
     assert hr_max_of(None, None, 2026) == DEFAULT_HR_MAX_BPM == pytest.approx(211 - 0.64 * 40)
-
-
-def test_opening_hours_in_the_sites_timezone() -> None:
-    assert parse_hours("6-22") == (6, 22)
-    for bad in ("6", "22-22", "a-b", "6-25"):
-        with pytest.raises(ValueError, match="opening hours"):
-            parse_hours(bad)
-    oslo = "Europe/Oslo"  # UTC+1 in November
-    assert is_open(datetime(2026, 11, 25, 5, 0, tzinfo=UTC), (6, 22), oslo)
-    assert not is_open(datetime(2026, 11, 25, 4, 59, tzinfo=UTC), (6, 22), oslo)
-    assert not is_open(datetime(2026, 11, 25, 21, 0, tzinfo=UTC), (6, 22), oslo)
-    assert is_open(datetime(2026, 11, 25, 23, 0, tzinfo=UTC), (22, 6), oslo)  # midnight in Oslo
-    assert not is_open(datetime(2026, 11, 25, 12, 0, tzinfo=UTC), (22, 6), oslo)
-    assert is_open(datetime(2026, 11, 25, 3, 0, tzinfo=UTC), None, oslo)
 
 
 def _state(
@@ -165,9 +154,115 @@ def test_gateways_stale_retained_states_and_bad_messages() -> None:
     assert (t.kind, t.status) == ("treadmill", "offline")
 
 
+OSLO = ZoneInfo("Europe/Oslo")
+S = timedelta(seconds=1)
+
+
+def _utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc,arg-type]
+
+
+def _in_a_workout(hours: SiteHours, last: datetime) -> Floor:
+    floor = Floor(SITE, FloorConfig(silent_after_s=30), hours)
+    floor.load([_known("bike-1", "bike")])
+    floor.on_message(*_state("bike-1", last, training="manual"), last)
+    floor.on_message(*_telemetry("bike-1", Sample(t=last, power_w=150)), last)
+    return floor
+
+
+def _status(tiles: list[Tile]) -> list[tuple[str, datetime | None]]:
+    return [(t.status, t.since) for t in tiles]
+
+
+def test_silence_counts_only_while_the_site_is_open() -> None:
+    week = SiteHours(OSLO, check({day: [("06:00", "22:00")] for day in WEEKDAYS}))
+    evening = _utc(2026, 11, 25, 20, 50)  # 21:50 in Oslo
+    floor = _in_a_workout(week, evening)
+    assert floor.tick(evening + 30 * S) == []
+    assert _status(floor.tick(evening + 31 * S)) == [("silent", evening)]
+    # 22:00 in Oslo: closed, nobody expects it to send, its silence is over
+    assert _status(floor.tick(_utc(2026, 11, 25, 21, 0))) == [("online", _utc(2026, 11, 25, 21, 0))]
+    assert floor.tick(_utc(2026, 11, 25, 23, 30)) == []  # the night: nothing
+    assert floor.tick(_utc(2026, 11, 26, 4, 59)) == []
+    # 06:00 in Oslo: the quiet counts from the opening
+    assert floor.tick(_utc(2026, 11, 26, 5, 0) + 30 * S) == []
+    assert _status(floor.tick(_utc(2026, 11, 26, 5, 0) + 31 * S)) == [("silent", _utc(2026, 11, 26, 5, 0))]
+    # any message ends it
+    (t,) = floor.on_message(*_telemetry("bike-1", Sample(t=_utc(2026, 11, 26, 5, 2), power_w=90)), evening)
+    assert t.status == "online"
+
+
+def test_silence_keeps_wall_clock_hours_across_a_clock_change_and_midnight_utc() -> None:
+    week = SiteHours(OSLO, check({day: [("06:00", "22:00")] for day in WEEKDAYS}))
+    # summer time starts in Oslo on 2026-03-29 (02:00 CET -> 03:00 CEST): 06:00 is 04:00 UTC that day
+    floor = _in_a_workout(week, _utc(2026, 3, 28, 20, 30))  # 21:30 CET
+    assert floor.tick(_utc(2026, 3, 28, 20, 45)) != []  # silent
+    assert floor.tick(_utc(2026, 3, 28, 21, 0)) != []  # 22:00 CET: closed, back to online
+    assert floor.tick(_utc(2026, 3, 29, 3, 59)) == []  # 05:59 CEST
+    assert _status(floor.tick(_utc(2026, 3, 29, 4, 0) + 31 * S)) == [("silent", _utc(2026, 3, 29, 4, 0))]
+    # a night across midnight UTC: Monday 22:00 to Tuesday 02:00 (UTC) is one opening
+    night = SiteHours(hours=check({"mon": [("22:00", "24:00")], "tue": [("00:00", "02:00")]}))
+    floor = _in_a_workout(night, _utc(2026, 11, 23, 21, 0))
+    assert floor.tick(_utc(2026, 11, 23, 21, 59)) == []  # closed
+    assert _status(floor.tick(_utc(2026, 11, 23, 22, 0) + 31 * S)) == [("silent", _utc(2026, 11, 23, 22, 0))]
+    assert floor.tick(_utc(2026, 11, 24, 0, 0)) == []  # midnight: still open, still silent
+    assert floor.tick(_utc(2026, 11, 24, 1, 59)) == []
+    assert _status(floor.tick(_utc(2026, 11, 24, 2, 0))) == [("online", _utc(2026, 11, 24, 2, 0))]
+
+
+def test_new_hours_apply_at_once() -> None:
+    closed = SiteHours(OSLO, {})  # no day named: closed all week
+    last = _utc(2026, 11, 25, 10, 0)
+    floor = _in_a_workout(closed, last)
+    assert floor.tick(last + 5 * S * 60) == []
+    # the hours are removed (not set: always open): silent since it was last heard
+    assert _status(floor.set_hours(SiteHours(OSLO, None), last + 5 * S * 60)) == [("silent", last)]
+    assert _status(floor.set_hours(closed, last + 6 * S * 60)) == [("online", last + 6 * S * 60)]
+
+
+class _Hours:
+    """A database whose site's opening hours change."""
+
+    def __init__(self, hours: SiteHours) -> None:
+        self.now = hours
+
+    async def site(self, site_id: str) -> tuple[list[KnownDevice], SiteHours]:
+        return [_known("bike-1", "bike", online=True, training="manual", state_at=T0, last_seen=T0)], self.now
+
+    async def hours(self, site_id: str) -> SiteHours:
+        return self.now
+
+    async def profiles(self, site_id: str, now: datetime) -> Mapping[str, float]:
+        return {}
+
+
+@pytest.mark.asyncio
+async def test_a_hub_learns_the_sites_hours_at_start_and_when_they_change() -> None:
+    source = _Hours(SiteHours(ZoneInfo("Asia/Tokyo"), {}))
+    now = T0 + timedelta(minutes=5)
+    hub = SiteHub(SITE, config=HubConfig(tick_s=3600), clock=lambda: now, source=source, target=None)
+    await hub.start()
+    try:
+        client, first = hub.join(None)
+        assert json.loads(first[0].data)["timezone"] == "Asia/Tokyo"
+        hub.tick()
+        assert hub.floor.tile("bike-1").status == "online"  # type: ignore[union-attr]  # closed
+        source.now = SiteHours(OSLO, None)
+        await hub.refresh_hours()
+        event = await asyncio.wait_for(client.next(), 5)
+        assert event is not None
+        assert event.kind == "device"
+        assert (json.loads(event.data)["status"], hub.timezone) == ("silent", "Europe/Oslo")
+    finally:
+        await hub.close()
+
+
 class _NoDatabase:
-    async def site(self, site_id: str) -> tuple[list[KnownDevice], str]:
-        return [], "UTC"
+    async def site(self, site_id: str) -> tuple[list[KnownDevice], SiteHours]:
+        return [], SiteHours()
+
+    async def hours(self, site_id: str) -> SiteHours:
+        return SiteHours()
 
     async def profiles(self, site_id: str, now: datetime) -> Mapping[str, float]:
         return {}

@@ -96,10 +96,16 @@ def _enable_timescale(conn: psycopg.Connection, mode: TimescaleMode) -> str | No
     return str(ver[0]) if ver else None
 
 
+def _log_notice(diag: psycopg.errors.Diagnostic) -> None:
+    level = logging.WARNING if diag.severity_nonlocalized == "WARNING" else logging.INFO
+    logger.log(level, "migration: %s", diag.message_primary)
+
+
 def migrate(conninfo: str, *, timescale: TimescaleMode = "auto") -> MigrationReport:
     """Bring the database at ``conninfo`` to the newest schema. Idempotent."""
     applied: list[str] = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.add_notice_handler(_log_notice)  # what a migration says (RAISE NOTICE/WARNING) reaches the log
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
             conn.execute(
