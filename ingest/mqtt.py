@@ -5,6 +5,10 @@ before the commit. paho-mqtt can delay the PUBACK (``manual_ack=True``); this mo
 uses that. paho's network thread hands messages to the event loop; the caller acks each
 :class:`Inbound` once its rows are committed. Memory stays bounded because the broker never has more than
 ``receive_maximum`` (MQTT 5; ``max_inflight_messages`` in Mosquitto for 3.1.1) un-acked messages out to us.
+
+The same connection publishes the ingester's commit acknowledgements (:meth:`MqttSource.publish`). Its
+session expires ``session_expiry_s`` after a disconnect (MQTT 5): a dead ingester's session, and the share
+of telemetry the broker queued into it, are then dropped, and senders resend what was never acknowledged.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ingest.errors import BrokerUnavailable
+from ingest.errors import BrokerUnavailable, PublishFailed
 from ingest.source import Inbound
 from vitalab.settings import MqttTarget
 
@@ -49,6 +53,8 @@ class MqttSource:
         keepalive_s: int = 30,
         connect_timeout_s: float = 10.0,
         ca_file: str | None = None,
+        session_expiry_s: int = SESSION_NEVER_EXPIRES,
+        publish_timeout_s: float = 10.0,
     ) -> None:
         self._target = target
         self._filters = list(filters)
@@ -56,6 +62,8 @@ class MqttSource:
         self._receive_maximum = receive_maximum
         self._keepalive = keepalive_s
         self._connect_timeout = connect_timeout_s
+        self._session_expiry = min(session_expiry_s, SESSION_NEVER_EXPIRES)
+        self._publish_timeout = publish_timeout_s
         # paho's thread appends; the event loop pops. The loop is woken (a syscall) only when it waits.
         self._buf: deque[Inbound] = deque()
         self._ready = asyncio.Event()
@@ -80,6 +88,8 @@ class MqttSource:
             clean_session=None if self._v5 else False,
             manual_ack=True,
         )
+        self._client.max_inflight_messages_set(0)  # our own publishes (acks): few per commit, no cap needed
+        self._client.max_queued_messages_set(0)
         if target.username:
             self._client.username_pw_set(target.username, target.password)
         ctx = target.ssl_context()
@@ -187,7 +197,7 @@ class MqttSource:
         props = None
         if self._v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = SESSION_NEVER_EXPIRES
+            props.SessionExpiryInterval = self._session_expiry
             props.ReceiveMaximum = self._receive_maximum
         try:
             self._client.connect_async(
@@ -310,3 +320,34 @@ class MqttSource:
         if msg.generation != self._generation:
             return False
         return self._client.ack(msg.mid, msg.qos) == paho.MQTT_ERR_SUCCESS
+
+    async def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Publish QoS 1 messages and wait for their PUBACKs (``publish_timeout_s`` in all); raises
+        :class:`PublishFailed` if paho refuses one or a PUBACK does not come in time (paho still holds it
+        and sends it again after a reconnect)."""
+        infos = []
+        for topic, payload in messages:
+            info = self._client.publish(topic, payload, qos=1)
+            if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+                raise PublishFailed(f"{topic}: {paho.error_string(info.rc)}")
+            infos.append(info)
+        if infos and not await asyncio.to_thread(_wait_published, infos, self._publish_timeout):
+            unconfirmed = sum(not i.is_published() for i in infos)
+            raise PublishFailed(
+                f"{unconfirmed} of {len(infos)} not confirmed within {self._publish_timeout} s"
+            )
+
+
+def _wait_published(infos: Sequence[paho.MQTTMessageInfo], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    for info in infos:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 and not info.is_published():
+            return False
+        try:
+            info.wait_for_publish(max(remaining, 0.001))
+        except (RuntimeError, ValueError):  # paho: the message can no longer be sent
+            return False
+        if not info.is_published():
+            return False
+    return True

@@ -27,14 +27,14 @@ import psycopg
 
 from ingest.batch import Batch, Router
 from ingest.dberrors import DatabaseRejected, Severity, classify, describe
-from ingest.errors import SiteConflict
+from ingest.errors import PublishFailed, SiteConflict
 from ingest.health import HealthServer
 from ingest.metrics import IngestMetrics
 from ingest.mqtt import MqttSource
 from ingest.source import Inbound, Source
 from ingest.writer import WriteResult, prepare, write_batch
 from vitalab.settings import MqttTarget, Settings
-from vitalab.wire import TopicKind, WireLimits, subscription
+from vitalab.wire import TopicKind, WireLimits, plan_acks, subscription
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +68,16 @@ class IngestConfig:
     retry_max_s: float = 10.0
     shutdown_timeout_s: float = 10.0
     """How long a stopping ingester keeps trying to commit what it holds (the broker redelivers the rest)."""
+    commit_acks: bool = True
+    """After each commit, publish per sender which telemetry messages it is done with (vitalab.wire.acks)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IngestConfig:
-        return cls(batch_rows=settings.ingest_batch_rows, batch_age_s=settings.ingest_batch_age_ms / 1000)
+        return cls(
+            batch_rows=settings.ingest_batch_rows,
+            batch_age_s=settings.ingest_batch_age_ms / 1000,
+            commit_acks=settings.ingest_commit_acks,
+        )
 
 
 def subscriptions(share_group: str | None) -> list[str]:
@@ -367,7 +373,23 @@ class Ingester:
         self._record(batch, written, result, elapsed)
         if self._on_commit is not None:
             self._on_commit(batch, result)
+        if self._config.commit_acks:
+            await self._acknowledge(batch)
         return result
+
+    async def _acknowledge(self, batch: Batch) -> None:
+        """Tell the senders of ``batch``'s telemetry that it is committed (stored or dead-lettered). A failure
+        loses nothing: the rows are committed, and a sender resends what it sees no ack for (a duplicate)."""
+        acks = plan_acks((msg.topic, msg.payload) for msg in batch.acks)
+        if not acks:
+            return
+        try:
+            await self._source.publish(acks)
+        except PublishFailed as exc:
+            self.metrics.ack_failures.inc()
+            logger.warning("commit acknowledgement not confirmed (%s); senders will resend", exc)
+        else:
+            self.metrics.acks.inc(len(acks))
 
     def _record(self, batch: Batch, written: list[Batch], result: WriteResult, elapsed: float) -> None:
         m = self.metrics
@@ -396,6 +418,7 @@ async def open_ingester(settings: Settings, target: MqttTarget, database_url: st
         protocol=settings.mqtt_protocol,
         receive_maximum=settings.ingest_receive_maximum,
         ca_file=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None,
+        session_expiry_s=settings.ingest_session_expiry_s,
     ) as source:
         ingester = Ingester(
             source,
