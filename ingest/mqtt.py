@@ -325,6 +325,8 @@ class MqttSource:
         """Publish QoS 1 messages and wait for their PUBACKs (``publish_timeout_s`` in all); raises
         :class:`PublishFailed` if paho refuses one or a PUBACK does not come in time (paho still holds it
         and sends it again after a reconnect)."""
+        if not self.connected:
+            raise PublishFailed("not connected to the broker")
         infos = []
         for topic, payload in messages:
             info = self._client.publish(topic, payload, qos=1)
@@ -332,22 +334,29 @@ class MqttSource:
                 raise PublishFailed(f"{topic}: {paho.error_string(info.rc)}")
             infos.append(info)
         if infos and not await asyncio.to_thread(_wait_published, infos, self._publish_timeout):
-            unconfirmed = sum(not i.is_published() for i in infos)
+            unconfirmed = sum(not _published(i) for i in infos)
             raise PublishFailed(
                 f"{unconfirmed} of {len(infos)} not confirmed within {self._publish_timeout} s"
             )
+
+
+def _published(info: paho.MQTTMessageInfo) -> bool:
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):  # paho: the message can no longer be sent
+        return False
 
 
 def _wait_published(infos: Sequence[paho.MQTTMessageInfo], timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     for info in infos:
         remaining = deadline - time.monotonic()
-        if remaining <= 0 and not info.is_published():
+        if remaining <= 0 and not _published(info):
             return False
         try:
             info.wait_for_publish(max(remaining, 0.001))
         except (RuntimeError, ValueError):  # paho: the message can no longer be sent
             return False
-        if not info.is_published():
+        if not _published(info):
             return False
     return True
