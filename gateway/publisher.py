@@ -679,6 +679,7 @@ class GatewayPublisher:
                 break
             due.append(i)
         if not due:
+            self._arm_ack_timer()
             return
         for i in due:
             del self._awaiting[i]
