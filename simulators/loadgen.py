@@ -9,11 +9,12 @@ restart (checked on 2.0.11): until the ingesters have reconnected, telemetry sen
 matches no subscription and would be dropped. A publisher that retries on 0x10 loses nothing.
 
 With ``commit_acks=True`` it is a device speaking the contract's commit acknowledgements
-(:mod:`vitalab.wire.acks`) itself: it subscribes to the ack topic of every device it publishes for, keeps each
-telemetry message after its PUBACK until an ingester's ack names its ``(device, seq)``, and publishes it again
-when none came within ``ack_timeout_s`` (a broker crash, a dead ingester's session, a subscriber that is not
-an ingester: the broker's PUBACK covers none of them). :attr:`LoadPublisher.acked` then counts committed
-messages, and :meth:`LoadPublisher.wait_acked` waits for every commit.
+(:mod:`vitalab.wire.acks`) itself (its telemetry says ``"ack": true``): it subscribes to the ack topic of
+every device it publishes for, keeps each telemetry message after its PUBACK until an ingester's ack names
+its ``(device, seq)``, and publishes it again when none came within ``ack_timeout_s`` (a broker crash, a
+dead ingester's session, a subscriber that is not an ingester: the broker's PUBACK covers none of them).
+:attr:`LoadPublisher.acked` then counts committed messages, and :meth:`LoadPublisher.wait_acked` waits for
+every commit.
 """
 
 from __future__ import annotations

@@ -31,8 +31,8 @@ SITE = "acks"
 STORED_AT_ACK: set[tuple[str, int]] = set()
 
 
-def _telemetry(device: str, seq: int, t: datetime, gw: str | None) -> tuple[str, bytes]:
-    msg = TelemetryMessage(v=1, device=device, seq=seq, samples=[Sample(t=t, hr_bpm=100)], gw=gw)
+def _telemetry(device: str, seq: int, t: datetime, gw: str | None, ack: bool = True) -> tuple[str, bytes]:
+    msg = TelemetryMessage(v=1, device=device, seq=seq, samples=[Sample(t=t, hr_bpm=100)], gw=gw, ack=ack)
     return telemetry_topic(SITE, device), encode(msg)
 
 
@@ -95,10 +95,14 @@ async def test_acks_name_each_senders_committed_messages_and_only_after_the_comm
     messages += [_telemetry("hr-2", s, t0 + timedelta(seconds=s), "gw-1") for s in (3, 4, 7)]
     messages += [_telemetry("row-3", s, t0 + timedelta(seconds=s), None) for s in range(5)]
     # dead-lettered, but readable: acknowledged too (the ingester is done with it)
-    stale = TelemetryMessage(v=1, device="row-3", seq=5, samples=[Sample(t=t0 - timedelta(days=900))])
+    stale = TelemetryMessage(
+        v=1, device="row-3", seq=5, samples=[Sample(t=t0 - timedelta(days=900))], ack=True
+    )
     messages.append((telemetry_topic(SITE, "row-3"), encode(stale)))
     # unreadable: dead-lettered, acknowledged to nobody
     messages.append((telemetry_topic(SITE, "row-3"), b"{not json"))
+    # a device that asks for no acks gets none (it would not listen)
+    messages += [_telemetry("quiet-4", s, t0 + timedelta(seconds=s), None, ack=False) for s in range(2)]
 
     settings = make_settings(ingest_client_id="ingest-acks", ingest_share_group="")
     async with (
@@ -123,7 +127,7 @@ async def test_acks_name_each_senders_committed_messages_and_only_after_the_comm
             return sum(len(v) for v in _acked(got).values()) == 29
 
         await wait_until(all_acked, what="acks of every readable message")
-        assert await count(database_url, "samples") == 28
+        assert await count(database_url, "samples") == 30
 
         async def dead_letters() -> bool:  # stale, unreadable, marker
             return await count(database_url, "dead_letters") == 3

@@ -37,8 +37,10 @@ def ingester(mosquitto: Mosquitto, database_url: str, tmp_path: Path) -> Iterato
 
 
 def _scenario(mosquitto: Mosquitto, database_url: str, ingester: IngestProcess) -> LoadPublisher:
-    probe = Workload.build("gym", devices=1, seconds=1, per_message=1, prefix="probe")
-    backlog = Workload.build("gym", devices=4, seconds=500, per_message=5)  # 400 messages, 2,000 samples
+    probe = Workload.build("gym", devices=1, seconds=1, per_message=1, prefix="probe", ack=True)
+    backlog = Workload.build(
+        "gym", devices=4, seconds=500, per_message=5, ack=True
+    )  # 400 messages, 2,000 samples
     ingester.start()
     with LoadPublisher(mosquitto.target, "dev-acks", commit_acks=True, ack_timeout_s=ACK_TIMEOUT_S) as pub:
         for topic, payload in probe.messages:

@@ -23,8 +23,8 @@ from vitalab.wire import (
 T = datetime(2026, 11, 25, 10, tzinfo=UTC)
 
 
-def _msg(device: str, seq: int, gw: str | None = None) -> bytes:
-    return encode(TelemetryMessage(v=1, device=device, seq=seq, samples=[Sample(t=T)], gw=gw))
+def _msg(device: str, seq: int, gw: str | None = None, ack: bool = False) -> bytes:
+    return encode(TelemetryMessage(v=1, device=device, seq=seq, samples=[Sample(t=T)], gw=gw, ack=ack))
 
 
 def test_seq_ranges_merge_and_sort() -> None:
@@ -41,8 +41,9 @@ def test_ack_topics_are_outside_the_ingested_tree() -> None:
         gateway_ack_topic("gym", "bad/id")
 
 
-def test_gw_is_omitted_when_absent() -> None:
+def test_gw_and_ack_are_omitted_when_absent() -> None:
     assert b'"gw"' not in _msg("bike-1", 1)
+    assert b'"ack"' not in _msg("bike-1", 1)
     assert msgspec.json.decode(_msg("bike-1", 1, "gw-1"))["gw"] == "gw-1"
 
 
@@ -54,10 +55,11 @@ def test_plan_acks_goes_to_the_sender() -> None:
                 (topic("bike-1"), _msg("bike-1", 4, "gw-1")),
                 (topic("bike-1"), _msg("bike-1", 3, "gw-1")),
                 (topic("hr-2"), _msg("hr-2", 9, "gw-1")),
-                (topic("row-3"), _msg("row-3", 0)),
+                (topic("row-3"), _msg("row-3", 0, ack=True)),
                 (topic("row-3"), b"not json"),  # dead-lettered, no identity: acked to nobody
                 ("vitalab/v1/gym/dev/row-3/state", b'{"v":1}'),
-                (topic("row-4"), _msg("row-3", 1)),  # device mismatch: acked to nobody
+                (topic("row-4"), _msg("row-3", 1, ack=True)),  # device mismatch: acked to nobody
+                (topic("row-5"), _msg("row-5", 1)),  # asks for no ack
             ]
         )
     )

@@ -7,7 +7,9 @@ messages it is done with (their rows stored, or dead-lettered with a reason), id
 ``(device, seq)``:
 
 - on ``vitalab/v1/{site}/gw/{gateway}/ack`` for messages that name their gateway (``TelemetryMessage.gw``);
-- on ``vitalab/v1/{site}/dev/{device}/ack`` for the others (devices that speak MQTT themselves).
+- on ``vitalab/v1/{site}/dev/{device}/ack`` for messages of devices that speak MQTT themselves and ask for
+  acks (``TelemetryMessage.ack``). Messages that do neither are not acknowledged (a device that does not
+  listen costs no ack traffic).
 
 QoS 1, not retained. A sender keeps every telemetry message until an ack covers it and sends it again when
 none has come within its ack timeout; the row identity ``(device, t)`` absorbs the duplicates. An ack may
@@ -58,6 +60,7 @@ class MessageKey(Struct, frozen=True):
     device: str
     seq: int
     gw: str | None = None
+    ack: bool = False
 
 
 _KEY = msgspec.json.Decoder(MessageKey)
@@ -101,8 +104,9 @@ def decode_ack(payload: bytes) -> CommitAck:
 
 def plan_acks(committed: Iterable[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     """The ack messages for committed messages given as ``(topic, payload)``: one per ack topic, each
-    naming every committed telemetry message of that sender. Messages that are not telemetry, or whose
-    payload has no ``device``/``seq`` (dead-lettered as unreadable), are acked to nobody."""
+    naming every committed telemetry message of that sender. Messages that are not telemetry, that ask for
+    no ack (neither ``gw`` nor ``ack``), or whose payload has no ``device``/``seq`` (dead-lettered as
+    unreadable), are acked to nobody."""
     by_topic: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for topic, payload in committed:
         parts = topic.split("/")
@@ -110,7 +114,7 @@ def plan_acks(committed: Iterable[tuple[str, bytes]]) -> list[tuple[str, bytes]]
             continue
         site, device = parts[2], parts[4]
         key = message_key(payload)
-        if key is None or key.device != device:
+        if key is None or key.device != device or not (key.gw or key.ack):
             continue
         try:
             target = gateway_ack_topic(site, key.gw) if key.gw else device_ack_topic(site, device)

@@ -95,6 +95,13 @@ class TelemetryMessage(Struct, frozen=True, forbid_unknown_fields=True, omit_def
     seq: Annotated[int, Meta(ge=0, le=2**63 - 1, description="per-device message counter")]
     samples: Annotated[list[Sample], Meta(min_length=1, max_length=MAX_SAMPLES_PER_MESSAGE)]
     gw: GatewayId | None = None
+    ack: Annotated[
+        bool,
+        Meta(
+            description="a device sending for itself asks for commit acknowledgements on its own ack topic "
+            "(vitalab.wire.acks); with gw, they go to the gateway's"
+        ),
+    ] = False
 
 
 class Envelope(Struct, frozen=True, forbid_unknown_fields=True):
@@ -105,6 +112,7 @@ class Envelope(Struct, frozen=True, forbid_unknown_fields=True):
     seq: Annotated[int, Meta(ge=0, le=2**63 - 1)]
     samples: Annotated[list[msgspec.Raw], Meta(min_length=1, max_length=MAX_SAMPLES_PER_MESSAGE)]
     gw: Annotated[str, Meta(pattern=ID_PATTERN)] | None = None
+    ack: bool = False
 
 
 class Version(Struct, frozen=True):
