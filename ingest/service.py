@@ -128,6 +128,8 @@ class Ingester:
         self._current = Batch()
         self.committed_batches = 0
         self._on_commit = on_commit
+        self._acking: asyncio.Task[None] | None = None
+        """The commit acks of the last batch being published (the next batch does not wait for them)."""
         self._clock = clock
         self.db_ok = True
         """False while the last attempt to write failed."""
@@ -173,6 +175,10 @@ class Ingester:
             raise
         finally:
             self._current = Batch()
+            if self._acking is not None:  # stopped by an error, or acks still unconfirmed after the stop
+                self._acking.cancel()
+                await asyncio.gather(self._acking, return_exceptions=True)
+                self._acking = None
             if self._conn is not None:
                 await self._conn.close()
 
@@ -225,6 +231,9 @@ class Ingester:
                     await asyncio.wait({task})
         if task in done:
             task.result()  # a DatabaseRejected stops the ingester with its own message
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._config.shutdown_timeout_s):
+                    await self._acks_published()
             logger.info("stopped: everything held is committed and acknowledged")
         else:
             logger.warning(
@@ -378,11 +387,22 @@ class Ingester:
         return result
 
     async def _acknowledge(self, batch: Batch) -> None:
-        """Tell the senders of ``batch``'s telemetry that it is committed (stored or dead-lettered). A failure
-        loses nothing: the rows are committed, and a sender resends what it sees no ack for (a duplicate)."""
+        """Tell the senders of ``batch``'s telemetry that it is committed (stored or dead-lettered). The acks
+        are published while the next batch is collected and written (one batch's acks at a time: this waits
+        for the previous one's). A failure loses nothing: the rows are committed, and a sender resends what it
+        sees no ack for (a duplicate)."""
         acks = plan_acks((msg.topic, msg.payload) for msg in batch.acks)
-        if not acks:
-            return
+        await self._acks_published()
+        if acks:
+            self._acking = asyncio.create_task(self._publish_acks(acks))
+
+    async def _acks_published(self) -> None:
+        """Until the acks being published are confirmed (or failed)."""
+        if self._acking is not None:
+            task, self._acking = self._acking, None
+            await task
+
+    async def _publish_acks(self, acks: list[tuple[str, bytes]]) -> None:
         try:
             await self._source.publish(acks)
         except PublishFailed as exc:
