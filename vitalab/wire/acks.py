@@ -23,7 +23,7 @@ Example::
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -87,7 +87,7 @@ def seq_ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
     return out
 
 
-def commit_ack(seqs: dict[str, Iterable[int]]) -> CommitAck:
+def commit_ack(seqs: Mapping[str, Iterable[int]]) -> CommitAck:
     """The ack of ``{device: committed seqs}`` (devices in name order)."""
     return CommitAck(v=1, acks=[DeviceAck(device, seq_ranges(s)) for device, s in sorted(seqs.items())])
 
@@ -107,20 +107,23 @@ def plan_acks(committed: Iterable[tuple[str, bytes]]) -> list[tuple[str, bytes]]
     naming every committed telemetry message of that sender. Messages that are not telemetry, that ask for
     no ack (neither ``gw`` nor ``ack``), or whose payload has no ``device``/``seq`` (dead-lettered as
     unreadable), are acked to nobody."""
-    by_topic: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    # (site, gateway or None, device) -> seqs; topics are built (and their ids checked) once per sender
+    seqs: dict[tuple[str, str | None, str], list[int]] = defaultdict(list)
     for topic, payload in committed:
         parts = topic.split("/")
         if len(parts) != 6 or parts[3] != "dev" or parts[5] != "telemetry":
             continue
         if b'"gw"' not in payload and b'"ack"' not in payload:
             continue  # asks for no ack (a cheap look first: most messages of a deployment are these)
-        site, device = parts[2], parts[4]
         key = message_key(payload)
-        if key is None or key.device != device or not (key.gw or key.ack):
+        if key is None or key.device != parts[4] or not (key.gw or key.ack):
             continue
+        seqs[(parts[2], key.gw or None, parts[4])].append(key.seq)
+    by_topic: dict[str, dict[str, list[int]]] = defaultdict(dict)
+    for (site, gw, device), device_seqs in seqs.items():
         try:
-            target = gateway_ack_topic(site, key.gw) if key.gw else device_ack_topic(site, device)
+            target = gateway_ack_topic(site, gw) if gw else device_ack_topic(site, device)
         except TopicError:
             continue
-        by_topic[target][device].append(key.seq)
-    return [(topic, encode_ack(commit_ack(dict(devices)))) for topic, devices in sorted(by_topic.items())]
+        by_topic[target][device] = device_seqs
+    return [(topic, encode_ack(commit_ack(devices))) for topic, devices in sorted(by_topic.items())]
