@@ -80,6 +80,10 @@ class MqttSource:
         self._disconnected = asyncio.Event()
         self._unsubacked: set[int] = set()  # paho's thread adds, the event loop takes
         self._unsuback = asyncio.Event()
+        self._pub_lock = threading.Lock()  # never held while calling into paho
+        self._pub_waiting: dict[int, asyncio.Future[None]] = {}  # mid -> PUBACK awaited
+        self._pub_acked: set[int] = set()  # PUBACKs that came before their mid was registered
+        self._pub_abandoned: set[int] = set()  # mids given up on (timed out)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -103,6 +107,7 @@ class MqttSource:
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
         self._client.on_unsubscribe = self._on_unsubscribe
+        self._client.on_publish = self._on_publish
 
     # --- paho network thread --------------------------------------------------------------------------
     def _on_connect(
@@ -324,39 +329,60 @@ class MqttSource:
     async def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
         """Publish QoS 1 messages and wait for their PUBACKs (``publish_timeout_s`` in all); raises
         :class:`PublishFailed` if paho refuses one or a PUBACK does not come in time (paho still holds it
-        and sends it again after a reconnect)."""
+        and sends it again after a reconnect). Several calls may wait at once: a PUBACK can queue behind
+        the messages the broker is sending us on the same connection."""
         if not self.connected:
             raise PublishFailed("not connected to the broker")
-        infos = []
-        for topic, payload in messages:
-            info = self._client.publish(topic, payload, qos=1)
-            if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
-                raise PublishFailed(f"{topic}: {paho.error_string(info.rc)}")
-            infos.append(info)
-        if infos and not await asyncio.to_thread(_wait_published, infos, self._publish_timeout):
-            unconfirmed = sum(not _published(i) for i in infos)
-            raise PublishFailed(
-                f"{unconfirmed} of {len(infos)} not confirmed within {self._publish_timeout} s"
-            )
-
-
-def _published(info: paho.MQTTMessageInfo) -> bool:
-    try:
-        return info.is_published()
-    except (RuntimeError, ValueError):  # paho: the message can no longer be sent
-        return False
-
-
-def _wait_published(infos: Sequence[paho.MQTTMessageInfo], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    for info in infos:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 and not _published(info):
-            return False
+        loop = asyncio.get_running_loop()
+        waiting: list[asyncio.Future[None]] = []
         try:
-            info.wait_for_publish(max(remaining, 0.001))
-        except (RuntimeError, ValueError):  # paho: the message can no longer be sent
-            return False
-        if not _published(info):
-            return False
-    return True
+            for topic, payload in messages:
+                info = self._client.publish(topic, payload, qos=1)
+                if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+                    raise PublishFailed(f"{topic}: {paho.error_string(info.rc)}")
+                done = loop.create_future()
+                with self._pub_lock:  # the PUBACK may have come already (see _on_publish)
+                    if info.mid in self._pub_acked:
+                        self._pub_acked.discard(info.mid)
+                        done.set_result(None)
+                    else:
+                        self._pub_waiting[info.mid] = done
+                waiting.append(done)
+            async with asyncio.timeout(self._publish_timeout):
+                await asyncio.gather(*waiting)
+        except TimeoutError:
+            unconfirmed = sum(not f.done() for f in waiting)
+            raise PublishFailed(
+                f"{unconfirmed} of {len(messages)} not confirmed within {self._publish_timeout} s"
+            ) from None
+        finally:
+            with self._pub_lock:
+                for mid in [m for m, f in self._pub_waiting.items() if f in waiting]:
+                    del self._pub_waiting[mid]
+                    self._pub_abandoned.add(mid)  # its PUBACK, should it still come, is not kept
+
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        """paho's thread: the PUBACK of one of our publishes (0x10 "no matching subscribers" included: the
+        broker has it)."""
+        with self._pub_lock:
+            done = self._pub_waiting.pop(mid, None)
+            if done is None:
+                if mid in self._pub_abandoned:
+                    self._pub_abandoned.discard(mid)
+                else:
+                    self._pub_acked.add(mid)
+                return
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(_resolve, done)
+
+
+def _resolve(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)

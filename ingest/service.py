@@ -38,6 +38,8 @@ from vitalab.wire import TopicKind, WireLimits, plan_acks, subscription
 
 logger = logging.getLogger(__name__)
 
+MAX_ACKS_IN_FLIGHT = 16
+"""Batches whose commit acks may be awaiting their PUBACKs at once; one more waits for the oldest."""
 KNOWN_DEVICES_REFRESH_S = 30.0
 """How often the ingester rereads the devices (their sites; under the quarantine policy, which it takes)."""
 _REGISTRY = "SELECT device_id, site_id, NOT quarantined AND retired_at IS NULL FROM devices"
@@ -128,8 +130,8 @@ class Ingester:
         self._current = Batch()
         self.committed_batches = 0
         self._on_commit = on_commit
-        self._acking: asyncio.Task[None] | None = None
-        """The commit acks of the last batch being published (the next batch does not wait for them)."""
+        self._acking: list[asyncio.Task[None]] = []
+        """Commit acks being published (the next batches do not wait for them; see MAX_ACKS_IN_FLIGHT)."""
         self._clock = clock
         self.db_ok = True
         """False while the last attempt to write failed."""
@@ -175,10 +177,11 @@ class Ingester:
             raise
         finally:
             self._current = Batch()
-            if self._acking is not None:  # stopped by an error, or acks still unconfirmed after the stop
-                self._acking.cancel()
-                await asyncio.gather(self._acking, return_exceptions=True)
-                self._acking = None
+            if self._acking:  # stopped by an error, or acks still unconfirmed after the stop
+                for t in self._acking:
+                    t.cancel()
+                await asyncio.gather(*self._acking, return_exceptions=True)
+                self._acking = []
             if self._conn is not None:
                 await self._conn.close()
 
@@ -388,19 +391,24 @@ class Ingester:
 
     async def _acknowledge(self, batch: Batch) -> None:
         """Tell the senders of ``batch``'s telemetry that it is committed (stored or dead-lettered). The acks
-        are published while the next batch is collected and written (one batch's acks at a time: this waits
-        for the previous one's). A failure loses nothing: the rows are committed, and a sender resends what it
-        sees no ack for (a duplicate)."""
+        are published while the next batches are collected and written: their PUBACKs queue behind the
+        telemetry the broker is sending us, and waiting for them would stall ingestion. At most
+        :data:`MAX_ACKS_IN_FLIGHT` batches' acks are awaited at once. A failure loses nothing: the rows are
+        committed, and a sender resends what it sees no ack for (a duplicate)."""
         acks = plan_acks((msg.topic, msg.payload) for msg in batch.acks)
-        await self._acks_published()
+        for t in self._acking:
+            if t.done():
+                t.result()  # only a bug raises here (a failure to publish is counted and logged)
+        self._acking = [t for t in self._acking if not t.done()]
+        while len(self._acking) >= MAX_ACKS_IN_FLIGHT:
+            await self._acking.pop(0)
         if acks:
-            self._acking = asyncio.create_task(self._publish_acks(acks))
+            self._acking.append(asyncio.create_task(self._publish_acks(acks)))
 
     async def _acks_published(self) -> None:
         """Until the acks being published are confirmed (or failed)."""
-        if self._acking is not None:
-            task, self._acking = self._acking, None
-            await task
+        while self._acking:
+            await self._acking.pop(0)
 
     async def _publish_acks(self, acks: list[tuple[str, bytes]]) -> None:
         try:
