@@ -10,6 +10,10 @@ missing privileges) stops the ingester with :class:`~ingest.dberrors.DatabaseRej
 
 Every message is thus stored or dead-lettered and then acknowledged; none can stop ingestion for the
 others. On shutdown (cancellation) what the ingester holds is committed and acknowledged first.
+
+After each commit the ingester also tells the senders which telemetry it is done with (commit
+acknowledgements, :mod:`vitalab.wire.acks`; ``VITALAB_INGEST_COMMIT_ACKS``), so that gateways and devices
+that keep their messages until then lose nothing to a broker crash or a dead ingester's session.
 """
 
 from __future__ import annotations
