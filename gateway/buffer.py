@@ -1,7 +1,11 @@
 """A durable store-and-forward buffer for outgoing MQTT messages: one SQLite file in WAL mode.
 
-The publisher writes every outgoing message here first and deletes it only once the broker confirmed it,
-so a broker outage or a gateway restart loses nothing that reached this file. Entries come back from
+The publisher writes every outgoing message here first and deletes it only once it is delivered: for
+telemetry, once an ingester acknowledged its commit (:meth:`Buffer.ack_committed`, by ``(device, seq)``;
+see :mod:`vitalab.wire.acks`), or with commit acks switched off and for retained meta and state, once the
+broker confirmed it (:meth:`Buffer.ack`). So a broker outage or crash or a gateway restart loses nothing
+that reached this file. A buffer written before entries carried their device and seq is upgraded in place
+when opened (the columns are added and filled from the telemetry payloads). Entries come back from
 :meth:`Buffer.peek` in insertion order (ids only grow, also across restarts: ``AUTOINCREMENT``).
 
 **When full** (``max_entries`` or ``max_bytes``, whichever is reached first) an append never blocks and
@@ -35,15 +39,16 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from vitalab.errors import VitalabError
+from vitalab.wire.acks import message_key
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +58,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     topic   TEXT    NOT NULL,
     payload BLOB    NOT NULL,
     retain  INTEGER NOT NULL,
-    size    INTEGER NOT NULL
+    size    INTEGER NOT NULL,
+    device  TEXT,
+    seq     INTEGER
 );
 CREATE TABLE IF NOT EXISTS seq (
     device TEXT PRIMARY KEY,
@@ -72,6 +79,18 @@ MAX_DEAD_FRAMES = 10_000
 """Dead frames kept (the newest); older ones are deleted as new ones come."""
 _LOCK_WAIT_S = 0.5
 _IN_CHUNK = 500  # ids per DELETE ... IN (...): below SQLite's host-parameter limit
+_ENTRY = "id, topic, payload, retain, device, seq"
+
+
+def _entry(r: Any) -> Entry:
+    return Entry(
+        int(r[0]),
+        r[1],
+        bytes(r[2]),
+        bool(r[3]),
+        None if r[4] is None else str(r[4]),
+        None if r[5] is None else int(r[5]),
+    )
 
 
 # --- errors (to move into gateway/errors.py) ------------------------------------------------------------
@@ -99,6 +118,9 @@ class Entry:
     topic: str
     payload: bytes
     retain: bool
+    device: str | None = None
+    seq: int | None = None
+    """``(device, seq)`` of a telemetry entry: what a commit acknowledgement names."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +141,8 @@ class Outgoing:
     topic: str
     payload: bytes
     retain: bool = False
+    device: str | None = None
+    seq: int | None = None
 
 
 def entry_size(topic: str, payload: bytes) -> int:
@@ -160,6 +184,7 @@ class Buffer:
                 for stmt in _SCHEMA.split(";"):
                     if stmt.strip():
                         self._db.execute(stmt)
+                self._upgrade()
             row = self._db.execute("SELECT count(*), total(size) FROM outbox").fetchone()
         except sqlite3.OperationalError as exc:
             self._db.close()
@@ -168,6 +193,21 @@ class Buffer:
             raise
         self._count, self._bytes = int(row[0]), int(row[1])
         logger.info("buffer %s opened with %d entries (%d bytes)", path, self._count, self._bytes)
+
+    def _upgrade(self) -> None:
+        """Add the device and seq columns to a buffer file of an earlier version, filled from the payloads of
+        its telemetry entries (in the opening transaction), and their index."""
+        columns = {str(r[1]) for r in self._db.execute("PRAGMA table_info(outbox)")}
+        if "device" not in columns:
+            self._db.execute("ALTER TABLE outbox ADD COLUMN device TEXT")
+            self._db.execute("ALTER TABLE outbox ADD COLUMN seq INTEGER")
+            rows = self._db.execute("SELECT id, payload FROM outbox WHERE retain = 0").fetchall()
+            keys = [(k.device, k.seq, r[0]) for r in rows if (k := message_key(bytes(r[1]))) is not None]
+            self._db.executemany("UPDATE outbox SET device = ?, seq = ? WHERE id = ?", keys)
+            logger.info(
+                "buffer %s upgraded: %d telemetry entries carry their device and seq", self.path, len(keys)
+            )
+        self._db.execute("CREATE INDEX IF NOT EXISTS outbox_device_seq ON outbox (device, seq)")
 
     # --- lifecycle ------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -228,8 +268,9 @@ class Buffer:
                                 break
                             count, nbytes, dropped = count - 1, nbytes - freed, dropped + 1
                         cur = self._db.execute(
-                            "INSERT INTO outbox (topic, payload, retain, size) VALUES (?, ?, ?, ?)",
-                            (it.topic, it.payload, int(it.retain), size),
+                            "INSERT INTO outbox (topic, payload, retain, size, device, seq) "
+                            "VALUES (?, ?, ?, ?, ?, ?)",
+                            (it.topic, it.payload, int(it.retain), size, it.device, it.seq),
                         )
                         assert cur.lastrowid is not None
                         ids.append(cur.lastrowid)
@@ -272,9 +313,21 @@ class Buffer:
         """Up to ``n`` oldest entries with an id above ``after``, in insertion order. Nothing is removed."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, topic, payload, retain FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (after, n)
+                f"SELECT {_ENTRY} FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (after, n)
             ).fetchall()
-        return [Entry(int(r[0]), r[1], bytes(r[2]), bool(r[3])) for r in rows]
+        return [_entry(r) for r in rows]
+
+    def get(self, ids: Iterable[int]) -> list[Entry]:
+        """The entries with these ids that are still buffered, in insertion order."""
+        todo = list(ids)
+        out: list[Entry] = []
+        with self._lock:
+            for i in range(0, len(todo), _IN_CHUNK):
+                chunk = todo[i : i + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(f"SELECT {_ENTRY} FROM outbox WHERE id IN ({marks})", chunk)
+                out.extend(_entry(r) for r in rows)
+        return sorted(out, key=lambda e: e.id)
 
     def ack(self, ids: Iterable[int]) -> int:
         """Delete delivered entries; ids no longer present (dropped, acked before) are ignored.
@@ -282,27 +335,54 @@ class Buffer:
         todo = list(ids)
         if not todo:
             return 0
-        deleted, freed = 0, 0
+
+        def delete() -> list[tuple[int, int]]:
+            out: list[tuple[int, int]] = []
+            for i in range(0, len(todo), _IN_CHUNK):
+                chunk = todo[i : i + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(
+                    f"DELETE FROM outbox WHERE id IN ({marks}) RETURNING id, size", chunk
+                ).fetchall()
+                out.extend((int(r[0]), int(r[1])) for r in rows)
+            return out
+
+        return len(self._delete(delete))
+
+    def ack_committed(self, committed: Iterable[tuple[str, Sequence[tuple[int, int]]]]) -> list[int]:
+        """Delete the telemetry entries that commit acknowledgements name: per device, inclusive ``seq``
+        ranges. What is no longer (or never was) buffered is ignored. Returns the ids deleted."""
+        todo = [(device, lo, hi) for device, ranges in committed for lo, hi in ranges]
+        if not todo:
+            return []
+
+        def delete() -> list[tuple[int, int]]:
+            out: list[tuple[int, int]] = []
+            for device, lo, hi in todo:
+                rows = self._db.execute(
+                    "DELETE FROM outbox WHERE device = ? AND seq BETWEEN ? AND ? RETURNING id, size",
+                    (device, lo, hi),
+                ).fetchall()
+                out.extend((int(r[0]), int(r[1])) for r in rows)
+            return out
+
+        return self._delete(delete)
+
+    def _delete(self, delete: Callable[[], list[tuple[int, int]]]) -> list[int]:
+        """Run ``delete`` (returning (id, size) of what it deleted) in one transaction and keep the count."""
         with self._lock:
             try:
                 with self._tx():
-                    for i in range(0, len(todo), _IN_CHUNK):
-                        chunk = todo[i : i + _IN_CHUNK]
-                        marks = ",".join("?" * len(chunk))
-                        rows = self._db.execute(
-                            f"DELETE FROM outbox WHERE id IN ({marks}) RETURNING size", chunk
-                        ).fetchall()
-                        deleted += len(rows)
-                        freed += sum(int(r[0]) for r in rows)
+                    rows = delete()
             except BaseException:
                 self._recount()
                 raise
-            self._count -= deleted
-            self._bytes -= freed
+            self._count -= len(rows)
+            self._bytes -= sum(size for _, size in rows)
             if self._burst and not self._full(self._count, self._bytes, 0):
                 logger.info("buffer %s has room again; %d entries were dropped", self.path, self._burst)
                 self._burst = 0
-        return deleted
+        return [i for i, _ in rows]
 
     # --- per-device sequence numbers ------------------------------------------------------------------
     def reserve_seqs(self, counts: Mapping[str, int]) -> dict[str, int]:

@@ -24,6 +24,15 @@ clean exit writes the batches in progress to the buffer, publishes the retained 
 connected; the LWT says the same after an unclean end) and disconnects; entries still in flight stay
 buffered and the next run sends them again.
 
+**Commit acknowledgements** (``commit_acks=True``; what ``vitalab gateway`` does by default): a PUBACK only
+says the broker took a message, and a broker crash (kill -9 with a queued backlog), a dead member of the
+ingest group whose session still takes its share, or any other persistent subscriber on telemetry (which
+makes the broker answer success) can still lose it. So telemetry names this gateway (``gw``), the gateway
+subscribes to its ack topic ``vitalab/v1/{site}/gw/{gateway}/ack``, and an entry stays in the buffer after
+its PUBACK until an ingester's :class:`~vitalab.wire.acks.CommitAck` names its ``(device, seq)``. An entry
+with no commit ack ``ack_timeout_s`` after its PUBACK is sent again (the row identity absorbs duplicates).
+Retained meta and state are still delivered by their PUBACK (the broker keeps them).
+
 With ``protocol="3.1.1"`` (brokers without MQTT 5, such as the in-process broker of ``vitalab up``) a
 PUBACK carries no reason code: every PUBACK counts as delivered, so the shared-subscription restart window
 above is not covered there.
@@ -59,6 +68,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal, Self
 
+import msgspec
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -69,14 +79,17 @@ from gateway.buffer import Buffer, DeadFrame, Entry, Outgoing
 from gateway.errors import DeliveryTimeout
 from vitalab.settings import MqttTarget
 from vitalab.wire import (
+    CommitAck,
     DeviceMeta,
     DeviceState,
     GatewayStatus,
     Sample,
     TelemetryMessage,
     TopicKind,
+    decode_ack,
     device_topic,
     encode,
+    gateway_ack_topic,
     gateway_status_topic,
     telemetry_topic,
 )
@@ -95,7 +108,8 @@ class PublisherStats:
     published: int
     """Messages (telemetry, meta, state) written to the buffer by this publisher."""
     delivered: int
-    """Entries confirmed by a PUBACK that counts as delivered, and so deleted from the buffer."""
+    """Entries confirmed by a PUBACK that counts as delivered (and so deleted from the buffer, unless they
+    wait for their commit acknowledgement)."""
     retried: int
     """Entries sent again after a PUBACK that did not count as delivered."""
     unrouted: int
@@ -108,6 +122,12 @@ class PublisherStats:
     """Entries in the buffer now, in flight included (entries of earlier runs included)."""
     in_flight: int
     """Entries sent and awaiting their PUBACK."""
+    committed: int = 0
+    """Telemetry entries deleted because an ingester acknowledged their commit."""
+    awaiting_commit: int = 0
+    """Telemetry entries the broker took whose commit acknowledgement has not come yet."""
+    resent_unacked: int = 0
+    """Entries sent again because no commit acknowledgement came within ``ack_timeout_s``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,12 +142,16 @@ class _Options:
     retry_s: float
     keepalive_s: int
     v5: bool
+    commit_acks: bool = False
+    ack_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_samples <= MAX_SAMPLES_PER_MESSAGE:
             raise ValueError(f"batch_samples must be within 1..{MAX_SAMPLES_PER_MESSAGE}")
         if self.max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
+        if self.ack_timeout_s <= 0:
+            raise ValueError("ack_timeout_s must be positive")
 
 
 @dataclass(slots=True)
@@ -150,6 +174,8 @@ class _Counts:
     retried: int = 0
     unrouted: int = 0
     refused: int = 0
+    committed: int = 0
+    resent_unacked: int = 0
 
 
 def _new_client(
@@ -206,6 +232,8 @@ class GatewayPublisher:
         keepalive_s: int = 30,
         ca_file: Path | None = None,
         protocol: Literal["5", "3.1.1"] = "5",
+        commit_acks: bool = False,
+        ack_timeout_s: float = 30.0,
     ) -> None:
         self._options = _Options(
             max_buffer_entries=max_buffer_entries,
@@ -216,10 +244,13 @@ class GatewayPublisher:
             retry_s=retry_s,
             keepalive_s=keepalive_s,
             v5=protocol == "5",
+            commit_acks=commit_acks,
+            ack_timeout_s=ack_timeout_s,
         )
         self.site = site
         self.gateway_id = gateway_id
         self._status_topic = gateway_status_topic(site, gateway_id)  # validates both ids
+        self._ack_topic = gateway_ack_topic(site, gateway_id)
         self._target = target
         self._buffer_path = buffer_path
         self._devices: list[str] = []
@@ -241,6 +272,7 @@ class GatewayPublisher:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
+        self._client.on_message = self._on_message
         self._birth_mid: int | None = None  # paho's thread only
 
     def _init_lifecycle(self) -> None:
@@ -268,6 +300,9 @@ class GatewayPublisher:
         self._retry_at: float | None = None  # not-delivered PUBACK seen: hold, then go back
         self._retry_timer: asyncio.TimerHandle | None = None
         self._failing = False  # a PUBACK said "not delivered" and none has said "delivered" since
+        self._awaiting: dict[int, float] = {}  # entry id -> when to resend it: PUBACKed, no commit ack yet
+        self._commit_acks: list[CommitAck] = []  # received, to apply to the buffer
+        self._ack_timer: asyncio.TimerHandle | None = None
 
     # --- public API -------------------------------------------------------------------------------------
     @property
@@ -282,6 +317,9 @@ class GatewayPublisher:
             dropped_when_full=0 if buf is None else buf.dropped,
             buffered=0 if buf is None else len(buf),
             in_flight=len(self._in_flight),
+            committed=self._counts.committed,
+            awaiting_commit=len(self._awaiting),
+            resent_unacked=self._counts.resent_unacked,
         )
 
     @property
@@ -457,6 +495,8 @@ class GatewayPublisher:
         await asyncio.to_thread(buf.close)
         if self._retry_timer is not None:
             self._retry_timer.cancel()
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
 
     # --- paho's network thread ------------------------------------------------------------------------
     def _to_loop(self, fn: Callable[[], object]) -> None:
@@ -478,6 +518,8 @@ class GatewayPublisher:
             logger.warning("broker %s refused the connection: %s", self._target.url(), reason)
             return
         receive_maximum = getattr(properties, "ReceiveMaximum", None)
+        if self._options.commit_acks:  # again on every connect: a crashed broker may have lost the session
+            client.subscribe(self._ack_topic, qos=1)
         # the birth goes out before paho resends what was in flight; nothing new is sent before its PUBACK
         self._birth_mid = client.publish(self._status_topic, self._birth(), qos=1, retain=True).mid
         logger.info("connected to %s (session present: %s)", self._target.url(), flags.session_present)
@@ -511,6 +553,10 @@ class GatewayPublisher:
         else:
             self._to_loop(functools.partial(self._on_puback, mid, int(reason.value)))
 
+    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        if msg.topic == self._ack_topic:
+            self._to_loop(functools.partial(self._on_commit_ack, bytes(msg.payload)))
+
     def _birth(self) -> bytes:
         return encode(
             GatewayStatus(v=1, gateway=self.gateway_id, online=True, t=_now_ms(), devices=list(self._devices))
@@ -541,7 +587,11 @@ class GatewayPublisher:
         if entry is None:  # a direct publish (birth), or a duplicate PUBACK
             return
         if reason < 0x80 and (reason != NO_MATCHING_SUBSCRIBERS or entry.retain):
-            self._acked.append(entry.id)
+            if self._options.commit_acks and entry.seq is not None:
+                self._awaiting[entry.id] = self._running_loop().time() + self._options.ack_timeout_s
+                self._arm_ack_timer()
+            else:
+                self._acked.append(entry.id)
             self._counts.delivered += 1
             self._failing = False
         else:
@@ -566,6 +616,26 @@ class GatewayPublisher:
         self._retry_timer = None
         self._kick.set()
 
+    def _on_commit_ack(self, payload: bytes) -> None:
+        try:
+            ack = decode_ack(payload)
+        except msgspec.DecodeError as exc:  # resent after the timeout: nothing is lost
+            logger.warning("unreadable commit acknowledgement on %s: %s", self._ack_topic, exc)
+            return
+        self._commit_acks.append(ack)
+        self._kick.set()
+
+    def _arm_ack_timer(self) -> None:
+        """Wake the sender when the oldest entry awaiting its commit ack is due to be sent again."""
+        if self._ack_timer is not None or not self._awaiting:
+            return
+        due = next(iter(self._awaiting.values()))  # the oldest: see _resend_unacked
+        self._ack_timer = self._running_loop().call_at(due, self._ack_due)
+
+    def _ack_due(self) -> None:
+        self._ack_timer = None
+        self._kick.set()
+
     # --- event loop: sending ----------------------------------------------------------------------------
     async def _send_loop(self) -> None:
         loop = self._running_loop()
@@ -576,6 +646,10 @@ class GatewayPublisher:
             if self._acked:
                 ids, self._acked = self._acked, []
                 await asyncio.to_thread(buf.ack, ids)
+            if self._commit_acks:
+                await self._apply_commit_acks(buf)
+            if self._awaiting and self._gate:
+                await self._resend_unacked(buf)
             if self._retry_at is not None and not self._in_flight:
                 delay = self._retry_at - loop.time()
                 if delay <= 0:
@@ -587,6 +661,44 @@ class GatewayPublisher:
                 await self._fill(buf)
             self._update_idle()
 
+    async def _apply_commit_acks(self, buf: Buffer) -> None:
+        acks, self._commit_acks = self._commit_acks, []
+        committed = [(a.device, a.seqs) for ack in acks for a in ack.acks]
+        deleted = await asyncio.to_thread(buf.ack_committed, committed)
+        for i in deleted:
+            self._awaiting.pop(i, None)
+        self._counts.committed += len(deleted)
+
+    async def _resend_unacked(self, buf: Buffer) -> None:
+        """Send again the entries whose commit ack is overdue (they may have been lost after the PUBACK).
+        Deadlines grow in insertion order (PUBACK time + the timeout), so the due ones come first."""
+        now = self._running_loop().time()
+        due: list[int] = []
+        for i, at in self._awaiting.items():
+            if at > now:
+                break
+            due.append(i)
+        if not due:
+            self._arm_ack_timer()
+            return
+        for i in due:
+            del self._awaiting[i]
+        entries = await asyncio.to_thread(buf.get, due)
+        if entries:
+            logger.info(
+                "no commit ack for %d entries within %.0f s of their PUBACK: sending them again",
+                len(entries),
+                self._options.ack_timeout_s,
+            )
+        for e in entries:
+            info = self._client.publish(e.topic, e.payload, qos=1, retain=e.retain)
+            if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):  # once more after the timeout
+                self._awaiting[e.id] = now + self._options.ack_timeout_s
+                continue
+            self._in_flight[info.mid] = e
+            self._counts.resent_unacked += 1
+        self._arm_ack_timer()
+
     async def _fill(self, buf: Buffer) -> None:
         while self._gate and self._retry_at is None:
             room = self._window - len(self._in_flight)
@@ -594,6 +706,9 @@ class GatewayPublisher:
                 return
             entries = await asyncio.to_thread(buf.peek, room, after=self._cursor)
             for e in entries:  # if the connection dropped meanwhile, paho holds them until it is back
+                if e.id in self._awaiting:  # the broker has it; its commit ack is not overdue yet
+                    self._cursor = e.id
+                    continue
                 info = self._client.publish(e.topic, e.payload, qos=1, retain=e.retain)
                 if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
                     logger.warning("paho did not take %s (%s); retrying", e.topic, paho.error_string(info.rc))
@@ -643,14 +758,15 @@ class GatewayPublisher:
                 await asyncio.to_thread(self._write_telemetry, self._buf(), batches)
                 self._appended(len(batches))
 
-    @staticmethod
-    def _write_telemetry(buf: Buffer, batches: list[tuple[str, str, list[Sample]]]) -> None:
+    def _write_telemetry(self, buf: Buffer, batches: list[tuple[str, str, list[Sample]]]) -> None:
         seqs = buf.reserve_seqs(Counter(device for device, _, _ in batches))
+        gw = self.gateway_id if self._options.commit_acks else None
         items: list[Outgoing] = []
         for device, topic, samples in batches:
-            msg = TelemetryMessage(v=1, device=device, seq=seqs[device], samples=samples)
+            seq = seqs[device]
+            msg = TelemetryMessage(v=1, device=device, seq=seq, samples=samples, gw=gw)
             seqs[device] += 1
-            items.append(Outgoing(topic, encode(msg)))
+            items.append(Outgoing(topic, encode(msg), device=device, seq=seq))
         buf.append_many(items)
 
     async def _append(self, items: list[Outgoing]) -> None:

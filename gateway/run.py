@@ -75,6 +75,8 @@ async def run_gateway(
         batch_samples=settings.gateway_batch_samples,
         ca_file=settings.mqtt_ca_file,
         protocol=settings.mqtt_protocol,
+        commit_acks=settings.gateway_commit_acks,
+        ack_timeout_s=settings.gateway_ack_timeout_s,
     ) as publisher:
         service = GatewayService(publisher, built, devices=devices)
         task = asyncio.create_task(service.run())

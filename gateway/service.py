@@ -42,7 +42,8 @@ sees them: it takes decoded telemetry only, and the raw topics are the gateway's
 
 **Pacing.** A transport that is not ``live`` (simulated backfill) waits while the publisher's backlog is
 above ``high_water`` entries, until it is below ``low_water``; live ones are never held up (the disk buffer
-absorbs a broker outage).
+absorbs a broker outage). With commit acknowledgements the backlog includes what the broker took and no
+ingester has acknowledged yet, so a backfill goes at the pace of the ingesters' commits.
 """
 
 from __future__ import annotations

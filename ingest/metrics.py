@@ -52,6 +52,12 @@ class IngestMetrics:
                 registry=r,
             ),
         )
+        s(self, "acks", Counter("vitalab_ingest_commit_acks", "commit acks published", registry=r))
+        s(
+            self,
+            "ack_failures",
+            Counter("vitalab_ingest_commit_ack_failures", "commit acks not confirmed by the bus", registry=r),
+        )
         s(self, "queue_depth", Gauge("vitalab_ingest_queue_depth", "received, not yet batched", registry=r))
         s(
             self,
@@ -59,6 +65,8 @@ class IngestMetrics:
             Gauge("vitalab_ingest_lag_seconds", "commit time - newest sample time", registry=r),
         )
 
+    acks: Counter = field(init=False)
+    ack_failures: Counter = field(init=False)
     messages: Counter = field(init=False)
     samples: Counter = field(init=False)
     inserted: Counter = field(init=False)

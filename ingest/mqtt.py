@@ -5,6 +5,10 @@ before the commit. paho-mqtt can delay the PUBACK (``manual_ack=True``); this mo
 uses that. paho's network thread hands messages to the event loop; the caller acks each
 :class:`Inbound` once its rows are committed. Memory stays bounded because the broker never has more than
 ``receive_maximum`` (MQTT 5; ``max_inflight_messages`` in Mosquitto for 3.1.1) un-acked messages out to us.
+
+The same connection publishes the ingester's commit acknowledgements (:meth:`MqttSource.publish`). Its
+session expires ``session_expiry_s`` after a disconnect (MQTT 5): a dead ingester's session, and the share
+of telemetry the broker queued into it, are then dropped, and senders resend what was never acknowledged.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ingest.errors import BrokerUnavailable
+from ingest.errors import BrokerUnavailable, PublishFailed
 from ingest.source import Inbound
 from vitalab.settings import MqttTarget
 
@@ -49,6 +53,8 @@ class MqttSource:
         keepalive_s: int = 30,
         connect_timeout_s: float = 10.0,
         ca_file: str | None = None,
+        session_expiry_s: int = SESSION_NEVER_EXPIRES,
+        publish_timeout_s: float = 10.0,
     ) -> None:
         self._target = target
         self._filters = list(filters)
@@ -56,6 +62,8 @@ class MqttSource:
         self._receive_maximum = receive_maximum
         self._keepalive = keepalive_s
         self._connect_timeout = connect_timeout_s
+        self._session_expiry = min(session_expiry_s, SESSION_NEVER_EXPIRES)
+        self._publish_timeout = publish_timeout_s
         # paho's thread appends; the event loop pops. The loop is woken (a syscall) only when it waits.
         self._buf: deque[Inbound] = deque()
         self._ready = asyncio.Event()
@@ -72,6 +80,10 @@ class MqttSource:
         self._disconnected = asyncio.Event()
         self._unsubacked: set[int] = set()  # paho's thread adds, the event loop takes
         self._unsuback = asyncio.Event()
+        self._pub_lock = threading.Lock()  # never held while calling into paho
+        self._pub_waiting: dict[int, asyncio.Future[None]] = {}  # mid -> PUBACK awaited
+        self._pub_acked: set[int] = set()  # PUBACKs that came before their mid was registered
+        self._pub_abandoned: set[int] = set()  # mids given up on (timed out)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -80,6 +92,8 @@ class MqttSource:
             clean_session=None if self._v5 else False,
             manual_ack=True,
         )
+        self._client.max_inflight_messages_set(0)  # our own publishes (acks): few per commit, no cap needed
+        self._client.max_queued_messages_set(0)
         if target.username:
             self._client.username_pw_set(target.username, target.password)
         ctx = target.ssl_context()
@@ -93,6 +107,7 @@ class MqttSource:
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
         self._client.on_unsubscribe = self._on_unsubscribe
+        self._client.on_publish = self._on_publish
 
     # --- paho network thread --------------------------------------------------------------------------
     def _on_connect(
@@ -187,7 +202,7 @@ class MqttSource:
         props = None
         if self._v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = SESSION_NEVER_EXPIRES
+            props.SessionExpiryInterval = self._session_expiry
             props.ReceiveMaximum = self._receive_maximum
         try:
             self._client.connect_async(
@@ -310,3 +325,64 @@ class MqttSource:
         if msg.generation != self._generation:
             return False
         return self._client.ack(msg.mid, msg.qos) == paho.MQTT_ERR_SUCCESS
+
+    async def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Publish QoS 1 messages and wait for their PUBACKs (``publish_timeout_s`` in all); raises
+        :class:`PublishFailed` if paho refuses one or a PUBACK does not come in time (paho still holds it
+        and sends it again after a reconnect). Several calls may wait at once: a PUBACK can queue behind
+        the messages the broker is sending us on the same connection."""
+        if not self.connected:
+            raise PublishFailed("not connected to the broker")
+        loop = asyncio.get_running_loop()
+        waiting: list[asyncio.Future[None]] = []
+        try:
+            for topic, payload in messages:
+                info = self._client.publish(topic, payload, qos=1)
+                if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+                    raise PublishFailed(f"{topic}: {paho.error_string(info.rc)}")
+                done = loop.create_future()
+                with self._pub_lock:  # the PUBACK may have come already (see _on_publish)
+                    if info.mid in self._pub_acked:
+                        self._pub_acked.discard(info.mid)
+                        done.set_result(None)
+                    else:
+                        self._pub_waiting[info.mid] = done
+                waiting.append(done)
+            async with asyncio.timeout(self._publish_timeout):
+                await asyncio.gather(*waiting)
+        except TimeoutError:
+            unconfirmed = sum(not f.done() for f in waiting)
+            raise PublishFailed(
+                f"{unconfirmed} of {len(messages)} not confirmed within {self._publish_timeout} s"
+            ) from None
+        finally:
+            with self._pub_lock:
+                for mid in [m for m, f in self._pub_waiting.items() if f in waiting]:
+                    del self._pub_waiting[mid]
+                    self._pub_abandoned.add(mid)  # its PUBACK, should it still come, is not kept
+
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        """paho's thread: the PUBACK of one of our publishes (0x10 "no matching subscribers" included: the
+        broker has it)."""
+        with self._pub_lock:
+            done = self._pub_waiting.pop(mid, None)
+            if done is None:
+                if mid in self._pub_abandoned:
+                    self._pub_abandoned.discard(mid)
+                else:
+                    self._pub_acked.add(mid)
+                return
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(_resolve, done)
+
+
+def _resolve(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)

@@ -10,6 +10,10 @@ missing privileges) stops the ingester with :class:`~ingest.dberrors.DatabaseRej
 
 Every message is thus stored or dead-lettered and then acknowledged; none can stop ingestion for the
 others. On shutdown (cancellation) what the ingester holds is committed and acknowledged first.
+
+After each commit the ingester also tells the senders which telemetry it is done with (commit
+acknowledgements, :mod:`vitalab.wire.acks`; ``VITALAB_INGEST_COMMIT_ACKS``), so that gateways and devices
+that keep their messages until then lose nothing to a broker crash or a dead ingester's session.
 """
 
 from __future__ import annotations
@@ -27,17 +31,19 @@ import psycopg
 
 from ingest.batch import Batch, Router
 from ingest.dberrors import DatabaseRejected, Severity, classify, describe
-from ingest.errors import SiteConflict
+from ingest.errors import PublishFailed, SiteConflict
 from ingest.health import HealthServer
 from ingest.metrics import IngestMetrics
 from ingest.mqtt import MqttSource
 from ingest.source import Inbound, Source
 from ingest.writer import WriteResult, prepare, write_batch
 from vitalab.settings import MqttTarget, Settings
-from vitalab.wire import TopicKind, WireLimits, subscription
+from vitalab.wire import TopicKind, WireLimits, plan_acks, subscription
 
 logger = logging.getLogger(__name__)
 
+MAX_ACKS_IN_FLIGHT = 16
+"""Batches whose commit acks may be awaiting their PUBACKs at once; one more waits for the oldest."""
 KNOWN_DEVICES_REFRESH_S = 30.0
 """How often the ingester rereads the devices (their sites; under the quarantine policy, which it takes)."""
 _REGISTRY = "SELECT device_id, site_id, NOT quarantined AND retired_at IS NULL FROM devices"
@@ -68,10 +74,16 @@ class IngestConfig:
     retry_max_s: float = 10.0
     shutdown_timeout_s: float = 10.0
     """How long a stopping ingester keeps trying to commit what it holds (the broker redelivers the rest)."""
+    commit_acks: bool = True
+    """After each commit, publish per sender which telemetry messages it is done with (vitalab.wire.acks)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IngestConfig:
-        return cls(batch_rows=settings.ingest_batch_rows, batch_age_s=settings.ingest_batch_age_ms / 1000)
+        return cls(
+            batch_rows=settings.ingest_batch_rows,
+            batch_age_s=settings.ingest_batch_age_ms / 1000,
+            commit_acks=settings.ingest_commit_acks,
+        )
 
 
 def subscriptions(share_group: str | None) -> list[str]:
@@ -122,6 +134,8 @@ class Ingester:
         self._current = Batch()
         self.committed_batches = 0
         self._on_commit = on_commit
+        self._acking: list[asyncio.Task[None]] = []
+        """Commit acks being published (the next batches do not wait for them; see MAX_ACKS_IN_FLIGHT)."""
         self._clock = clock
         self.db_ok = True
         """False while the last attempt to write failed."""
@@ -167,6 +181,11 @@ class Ingester:
             raise
         finally:
             self._current = Batch()
+            if self._acking:  # stopped by an error, or acks still unconfirmed after the stop
+                for t in self._acking:
+                    t.cancel()
+                await asyncio.gather(*self._acking, return_exceptions=True)
+                self._acking = []
             if self._conn is not None:
                 await self._conn.close()
 
@@ -219,6 +238,9 @@ class Ingester:
                     await asyncio.wait({task})
         if task in done:
             task.result()  # a DatabaseRejected stops the ingester with its own message
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._config.shutdown_timeout_s):
+                    await self._acks_published()
             logger.info("stopped: everything held is committed and acknowledged")
         else:
             logger.warning(
@@ -367,7 +389,39 @@ class Ingester:
         self._record(batch, written, result, elapsed)
         if self._on_commit is not None:
             self._on_commit(batch, result)
+        if self._config.commit_acks:
+            await self._acknowledge(batch)
         return result
+
+    async def _acknowledge(self, batch: Batch) -> None:
+        """Tell the senders of ``batch``'s telemetry that it is committed (stored or dead-lettered). The acks
+        are published while the next batches are collected and written: their PUBACKs queue behind the
+        telemetry the broker is sending us, and waiting for them would stall ingestion. At most
+        :data:`MAX_ACKS_IN_FLIGHT` batches' acks are awaited at once. A failure loses nothing: the rows are
+        committed, and a sender resends what it sees no ack for (a duplicate)."""
+        acks = plan_acks((msg.topic, msg.payload) for msg in batch.acks)
+        for t in self._acking:
+            if t.done():
+                t.result()  # only a bug raises here (a failure to publish is counted and logged)
+        self._acking = [t for t in self._acking if not t.done()]
+        while len(self._acking) >= MAX_ACKS_IN_FLIGHT:
+            await self._acking.pop(0)
+        if acks:
+            self._acking.append(asyncio.create_task(self._publish_acks(acks)))
+
+    async def _acks_published(self) -> None:
+        """Until the acks being published are confirmed (or failed)."""
+        while self._acking:
+            await self._acking.pop(0)
+
+    async def _publish_acks(self, acks: list[tuple[str, bytes]]) -> None:
+        try:
+            await self._source.publish(acks)
+        except PublishFailed as exc:
+            self.metrics.ack_failures.inc()
+            logger.warning("commit acknowledgement not confirmed (%s); senders will resend", exc)
+        else:
+            self.metrics.acks.inc(len(acks))
 
     def _record(self, batch: Batch, written: list[Batch], result: WriteResult, elapsed: float) -> None:
         m = self.metrics
@@ -396,6 +450,7 @@ async def open_ingester(settings: Settings, target: MqttTarget, database_url: st
         protocol=settings.mqtt_protocol,
         receive_maximum=settings.ingest_receive_maximum,
         ca_file=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None,
+        session_expiry_s=settings.ingest_session_expiry_s,
     ) as source:
         ingester = Ingester(
             source,

@@ -7,6 +7,7 @@ publishes the contract's commit acknowledgements for devices and gateways.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -53,4 +54,9 @@ class Source(Protocol):
 
     def ack(self, msg: Inbound) -> bool:
         """Acknowledge a message whose effects are committed; False if it can no longer be acked."""
+        ...
+
+    async def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Publish ``(topic, payload)`` messages (QoS 1, not retained) and wait until the bus has them;
+        raises :class:`~ingest.errors.PublishFailed` when it cannot say so."""
         ...

@@ -61,12 +61,15 @@ def wait_for_port(port: int, timeout_s: float = 10.0) -> None:
 
 @dataclass
 class Mosquitto:
-    """A private broker. ``stop()``/``start()`` restart it on the same port with its persistence."""
+    """A private broker. ``stop()``/``start()`` restart it on the same port with its persistence; ``kill()``
+    ends it with SIGKILL (what it had not saved is lost). ``extra_config`` is appended to test.conf (a later
+    line of an option overrides an earlier one)."""
 
     binary: str
     workdir: Path
     port: int
     proc: subprocess.Popen[bytes] | None = None
+    extra_config: str = ""
 
     @property
     def target(self) -> MqttTarget:
@@ -81,6 +84,7 @@ class Mosquitto:
         conf.write_text(
             MOSQUITTO_CONF.read_text()
             + f"\nlistener {self.port} 127.0.0.1\npersistence_location {self.workdir}/\n"
+            + self.extra_config
         )
         with (self.workdir / "mosquitto.log").open("ab") as log:
             self.proc = subprocess.Popen([self.binary, "-c", str(conf)], stdout=log, stderr=log)
@@ -89,6 +93,14 @@ class Mosquitto:
         except TimeoutError:
             self.stop()
             raise
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, so nothing is saved (sessions, queued messages) since the last
+        autosave."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
 
     def stop(self) -> None:
         if self.proc is not None:

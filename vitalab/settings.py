@@ -192,6 +192,18 @@ class Settings(BaseSettings):
         default=5000, ge=1, le=65535, description="un-acked messages in flight (MQTT 5 receive maximum)"
     )
     ingest_metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus /metrics")
+    ingest_commit_acks: bool = Field(
+        default=True,
+        description="after each commit, publish what was stored per sender on its ack topic "
+        "(vitalab.wire.acks)",
+    )
+    ingest_session_expiry_s: int = Field(
+        default=600,
+        ge=0,
+        le=0xFFFFFFFF,
+        description="MQTT 5: a dead ingester's session, and the telemetry queued into it, are dropped this "
+        "long after it went away (senders resend what was never acknowledged; see README, Delivery)",
+    )
     dead_letter_max_bytes: int = Field(default=16 * 1024, ge=0)
 
     # --- analytics ------------------------------------------------------------------------------------
@@ -266,6 +278,16 @@ class Settings(BaseSettings):
     gateway_buffer_max_entries: int = Field(default=1_000_000, ge=1)
     gateway_buffer_max_bytes: int | None = Field(default=None, ge=1)
     gateway_batch_samples: int = Field(default=10, ge=1, le=3600)
+    gateway_commit_acks: bool = Field(
+        default=True,
+        description="keep telemetry until an ingester acknowledges its commit (ingesters must publish "
+        "acks: VITALAB_INGEST_COMMIT_ACKS); false: the broker's PUBACK deletes it",
+    )
+    gateway_ack_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="resend telemetry whose commit ack has not come this long after its PUBACK",
+    )
 
     @field_validator("ingest_share_group", mode="after")
     @classmethod

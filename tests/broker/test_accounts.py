@@ -39,12 +39,15 @@ def gateway(name: str, devices: list[str], site: str = "gym-a") -> GatewayAccoun
 # --- permissions --------------------------------------------------------------------------------------------
 
 
-def test_device_publishes_its_four_topics_in_its_site_and_reads_nothing() -> None:
+def test_device_publishes_its_four_topics_in_its_site_and_reads_only_its_acks() -> None:
     granted = permissions(device("bike-01"))
     assert granted.publish == tuple(
         f"vitalab/v1/gym-a/dev/bike-01/{kind}" for kind in ("telemetry", "state", "meta", "raw")
     )
-    assert granted.read == ()
+    assert granted.read == ("vitalab/v1/gym-a/dev/bike-01/ack",)
+    assert granted.may_subscribe("vitalab/v1/gym-a/dev/bike-01/ack")
+    assert not granted.may_read("vitalab/v1/gym-a/dev/bike-02/ack")
+    assert not granted.may_publish("vitalab/v1/gym-a/dev/bike-01/ack")
     assert granted.may_publish("vitalab/v1/gym-a/dev/bike-01/telemetry")
     assert not granted.may_publish("vitalab/v1/gym-b/dev/bike-01/telemetry")
     assert not granted.may_publish("vitalab/v1/gym-a/dev/bike-02/telemetry")
@@ -64,16 +67,28 @@ def test_gateway_publishes_status_and_decoded_data_for_its_devices_and_reads_the
         "vitalab/v1/gym-a/dev/strap-2/state",
         "vitalab/v1/gym-a/dev/strap-2/meta",
     )
-    assert granted.read == ("vitalab/v1/gym-a/dev/bike-01/raw", "vitalab/v1/gym-a/dev/strap-2/raw")
+    assert granted.read == (
+        "vitalab/v1/gym-a/dev/bike-01/raw",
+        "vitalab/v1/gym-a/dev/strap-2/raw",
+        "vitalab/v1/gym-a/gw/gw-1/ack",
+    )
+    assert not granted.may_read("vitalab/v1/gym-a/gw/gw-2/ack")
+    assert not granted.may_read("vitalab/v1/gym-a/dev/bike-01/ack")
+    assert not granted.may_publish("vitalab/v1/gym-a/gw/gw-1/ack")
     assert not granted.may_publish("vitalab/v1/gym-a/dev/bike-01/raw")
     assert not granted.may_publish("vitalab/v1/gym-a/gw/gw-2/status")
     assert granted.may_subscribe("vitalab/v1/gym-a/dev/bike-01/raw")
     assert not granted.may_subscribe("vitalab/v1/gym-a/dev/+/raw")
 
 
-def test_readers_read_the_platform_topics_and_publish_nothing() -> None:
+def test_readers_read_the_platform_topics_and_only_ingesters_publish_commit_acks() -> None:
     everywhere = permissions(IngesterAccount(username="ingest", password_hash=H))
-    assert everywhere.publish == ()
+    assert everywhere.publish == ("vitalab/v1/+/gw/+/ack", "vitalab/v1/+/dev/+/ack")
+    assert not everywhere.may_publish("vitalab/v1/gym-a/dev/bike-01/telemetry")
+    assert not everywhere.may_read("vitalab/v1/gym-a/gw/gw-1/ack")
+    one_ingester = permissions(IngesterAccount(username="i", password_hash=H, sites=frozenset({"gym-a"})))
+    assert one_ingester.may_publish("vitalab/v1/gym-a/gw/gw-1/ack")
+    assert not one_ingester.may_publish("vitalab/v1/gym-b/gw/gw-1/ack")
     assert everywhere.read == (
         "vitalab/v1/+/dev/+/telemetry",
         "vitalab/v1/+/dev/+/state",
@@ -95,7 +110,8 @@ def test_monitor_reads_sys_only_and_simulator_publishes_within_its_site() -> Non
     monitor = permissions(MonitorAccount(username="monitor", password_hash=H))
     assert (monitor.publish, monitor.read) == ((), ("$SYS/#",))
     simulator = permissions(SimulatorAccount(username="sim", site="demo", password_hash=H))
-    assert simulator.read == ()
+    assert simulator.read == ("vitalab/v1/demo/gw/+/ack", "vitalab/v1/demo/dev/+/ack")
+    assert not simulator.may_read("vitalab/v1/other/gw/sim-gw/ack")
     assert simulator.may_publish("vitalab/v1/demo/dev/anything-01/telemetry")
     assert simulator.may_publish("vitalab/v1/demo/gw/sim-gw/status")
     assert not simulator.may_publish("vitalab/v1/demo/dev/anything-01/raw")

@@ -236,6 +236,27 @@ def test_will_only_on_a_topic_the_account_may_publish(deployment: Deployment) ->
 # --- platform accounts ---------------------------------------------------------------------------------
 
 
+def test_commit_acks_go_from_the_ingester_to_their_gateway_only(deployment: Deployment) -> None:
+    ingest = deployment.login("ingest")
+    own, other = f"vitalab/v1/{SITE}/gw/gw-1/ack", f"vitalab/v1/{SITE}/gw/gw-2/ack"
+    gw1, gw2 = deployment.login("gw-1"), deployment.login("gw-2")
+    assert not gw1.subscribe(own)[0].is_failure
+    assert not gw2.subscribe(other)[0].is_failure
+    prying = gw2.subscribe(own)[0]
+    if deployment.broker.kind == "amqtt":
+        assert prying.is_failure  # refused outright
+    payload = token()
+    assert not ingest.publish(own, payload).is_failure
+    message = gw1.next_message()
+    assert (message.topic, message.payload) == (own, payload)
+    # gw-2 gets its own ack next, and nothing before it: gw-1's never reached it
+    deployment.sentinel(ingest, other, gw2)
+    deployment.denied(gw1, own)  # a gateway cannot forge acks, not even on its own topic
+    deployment.sentinel(ingest, own, gw1)  # (its forged one would have reached it first)
+    device = deployment.login("dev-a")
+    deployment.denied(device, f"vitalab/v1/{SITE}/dev/dev-a/ack")
+
+
 def test_ingester_cannot_publish(deployment: Deployment) -> None:
     ingest = deployment.login("ingest")
     topics = [tel("dev-a"), f"vitalab/v1/{SITE}/dev/dev-a/state", status("gw-1")]

@@ -4,6 +4,7 @@ thread safety, and a committed append surviving ``kill -9``."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -193,3 +194,54 @@ def test_committed_appends_survive_kill_9(tmp_path: Path) -> None:
             proc.stdout.close()
     with Buffer(path) as buf:
         assert payloads(buf) == [b"%d" % i for i in range(100)]
+
+
+# --- commit acknowledgements: (device, seq) -----------------------------------------------------------
+
+
+def _telemetry(device: str, seq: int) -> bytes:
+    return b'{"v":1,"device":"%s","seq":%d,"samples":[{"t":"2026-11-25T10:00:00Z"}]}' % (device.encode(), seq)
+
+
+def test_ack_committed_deletes_the_named_device_seq_ranges_only(tmp_path: Path) -> None:
+    with Buffer(tmp_path / "b.sqlite", max_bytes=10_000_000) as buf:
+        items = [
+            Outgoing(T, _telemetry(d, s), device=d, seq=s) for d in ("bike-1", "hr-1") for s in range(10)
+        ]
+        items.append(Outgoing(M, b"m", retain=True))
+        ids = buf.append_many(items)
+        nbytes = buf.nbytes
+        deleted = buf.ack_committed([("bike-1", [(0, 2), (5, 5)]), ("hr-1", [(9, 20)]), ("nobody", [(0, 9)])])
+        assert deleted == [ids[0], ids[1], ids[2], ids[5], ids[19]]
+        assert buf.ack_committed([("bike-1", [(0, 2)])]) == []  # repeated: ignored
+        assert len(buf) == 21 - 5
+        assert buf.nbytes == nbytes - sum(entry_size(T, items[i].payload) for i in (0, 1, 2, 5, 19))
+        left = buf.get([ids[3], ids[0], ids[20]])
+        assert [(e.device, e.seq, e.retain) for e in left] == [("bike-1", 3, False), (None, None, True)]
+        assert buf.peek(1)[0].device == "bike-1"
+
+
+def test_a_buffer_of_an_earlier_version_is_upgraded_in_place(tmp_path: Path) -> None:
+    """Entries written before the device/seq columns existed get them from their payloads when the file is
+    opened, so commit acks can name them."""
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as old:
+        old.executescript(
+            """
+            CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
+                                 payload BLOB NOT NULL, retain INTEGER NOT NULL, size INTEGER NOT NULL);
+            CREATE TABLE seq (device TEXT PRIMARY KEY, next INTEGER NOT NULL) WITHOUT ROWID;
+            """
+        )
+        rows = [(T, _telemetry("bike-1", 7), 0), (M, b'{"v":1}', 1), (T, b"not json", 0)]
+        old.executemany(
+            "INSERT INTO outbox (topic, payload, retain, size) VALUES (?, ?, ?, ?)",
+            [(t, p, r, entry_size(t, p)) for t, p, r in rows],
+        )
+    with Buffer(path) as buf:
+        entries = buf.peek(10)
+        assert [(e.device, e.seq) for e in entries] == [("bike-1", 7), (None, None), (None, None)]
+        assert buf.ack_committed([("bike-1", [(7, 7)])]) == [entries[0].id]
+        assert len(buf) == 2
+    with Buffer(path) as buf:  # opening again changes nothing
+        assert [e.payload for e in buf.peek(10)] == [b'{"v":1}', b"not json"]

@@ -17,7 +17,10 @@ class Workload:
     expected: set[tuple[str, datetime]]
 
     @classmethod
-    def build(cls, site: str, devices: int, seconds: int, per_message: int, prefix: str = "dev") -> Workload:
+    def build(
+        cls, site: str, devices: int, seconds: int, per_message: int, prefix: str = "dev", ack: bool = False
+    ) -> Workload:
+        """``ack``: the messages ask for commit acknowledgements (a device speaking them itself)."""
         start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=seconds + 60)
         messages: list[tuple[str, bytes]] = []
         expected: set[tuple[str, datetime]] = set()
@@ -29,7 +32,7 @@ class Workload:
                     for s in range(first, min(first + per_message, seconds))
                 ]
                 expected.update((dev, s.t) for s in samples)
-                msg = TelemetryMessage(v=1, device=dev, seq=first // per_message, samples=samples)
+                msg = TelemetryMessage(v=1, device=dev, seq=first // per_message, samples=samples, ack=ack)
                 messages.append((telemetry_topic(site, dev), encode(msg)))
         return cls(messages, expected)
 

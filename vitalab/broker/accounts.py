@@ -7,12 +7,15 @@ gateway ids and service names share one username namespace.
 
 | role      | publishes                                                  | reads                          |
 |-----------|------------------------------------------------------------|--------------------------------|
-| device    | ``vitalab/v1/{site}/dev/{id}/{telemetry,state,meta,raw}``  | nothing                        |
-| gateway   | its ``gw/{id}/status``; telemetry/state/meta of its devices | raw frames of its devices     |
-| ingester  | nothing                                                    | telemetry/state/meta/status    |
+| device    | ``vitalab/v1/{site}/dev/{id}/{telemetry,state,meta,raw}``  | its own ``dev/{id}/ack``       |
+| gateway   | its ``gw/{id}/status``; telemetry/state/meta of its devices | its devices' raw, ``gw/{id}/ack``|
+| ingester  | commit acks: ``gw/+/ack`` and ``dev/+/ack`` of its sites    | telemetry/state/meta/status    |
 | live-view | nothing                                                    | the same                       |
 | monitor   | nothing                                                    | ``$SYS/#``                     |
-| simulator | telemetry/state/meta/status of any device/gateway of a site | nothing                       |
+| simulator | telemetry/state/meta/status of any device/gateway of a site | the ack topics of its site    |
+
+Commit acks (:mod:`vitalab.wire.acks`) say which telemetry of a sender is stored: only that sender reads
+them.
 
 Ingester and live-view accounts read every site or a given set of sites.
 
@@ -37,7 +40,10 @@ from vitalab.wire.topics import (
     DEVICE_KINDS,
     ID_PATTERN,
     TopicKind,
+    ack_subscription,
+    device_ack_topic,
     device_topic,
+    gateway_ack_topic,
     gateway_status_topic,
     subscription,
     valid_id,
@@ -176,20 +182,30 @@ def _sites(sites: frozenset[str] | None) -> list[str]:
 def permissions(account: Account) -> Permissions:
     match account:
         case DeviceAccount(username=device, site=site):
-            return Permissions(tuple(device_topic(site, device, k) for k in _DEVICE_KINDS), ())
+            return Permissions(
+                tuple(device_topic(site, device, k) for k in _DEVICE_KINDS), (device_ack_topic(site, device),)
+            )
         case GatewayAccount(username=gateway, site=site, devices=devices):
             publish = [gateway_status_topic(site, gateway)]
             publish += [device_topic(site, d, k) for d in sorted(devices) for k in FORWARD_KINDS]
             read = [device_topic(site, d, TopicKind.RAW) for d in sorted(devices)]
+            read.append(gateway_ack_topic(site, gateway))
             return Permissions(tuple(publish), tuple(read))
-        case IngesterAccount(sites=sites) | LiveViewAccount(sites=sites):
+        case IngesterAccount(sites=sites):
+            acks = tuple(ack_subscription(m, site=s) for s in _sites(sites) for m in ("gw", "dev"))
+            return Permissions(
+                acks, tuple(subscription(k, site=s) for s in _sites(sites) for k in READ_KINDS)
+            )
+        case LiveViewAccount(sites=sites):
             return Permissions((), tuple(subscription(k, site=s) for s in _sites(sites) for k in READ_KINDS))
         case MonitorAccount():
             return Permissions((), ("$SYS/#",))
         case SimulatorAccount(site=site):
             publish = [subscription(k, site=site) for k in FORWARD_KINDS]
             publish.append(subscription(TopicKind.GATEWAY_STATUS, site=site))
-            return Permissions(tuple(publish), ())
+            return Permissions(
+                tuple(publish), (ack_subscription("gw", site=site), ack_subscription("dev", site=site))
+            )
     raise InvalidAccount(getattr(account, "username", "?"), f"unknown account type {type(account).__name__}")
 
 

@@ -76,13 +76,32 @@ class Sample(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True
 METRIC_FIELDS: Final[tuple[str, ...]] = tuple(f for f in Sample.__struct_fields__ if f not in ("t", "rr_ms"))
 
 
-class TelemetryMessage(Struct, frozen=True, forbid_unknown_fields=True):
-    """``vitalab/v1/{site}/dev/{device}/telemetry``, QoS 1, not retained."""
+GatewayId = Annotated[
+    str,
+    Meta(
+        pattern=ID_PATTERN,
+        description="the gateway that sent the message: ingesters acknowledge it on that gateway's ack "
+        "topic (vitalab.wire.acks); absent: on the device's own",
+    ),
+]
+
+
+class TelemetryMessage(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """``vitalab/v1/{site}/dev/{device}/telemetry``, QoS 1, not retained. ``(device, seq)`` identifies the
+    message in the commit acknowledgements (:mod:`vitalab.wire.acks`)."""
 
     v: Literal[1]
     device: DeviceId
     seq: Annotated[int, Meta(ge=0, le=2**63 - 1, description="per-device message counter")]
     samples: Annotated[list[Sample], Meta(min_length=1, max_length=MAX_SAMPLES_PER_MESSAGE)]
+    gw: GatewayId | None = None
+    ack: Annotated[
+        bool,
+        Meta(
+            description="a device sending for itself asks for commit acknowledgements on its own ack topic "
+            "(vitalab.wire.acks); with gw, they go to the gateway's"
+        ),
+    ] = False
 
 
 class Envelope(Struct, frozen=True, forbid_unknown_fields=True):
@@ -92,6 +111,8 @@ class Envelope(Struct, frozen=True, forbid_unknown_fields=True):
     device: DeviceId
     seq: Annotated[int, Meta(ge=0, le=2**63 - 1)]
     samples: Annotated[list[msgspec.Raw], Meta(min_length=1, max_length=MAX_SAMPLES_PER_MESSAGE)]
+    gw: Annotated[str, Meta(pattern=ID_PATTERN)] | None = None
+    ack: bool = False
 
 
 class Version(Struct, frozen=True):

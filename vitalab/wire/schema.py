@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 import vitalab
+from vitalab.wire.acks import CommitAck
 from vitalab.wire.payload import DeviceMeta, DeviceState, GatewayStatus, RawFrame, TelemetryMessage
 from vitalab.wire.topics import PREFIX
 
@@ -19,6 +20,7 @@ PAYLOADS: dict[str, type[msgspec.Struct]] = {
     "DeviceState": DeviceState,
     "GatewayStatus": GatewayStatus,
     "RawFrame": RawFrame,
+    "CommitAck": CommitAck,
 }
 
 
@@ -69,9 +71,42 @@ def asyncapi() -> dict[str, Any]:
             "GatewayStatus",
             "Birth (online) and LWT (offline) of a gateway. QoS 1, retained.",
         ),
+        "gatewayAck": _channel(
+            "ack",
+            "gw",
+            "gateway",
+            "CommitAck",
+            "Sent by ingesters after each commit: the telemetry messages (device, seq) of this gateway "
+            "(TelemetryMessage.gw) they stored or dead-lettered. A gateway keeps each message until an ack "
+            "covers it and resends it when none came within its ack timeout. QoS 1, not retained.",
+        ),
+        "deviceAck": _channel(
+            "ack",
+            "dev",
+            "device",
+            "CommitAck",
+            "The same for telemetry a device sent itself (no gw): read by that device only. QoS 1, "
+            "not retained.",
+        ),
     }
-    qos = {"telemetry": 1, "meta": 1, "state": 1, "raw": 0, "gatewayStatus": 1}
-    retain = {"telemetry": False, "meta": True, "state": True, "raw": False, "gatewayStatus": True}
+    qos = {
+        "telemetry": 1,
+        "meta": 1,
+        "state": 1,
+        "raw": 0,
+        "gatewayStatus": 1,
+        "gatewayAck": 1,
+        "deviceAck": 1,
+    }
+    retain = {
+        "telemetry": False,
+        "meta": True,
+        "state": True,
+        "raw": False,
+        "gatewayStatus": True,
+        "gatewayAck": False,
+        "deviceAck": False,
+    }
     operations: dict[str, Any] = {}
     for name in channels:
         binding = {"mqtt": {"qos": qos[name], "retain": retain[name], "bindingVersion": "0.2.0"}}
@@ -93,7 +128,9 @@ def asyncapi() -> dict[str, Any]:
             "description": (
                 "Gym equipment and wearables publish under vitalab/v1. Units are in field names; timestamps "
                 "are device time in UTC; the row identity of a sample is (device, t). Ingesters subscribe "
-                "through $share/ingest/vitalab/v1/+/dev/+/telemetry."
+                "through $share/ingest/vitalab/v1/+/dev/+/telemetry and, after each commit, acknowledge "
+                "what they stored per sender on its ack topic (device, seq ranges): a sender deletes a "
+                "message only once acknowledged and resends what stays unacknowledged after a timeout."
             ),
         },
         "defaultContentType": "application/json",

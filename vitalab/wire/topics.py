@@ -9,6 +9,11 @@
 | meta      | yes      | 1   | :class:`vitalab.wire.payload.DeviceMeta`  |
 | raw       | no       | 0   | :class:`vitalab.wire.payload.RawFrame`    |
 | status    | yes      | 1   | :class:`vitalab.wire.payload.GatewayStatus` (birth; LWT offline) |
+
+Commit acknowledgements go the other way, from the ingesters to whoever sent the telemetry:
+``vitalab/v1/{site}/gw/{gateway}/ack`` and ``vitalab/v1/{site}/dev/{device}/ack`` (QoS 1, not retained,
+:class:`vitalab.wire.acks.CommitAck`). They are not a :class:`TopicKind`: nothing the platform ingests comes
+on them (:func:`parse_topic` refuses them).
 """
 
 from __future__ import annotations
@@ -70,6 +75,24 @@ def telemetry_topic(site: str, device: str) -> str:
 
 def gateway_status_topic(site: str, gateway: str) -> str:
     return str(Topic(TopicKind.GATEWAY_STATUS, _check_id("site", site), _check_id("gateway", gateway)))
+
+
+ACK = "ack"
+
+
+def gateway_ack_topic(site: str, gateway: str) -> str:
+    """Where ingesters acknowledge the committed telemetry that gateway ``gateway`` sent."""
+    return f"{PREFIX}/{_check_id('site', site)}/gw/{_check_id('gateway', gateway)}/{ACK}"
+
+
+def device_ack_topic(site: str, device: str) -> str:
+    """Where ingesters acknowledge the committed telemetry a device sent itself (no gateway named)."""
+    return f"{PREFIX}/{_check_id('site', site)}/dev/{_check_id('device', device)}/{ACK}"
+
+
+def ack_subscription(middle: str, *, site: str = "+") -> str:
+    """The filter of every gateway's (``gw``) or device's (``dev``) ack topic of a site."""
+    return f"{PREFIX}/{site}/{middle}/+/{ACK}"
 
 
 def parse_topic(topic: str) -> Topic:
