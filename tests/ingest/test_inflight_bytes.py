@@ -1,0 +1,150 @@
+"""In-flight memory is bounded in bytes: with the database down and large messages arriving, the payload bytes
+an ingester holds (received, not yet acknowledged) never exceed ``VITALAB_INGEST_MAX_INFLIGHT_BYTES`` plus
+one message; the broker keeps the rest. When the database returns, everything is stored. A message larger
+than the bound is still taken, alone. Real Mosquitto, real PostgreSQL behind a TCP relay the test can cut."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+from psycopg import conninfo
+
+from ingest.mqtt import MqttSource
+from ingest.service import IngestConfig, Ingester, router_from_settings, subscriptions
+from simulators.loadgen import LoadPublisher
+from tests.conftest import Mosquitto, free_port
+from tests.support.helpers import count, make_settings, metric, wait_until
+from tests.support.workload import Workload, stored
+
+
+class Relay:
+    """A TCP relay to the test's PostgreSQL: while it is down, connections to it are refused (the database is
+    unreachable, as when its server is restarting)."""
+
+    def __init__(self, database_url: str) -> None:
+        params = conninfo.conninfo_to_dict(database_url)
+        self._upstream = (str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432))
+        self.port = free_port()
+        params.update(host="127.0.0.1", port=str(self.port))
+        self.url = conninfo.make_conninfo(**params)  # type: ignore[arg-type]
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    async def up(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def down(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for task in self._pipes:
+            task.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        pipes = {asyncio.create_task(_pipe(reader, up_writer)), asyncio.create_task(_pipe(up_reader, writer))}
+        self._pipes |= pipes
+        try:
+            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in pipes:
+                task.cancel()
+            self._pipes -= pipes
+            for w in (writer, up_writer):
+                w.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+
+
+@contextlib.asynccontextmanager
+async def relay_to(database_url: str) -> AsyncIterator[Relay]:
+    relay = Relay(database_url)
+    try:
+        yield relay
+    finally:
+        await relay.down()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "bound",
+    [1024 * 1024, 64 * 1024],  # about 7 messages; smaller than any one message
+    ids=["about-7-messages", "smaller-than-a-message"],
+)
+async def test_held_bytes_stay_within_the_bound_while_the_database_is_down(
+    mosquitto: Mosquitto, database_url: str, bound: int
+) -> None:
+    # 40 messages of about 150 KB (2,500 samples each), 100,000 samples: 6 MB, far more than the bound
+    work = Workload.build("bytes", devices=4, seconds=25_000, per_message=2_500)
+    sizes = [len(p) for _, p in work.messages]
+    largest = max(sizes)
+    assert min(sizes) > 64 * 1024
+    assert sum(sizes) > 5 * bound
+    settings = make_settings(ingest_client_id="ingest-bytes")
+    async with (
+        relay_to(database_url) as db,
+        MqttSource(
+            mosquitto.target, client_id="ingest-bytes", filters=subscriptions(None), max_inflight_bytes=bound
+        ) as source,
+    ):
+        ingester = Ingester(
+            source, db.url, router=router_from_settings(settings), config=IngestConfig(retry_max_s=0.5)
+        )
+        task = asyncio.create_task(ingester.run())
+        peaks = {"gauge": 0.0, "holding": 0}
+        stop_watch = asyncio.Event()
+
+        async def watch() -> None:  # what /metrics says, and how many messages the ingester holds
+            while not stop_watch.is_set():
+                peaks["gauge"] = max(peaks["gauge"], metric(ingester, "vitalab_ingest_inflight_bytes"))
+                peaks["holding"] = max(peaks["holding"], ingester.holding)
+                await asyncio.sleep(0.005)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await source.wait_subscribed()
+            with LoadPublisher(mosquitto.target, "pub-bytes") as pub:
+                for topic, payload in work.messages:
+                    pub.publish(topic, payload)
+                await asyncio.to_thread(pub.wait_acked, 60)  # the broker has all of it
+            await wait_until(lambda: _is(not ingester.db_ok), what="the database found down")
+            # the bound is reached: the ingester takes no more until acknowledgements free bytes
+            await wait_until(lambda: _is(source.inflight_bytes + largest > bound), what="the bound reached")
+            held_while_down = ingester.holding
+            await db.up()
+            await wait_until(
+                lambda: _stored(database_url, len(work.expected)), timeout_s=120, what="every sample"
+            )
+        finally:
+            stop_watch.set()
+            await watcher
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert held_while_down < len(work.messages)  # the broker kept the rest
+    assert source.inflight_bytes_peak <= max(bound, largest)  # never more than the bound, or one message
+    assert peaks["gauge"] <= max(bound, largest)
+    assert peaks["holding"] * min(sizes) <= max(bound, largest)  # counted in messages, independently
+    if bound < min(sizes):
+        assert peaks["holding"] == 1  # a message larger than the bound is taken alone
+    assert source.inflight_bytes == 0
+    assert metric(ingester, "vitalab_ingest_db_errors_total") > 0
+    assert stored(database_url) == work.expected
+
+
+async def _is(value: bool) -> bool:
+    return value
+
+
+async def _stored(url: str, n: int) -> bool:
+    return await count(url, "samples") >= n
