@@ -79,6 +79,7 @@ def _connect_once(target: MqttTarget, client_id: str, v5: bool, *, keep: bool) -
         client_id=client_id,
         protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
         clean_session=None if v5 else not keep,
+        manual_ack=True,  # what the session sends again on this connection stays unacknowledged: kept
     )
     answer: list[bool] = []
     connected, closed = threading.Event(), threading.Event()
