@@ -397,6 +397,8 @@ class Ingester:
         elapsed = time.perf_counter() - t0
         self.db_ok = True
         self.last_commit_at = time.time()
+        if self._current is batch:  # committed: no longer held (the acks below let new messages in)
+            self._current = Batch()
         for msg in batch.acks:
             self._source.ack(msg)
         self.committed_batches += 1

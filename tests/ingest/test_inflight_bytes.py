@@ -92,3 +92,53 @@ async def _is(value: bool) -> bool:
 
 async def _stored(url: str, n: int) -> bool:
     return await count(url, "samples") >= n
+
+
+@pytest.mark.asyncio
+async def test_a_long_outage_at_the_bound_loses_the_connection_and_nothing_else(
+    mosquitto: Mosquitto, database_url: str
+) -> None:
+    """At the bound, paho's network thread waits, so no keepalive goes out: a database outage longer than
+    1.5 x the keepalive makes the broker close the connection. Once the database is back the ingester
+    reconnects, the broker sends again what was not acknowledged, and everything is stored once."""
+    work = Workload.build("long", devices=4, seconds=10_000, per_message=2_500)  # 16 messages of ~150 KB
+    largest = max(len(p) for _, p in work.messages)
+    bound = 2 * largest
+    settings = make_settings(ingest_client_id="ingest-long")
+    log = mosquitto.workdir / "mosquitto.log"
+    async with (
+        relay_to(database_url) as db,
+        MqttSource(
+            mosquitto.target,
+            client_id="ingest-long",
+            filters=subscriptions(None),
+            max_inflight_bytes=bound,
+            keepalive_s=2,
+        ) as source,
+    ):
+        ingester = Ingester(
+            source, db.url, router=router_from_settings(settings), config=IngestConfig(retry_max_s=0.5)
+        )
+        task = asyncio.create_task(ingester.run())
+        try:
+            await source.wait_subscribed()
+            with LoadPublisher(mosquitto.target, "pub-long") as pub:
+                for topic, payload in work.messages:
+                    pub.publish(topic, payload)
+                await asyncio.to_thread(pub.wait_acked, 60)
+            await wait_until(
+                lambda: _is("ingest-long has exceeded timeout" in log.read_text(errors="replace")),
+                what="the broker closing the silent connection",
+            )
+            await db.up()
+            await wait_until(
+                lambda: _stored(database_url, len(work.expected)), timeout_s=120, what="every sample"
+            )
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert source.inflight_bytes_peak <= bound
+    assert metric(ingester, "vitalab_ingest_redelivered_total") > 0  # sent again after the reconnect
+    assert await count(database_url, "samples") == len(work.expected)
+    assert stored(database_url) == work.expected
