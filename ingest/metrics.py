@@ -61,6 +61,15 @@ class IngestMetrics:
         s(self, "queue_depth", Gauge("vitalab_ingest_queue_depth", "received, not yet batched", registry=r))
         s(
             self,
+            "inflight_bytes",
+            Gauge(
+                "vitalab_ingest_inflight_bytes",
+                "payload bytes received, not yet acknowledged (VITALAB_INGEST_MAX_INFLIGHT_BYTES bounds it)",
+                registry=r,
+            ),
+        )
+        s(
+            self,
             "lag_seconds",
             Gauge("vitalab_ingest_lag_seconds", "commit time - newest sample time", registry=r),
         )
@@ -77,4 +86,5 @@ class IngestMetrics:
     db_errors: Counter = field(init=False)
     commit_seconds: Histogram = field(init=False)
     queue_depth: Gauge = field(init=False)
+    inflight_bytes: Gauge = field(init=False)
     lag_seconds: Gauge = field(init=False)

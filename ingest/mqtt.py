@@ -3,8 +3,13 @@
 aiomqtt acknowledges a message as soon as it is handed over, which would lose it if the ingester died
 before the commit. paho-mqtt can delay the PUBACK (``manual_ack=True``); this module is the one place that
 uses that. paho's network thread hands messages to the event loop; the caller acks each
-:class:`Inbound` once its rows are committed. Memory stays bounded because the broker never has more than
-``receive_maximum`` (MQTT 5; ``max_inflight_messages`` in Mosquitto for 3.1.1) un-acked messages out to us.
+:class:`Inbound` once its rows are committed. Memory stays bounded twice: the broker has no more than
+``receive_maximum`` (MQTT 5; ``max_inflight_messages`` in Mosquitto for 3.1.1) un-acked messages out to us,
+and once the payloads received and not yet acked reach ``max_inflight_bytes``, paho's network thread stops
+reading until acks free bytes again (TCP then holds the broker back: flow control, nothing is refused).
+
+A subscriber leaving for good (a scale-down) drains its session and ends it (:meth:`MqttSource.drain`,
+:meth:`MqttSource.end_session`), so that the broker routes nothing more to a client id that will not return.
 
 The same connection publishes the ingester's commit acknowledgements (:meth:`MqttSource.publish`). Its
 session expires ``session_expiry_s`` after a disconnect (MQTT 5): a dead ingester's session, and the share
@@ -55,6 +60,7 @@ class MqttSource:
         ca_file: str | None = None,
         session_expiry_s: int = SESSION_NEVER_EXPIRES,
         publish_timeout_s: float = 10.0,
+        max_inflight_bytes: int | None = None,
     ) -> None:
         self._target = target
         self._filters = list(filters)
@@ -64,6 +70,8 @@ class MqttSource:
         self._connect_timeout = connect_timeout_s
         self._session_expiry = min(session_expiry_s, SESSION_NEVER_EXPIRES)
         self._publish_timeout = publish_timeout_s
+        self._ca_file = ca_file
+        self._client_id = client_id
         # paho's thread appends; the event loop pops. The loop is woken (a syscall) only when it waits.
         self._buf: deque[Inbound] = deque()
         self._ready = asyncio.Event()
@@ -75,6 +83,17 @@ class MqttSource:
         self._intake_open = True
         self.refused_at_stop = 0
         """Messages that arrived after :meth:`stop_intake`: not taken, not acked (the broker keeps them)."""
+        # the byte bound: paho's thread waits on the gate while the held payloads would exceed it
+        self._max_bytes = max_inflight_bytes
+        self._gate = threading.Condition()
+        self._gate_open = True
+        """False once closing: paho's thread never waits again."""
+        self._held_bytes = 0
+        self._held = 0
+        self.inflight_bytes_peak = 0
+        """The most payload bytes held (received, not yet acked) at any moment."""
+        self._draining = False
+        self._ended = False
         self._connected = asyncio.Event()
         self._subscribed = asyncio.Event()
         self._disconnected = asyncio.Event()
@@ -122,7 +141,10 @@ class MqttSource:
             logger.warning("broker refused connection: %s", reason)
             return
         self._generation += 1
-        client.subscribe([(f, 1) for f in self._filters])
+        if self._draining:  # the session may still hold our subscriptions: drop them again
+            client.unsubscribe(self._filters)
+        else:
+            client.subscribe([(f, 1) for f in self._filters])
         logger.info(
             "connected to %s (session present: %s, generation %d)",
             self._target.url(),
@@ -178,11 +200,18 @@ class MqttSource:
         inbound = Inbound(
             msg.topic, payload, msg.qos, msg.retain, msg.mid, self._generation, time.time(), bool(msg.dup)
         )
-        with self._intake_lock:
-            if not self._intake_open:
-                self.refused_at_stop += 1
-                return
-            self._buf.append(inbound)
+        size = len(payload)
+        with self._gate:
+            while self._gate_open and self._over_bound(size):
+                self._gate.wait()
+            with self._intake_lock:
+                if not self._intake_open:
+                    self.refused_at_stop += 1
+                    return
+                self._buf.append(inbound)
+            self._held += 1
+            self._held_bytes += size
+            self.inflight_bytes_peak = max(self.inflight_bytes_peak, self._held_bytes)
         if self._waiting:  # read after the append: see get()
             with self._wake_lock:
                 if self._wake_pending:
@@ -190,6 +219,24 @@ class MqttSource:
                 self._wake_pending = True
             assert self._loop is not None
             self._loop.call_soon_threadsafe(self._wake)
+
+    def _over_bound(self, size: int) -> bool:
+        """Whether a message of ``size`` bytes must wait (called holding the gate). A message larger than the
+        bound is taken alone, once nothing else is held; the intake being stopped never waits."""
+        if self._max_bytes is None or self._held_bytes == 0 or not self._intake_open:
+            return False
+        return self._held_bytes + size > self._max_bytes
+
+    def _release(self, msg: Inbound) -> None:
+        with self._gate:
+            self._held -= 1
+            self._held_bytes -= len(msg.payload)
+            self._gate.notify_all()
+
+    def _open_gate(self) -> None:
+        with self._gate:
+            self._gate_open = False
+            self._gate.notify_all()
 
     def _wake(self) -> None:
         with self._wake_lock:
@@ -227,14 +274,90 @@ class MqttSource:
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        """Make sure the broker has processed our PUBACKs (:meth:`settle`), then disconnect cleanly."""
-        if self.connected:
-            await self.settle()
+        """Make sure the broker has processed our PUBACKs (:meth:`settle`), then disconnect cleanly (unless
+        :meth:`end_session` did). The session stays on the broker."""
+        self.stop_intake()  # nothing more is taken: the gate lets paho's thread go on
+        if not self._ended:
+            if self.connected:
+                await self.settle()
+            await self._disconnect(None)
+        self._open_gate()
+        await asyncio.to_thread(self._client.loop_stop)
+
+    async def _disconnect(self, properties: Properties | None) -> None:
         self._disconnected.clear()
-        if self._client.disconnect() == paho.MQTT_ERR_SUCCESS:
+        if self._client.disconnect(properties=properties) == paho.MQTT_ERR_SUCCESS:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._disconnected.wait(), self._connect_timeout)
-        await asyncio.to_thread(self._client.loop_stop)
+
+    async def drain(self, timeout_s: float = 5.0) -> bool:
+        """Leave for good, in steps. The first call unsubscribes from every filter, so the broker routes
+        nothing new to this session; every call then makes one round trip to the broker. True once, after
+        that round trip, nothing is waiting to be taken: everything the broker had sent or queued for this
+        session has arrived (the messages our PUBACKs released come before its answer) and, if the caller
+        acked all it took before calling, nothing is left. False when messages are waiting (take, commit
+        and ack them, then call again), on a reconnect, or if the broker did not answer within
+        ``timeout_s``."""
+        if not self.connected:  # paho reconnects (and unsubscribes again): wait for it, then look again
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._connected.wait(), timeout_s)
+            return False
+        generation = self._generation
+        if not self._draining:
+            self._draining = True
+            rc, mid = self._client.unsubscribe(self._filters)
+        else:
+            rc, mid = self._client.unsubscribe(_SETTLE_FILTER)
+        if rc != paho.MQTT_ERR_SUCCESS or mid is None:
+            return False
+        answered = await self._answer(mid, timeout_s, until_message=True)
+        return answered and not self._buf and self._held == 0 and generation == self._generation
+
+    async def end_session(self) -> bool:
+        """Disconnect and end this client id's session on the broker (MQTT 5: session expiry 0 on the
+        DISCONNECT; 3.1.1: a clean-session connect of the same client id), once the broker has processed
+        our PUBACKs. Only when nothing received is left unacknowledged: otherwise the session is kept (False)
+        and the broker sends its messages again when this client id returns."""
+        if self._held or self._buf or not self.connected or not await self.settle():
+            logger.warning("session kept: %d messages received and not acknowledged", self._held)
+            return False
+        props = None
+        if self._v5:
+            props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0
+        await self._disconnect(props)
+        self._ended = True
+        if not self._v5:
+            await asyncio.to_thread(self._clean_session_311)
+        logger.info("session of %r ended", self._client_id)
+        return True
+
+    def _clean_session_311(self) -> None:
+        """MQTT 3.1.1 has no session expiry: connecting once with a clean session discards the old one."""
+        done = threading.Event()
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=paho.MQTTv311, clean_session=True
+        )
+        if self._target.username:
+            client.username_pw_set(self._target.username, self._target.password)
+        ctx = self._target.ssl_context()
+        if ctx is not None:
+            if self._ca_file:
+                ctx.load_verify_locations(self._ca_file)
+            client.tls_set_context(ctx)
+        client.on_connect = lambda *_: done.set()
+        try:
+            client.connect_async(self._target.host, self._target.port, keepalive=self._keepalive)
+        except (OSError, ValueError) as exc:
+            logger.warning("could not end the 3.1.1 session of %r: %s", self._client_id, exc)
+            return
+        client.loop_start()
+        try:
+            if not done.wait(self._connect_timeout):
+                logger.warning("could not end the 3.1.1 session of %r: no CONNACK", self._client_id)
+        finally:
+            client.disconnect()
+            client.loop_stop()
 
     async def settle(self, timeout_s: float = 5.0) -> bool:
         """One round trip to the broker (an UNSUBSCRIBE of a filter never subscribed, and its UNSUBACK).
@@ -245,16 +368,37 @@ class MqttSource:
         rc, mid = self._client.unsubscribe(_SETTLE_FILTER)
         if rc != paho.MQTT_ERR_SUCCESS or mid is None:
             return False
-        deadline = asyncio.get_running_loop().time() + timeout_s
+        if not await self._answer(mid, timeout_s):
+            logger.warning("the broker did not answer within %.1f s", timeout_s)
+            return False
+        return True
+
+    async def _answer(self, mid: int, timeout_s: float, *, until_message: bool = False) -> bool:
+        """Until the UNSUBACK of ``mid`` (True), the timeout (False), or with ``until_message`` a message
+        waiting to be taken (False: the broker may be held back by the byte bound until it is taken)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         while mid not in self._unsubacked:
+            if until_message and self._buf:
+                return False
             self._unsuback.clear()
-            if mid in self._unsubacked:
-                break
-            remaining = deadline - asyncio.get_running_loop().time()
+            self._ready.clear()
+            self._waiting = True  # then look again: see get()
+            if mid in self._unsubacked or (until_message and self._buf):
+                self._waiting = False
+                continue
+            waits = [asyncio.ensure_future(self._unsuback.wait())]
+            if until_message:
+                waits.append(asyncio.ensure_future(self._ready.wait()))
             try:
-                await asyncio.wait_for(self._unsuback.wait(), max(remaining, 0))
-            except TimeoutError:
-                logger.warning("the broker did not answer within %.1f s before disconnecting", timeout_s)
+                await asyncio.wait(
+                    waits, timeout=max(deadline - loop.time(), 0), return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                self._waiting = False
+                for w in waits:
+                    w.cancel()
+            if loop.time() >= deadline and mid not in self._unsubacked:
                 return False
         self._unsubacked.discard(mid)
         return True
@@ -270,8 +414,14 @@ class MqttSource:
     def stop_intake(self) -> None:
         """Take no more messages: what arrives from now on is neither buffered nor acked, so the broker
         keeps it for this session. What is buffered already stays to be taken (see :meth:`get_nowait`)."""
-        with self._intake_lock:
+        with self._gate, self._intake_lock:
             self._intake_open = False
+            self._gate.notify_all()
+
+    @property
+    def inflight_bytes(self) -> int:
+        """Payload bytes received and not yet acknowledged (buffered or taken)."""
+        return self._held_bytes
 
     @property
     def backlog(self) -> int:
@@ -320,6 +470,7 @@ class MqttSource:
     def ack(self, msg: Inbound) -> bool:
         """Acknowledge a message whose effects are committed. False if it can no longer be acked (it came
         on an earlier connection; the broker redelivers it and the write is idempotent)."""
+        self._release(msg)
         if msg.qos == 0:
             return True
         if msg.generation != self._generation:

@@ -9,7 +9,11 @@ dead-lettered with the database's reason while the rest is stored; any other err
 missing privileges) stops the ingester with :class:`~ingest.dberrors.DatabaseRejected`.
 
 Every message is thus stored or dead-lettered and then acknowledged; none can stop ingestion for the
-others. On shutdown (cancellation) what the ingester holds is committed and acknowledged first.
+others. On shutdown (cancellation) what the ingester holds is committed and acknowledged first. With
+``drain_timeout_s`` (an ingester of a share group being scaled down) it then drains its session: it
+unsubscribes, commits and acknowledges whatever the broker had still routed to it, and ends the session, so
+that nothing is left stranded for a client id that will not come back; if that cannot be finished in time,
+the session is kept with its messages.
 
 After each commit the ingester also tells the senders which telemetry it is done with (commit
 acknowledgements, :mod:`vitalab.wire.acks`; ``VITALAB_INGEST_COMMIT_ACKS``), so that gateways and devices
@@ -76,13 +80,20 @@ class IngestConfig:
     """How long a stopping ingester keeps trying to commit what it holds (the broker redelivers the rest)."""
     commit_acks: bool = True
     """After each commit, publish per sender which telemetry messages it is done with (vitalab.wire.acks)."""
+    drain_timeout_s: float | None = None
+    """Set: a stopping ingester drains and ends its session within this time (instead of
+    ``shutdown_timeout_s``); None: it keeps its session, for the same client id to resume."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IngestConfig:
+        """Drains on stop only as a member of a share group: the others take over its share. A plain
+        subscription keeps its session (its messages wait for the ingester's return)."""
+        drain = settings.ingest_drain_timeout_s if settings.ingest_share_group else 0
         return cls(
             batch_rows=settings.ingest_batch_rows,
             batch_age_s=settings.ingest_batch_age_ms / 1000,
             commit_acks=settings.ingest_commit_acks,
+            drain_timeout_s=drain or None,
         )
 
 
@@ -140,6 +151,9 @@ class Ingester:
         self.db_ok = True
         """False while the last attempt to write failed."""
         self.last_commit_at: float | None = None
+        self.session_ended = False
+        """True once a drain on stop has ended the session on the broker."""
+        self.metrics.inflight_bytes.set_function(lambda: source.inflight_bytes)
 
     @property
     def mqtt_connected(self) -> bool:
@@ -211,43 +225,64 @@ class Ingester:
         self.metrics.queue_depth.set(src.backlog)
 
     async def _stop(self, batch: Batch, commit: asyncio.Task[WriteResult | None] | None) -> None:
-        """Commit and ack what is held, within ``shutdown_timeout_s``."""
-        self._source.stop_intake()
+        """Commit and ack what is held, then drain and end the session if configured, within the time."""
+        drain = self._config.drain_timeout_s
+        if drain is None:
+            self._source.stop_intake()
 
         async def finish() -> None:
+            if drain is not None:
+                await self._source.drain()  # unsubscribes at once; what it had routed here is taken below
             if commit is not None:
                 await commit  # the batch being written
-                self._current = rest = Batch()
+                self._current = Batch()
+                await self._flush_buffered(Batch())
             else:
-                rest = batch  # the batch being collected
-            while True:
-                while rest.size < self._config.batch_rows and (msg := self._source.get_nowait()) is not None:
-                    self._router.add(rest, msg, known_devices=self._known)
-                if not rest:
-                    return
-                await self._flush(rest)
-                self._current = rest = Batch()
+                await self._flush_buffered(batch)  # the batch being collected
+            if drain is None:
+                return
+            while not await self._source.drain():
+                await self._flush_buffered(Batch())
+            await self._acks_published()  # on this connection, before the session ends with it
+            self.session_ended = await self._source.end_session()
 
+        timeout = self._config.shutdown_timeout_s if drain is None else drain
         task = asyncio.create_task(finish())
         try:
-            done, _ = await asyncio.wait({task}, timeout=self._config.shutdown_timeout_s)
+            done, _ = await asyncio.wait({task}, timeout=timeout)
         finally:
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait({task})
+            self._source.stop_intake()
         if task in done:
             task.result()  # a DatabaseRejected stops the ingester with its own message
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._config.shutdown_timeout_s):
-                    await self._acks_published()
-            logger.info("stopped: everything held is committed and acknowledged")
+            if not self.session_ended:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._config.shutdown_timeout_s):
+                        await self._acks_published()
+            logger.info(
+                "stopped: everything held is committed and acknowledged%s",
+                "; the session is drained and ended" if self.session_ended else "",
+            )
         else:
             logger.warning(
                 "stopped before committing what it held (%d messages) within %.1f s; the broker keeps them",
                 self.holding,
-                self._config.shutdown_timeout_s,
+                timeout,
             )
+
+    async def _flush_buffered(self, rest: Batch) -> None:
+        """Commit ``rest`` and everything received and not yet taken, in batches."""
+        while True:
+            while rest.size < self._config.batch_rows and (msg := self._source.get_nowait()) is not None:
+                self._router.add(rest, msg, known_devices=self._known)
+            if not rest:
+                return
+            self._current = rest
+            await self._flush(rest)
+            self._current = rest = Batch()
 
     async def _connection(self) -> psycopg.AsyncConnection:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -383,6 +418,8 @@ class Ingester:
         elapsed = time.perf_counter() - t0
         self.db_ok = True
         self.last_commit_at = time.time()
+        if self._current is batch:  # committed: no longer held (the acks below let new messages in)
+            self._current = Batch()
         for msg in batch.acks:
             self._source.ack(msg)
         self.committed_batches += 1
@@ -449,6 +486,7 @@ async def open_ingester(settings: Settings, target: MqttTarget, database_url: st
         filters=subscriptions(settings.ingest_share_group),
         protocol=settings.mqtt_protocol,
         receive_maximum=settings.ingest_receive_maximum,
+        max_inflight_bytes=settings.ingest_max_inflight_bytes,
         ca_file=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None,
         session_expiry_s=settings.ingest_session_expiry_s,
     ) as source:

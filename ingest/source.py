@@ -60,3 +60,22 @@ class Source(Protocol):
         """Publish ``(topic, payload)`` messages (QoS 1, not retained) and wait until the bus has them;
         raises :class:`~ingest.errors.PublishFailed` when it cannot say so."""
         ...
+
+    @property
+    def inflight_bytes(self) -> int:
+        """Payload bytes received and not yet acknowledged; intake pauses while they are at the source's
+        byte bound (a message larger than the bound is still taken, alone)."""
+        ...
+
+    async def drain(self, timeout_s: float = 5.0) -> bool:
+        """Leaving for good: the first call asks the bus to route nothing new to this subscriber. True once
+        everything the bus had delivered or queued for it has been taken and the caller has acked it all;
+        False while messages are still to be taken (take, commit, ack them, then call again) or if the bus
+        did not answer within ``timeout_s``."""
+        ...
+
+    async def end_session(self) -> bool:
+        """Disconnect and delete this subscriber's session on the bus (after a :meth:`drain` that returned
+        True). Refused (False) while anything received is unacknowledged: the session, and those messages,
+        are kept for this subscriber's return."""
+        ...

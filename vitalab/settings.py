@@ -191,6 +191,16 @@ class Settings(BaseSettings):
     ingest_receive_maximum: int = Field(
         default=5000, ge=1, le=65535, description="un-acked messages in flight (MQTT 5 receive maximum)"
     )
+    ingest_max_inflight_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description="payload bytes received and not yet committed; intake pauses at this bound",
+    )
+    ingest_drain_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="with a share group: on SIGTERM, drain and end the session within this time; 0: keep it",
+    )
     ingest_metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus /metrics")
     ingest_commit_acks: bool = Field(
         default=True,

@@ -96,6 +96,7 @@ def _ingest_process(database_url: str, mqtt_url: str, client_id: str) -> subproc
         VITALAB_DATABASE_URL=database_url,
         VITALAB_MQTT_URL=mqtt_url,
         VITALAB_INGEST_CLIENT_ID=client_id,
+        VITALAB_INGEST_SHARE_GROUP="",  # a plain subscription: its session outlives a stop
         VITALAB_INGEST_BATCH_AGE_MS="50",
         VITALAB_TIMESCALE="off",
     )
@@ -113,7 +114,8 @@ async def test_schema_mismatch_stops_the_ingester_with_one_line_and_loses_nothin
     mosquitto: Mosquitto, database_url: str
 ) -> None:
     work = Workload.build("mismatch", devices=2, seconds=10, per_message=5)
-    async with running_ingester(make_settings(ingest_client_id="ingest-mm"), mosquitto.target, database_url):
+    plain = make_settings(ingest_client_id="ingest-mm", ingest_share_group=None)
+    async with running_ingester(plain, mosquitto.target, database_url):
         pass  # the persistent session exists from here on: what is published next waits in it
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("ALTER TABLE samples DROP COLUMN met")  # a schema this ingester does not match
@@ -137,7 +139,7 @@ async def test_schema_mismatch_stops_the_ingester_with_one_line_and_loses_nothin
     # nothing was acknowledged: with the schema fixed, the next ingester stores every sample
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("ALTER TABLE samples ADD COLUMN met real")
-    async with running_ingester(make_settings(ingest_client_id="ingest-mm"), mosquitto.target, database_url):
+    async with running_ingester(plain, mosquitto.target, database_url):
         await wait_until(lambda: _stored_at_least(database_url, len(work.expected)), what="every sample")
     assert stored(database_url) == work.expected
 
@@ -226,7 +228,9 @@ async def test_a_message_the_database_refuses_is_dead_lettered_and_its_batch_is_
         conn.execute("ALTER TABLE samples ADD CONSTRAINT no_73 CHECK (hr_bpm IS DISTINCT FROM 73)")
     refused = [(t, p) for t, p in work.messages if any(s["hr_bpm"] == 73 for s in json.loads(p)["samples"])]
     assert len(refused) == 5
-    settings = make_settings(ingest_client_id="ingest-strict", ingest_batch_age_ms=200)
+    settings = make_settings(
+        ingest_client_id="ingest-strict", ingest_batch_age_ms=200, ingest_share_group=None
+    )
     async with running_ingester(settings, mosquitto.target, database_url):
         pass  # the persistent session exists from here on
     with LoadPublisher(mosquitto.target, "pub-strict") as pub:

@@ -305,11 +305,15 @@ async def test_a_stop_mid_stream_commits_and_acks_what_the_ingester_holds(
 ) -> None:
     """Stopped (cancelled, as SIGTERM does) while messages stream in and a batch is in hand, the ingester
     commits and acknowledges everything it took: the next ingester on the same persistent session is sent
-    none of it again, only what was published after the stop."""
+    none of it again, only what was published after the stop. (A plain subscription, which keeps its session
+    across a restart; a member of a share group drains and ends it: tests/ingest/test_drain.py.)"""
     work = Workload.build("stop", devices=10, seconds=400, per_message=4)  # 1,000 messages, 4,000 samples
     # nothing is committed before the stop: a batch closes after a minute or 10^6 rows
     holding = make_settings(
-        ingest_client_id="ingest-stop", ingest_batch_age_ms=60_000, ingest_batch_rows=10**6
+        ingest_client_id="ingest-stop",
+        ingest_batch_age_ms=60_000,
+        ingest_batch_rows=10**6,
+        ingest_share_group=None,
     )
     with LoadPublisher(mosquitto.target, "pub-stop") as pub:
         async with ingester_task(holding, mosquitto.target, database_url) as (first, task):
@@ -331,7 +335,7 @@ async def test_a_stop_mid_stream_commits_and_acks_what_the_ingester_holds(
         # the same session again: it gets what was published after the stop, and what reached the stopping
         # ingester after it stopped taking messages (those come DUP-flagged); a sentinel published last
         # arrives last, so once it is stored everything before it has been taken
-        again = make_settings(ingest_client_id="ingest-stop")
+        again = make_settings(ingest_client_id="ingest-stop", ingest_share_group=None)
         async with running_ingester(again, mosquitto.target, database_url) as second:
             sentinel = Workload.build("stop", 1, 1, 1, prefix="sentinel")
             pub.publish(*sentinel.messages[0])
