@@ -16,6 +16,14 @@ class BrokerUnavailable(IngestError):
         self.detail = detail
 
 
+class PublishFailed(IngestError):
+    """The bus did not confirm messages the ingester published (its commit acknowledgements)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"publishing failed: {detail}")
+        self.detail = detail
+
+
 class SiteConflict(IngestError):
     """A batch bound devices to sites (``Batch.claims``) that the database has at other sites (another
     ingester bound them first): the batch's transaction is rolled back and its messages are routed again

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -31,8 +32,10 @@ from ingest.errors import SiteConflict
 from ingest.health import HealthServer
 from ingest.metrics import IngestMetrics
 from ingest.mqtt import MqttSource
+from ingest.nats import NatsConsumer, NatsSource
 from ingest.source import Inbound, Source
 from ingest.writer import WriteResult, prepare, write_batch
+from vitalab.errors import ConfigError
 from vitalab.settings import MqttTarget, Settings
 from vitalab.wire import TopicKind, WireLimits, subscription
 
@@ -386,17 +389,41 @@ class Ingester:
         m.messages.labels("all").inc(batch.messages)
 
 
-@contextlib.asynccontextmanager
-async def open_ingester(settings: Settings, target: MqttTarget, database_url: str) -> AsyncIterator[Ingester]:
-    """Open the broker connection (and the metrics endpoint, if configured) for one ingester."""
-    async with MqttSource(
+def open_source(settings: Settings, target: MqttTarget | None) -> AbstractAsyncContextManager[Source]:
+    """The bus VITALAB_BUS chooses: the MQTT broker at ``target``, or the NATS JetStream cluster at
+    VITALAB_NATS_URLS (whose MQTT listener the devices speak to)."""
+    if settings.bus == "nats":
+        return NatsSource(
+            settings.nats_servers(),
+            consumer=NatsConsumer(
+                name=settings.nats_consumer,
+                ack_wait_s=settings.nats_ack_wait_s,
+                max_ack_pending=settings.nats_max_ack_pending,
+                replicas=settings.nats_replicas,
+            ),
+            startup_timeout_s=settings.nats_startup_timeout_s,
+            max_buffered=settings.ingest_receive_maximum,
+            client_name=settings.ingest_client_id,
+        )
+    if target is None:
+        raise ConfigError("mqtt_url", "VITALAB_MQTT_URL is not set (VITALAB_BUS=mqtt)")
+    return MqttSource(
         target,
         client_id=settings.ingest_client_id,
         filters=subscriptions(settings.ingest_share_group),
         protocol=settings.mqtt_protocol,
         receive_maximum=settings.ingest_receive_maximum,
         ca_file=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None,
-    ) as source:
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_ingester(
+    settings: Settings, target: MqttTarget | None, database_url: str
+) -> AsyncIterator[Ingester]:
+    """Open the bus connection (:func:`open_source`; and the metrics endpoint, if configured) for one
+    ingester."""
+    async with open_source(settings, target) as source:
         ingester = Ingester(
             source,
             database_url,
