@@ -77,7 +77,12 @@ class NatsCluster:
         for i in range(1, self.size + 1):
             store = self.workdir / f"n{i}"
             store.mkdir(parents=True, exist_ok=True)
-            self.nodes.append(NatsNode(f"n{i}", _free_port(), _free_port(), _free_port(), store))
+            self.nodes.append(NatsNode(f"n{i}", 0, 0, 0, store))
+        self._pick_ports()
+
+    def _pick_ports(self) -> None:
+        for node in self.nodes:
+            node.client_port, node.cluster_port, node.mqtt_port = _free_port(), _free_port(), _free_port()
 
     # --- addresses -------------------------------------------------------------------------------------
     def url(self, node: NatsNode) -> str:
@@ -100,6 +105,7 @@ class NatsCluster:
         routes = ",".join(f"nats://127.0.0.1:{n.cluster_port}" for n in self.nodes if n is not node)
         env = {
             **os.environ,
+            "NATS_MQTT_HOST": "127.0.0.1",
             "NATS_MQTT_PORT": str(node.mqtt_port),
             "NATS_INGEST_PASSWORD": self.ingest_password,
             "NATS_DEVICE_PASSWORD": self.device_password,
@@ -127,9 +133,29 @@ class NatsCluster:
         with (self.workdir / f"{node.name}.log").open("ab") as log:
             node.proc = subprocess.Popen(args, stdout=log, stderr=log, env=env)
 
-    def start_all(self) -> None:
-        for node in self.nodes:
-            self.start(node)
+    def start_all(self, attempts: int = 5) -> None:
+        """Start every node; when one cannot bind its ports (a free port taken meanwhile by another
+        process), all over again on new ports."""
+        for attempt in range(attempts):
+            for node in self.nodes:
+                self.start(node)
+            if all(self._listening(node) for node in self.nodes):
+                return
+            self.stop_all()
+            if attempt + 1 < attempts:
+                self._pick_ports()
+        raise AssertionError(f"the NATS nodes did not start in {attempts} attempts (logs in {self.workdir})")
+
+    def _listening(self, node: NatsNode, timeout_s: float = 30.0) -> bool:
+        """Until the node listens on all its ports (True) or has exited (False)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if node.proc is None or node.proc.poll() is not None:
+                return False
+            if "Listening for route connections" in self.log(node):
+                return True
+            time.sleep(0.02)
+        return False
 
     def kill(self, node: NatsNode) -> None:
         """kill -9: no lame duck, no goodbye to the other nodes or the clients."""
