@@ -75,6 +75,8 @@ def topic_to_subject(topic: str) -> str:
 
 def subject_to_topic(subject: str) -> str:
     """The MQTT topic of a subject the listener mapped (the inverse of :func:`topic_to_subject`)."""
+    if "/" not in subject:  # no empty level: the common case, in C
+        return subject.replace(".", "/")
     out: list[str] = []
     i, end = 0, len(subject) - 1
     while i <= end:

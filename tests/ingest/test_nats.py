@@ -5,18 +5,24 @@ PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import nats.errors
+import nats.js.errors
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
-from ingest.nats import MQTT_STREAM, subject_to_topic, topic_to_subject
+from ingest.errors import PublishFailed
+from ingest.nats import MQTT_STREAM, NatsSource, subject_to_topic, topic_to_subject
 from simulators.loadgen import LoadPublisher
 from tests.support.helpers import count, make_settings, metric, running_ingester, scalar, wait_until
 from tests.support.nats_cluster import NatsCluster, nats_cluster
@@ -28,8 +34,34 @@ SITE = "gym-nats"
 CONSUMER = "vitalab-ingest"
 
 
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """One cluster, ready, for the tests that kill nothing (start-up is the slow part)."""
+    with nats_cluster(tmp_path_factory.mktemp("nats")) as c:
+        asyncio.run(c.wait_ready())
+        yield c
+
+
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+def cluster(shared_cluster: NatsCluster) -> Iterator[NatsCluster]:
+    """The shared cluster; the ingest consumer a test made is deleted after it (with interest retention, a
+    consumer left behind would keep every later message)."""
+    yield shared_cluster
+
+    async def forget() -> None:
+        nc = await shared_cluster.connect()
+        try:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await nc.jetstream().delete_consumer(MQTT_STREAM, CONSUMER)
+        finally:
+            await nc.close()
+
+    asyncio.run(forget())
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """A cluster of the test's own, to kill nodes of."""
     with nats_cluster(tmp_path / "nats") as c:
         yield c
 
@@ -60,7 +92,6 @@ def test_topics_map_to_subjects_as_the_listener_maps_them() -> None:
 async def test_every_message_through_the_mqtt_listener_is_stored_once_and_bad_ones_dead_lettered(
     cluster: NatsCluster, database_url: str
 ) -> None:
-    await cluster.wait_ready()
     work = Workload.build(SITE, devices=5, seconds=400, per_message=10)  # 200 messages, 2000 samples
     bad_topic = device_topic(SITE, "bike-bad", TopicKind.TELEMETRY)
     settings = nats_settings(cluster)
@@ -161,8 +192,9 @@ async def _consumer_done(cluster: NatsCluster) -> bool:
 
 @pytest.mark.asyncio
 async def test_a_node_and_an_ingester_killed_mid_stream_lose_nothing(
-    cluster: NatsCluster, database_url: str, tmp_path: Path
+    own_cluster: NatsCluster, database_url: str, tmp_path: Path
 ) -> None:
+    cluster = own_cluster
     await cluster.wait_ready()
     ingesters = [IngesterProcess(f"ingest-{i}", cluster, database_url, tmp_path) for i in (1, 2)]
     try:
@@ -212,3 +244,98 @@ def _sent(pub: LoadPublisher, n: int) -> Callable[[], Awaitable[bool]]:
         return pub.published >= n
 
     return check
+
+
+# --- the rest of the Source protocol: publishing commit acks to MQTT subscribers, leaving ------------------
+
+
+def _subscriber(
+    cluster: NatsCluster, client_id: str, received: list[bytes], got: threading.Event
+) -> paho.Client:
+    """A gateway's MQTT 3.1.1 persistent session on node 2, subscribed (QoS 1) to its ack topic."""
+    target = cluster.mqtt_target(cluster.nodes[1])
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311, clean_session=False
+    )
+    client.username_pw_set(target.username, target.password)
+    subscribed = threading.Event()
+
+    def on_message(c: paho.Client, u: object, m: paho.MQTTMessage) -> None:
+        received.append(bytes(m.payload))
+        got.set()
+
+    client.on_message = on_message
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.connect(target.host, target.port)
+    client.loop_start()
+    client.subscribe(ACK_TOPIC, qos=1)
+    assert subscribed.wait(30)
+    return client
+
+
+ACK_TOPIC = f"vitalab/v1/{SITE}/gw/gw-1/ack"
+
+
+@pytest.mark.asyncio
+async def test_published_acks_reach_mqtt_subscribers_also_after_they_reconnect(cluster: NatsCluster) -> None:
+    received: list[bytes] = []
+    got = threading.Event()
+    async with NatsSource(cluster.urls, startup_timeout_s=60) as source:
+        client = await asyncio.to_thread(_subscriber, cluster, "gw-1", received, got)
+        try:
+            await source.publish([(ACK_TOPIC, b"first")])
+            assert await asyncio.to_thread(got.wait, 30)
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        assert received == [b"first"]
+        got.clear()
+        await source.publish([(ACK_TOPIC, b"while away")])  # QoS 1: kept for the persistent session
+        client = await asyncio.to_thread(_subscriber, cluster, "gw-1", received, got)
+        try:
+            assert await asyncio.to_thread(got.wait, 30)
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        assert received == [b"first", b"while away"]
+        with pytest.raises(PublishFailed):
+            await source.publish([("vitalab/v1/site.with.dots/gw/gw-1/ack", b"x")])
+        # stored in the stream under the consumer's filter, the acks come to the ingester too, which
+        # acknowledges them unread (it ingests telemetry, meta, state and status only)
+        await wait_until(lambda: _passed(source, 2), timeout_s=30, what="the acks passed over")
+        assert source.backlog == 0
+
+
+async def _passed(source: NatsSource, n: int) -> bool:
+    return source.passed_over >= n
+
+
+@pytest.mark.asyncio
+async def test_a_leaving_ingester_drains_what_it_holds_then_ends(cluster: NatsCluster) -> None:
+    work = Workload.build(SITE, devices=2, seconds=100, per_message=10)  # 20 messages
+    async with NatsSource(cluster.urls, startup_timeout_s=60) as source:
+        with LoadPublisher(cluster.mqtt_target(cluster.nodes[0]), "nats-pub-drain", protocol="3.1.1") as pub:
+            for topic, payload in work.messages:
+                pub.publish(topic, payload)
+            await asyncio.to_thread(pub.wait_acked, 60.0)
+        taken = [await source.get()]
+        await wait_until(
+            lambda: _backlog(source, len(work.messages) - 1), timeout_s=30, what="every message fetched"
+        )
+        # the first call stops fetching (what is not fetched yet stays for the other ingesters)
+        assert not await source.drain(timeout_s=10)  # held and not acked
+        assert not await source.end_session()
+        while (msg := source.get_nowait()) is not None or len(taken) < len(work.messages):
+            taken.append(msg if msg is not None else await source.get())
+        for msg in taken:
+            assert source.ack(msg)
+            assert not source.ack(msg)  # once
+        assert source.inflight_bytes == 0
+        assert await source.drain(timeout_s=10)
+        assert await source.end_session()
+    assert {m.topic for m in taken} == {t for t, _ in work.messages}
+    assert await _consumer_done(cluster)
+
+
+async def _backlog(source: NatsSource, n: int) -> bool:
+    return source.backlog >= n

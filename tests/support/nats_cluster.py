@@ -207,7 +207,8 @@ class NatsCluster:
             await nc.close()
 
     async def wait_stream_current(self, nc: Client, stream: str, deadline: float) -> str:
-        """Until ``stream`` has a leader and every other live node as a current replica; its leader."""
+        """Until ``stream`` has a leader and every other live node that holds it as a current replica; its
+        leader."""
         js = nc.jetstream()
         live = sum(n.alive for n in self.nodes)
         last: object = None
@@ -217,7 +218,7 @@ class NatsCluster:
                 cl = info.cluster
                 if cl is not None and cl.leader:
                     current = [r for r in cl.replicas or [] if r.current and not r.offline]
-                    if len(current) + 1 >= live:
+                    if len(current) + 1 >= min(live, info.config.num_replicas or 1):
                         return cl.leader
                 last = cl
             except (nats.errors.Error, TimeoutError) as exc:
