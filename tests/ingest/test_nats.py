@@ -194,6 +194,18 @@ async def _consumer_done(cluster: NatsCluster) -> bool:
 async def test_a_node_and_an_ingester_killed_mid_stream_lose_nothing(
     own_cluster: NatsCluster, database_url: str, tmp_path: Path
 ) -> None:
+    """Every wait is on a condition, with bounds far above what it takes. What made an earlier version of
+    this test fail about half the time, and what it waits for now:
+    - a node killed while the MQTT listeners were still setting up (each node creates or looks up the
+      account's streams and a consumer on its first MQTT connection) stalled the publisher: the cluster is
+      ready only once every node accepted an MQTT connection and the three $MQTT_ streams have a leader and
+      all replicas current (:meth:`NatsCluster.wait_ready`);
+    - messages published before the ingest consumer existed were dropped by the stream (interest
+      retention): the ingesters create it at start, and publishing begins once both say they pull;
+    - the victim is the stream's leader (a leader election on the data path), never the node the publisher
+      speaks MQTT to: a device on a dead node has to reconnect elsewhere, which is the device's job;
+    - the killed ingester's messages come back after ack_wait (5 s here): the test waits for every sample,
+      then for the consumer to have nothing pending or unacknowledged, instead of sleeping."""
     cluster = own_cluster
     await cluster.wait_ready()
     ingesters = [IngesterProcess(f"ingest-{i}", cluster, database_url, tmp_path) for i in (1, 2)]
