@@ -19,6 +19,7 @@ import nats.errors
 import nats.js.errors
 import paho.mqtt.client as paho
 import pytest
+from nats.js.api import RetentionPolicy
 from paho.mqtt.enums import CallbackAPIVersion
 
 from ingest.errors import PublishFailed
@@ -38,8 +39,15 @@ CONSUMER = "vitalab-ingest"
 def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
     """One cluster, ready, for the tests that kill nothing (start-up is the slow part)."""
     with nats_cluster(tmp_path_factory.mktemp("nats")) as c:
+        asyncio.run(_ingester_first(c))
         asyncio.run(c.wait_ready())
         yield c
+
+
+async def _ingester_first(cluster: NatsCluster) -> None:
+    """An ingester's source opened before any device connects: it makes the stream and its consumer."""
+    async with NatsSource(cluster.urls, startup_timeout_s=60):
+        pass
 
 
 @pytest.fixture
@@ -86,6 +94,25 @@ def test_topics_map_to_subjects_as_the_listener_maps_them() -> None:
     for bad in ("dev.1/telemetry", "a b", "a/+", "a/#"):
         with pytest.raises(ValueError, match="cannot be a NATS subject"):
             topic_to_subject(bad)
+
+
+@pytest.mark.asyncio
+async def test_the_ingester_makes_the_stream_with_3_replicas_before_any_device_connects(
+    cluster: NatsCluster,
+) -> None:
+    """The shared cluster's first client was an ingester (:func:`_ingester_first`): the listener, set up on
+    the first MQTT connection after it, found the stream and kept it."""
+    nc = await cluster.connect()
+    try:
+        js = nc.jetstream()
+        msgs, sessions = await js.stream_info(MQTT_STREAM), await js.stream_info("$MQTT_sess")
+    finally:
+        await nc.close()
+    assert msgs.config.num_replicas == 3
+    assert msgs.config.retention == RetentionPolicy.INTEREST
+    assert msgs.created is not None
+    assert sessions.created is not None
+    assert msgs.created < sessions.created  # the listener makes $MQTT_sess first when it makes them
 
 
 @pytest.mark.asyncio
@@ -194,8 +221,8 @@ async def _consumer_done(cluster: NatsCluster) -> bool:
 async def test_a_node_and_an_ingester_killed_mid_stream_lose_nothing(
     own_cluster: NatsCluster, database_url: str, tmp_path: Path
 ) -> None:
-    """Every wait is on a condition, with bounds far above what it takes. What made an earlier version of
-    this test fail about half the time, and what it waits for now:
+    """Every wait is on a condition, with bounds far above what it takes. What can make such a test fail
+    now and then, and what it waits for instead:
     - a node killed while the MQTT listeners were still setting up (each node creates or looks up the
       account's streams and a consumer on its first MQTT connection) stalled the publisher: the cluster is
       ready only once every node accepted an MQTT connection and the three $MQTT_ streams have a leader and
