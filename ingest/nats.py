@@ -157,6 +157,7 @@ class NatsSource:
         self._fetching = True
         self._closing = False
         self._acks: list[str] = []
+        self._background: set[asyncio.Task[None]] = set()
         self._ack_sender: asyncio.Task[None] | None = None
         self.given_back = 0
         """Messages handed back to the stream unread (negative ack) because the intake had stopped."""
@@ -266,6 +267,8 @@ class NatsSource:
         await self._stop_fetching()
         if self._nc is None or self._nc.is_closed:
             return
+        if self._background:
+            await asyncio.wait(self._background, timeout=5.0)
         await self._give_back(list(self._held.values()))
         self._held.clear()
         self._buf.clear()
@@ -328,7 +331,9 @@ class NatsSource:
             self._queue_acks(other)
         if late:
             self.given_back += len(late)
-            asyncio.get_running_loop().create_task(self._give_back(late))
+            task = asyncio.get_running_loop().create_task(self._give_back(late))
+            self._background.add(task)  # the loop keeps only a weak reference to a task
+            task.add_done_callback(self._background.discard)
         if self._buf:
             self._ready.set()
 
