@@ -10,8 +10,10 @@ nodes="${NATS_NODES:-nats-1 nats-2 nats-3}"
 umask 077
 mkdir -p "$dir"
 
+# letters and digits with a letter first: nats.conf takes the passwords from environment variables, whose
+# values nats-server parses as config values (one starting with a digit would be read as a number)
 secret() {
-    head -c 48 /dev/urandom | base64 | tr -d '/+=\n' | head -c 32
+    printf 'p%s' "$(head -c 48 /dev/urandom | base64 | tr -d '/+=\n' | head -c 31)"
 }
 
 [ -s "$dir/ingest.password" ] || secret > "$dir/ingest.password"

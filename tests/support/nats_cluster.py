@@ -69,8 +69,10 @@ class NatsCluster:
     binary: str
     workdir: Path
     size: int = 3
-    ingest_password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
-    device_password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    # letters and digits, a letter first: nats-server parses an environment variable's value as a config
+    # value, and one starting with a digit as a number (which fails the start)
+    ingest_password: str = field(default_factory=lambda: "p" + secrets.token_hex(16))
+    device_password: str = field(default_factory=lambda: "p" + secrets.token_hex(16))
     nodes: list[NatsNode] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -144,7 +146,8 @@ class NatsCluster:
             self.stop_all()
             if attempt + 1 < attempts:
                 self._pick_ports()
-        raise AssertionError(f"the NATS nodes did not start in {attempts} attempts (logs in {self.workdir})")
+        tail = self.log(self.nodes[0])[-2000:]
+        raise AssertionError(f"the NATS nodes did not start in {attempts} attempts; n1's log ends:\n{tail}")
 
     def _listening(self, node: NatsNode, timeout_s: float = 30.0) -> bool:
         """Until the node listens on all its ports (True) or has exited (False)."""
