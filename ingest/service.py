@@ -27,6 +27,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -39,8 +40,10 @@ from ingest.errors import PublishFailed, SiteConflict
 from ingest.health import HealthServer
 from ingest.metrics import IngestMetrics
 from ingest.mqtt import MqttSource
+from ingest.nats import NatsConsumer, NatsSource
 from ingest.source import Inbound, Source
 from ingest.writer import WriteResult, prepare, write_batch
+from vitalab.errors import ConfigError
 from vitalab.settings import MqttTarget, Settings
 from vitalab.wire import TopicKind, WireLimits, plan_acks, subscription
 
@@ -477,10 +480,25 @@ class Ingester:
         m.messages.labels("all").inc(batch.messages)
 
 
-@contextlib.asynccontextmanager
-async def open_ingester(settings: Settings, target: MqttTarget, database_url: str) -> AsyncIterator[Ingester]:
-    """Open the broker connection (and the metrics endpoint, if configured) for one ingester."""
-    async with MqttSource(
+def open_source(settings: Settings, target: MqttTarget | None) -> AbstractAsyncContextManager[Source]:
+    """The bus VITALAB_BUS chooses: the MQTT broker at ``target``, or the NATS JetStream cluster at
+    VITALAB_NATS_URLS (whose MQTT listener the devices speak to)."""
+    if settings.bus == "nats":
+        return NatsSource(
+            settings.nats_servers(),
+            consumer=NatsConsumer(
+                name=settings.nats_consumer,
+                ack_wait_s=settings.nats_ack_wait_s,
+                max_ack_pending=settings.nats_max_ack_pending,
+                replicas=settings.nats_replicas,
+            ),
+            startup_timeout_s=settings.nats_startup_timeout_s,
+            max_buffered=settings.ingest_receive_maximum,
+            client_name=settings.ingest_client_id,
+        )
+    if target is None:
+        raise ConfigError("mqtt_url", "VITALAB_MQTT_URL is not set (VITALAB_BUS=mqtt)")
+    return MqttSource(
         target,
         client_id=settings.ingest_client_id,
         filters=subscriptions(settings.ingest_share_group),
@@ -489,7 +507,16 @@ async def open_ingester(settings: Settings, target: MqttTarget, database_url: st
         max_inflight_bytes=settings.ingest_max_inflight_bytes,
         ca_file=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None,
         session_expiry_s=settings.ingest_session_expiry_s,
-    ) as source:
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_ingester(
+    settings: Settings, target: MqttTarget | None, database_url: str
+) -> AsyncIterator[Ingester]:
+    """Open the bus connection (:func:`open_source`; and the metrics endpoint, if configured) for one
+    ingester."""
+    async with open_source(settings, target) as source:
         ingester = Ingester(
             source,
             database_url,

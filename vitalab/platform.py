@@ -366,7 +366,10 @@ async def run_platform(settings: Settings, *, ready: asyncio.Event | None = None
         listening = _listen(settings)
         ingest_settings, ingest_login = await mqtt.ingester(settings)
         async with (
-            open_ingester(ingest_settings, ingest_login, db_url) as ingester,
+            # the embedded path is MQTT whatever VITALAB_BUS says
+            open_ingester(
+                ingest_settings.model_copy(update={"bus": "mqtt"}), ingest_login, db_url
+            ) as ingester,
             asyncio.TaskGroup() as tg,
         ):
             ingest_task = tg.create_task(ingester.run(), name="ingest")

@@ -110,7 +110,7 @@ async def run_ingest(settings: Settings) -> None:
     from ingest.service import open_ingester
     from vitalab.db import prepare
 
-    target = require_broker(settings)
+    target = require_broker(settings) if settings.bus == "mqtt" else None
     url = require_database(settings)
     await asyncio.to_thread(prepare, url, settings)
     loop = asyncio.get_running_loop()

@@ -216,6 +216,43 @@ class Settings(BaseSettings):
     )
     dead_letter_max_bytes: int = Field(default=16 * 1024, ge=0)
 
+    # --- the bus the ingester reads (ingest/source.py: mqtt or nats) ------------------------------------
+    bus: Literal["mqtt", "nats"] = Field(
+        default="mqtt",
+        description="mqtt: the ingester subscribes to VITALAB_MQTT_URL; nats: it pulls from a NATS JetStream "
+        "cluster (VITALAB_NATS_URLS) whose MQTT listener the devices and gateways speak to",
+    )
+    nats_urls: str = Field(
+        default="nats://127.0.0.1:4222",
+        description="comma-separated NATS servers of the cluster (nats://user:password@host:port); the "
+        "ingester fails over between them",
+    )
+    nats_consumer: str = Field(
+        default="vitalab-ingest",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="the durable pull consumer every ingester shares (each message goes to one of them)",
+    )
+    nats_ack_wait_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="a message delivered and not acknowledged this long goes to an ingester again",
+    )
+    nats_max_ack_pending: int = Field(
+        default=20000, ge=1, description="un-acked messages out to all ingesters together"
+    )
+    nats_replicas: int = Field(
+        default=3,
+        ge=1,
+        le=5,
+        description="replicas of the MQTT listener's message stream, when the ingester creates it (keep it "
+        "equal to stream_replicas in nats.conf)",
+    )
+    nats_startup_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="how long an ingester waits at start for JetStream (leaders for its stream and consumer)",
+    )
+
     # --- analytics ------------------------------------------------------------------------------------
     analytics_interval_s: float | None = Field(
         default=None,
@@ -318,6 +355,9 @@ class Settings(BaseSettings):
 
     def gateway_buffer(self) -> Path:
         return self.gateway_buffer_path or self.data_dir / "gateway" / f"{self.gateway_id}.sqlite"
+
+    def nats_servers(self) -> list[str]:
+        return [u.strip() for u in self.nats_urls.split(",") if u.strip()]
 
     def mqtt_target(self) -> MqttTarget | None:
         return MqttTarget.parse(self.mqtt_url) if self.mqtt_url else None

@@ -19,9 +19,20 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 
-VITALAB_SERVICES = {"migrate", "broker-init", "ingest-1", "ingest-2", "api", "simulator"}
+VITALAB_SERVICES = {
+    "migrate",
+    "broker-init",
+    "ingest-1",
+    "ingest-2",
+    "api",
+    "simulator",
+    "ingest-nats-1",
+    "ingest-nats-2",
+}
 GRAFANA_SERVICES = {"grafana-init", "grafana"}
-ONE_SHOT = {"migrate", "broker-init", "grafana-init"}
+NATS_NODES = {"nats-1", "nats-2", "nats-3"}
+CLUSTER_SERVICES = NATS_NODES | {"nats-init", "ingest-nats-1", "ingest-nats-2"}
+ONE_SHOT = {"migrate", "broker-init", "grafana-init", "nats-init"}
 HEALTH_CONDITIONS = {"service_healthy", "service_completed_successfully"}
 
 
@@ -52,7 +63,10 @@ def _depends_on(service: dict[str, Any]) -> dict[str, Any]:
 
 def test_compose_spec_shape(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
     assert "version" not in compose, "the Compose spec has no `version:` key"
-    assert set(services) == {"timescaledb", "mosquitto"} | VITALAB_SERVICES | GRAFANA_SERVICES
+    assert set(services) == {
+        "timescaledb",
+        "mosquitto",
+    } | VITALAB_SERVICES | GRAFANA_SERVICES | NATS_NODES | {"nats-init"}
     declared = set(compose.get("volumes") or {})
     for name, service in services.items():
         for volume in service.get("volumes", []):
@@ -308,3 +322,40 @@ def test_grafana_init(services: dict[str, dict[str, Any]]) -> None:
     assert ds["secureJsonData"]["password"] == "$__file{/run/vitalab/grafana/db.password}"
     assert ds["url"] == "timescaledb:5432"
     assert ds["jsonData"]["database"] == _env(services["timescaledb"])["POSTGRES_DB"]
+
+
+def test_cluster_profile(services: dict[str, dict[str, Any]]) -> None:
+    """Profile `cluster`: three NATS nodes routed to each other, each with JetStream on its own volume and an
+    MQTT listener, and two ingesters on the NATS bus sharing one durable consumer; nothing else in it."""
+    assert {
+        name for name, svc in services.items() if "cluster" in svc.get("profiles", [])
+    } == CLUSTER_SERVICES
+    volumes = set()
+    for node in NATS_NODES:
+        svc = services[node]
+        cmd = svc["command"]
+        assert cmd[cmd.index("--name") + 1] == node
+        routes = cmd[cmd.index("--routes") + 1].split(",")
+        assert {urlsplit(r).hostname for r in routes} == NATS_NODES - {node}
+        assert "-js" in cmd
+        data = cmd[cmd.index("-sd") + 1]
+        volumes |= {v.split(":")[0] for v in svc["volumes"] if v.split(":")[1] == data}
+        assert svc["environment"]["NATS_MQTT_PORT"] == "1883"
+        assert "http://127.0.0.1:8222/healthz" in svc["healthcheck"]["test"]
+        assert _depends_on(svc) == {"nats-init": {"condition": "service_completed_successfully"}}
+        assert svc["build"] == "deploy/nats"
+    assert len(volumes) == 3, "each node keeps its JetStream store on a volume of its own"
+    conf = (REPO / "deploy" / "nats" / "nats.conf").read_text()
+    assert "stream_replicas: 3" in conf
+    ids = set()
+    for name in ("ingest-nats-1", "ingest-nats-2"):
+        svc = services[name]
+        env = _env(svc)
+        assert env["VITALAB_BUS"] == "nats"
+        assert env["VITALAB_NATS_URLS_FILE"] == "/run/vitalab/nats/ingest.urls"
+        assert "VITALAB_NATS_CONSUMER" not in env  # both on the default consumer: one durable, shared
+        ids.add(env["VITALAB_INGEST_CLIENT_ID"])
+        assert svc["command"] == ["ingest"]
+        deps = _depends_on(svc)
+        assert {d for d, spec in deps.items() if spec["condition"] == "service_healthy"} >= NATS_NODES
+    assert len(ids) == 2

@@ -53,7 +53,7 @@ async def count(url: str, table: str, where: str = "TRUE") -> int:
 
 @contextlib.asynccontextmanager
 async def ingester_task(
-    settings: Settings, target: MqttTarget, database_url: str
+    settings: Settings, target: MqttTarget | None, database_url: str
 ) -> AsyncIterator[tuple[Ingester, asyncio.Task[None]]]:
     """An ingester running in the background for the duration of the block, subscribed when the block
     starts; the block can look at its task (still running?). Leaving it stops the ingester as SIGTERM does
@@ -105,7 +105,7 @@ class RunningApi:
 
 @contextlib.asynccontextmanager
 async def running_ingester(
-    settings: Settings, target: MqttTarget, database_url: str
+    settings: Settings, target: MqttTarget | None, database_url: str
 ) -> AsyncIterator[Ingester]:
     """An ingester running in the background for the duration of the block (see :func:`ingester_task`)."""
     async with ingester_task(settings, target, database_url) as (ingester, _):
