@@ -81,7 +81,8 @@ def _ingester(
         mosquitto.url,
         name,
         tmp_path / f"{name}.log",
-        {"INGEST_SESSION_EXPIRY_S": str(SESSION_EXPIRY_S), **settings},
+        # a stop keeps the session (a restart, not a scale-down: no drain), so the broker queues for it
+        {"INGEST_SESSION_EXPIRY_S": str(SESSION_EXPIRY_S), "INGEST_DRAIN_TIMEOUT_S": "0", **settings},
     )
 
 

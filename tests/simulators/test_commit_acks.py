@@ -31,7 +31,10 @@ def _until(check: Callable[[], object], what: str, timeout_s: float = 60.0) -> N
 @pytest.fixture
 def ingester(mosquitto: Mosquitto, database_url: str, tmp_path: Path) -> Iterator[IngestProcess]:
     migrate(database_url)
-    process = IngestProcess(database_url, mosquitto.url, "ingest-dev", tmp_path / "ingest.log")
+    # a stop keeps the session (a restart, not a scale-down: no drain), so the broker queues for it
+    process = IngestProcess(
+        database_url, mosquitto.url, "ingest-dev", tmp_path / "ingest.log", {"INGEST_DRAIN_TIMEOUT_S": "0"}
+    )
     yield process
     process.kill()
 
