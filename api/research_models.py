@@ -181,9 +181,10 @@ class ExportFile(BaseModel):
     url: str
 
 
-class ExportOut(BaseModel):
+class ExportJobOut(BaseModel):
+    """What the status of an export job (a study's or a site's) holds."""
+
     export_id: UUID
-    study_id: str
     status: Literal["queued", "running", "succeeded", "failed"]
     requested_by: str
     requested_at: datetime
@@ -197,8 +198,12 @@ class ExportOut(BaseModel):
     progress: float | None
     """rows_done / rows_total (0..1) while running; 1 once succeeded."""
     error: str | None
-    consent_snapshot: datetime | None
     files: list[ExportFile]
+
+
+class ExportOut(ExportJobOut):
+    study_id: str
+    consent_snapshot: datetime | None
 
 
 class ErasedExport(BaseModel):

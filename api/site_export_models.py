@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
-from uuid import UUID
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from api.exports.site import SiteDataset, SiteFormat
 from api.params import QueryDay
-from api.research_models import ExportFile
+from api.research_models import ExportJobOut
 from api.services.sites import Breakdown
 
 
@@ -42,22 +41,7 @@ class SiteExportIn(BaseModel):
     )
 
 
-class SiteExportOut(BaseModel):
-    export_id: UUID
+class SiteExportOut(ExportJobOut):
     site_id: str
-    status: Literal["queued", "running", "succeeded", "failed"]
-    requested_by: str
-    requested_at: datetime
-    parameters: dict[str, Any]
-    attempts: int
-    started_at: datetime | None
-    finished_at: datetime | None
-    progress_step: str | None
-    rows_done: int
-    rows_total: int | None
-    progress: float | None
-    """rows_done / rows_total (0..1) while running; 1 once succeeded."""
-    error: str | None
     data_as_of: datetime | None
     """When the data was read (the attempt that succeeded)."""
-    files: list[ExportFile]
