@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 app = typer.Typer(no_args_is_help=True, help="Research exports (consented, pseudonymised study data).")
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
+OutDir = Annotated[Path | None, typer.Option(help="write into this directory (new or empty)")]
+RequestedBy = Annotated[str | None, typer.Option("--as", help="who asks (recorded in the manifest)")]
 
 
 def _clock() -> datetime:
@@ -85,10 +87,8 @@ def run(
     until: Annotated[datetime | None, typer.Option(help="up to this time (exclusive)")] = None,
     pseudonym: Annotated[list[str] | None, typer.Option(help="only these pseudonyms (repeat)")] = None,
     gzip: Annotated[bool, typer.Option(help="gzip the csv / ndjson files")] = False,
-    out: Annotated[Path | None, typer.Option(help="write into this directory (new or empty)")] = None,
-    requested_by: Annotated[
-        str | None, typer.Option("--as", help="who asks (recorded in the manifest)")
-    ] = None,
+    out: OutDir = None,
+    requested_by: RequestedBy = None,
     log_level: LogLevel = "warning",
 ) -> None:
     """Export a study's consented data now, with a progress bar; print the manifest's file list."""
@@ -130,10 +130,8 @@ def site_export(
     k: Annotated[
         int | None, typer.Option(help="vitality suppression threshold (never below the configured one)")
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="write into this directory (new or empty)")] = None,
-    requested_by: Annotated[
-        str | None, typer.Option("--as", help="who asks (recorded in the manifest)")
-    ] = None,
+    out: OutDir = None,
+    requested_by: RequestedBy = None,
     log_level: LogLevel = "warning",
 ) -> None:
     """Export a site's aggregates (utilisation, occupancy, suppressed vitality) now, with a progress bar;
