@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from api.exports.site import SiteDataset, SiteFormat
 from api.params import QueryDay
-from api.research_models import ExportJobOut
+from api.research_models import ExportJobOut, unique
 from api.services.sites import Breakdown
-
-
-def _unique(values: list[Any]) -> list[Any]:
-    if len(set(values)) != len(values):
-        raise ValueError("values must not repeat")
-    return values
 
 
 class SiteExportIn(BaseModel):
@@ -24,7 +18,7 @@ class SiteExportIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    datasets: Annotated[list[SiteDataset], AfterValidator(_unique)] = Field(
+    datasets: Annotated[list[SiteDataset], AfterValidator(unique)] = Field(
         min_length=1, description="utilisation, occupancy, vitality"
     )
     format: SiteFormat
