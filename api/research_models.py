@@ -21,7 +21,8 @@ Text = Annotated[str, Field(min_length=1, max_length=200, pattern=_NO_NUL)]
 Pseudonym = Annotated[str, Field(pattern=PSEUDONYM_PATTERN, description="a pseudonym in this study")]
 
 
-def _unique(values: list[Any]) -> list[Any]:
+def unique(values: list[Any]) -> list[Any]:
+    """Validator: a list without repeats (422 otherwise)."""
     if len(set(values)) != len(values):
         raise ValueError("values must not repeat")
     return values
@@ -41,8 +42,8 @@ class StudyIn(_In):
     ethics_ref: Text | None = Field(default=None, description="the ethics committee's approval reference")
     starts_on: QueryDay
     ends_on: QueryDay | None = None
-    sites: Annotated[list[SiteRef], AfterValidator(_unique)] = Field(min_length=1, max_length=100)
-    scopes: Annotated[list[Scope], AfterValidator(_unique)] = Field(
+    sites: Annotated[list[SiteRef], AfterValidator(unique)] = Field(min_length=1, max_length=100)
+    scopes: Annotated[list[Scope], AfterValidator(unique)] = Field(
         min_length=1,
         description="data the study asks participants for: derived_metrics (sessions, daily), raw_samples, "
         "rr_intervals, pooled_analyses, full_profile (birth year, weight, HR limits instead of an age band)",
@@ -66,10 +67,10 @@ class StudyPatch(_In):
     ethics_ref: Text | None = None
     starts_on: QueryDay | None = None
     ends_on: QueryDay | None = None
-    sites: Annotated[list[SiteRef], AfterValidator(_unique)] | None = Field(
+    sites: Annotated[list[SiteRef], AfterValidator(unique)] | None = Field(
         default=None, min_length=1, max_length=100
     )
-    scopes: Annotated[list[Scope], AfterValidator(_unique)] | None = Field(default=None, min_length=1)
+    scopes: Annotated[list[Scope], AfterValidator(unique)] | None = Field(default=None, min_length=1)
     status: StudyStatus | None = None
 
 
@@ -93,7 +94,7 @@ class EnrolmentIn(_In):
 
     participant_id: UUID
     consent_version: Text = Field(description="version of the consent text the participant agreed to")
-    scopes: Annotated[list[Scope], AfterValidator(_unique)] = Field(min_length=1)
+    scopes: Annotated[list[Scope], AfterValidator(unique)] = Field(min_length=1)
     given_at: AwareDatetime | None = Field(default=None, description="default: now")
 
 
@@ -103,7 +104,7 @@ class ConsentIn(_In):
 
     action: Literal["give", "withdraw"]
     consent_version: Text | None = Field(default=None, description="required to give consent")
-    scopes: Annotated[list[Scope], AfterValidator(_unique)] | None = Field(
+    scopes: Annotated[list[Scope], AfterValidator(unique)] | None = Field(
         default=None, min_length=1, description="required to give consent"
     )
     at: AwareDatetime | None = None
@@ -157,7 +158,7 @@ class ConsentRecordOut(BaseModel):
 class ExportIn(_In):
     """An export of the study's consented data."""
 
-    datasets: Annotated[list[DatasetName], AfterValidator(_unique)] = Field(
+    datasets: Annotated[list[DatasetName], AfterValidator(unique)] = Field(
         min_length=1,
         description="sessions, samples, rr, daily, participants (fhir-r4: sessions, samples, daily; "
         "omh: sessions, samples, rr)",
@@ -165,7 +166,7 @@ class ExportIn(_In):
     format: Format
     since: QueryTime | None = Field(default=None, description="from this time (inclusive)")
     until: QueryTime | None = Field(default=None, description="up to this time (exclusive)")
-    pseudonyms: Annotated[list[Pseudonym], AfterValidator(_unique)] | None = Field(
+    pseudonyms: Annotated[list[Pseudonym], AfterValidator(unique)] | None = Field(
         default=None, min_length=1, max_length=100_000, description="only these participants"
     )
     gzip: bool = Field(default=False, description="gzip the csv / ndjson files")
@@ -181,9 +182,10 @@ class ExportFile(BaseModel):
     url: str
 
 
-class ExportOut(BaseModel):
+class ExportJobOut(BaseModel):
+    """What the status of an export job (a study's or a site's) holds."""
+
     export_id: UUID
-    study_id: str
     status: Literal["queued", "running", "succeeded", "failed"]
     requested_by: str
     requested_at: datetime
@@ -197,8 +199,12 @@ class ExportOut(BaseModel):
     progress: float | None
     """rows_done / rows_total (0..1) while running; 1 once succeeded."""
     error: str | None
-    consent_snapshot: datetime | None
     files: list[ExportFile]
+
+
+class ExportOut(ExportJobOut):
+    study_id: str
+    consent_snapshot: datetime | None
 
 
 class ErasedExport(BaseModel):

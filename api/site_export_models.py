@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
-from uuid import UUID
+from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from api.exports.site import SiteDataset, SiteFormat
 from api.params import QueryDay
-from api.research_models import ExportFile
+from api.research_models import ExportJobOut, unique
 from api.services.sites import Breakdown
-
-
-def _unique(values: list[Any]) -> list[Any]:
-    if len(set(values)) != len(values):
-        raise ValueError("values must not repeat")
-    return values
 
 
 class SiteExportIn(BaseModel):
@@ -25,7 +18,7 @@ class SiteExportIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    datasets: Annotated[list[SiteDataset], AfterValidator(_unique)] = Field(
+    datasets: Annotated[list[SiteDataset], AfterValidator(unique)] = Field(
         min_length=1, description="utilisation, occupancy, vitality"
     )
     format: SiteFormat
@@ -42,22 +35,7 @@ class SiteExportIn(BaseModel):
     )
 
 
-class SiteExportOut(BaseModel):
-    export_id: UUID
+class SiteExportOut(ExportJobOut):
     site_id: str
-    status: Literal["queued", "running", "succeeded", "failed"]
-    requested_by: str
-    requested_at: datetime
-    parameters: dict[str, Any]
-    attempts: int
-    started_at: datetime | None
-    finished_at: datetime | None
-    progress_step: str | None
-    rows_done: int
-    rows_total: int | None
-    progress: float | None
-    """rows_done / rows_total (0..1) while running; 1 once succeeded."""
-    error: str | None
     data_as_of: datetime | None
     """When the data was read (the attempt that succeeded)."""
-    files: list[ExportFile]

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import psycopg
 import typer
@@ -27,8 +27,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from vitalab import logs
 from vitalab.settings import Settings, load_settings
 
+if TYPE_CHECKING:
+    from api.exports.engine import ExportParams
+    from api.exports.site import SiteExportParams
+
 app = typer.Typer(no_args_is_help=True, help="Research exports (consented, pseudonymised study data).")
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
+OutDir = Annotated[Path | None, typer.Option(help="write into this directory (new or empty)")]
+RequestedBy = Annotated[str | None, typer.Option("--as", help="who asks (recorded in the manifest)")]
 
 
 def _clock() -> datetime:
@@ -81,14 +87,11 @@ def run(
     until: Annotated[datetime | None, typer.Option(help="up to this time (exclusive)")] = None,
     pseudonym: Annotated[list[str] | None, typer.Option(help="only these pseudonyms (repeat)")] = None,
     gzip: Annotated[bool, typer.Option(help="gzip the csv / ndjson files")] = False,
-    out: Annotated[Path | None, typer.Option(help="write into this directory (new or empty)")] = None,
-    requested_by: Annotated[
-        str | None, typer.Option("--as", help="who asks (recorded in the manifest)")
-    ] = None,
+    out: OutDir = None,
+    requested_by: RequestedBy = None,
     log_level: LogLevel = "warning",
 ) -> None:
     """Export a study's consented data now, with a progress bar; print the manifest's file list."""
-    from api.exports import jobs
     from api.exports.engine import ExportError, ExportParams
 
     settings, url = _setup(log_level)
@@ -108,25 +111,7 @@ def run(
     except (ExportError, KeyError) as exc:
         typer.echo(f"bad export request: {exc}", err=True)
         raise typer.Exit(2) from None
-    if out is not None and out.exists() and any(out.iterdir()):
-        typer.echo(f"{out} is not empty", err=True)
-        raise typer.Exit(2)
-    export_id = uuid.uuid4()
-    with psycopg.connect(url, autocommit=True) as conn:
-        try:
-            jobs.create(
-                conn,
-                export_id=export_id,
-                study_id=study,
-                requested_by=requested_by or f"cli:{getpass.getuser()}",
-                requested_at=_clock(),
-                params=params,
-                max_attempts=1,
-            )
-        except psycopg.errors.ForeignKeyViolation:
-            typer.echo(f"no study {study!r}", err=True)
-            raise typer.Exit(2) from None
-    _run_now(url, settings, export_id, out)
+    _queue_and_run(url, settings, study, params, requested_by, out)
 
 
 @app.command("site")
@@ -145,15 +130,12 @@ def site_export(
     k: Annotated[
         int | None, typer.Option(help="vitality suppression threshold (never below the configured one)")
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="write into this directory (new or empty)")] = None,
-    requested_by: Annotated[
-        str | None, typer.Option("--as", help="who asks (recorded in the manifest)")
-    ] = None,
+    out: OutDir = None,
+    requested_by: RequestedBy = None,
     log_level: LogLevel = "warning",
 ) -> None:
     """Export a site's aggregates (utilisation, occupancy, suppressed vitality) now, with a progress bar;
     print the manifest's file list."""
-    from api.exports import jobs
     from api.exports.engine import ExportError
     from api.exports.site import SiteExportParams
 
@@ -172,31 +154,41 @@ def site_export(
     except ExportError as exc:
         typer.echo(f"bad export request: {exc}", err=True)
         raise typer.Exit(2) from None
+    _queue_and_run(url, settings, site, params, requested_by, out)
+
+
+def _queue_and_run(
+    url: str,
+    settings: Settings,
+    subject_id: str,
+    params: ExportParams | SiteExportParams,
+    requested_by: str | None,
+    out: Path | None,
+) -> None:
+    """Queue a job of the study (or, for site export parameters, the site) ``subject_id`` and run it in this
+    process with a progress bar, into ``out`` (new or empty) or the export directory; print its files."""
+    from api.exports import jobs
+    from api.exports.site import SiteExportParams
+
     if out is not None and out.exists() and any(out.iterdir()):
         typer.echo(f"{out} is not empty", err=True)
         raise typer.Exit(2)
     export_id = uuid.uuid4()
     with psycopg.connect(url, autocommit=True) as conn:
         try:
-            jobs.create_site(
+            jobs.create(
                 conn,
                 export_id=export_id,
-                site_id=site,
+                subject_id=subject_id,
                 requested_by=requested_by or f"cli:{getpass.getuser()}",
                 requested_at=_clock(),
                 params=params,
                 max_attempts=1,
             )
         except psycopg.errors.ForeignKeyViolation:
-            typer.echo(f"no site {site!r}", err=True)
+            what = "site" if isinstance(params, SiteExportParams) else "study"
+            typer.echo(f"no {what} {subject_id!r}", err=True)
             raise typer.Exit(2) from None
-    _run_now(url, settings, export_id, out)
-
-
-def _run_now(url: str, settings: Settings, export_id: uuid.UUID, out: Path | None) -> None:
-    """Run the queued job ``export_id`` in this process with a progress bar; print its files."""
-    from api.exports import jobs
-
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
     ) as bar:

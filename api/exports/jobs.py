@@ -40,6 +40,7 @@ from typing import Any, Final
 from uuid import UUID
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
@@ -100,35 +101,21 @@ def create(
     conn: psycopg.Connection,
     *,
     export_id: UUID,
-    study_id: str,
+    subject_id: str,
     requested_by: str,
     requested_at: datetime,
-    params: ExportParams,
+    params: ExportParams | site.SiteExportParams,
     max_attempts: int = MAX_ATTEMPTS,
 ) -> None:
-    """Queue a job (the CLI's way; the API queues through api.queries.exports)."""
+    """Queue a job (the CLI's way; the API queues through api.queries.exports): of the site ``subject_id``
+    for site export parameters, else of the study ``subject_id``."""
+    kind, column = ("site", "site_id") if isinstance(params, site.SiteExportParams) else ("study", "study_id")
     conn.execute(
-        "INSERT INTO export_jobs (export_id, study_id, requested_by, requested_at, params, max_attempts) "
-        "VALUES (%s, %s, %s, %s, %s, %s)",
-        (export_id, study_id, requested_by, requested_at, Jsonb(params.as_json()), max_attempts),
-    )
-
-
-def create_site(
-    conn: psycopg.Connection,
-    *,
-    export_id: UUID,
-    site_id: str,
-    requested_by: str,
-    requested_at: datetime,
-    params: site.SiteExportParams,
-    max_attempts: int = MAX_ATTEMPTS,
-) -> None:
-    """Queue a site export job (the CLI's way; the API queues through api.queries.site_exports)."""
-    conn.execute(
-        "INSERT INTO export_jobs (export_id, kind, site_id, requested_by, requested_at, params, "
-        "max_attempts) VALUES (%s, 'site', %s, %s, %s, %s, %s)",
-        (export_id, site_id, requested_by, requested_at, Jsonb(params.as_json()), max_attempts),
+        sql.SQL(
+            "INSERT INTO export_jobs (export_id, kind, {}, requested_by, requested_at, params, max_attempts) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s)"
+        ).format(sql.Identifier(column)),
+        (export_id, kind, subject_id, requested_by, requested_at, Jsonb(params.as_json()), max_attempts),
     )
 
 

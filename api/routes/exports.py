@@ -16,7 +16,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, FastAPI, Path, Request, Response, status
@@ -31,7 +31,9 @@ from api.queries import exports as q
 from api.research_models import ExportIn, ExportOut
 from api.routes.studies import StudyId, in_scope, who
 from api.security import CallerDep
+from api.services import export_jobs as files
 from api.services import exports as rules
+from vitalab.settings import Settings
 
 logger = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 10.0
@@ -44,6 +46,12 @@ FILE_MEDIA_TYPES = (
     "application/fhir+ndjson",
     "application/x-ndjson",
 )
+DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the file", "content": {m: {} for m in FILE_MEDIA_TYPES}},
+    206: {"description": "the requested byte range(s) of the file"},
+    416: {"description": "range not satisfiable"},
+    **responses(409, 410),
+}
 
 
 @asynccontextmanager
@@ -123,12 +131,7 @@ async def get_export(conn: ConnDep, caller: CallerDep, study_id: StudyId, export
 @router.get(
     "/{study_id}/exports/{export_id}/files/{name}",
     response_class=FileResponse,
-    responses={
-        200: {"description": "the file", "content": {m: {} for m in FILE_MEDIA_TYPES}},
-        206: {"description": "the requested byte range(s) of the file"},
-        416: {"description": "range not satisfiable"},
-        **responses(409, 410),
-    },
+    responses=DOWNLOAD_RESPONSES,
 )
 async def download(
     conn: ConnDep,
@@ -141,6 +144,10 @@ async def download(
     """A file of a succeeded export (``manifest.json`` or one it lists). ``Range`` requests are answered
     with 206 (RFC 9110); 409 while the export is queued or running, 410 when it failed."""
     in_scope(caller, study_id)
-    job = await rules.get(conn, study_id, export_id)
-    path, media_type = rules.file_of(settings.exports_root(), job, name)
+    return send_file(settings, await rules.get(conn, study_id, export_id), name)
+
+
+def send_file(settings: Settings, job: q.Job, name: str) -> FileResponse:
+    """File ``name`` of a job (a study's or a site's); Starlette's ``FileResponse`` answers ``Range``."""
+    path, media_type = files.file_of(settings.exports_root(), job, name)
     return FileResponse(path, media_type=media_type, filename=name)

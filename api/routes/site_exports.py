@@ -18,11 +18,10 @@ from api.deps import ConnDep, NowDep, SettingsDep
 from api.errors import not_found, responses
 from api.pagination import CursorParam, PageLimit
 from api.params import SiteId
-from api.queries import site_exports as q
-from api.routes.exports import FILE_MEDIA_TYPES, ExportId, FileName
+from api.queries import exports as q
+from api.routes.exports import DOWNLOAD_RESPONSES, ExportId, FileName, send_file
 from api.routes.studies import who
 from api.security import Caller, CallerDep
-from api.services import exports as files
 from api.services import site_exports as rules
 from api.site_export_models import SiteExportIn, SiteExportOut
 
@@ -83,12 +82,7 @@ async def get_export(conn: ConnDep, caller: CallerDep, site_id: SiteId, export_i
 @router.get(
     "/{site_id}/exports/{export_id}/files/{name}",
     response_class=FileResponse,
-    responses={
-        200: {"description": "the file", "content": {m: {} for m in FILE_MEDIA_TYPES}},
-        206: {"description": "the requested byte range(s) of the file"},
-        416: {"description": "range not satisfiable"},
-        **responses(409, 410),
-    },
+    responses=DOWNLOAD_RESPONSES,
 )
 async def download(
     conn: ConnDep,
@@ -101,6 +95,4 @@ async def download(
     """A file of a succeeded site export (``manifest.json`` or one it lists). ``Range`` requests are
     answered with 206 (RFC 9110); 409 while the export is queued or running, 410 when it failed."""
     in_scope(caller, site_id)
-    job = await rules.get(conn, site_id, export_id)
-    path, media_type = files.file_of(settings.exports_root(), job, name)
-    return FileResponse(path, media_type=media_type, filename=name)
+    return send_file(settings, await rules.get(conn, site_id, export_id), name)

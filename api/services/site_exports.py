@@ -1,6 +1,6 @@
 """Site export requests through the API (gym operators): checked here, queued in ``export_jobs`` as jobs of
-kind ``site``, run by the worker of the study exports (:mod:`api.exports.jobs`), downloaded from the directory
-of the succeeded job (:func:`api.services.exports.file_of`: 409 while queued or running, 410 once failed).
+kind ``site``, run by the worker of the study exports (:mod:`api.exports.jobs`), read and downloaded as
+:mod:`api.services.export_jobs` says (as the study exports: 409 while queued or running, 410 once failed).
 
 * the site must exist (404, as one out of the caller's scope); the range must run forwards, ``slot_min`` must
   divide an hour, gzip applies to csv (422);
@@ -21,9 +21,9 @@ from api.errors import invalid, not_found
 from api.exports.engine import ExportError
 from api.exports.site import SiteExportParams
 from api.pagination import Cursor, Page
-from api.queries import site_exports as q
+from api.queries import exports as q
 from api.queries import sites as sites_q
-from api.research_models import ExportFile
+from api.services import export_jobs as jobs
 from api.site_export_models import SiteExportIn, SiteExportOut
 
 
@@ -64,8 +64,9 @@ async def request(
         await require_site(conn, site_id)
         job = await q.insert_job(
             conn,
+            q.SITE,
             export_id=uuid.uuid4(),
-            site_id=site_id,
+            subject_id=site_id,
             requested_by=requested_by,
             requested_at=now,
             params=params.as_json(),
@@ -75,54 +76,18 @@ async def request(
 
 
 def out(job: q.SiteJobRow) -> SiteExportOut:
-    files: list[ExportFile] = []
-    base = f"/v1/sites/{job.site_id}/exports/{job.export_id}/files/"
-    if job.status == "succeeded" and job.manifest is not None:
-        files = [
-            ExportFile(
-                name=f["name"],
-                dataset=f["dataset"],
-                media_type=f["media_type"],
-                rows=f["rows"],
-                bytes=f["bytes"],
-                sha256=f["sha256"],
-                url=base + f["name"],
-            )
-            for f in job.manifest["files"]
-        ]
-    progress: float | None = None
-    if job.status == "succeeded":
-        progress = 1.0
-    elif job.rows_total:
-        progress = min(job.rows_done / job.rows_total, 1.0)
     return SiteExportOut(
-        export_id=job.export_id,
+        **jobs.status_fields(job, f"/v1/sites/{job.site_id}/exports"),
         site_id=job.site_id,
-        status=job.status,
-        requested_by=job.requested_by,
-        requested_at=job.requested_at,
-        parameters=job.params,
-        attempts=job.attempts,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        progress_step=job.progress_step,
-        rows_done=job.rows_done,
-        rows_total=job.rows_total,
-        progress=progress,
-        error=job.error,
         data_as_of=job.data_as_of,
-        files=files,
     )
 
 
 async def get(conn: AsyncConnection, site_id: str, export_id: uuid.UUID) -> q.SiteJobRow:
     await require_site(conn, site_id)
-    job = await q.get_job(conn, site_id, export_id)
-    if job is None:
-        raise not_found("export", str(export_id), field="path.export_id")
-    return job
+    return await jobs.get(conn, q.SITE, site_id, export_id)
 
 
 async def listing(conn: AsyncConnection, site_id: str, cursor: Cursor, limit: int) -> Page[q.SiteJobRow]:
     await require_site(conn, site_id)
-    return await q.list_jobs(conn, site_id, cursor, limit)
+    return await q.list_jobs(conn, q.SITE, site_id, cursor, limit)

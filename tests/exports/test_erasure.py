@@ -238,7 +238,7 @@ def test_an_export_running_while_its_participant_is_erased_is_not_published(
         jobs.create(
             conn,
             export_id=export_id,
-            study_id="s-a",
+            subject_id="s-a",
             requested_by="tester",
             requested_at=T0,
             params=ExportParams.canonical(["sessions"], "csv"),

@@ -12,7 +12,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -20,6 +20,7 @@ import pytest
 
 from api.exports import engine, jobs
 from api.exports.engine import ExportParams
+from api.exports.site import SiteExportParams
 from tests.api.support import app_at, serve
 from tests.exports.world import SNAPSHOT, T0
 from tests.support.helpers import wait_until
@@ -50,16 +51,24 @@ Worker(sys.argv[1], Path(sys.argv[2]), clock=lambda: now, lease_s=60.0, on_progr
 """
 
 
-def queue(url: str, max_attempts: int = 3) -> uuid.UUID:
+def queue(
+    url: str,
+    max_attempts: int = 3,
+    *,
+    subject_id: str = "s-a",
+    params: ExportParams | SiteExportParams | None = None,
+    at: datetime = T0,
+) -> uuid.UUID:
+    """Queue a job (by default of study s-a: its samples and sessions as csv)."""
     export_id = uuid.uuid4()
     with psycopg.connect(url, autocommit=True) as conn:
         jobs.create(
             conn,
             export_id=export_id,
-            study_id="s-a",
+            subject_id=subject_id,
             requested_by="tester",
-            requested_at=T0,
-            params=ExportParams.canonical(["samples", "sessions"], "csv"),
+            requested_at=at,
+            params=params or ExportParams.canonical(["samples", "sessions"], "csv"),
             max_attempts=max_attempts,
         )
     return export_id

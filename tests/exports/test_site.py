@@ -24,7 +24,9 @@ from api.exports import engine, jobs, site
 from api.exports.site import SiteExportParams, SiteExportSpec
 from tests.api.support import app_at, serve
 from tests.exports import site_world as w
+from tests.exports.test_jobs import job as state
 from tests.exports.test_jobs import kill_mid_way
+from tests.exports.test_jobs import queue as queue_job
 
 LEASE_S = 60.0
 OSLO = ZoneInfo("Europe/Oslo")
@@ -198,27 +200,8 @@ def test_manifest_and_byte_identical_rerun(world: str, tmp_path: Path) -> None:
 
 
 def queue(url: str, max_attempts: int = 3) -> uuid.UUID:
-    export_id = uuid.uuid4()
-    with psycopg.connect(url, autocommit=True) as conn:
-        jobs.create_site(
-            conn,
-            export_id=export_id,
-            site_id=w.SITE,
-            requested_by="tester",
-            requested_at=w.NOW,
-            params=SiteExportParams.canonical(["utilisation", "vitality"], "csv", w.SINCE, w.UNTIL),
-            max_attempts=max_attempts,
-        )
-    return export_id
-
-
-def state(url: str, export_id: uuid.UUID) -> tuple[str, int, str | None, str | None]:
-    with psycopg.connect(url) as conn:
-        row = conn.execute(
-            "SELECT status, attempts, error, directory FROM export_jobs WHERE export_id = %s", (export_id,)
-        ).fetchone()
-    assert row is not None
-    return row[0], row[1], row[2], row[3]
+    params = SiteExportParams.canonical(["utilisation", "vitality"], "csv", w.SINCE, w.UNTIL)
+    return queue_job(url, max_attempts, subject_id=w.SITE, params=params, at=w.NOW)
 
 
 def test_a_killed_worker_is_taken_over_or_the_job_fails(world: str, tmp_path: Path) -> None:
