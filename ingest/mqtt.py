@@ -481,7 +481,9 @@ class MqttSource:
         """Publish QoS 1 messages and wait for their PUBACKs (``publish_timeout_s`` in all); raises
         :class:`PublishFailed` if paho refuses one or a PUBACK does not come in time (paho still holds it
         and sends it again after a reconnect). Several calls may wait at once: a PUBACK can queue behind
-        the messages the broker is sending us on the same connection."""
+        the messages the broker is sending us on the same connection, and while the byte bound holds paho's
+        network thread it is not read until acks of those messages free bytes: never make acking (the commit
+        path) wait for a publish."""
         if not self.connected:
             raise PublishFailed("not connected to the broker")
         loop = asyncio.get_running_loop()
@@ -502,7 +504,7 @@ class MqttSource:
             async with asyncio.timeout(self._publish_timeout):
                 await asyncio.gather(*waiting)
         except TimeoutError:
-            unconfirmed = sum(not f.done() for f in waiting)
+            unconfirmed = sum(f.cancelled() or not f.done() for f in waiting)  # the timeout cancels them
             raise PublishFailed(
                 f"{unconfirmed} of {len(messages)} not confirmed within {self._publish_timeout} s"
             ) from None

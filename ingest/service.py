@@ -49,8 +49,6 @@ from vitalab.wire import TopicKind, WireLimits, plan_acks, subscription
 
 logger = logging.getLogger(__name__)
 
-MAX_ACKS_IN_FLIGHT = 16
-"""Batches whose commit acks may be awaiting their PUBACKs at once; one more waits for the oldest."""
 KNOWN_DEVICES_REFRESH_S = 30.0
 """How often the ingester rereads the devices (their sites; under the quarantine policy, which it takes)."""
 _REGISTRY = "SELECT device_id, site_id, NOT quarantined AND retired_at IS NULL FROM devices"
@@ -149,7 +147,7 @@ class Ingester:
         self.committed_batches = 0
         self._on_commit = on_commit
         self._acking: list[asyncio.Task[None]] = []
-        """Commit acks being published (the next batches do not wait for them; see MAX_ACKS_IN_FLIGHT)."""
+        """Commit acks being published (the next batches do not wait for them; see :meth:`_acknowledge`)."""
         self._clock = clock
         self.db_ok = True
         """False while the last attempt to write failed."""
@@ -430,22 +428,23 @@ class Ingester:
         if self._on_commit is not None:
             self._on_commit(batch, result)
         if self._config.commit_acks:
-            await self._acknowledge(batch)
+            self._acknowledge(batch)
         return result
 
-    async def _acknowledge(self, batch: Batch) -> None:
+    def _acknowledge(self, batch: Batch) -> None:
         """Tell the senders of ``batch``'s telemetry that it is committed (stored or dead-lettered). The acks
-        are published while the next batches are collected and written: their PUBACKs queue behind the
-        telemetry the broker is sending us, and waiting for them would stall ingestion. At most
-        :data:`MAX_ACKS_IN_FLIGHT` batches' acks are awaited at once. A failure loses nothing: the rows are
-        committed, and a sender resends what it sees no ack for (a duplicate)."""
+        are published while the next batches are collected and written, and the commit path never waits for
+        their PUBACKs: these come on the connection that brings the telemetry, behind what the broker has
+        sent already, and at the byte bound (:class:`~ingest.mqtt.MqttSource`) paho's network thread reads
+        nothing until a commit frees bytes; waiting for them there would stall ingestion until the publish
+        timeout. So one publish per batch may be in flight, each ending within the source's publish timeout
+        (confirmed or failed): at most as many as batches committed in that time. A failure loses nothing:
+        the rows are committed, and a sender resends what it sees no ack for (a duplicate)."""
         acks = plan_acks((msg.topic, msg.payload) for msg in batch.acks)
         for t in self._acking:
             if t.done():
                 t.result()  # only a bug raises here (a failure to publish is counted and logged)
         self._acking = [t for t in self._acking if not t.done()]
-        while len(self._acking) >= MAX_ACKS_IN_FLIGHT:
-            await self._acking.pop(0)
         if acks:
             self._acking.append(asyncio.create_task(self._publish_acks(acks)))
 

@@ -218,3 +218,53 @@ async def test_a_drain_that_cannot_commit_keeps_the_session_and_its_messages(
 
 async def _is(value: bool) -> bool:
     return value
+
+
+@pytest.mark.asyncio
+async def test_a_drained_stop_acknowledges_every_commit_to_the_senders_before_its_session_ends(
+    mosquitto: Mosquitto, database_url: str, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    """The two features meet: the senders ask for commit acks (``"ack": true``) and one of two ingesters is
+    scaled down mid-stream. Every message must be stored once and covered by a commit ack that reached its
+    sender (none left to be resent), including those the stopping ingester committed while draining."""
+    work = Workload.build("dack", devices=20, seconds=500, per_message=5, ack=True)  # 2,000 messages
+    port_a, port_b = free_port(), free_port()
+    processes.append(_ingest_process(database_url, mosquitto.url, "ingest-a", port_a))
+    processes.append(_ingest_process(database_url, mosquitto.url, "ingest-b", port_b))
+    a = processes[0]
+    probe = Workload.build("dack", 1, 1, 1, prefix="probe")
+    with LoadPublisher(mosquitto.target, "pub-probe") as prober:
+
+        async def both_subscribed() -> bool:
+            prober.publish(*probe.messages[0])
+            await asyncio.sleep(0.1)
+            return await _both_took(port_a, port_b, 1)
+
+        await wait_until(both_subscribed, timeout_s=30, what="both ingesters subscribed")
+        await asyncio.to_thread(prober.wait_acked)
+    # a device that keeps each message until a commit ack names it; it would resend only after 10 minutes,
+    # so any resend (or a wait for one) means a message was left unacknowledged
+    with LoadPublisher(
+        mosquitto.target, "pub-dack", retry_unrouted_s=None, commit_acks=True, ack_timeout_s=600
+    ) as pub:
+        sender = publish_paced(pub, work.messages, rate_per_s=400)
+        await wait_until(lambda: _both_took(port_a, port_b, 100), timeout_s=30, what="both taking messages")
+        a.send_signal(signal.SIGTERM)  # mid-stream: the publisher goes on
+        published_at_stop = pub.published
+        assert await asyncio.to_thread(a.wait, 60) == 0
+        assert published_at_stop < len(work.messages)
+        assert not session_present(mosquitto.target, "ingest-a")  # its session is gone from the broker
+        await asyncio.to_thread(sender.join)
+        await asyncio.to_thread(pub.wait_acked, 120)  # a commit ack for every message published
+        assert pub.acked == pub.published == len(work.messages)
+        assert pub.resent_unacked == 0
+        assert pub.awaiting_commit == 0
+        seen_a_stopped = await _acks_counted(port_b)
+    assert pub.unrouted == 0
+    assert await count(database_url, "samples") == len(work.expected) + 1  # all rows, once (+ the probe)
+    assert stored(database_url) == work.expected | probe.expected
+    assert seen_a_stopped > 0  # ingest-b acknowledged its share too
+
+
+async def _acks_counted(port: int) -> float:
+    return (await _scrape(port)).get("vitalab_ingest_commit_acks_total", 0.0)

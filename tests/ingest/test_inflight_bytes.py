@@ -142,3 +142,42 @@ async def test_a_long_outage_at_the_bound_loses_the_connection_and_nothing_else(
     assert metric(ingester, "vitalab_ingest_redelivered_total") > 0  # sent again after the reconnect
     assert await count(database_url, "samples") == len(work.expected)
     assert stored(database_url) == work.expected
+
+
+@pytest.mark.asyncio
+async def test_commit_acks_do_not_stall_ingestion_at_the_bound(
+    mosquitto: Mosquitto, database_url: str
+) -> None:
+    """The PUBACKs of the ingester's commit acks come on the connection that brings the telemetry, behind
+    what the broker has sent already; at the byte bound paho's network thread waits for a commit to free
+    bytes and reads nothing. The commit path must therefore never wait for those PUBACKs: here, one message
+    per batch and far more telemetry sent than the bound lets in, every ack is confirmed (none waits until
+    the publish timeout) and every message is stored."""
+    work = Workload.build("stall", devices=4, seconds=100, per_message=1, ack=True)  # 400 small messages
+    largest = max(len(p) for _, p in work.messages)
+    settings = make_settings(ingest_client_id="ingest-stall")
+    async with MqttSource(
+        mosquitto.target,
+        client_id="ingest-stall",
+        filters=subscriptions(None),
+        max_inflight_bytes=2 * largest,
+        publish_timeout_s=20.0,  # a stall waits this long; 400 commits take far less
+    ) as source:
+        ingester = Ingester(
+            source, database_url, router=router_from_settings(settings), config=IngestConfig(batch_rows=1)
+        )
+        task = asyncio.create_task(ingester.run())
+        try:
+            await source.wait_subscribed()
+            with LoadPublisher(mosquitto.target, "pub-stall", commit_acks=True, ack_timeout_s=600) as pub:
+                for topic, payload in work.messages:
+                    pub.publish(topic, payload)
+                await asyncio.to_thread(pub.wait_acked, 120)  # a commit ack for every message
+                assert pub.resent_unacked == 0
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert metric(ingester, "vitalab_ingest_commit_ack_failures_total") == 0  # none waited until the timeout
+    assert ingester.committed_batches >= len(work.messages) - 1
+    assert stored(database_url) == work.expected
