@@ -2,7 +2,7 @@
 -- runs as a job of the same queue as the study exports (export_jobs, one worker: api/exports/jobs.py). A job
 -- is of a study (kind 'study', study_id set) or of a site (kind 'site', site_id set), never both. Site exports
 -- hold aggregates only: nothing of them goes into export_contents. Portable PostgreSQL.
--- The SQL that reads these rows lives in api/queries/site_exports.py and api/exports/site.py.
+-- The SQL that reads these rows lives in api/queries/exports.py and api/exports/site.py.
 ALTER TABLE export_jobs
     ADD COLUMN kind text NOT NULL DEFAULT 'study' CHECK (kind IN ('study', 'site')),
     ADD COLUMN site_id text REFERENCES sites,
