@@ -12,6 +12,12 @@ to another node acknowledges there what it took before.
 Interest retention drops a message that no consumer wants when it arrives, so the consumer must exist before
 devices publish: at start the source creates the stream (if the listener has not yet, with ``replicas``) and
 the consumer, waiting up to ``startup_timeout_s`` for JetStream (a meta leader, stream and consumer leaders).
+
+Memory stays bounded twice: no more than ``max_buffered`` messages wait to be taken, and the source fetches
+only while the payloads it holds (fetched, not yet acknowledged or given back) are below
+``max_inflight_bytes``. nats-py's fetch has no byte limit (nats.py issue #413), so a fetch asks for no more
+messages than fit in the room left at the server's largest payload each (``max_payload``, from its INFO),
+and for one when less than that is left: the held payloads never exceed the bound by more than one message.
 """
 
 from __future__ import annotations
@@ -127,6 +133,7 @@ class NatsSource:
         startup_timeout_s: float = 60.0,
         fetch_batch: int = 1000,
         max_buffered: int = 5000,
+        max_inflight_bytes: int | None = None,
         fetch_wait_s: float = 1.0,
         publish_timeout_s: float = 10.0,
         client_name: str = "vitalab-ingest",
@@ -138,6 +145,7 @@ class NatsSource:
         self._startup_timeout = startup_timeout_s
         self._fetch_batch = fetch_batch
         self._max_buffered = max_buffered
+        self._max_bytes = max_inflight_bytes
         self._fetch_wait = fetch_wait_s
         self._publish_timeout = publish_timeout_s
         self._name = client_name
@@ -149,6 +157,8 @@ class NatsSource:
         self._held: dict[int, Msg] = {}
         """handle (Inbound.mid) -> message, for every message fetched and not yet acked or given back"""
         self._held_bytes = 0
+        self.inflight_bytes_peak = 0
+        """The most payload bytes held (fetched, not yet acked or given back) at any moment."""
         self._next_mid = 0
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
@@ -271,6 +281,7 @@ class NatsSource:
             await asyncio.wait(self._background, timeout=5.0)
         await self._give_back(list(self._held.values()))
         self._held.clear()
+        self._held_bytes = 0
         self._buf.clear()
         await self._flush_acks()
         self._closing = True
@@ -291,7 +302,7 @@ class NatsSource:
         assert self._psub is not None
         psub = self._psub
         while self._fetching:
-            room = self._max_buffered - len(self._buf)
+            room = min(self._max_buffered - len(self._buf), self._room_in_bytes())
             if room <= 0:
                 self._room.clear()
                 await self._room.wait()
@@ -309,6 +320,17 @@ class NatsSource:
                 continue
             self._take(msgs)
 
+    def _room_in_bytes(self) -> int:
+        """How many messages the next fetch may ask for under the byte bound: as many as fit in the room left
+        at the server's largest payload each, at least one while below the bound, none at it."""
+        if self._max_bytes is None:
+            return self._fetch_batch
+        room = self._max_bytes - self._held_bytes
+        if room <= 0:
+            return 0
+        assert self._nc is not None
+        return max(1, room // max(self._nc.max_payload, 1))
+
     def _take(self, msgs: list[Msg]) -> None:
         now = time.time()
         late: list[Msg] = []
@@ -324,6 +346,7 @@ class NatsSource:
             self._next_mid += 1
             self._held[self._next_mid] = m
             self._held_bytes += len(m.data)
+            self.inflight_bytes_peak = max(self.inflight_bytes_peak, self._held_bytes)
             dup = m.metadata.num_delivered > 1 if m.reply else False
             self._buf.append(Inbound(topic, m.data, 1, False, self._next_mid, 0, now, dup))
         if other:
@@ -355,6 +378,8 @@ class NatsSource:
         if m is None:
             return False
         self._held_bytes -= len(m.data)
+        if self._max_bytes is not None:
+            self._room.set()  # the fetcher may wait for bytes to be freed
         self._queue_acks([m.reply])
         return True
 

@@ -493,6 +493,7 @@ def open_source(settings: Settings, target: MqttTarget | None) -> AbstractAsyncC
             ),
             startup_timeout_s=settings.nats_startup_timeout_s,
             max_buffered=settings.ingest_receive_maximum,
+            max_inflight_bytes=settings.ingest_max_inflight_bytes,
             client_name=settings.ingest_client_id,
         )
     if target is None:

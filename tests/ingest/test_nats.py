@@ -24,9 +24,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from ingest.errors import PublishFailed
 from ingest.nats import MQTT_STREAM, NatsSource, subject_to_topic, topic_to_subject
+from ingest.service import IngestConfig, Ingester, open_source, router_from_settings
 from simulators.loadgen import LoadPublisher
 from tests.support.helpers import count, make_settings, metric, running_ingester, scalar, wait_until
 from tests.support.nats_cluster import NatsCluster, nats_cluster
+from tests.support.relay import relay_to
 from tests.support.workload import Workload, publish_paced, stored
 from vitalab.settings import Settings
 from vitalab.wire import TopicKind, device_topic
@@ -378,3 +380,67 @@ async def test_a_leaving_ingester_drains_what_it_holds_then_ends(cluster: NatsCl
 
 async def _backlog(source: NatsSource, n: int) -> bool:
     return source.backlog >= n
+
+
+@pytest.mark.asyncio
+async def test_held_bytes_stay_within_the_bound_plus_one_message_while_the_database_is_down(
+    cluster: NatsCluster, database_url: str
+) -> None:
+    """As on MQTT (tests/ingest/test_inflight_bytes.py): with the database unreachable and large messages in
+    the stream, the payloads the source holds never exceed VITALAB_INGEST_MAX_INFLIGHT_BYTES by more than one
+    message; the stream keeps the rest, and once the database is back every sample is stored once."""
+    bound = 1024 * 1024
+    work = Workload.build("gym-nats-bytes", devices=4, seconds=25_000, per_message=2_500)  # 40 of ~150 KB
+    sizes = [len(p) for _, p in work.messages]
+    largest = max(sizes)
+    assert sum(sizes) > 5 * bound
+    settings = nats_settings(cluster, ingest_max_inflight_bytes=bound)
+    async with relay_to(database_url) as db, open_source(settings, None) as source:
+        assert isinstance(source, NatsSource)
+        ingester = Ingester(
+            source, db.url, router=router_from_settings(settings), config=IngestConfig(retry_max_s=0.5)
+        )
+        task = asyncio.create_task(ingester.run())
+        peaks = {"gauge": 0.0, "holding": 0}
+        stop_watch = asyncio.Event()
+
+        async def watch() -> None:  # what /metrics says, and how many messages the ingester holds
+            while not stop_watch.is_set():
+                peaks["gauge"] = max(peaks["gauge"], metric(ingester, "vitalab_ingest_inflight_bytes"))
+                peaks["holding"] = max(peaks["holding"], ingester.holding)
+                await asyncio.sleep(0.005)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            with LoadPublisher(
+                cluster.mqtt_target(cluster.nodes[0]), "nats-pub-bytes", protocol="3.1.1"
+            ) as pub:
+                for topic, payload in work.messages:
+                    pub.publish(topic, payload)
+                await asyncio.to_thread(pub.wait_acked, 60.0)  # the stream has all of it
+            await wait_until(lambda: _true(not ingester.db_ok), timeout_s=30, what="the database found down")
+            # the bound is reached: the source fetches no more until acknowledgements free bytes
+            await wait_until(lambda: _true(source.inflight_bytes >= bound), timeout_s=30, what="the bound")
+            held_while_down = ingester.holding
+            await db.up()
+            await wait_until(
+                lambda: _at_least(database_url, "samples", len(work.expected)), timeout_s=120, what="samples"
+            )
+        finally:
+            stop_watch.set()
+            await watcher
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert held_while_down < len(work.messages)  # the stream kept the rest
+    assert source.inflight_bytes_peak < bound + largest  # below the bound, then one message more at most
+    assert 0 < peaks["gauge"] < bound + largest
+    assert peaks["holding"] * min(sizes) < bound + largest  # counted in messages, independently
+    assert source.inflight_bytes == 0
+    assert metric(ingester, "vitalab_ingest_db_errors_total") > 0
+    assert await count(database_url, "samples") == len(work.expected)
+    assert await asyncio.to_thread(stored, database_url) == work.expected
+
+
+async def _true(value: bool) -> bool:
+    return value
