@@ -31,13 +31,12 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import psycopg
 from broker import start_mosquitto
+from common import timed_drain
 from paho.mqtt.enums import CallbackAPIVersion
 from psycopg import conninfo
 
-from ingest.batch import Batch
 from ingest.mqtt import MqttSource
-from ingest.service import IngestConfig, Ingester, router_from_settings, subscriptions
-from ingest.writer import WriteResult
+from ingest.service import subscriptions
 from simulators.loadgen import LoadPublisher
 from vitalab.db import migrate
 from vitalab.settings import MqttTarget, load_settings
@@ -94,31 +93,12 @@ async def drain(target: MqttTarget, url: str, n: int, mode: str, run: int) -> fl
             pub.wait_acked(600)
 
     await asyncio.to_thread(fill)
-    committed, last = 0, 0.0
-
-    def on_commit(batch: Batch, result: WriteResult) -> None:
-        nonlocal committed, last
-        committed += result.samples_inserted
-        last = time.perf_counter()
-
     async with source() as src:
-        t0 = time.perf_counter()
-        ingester = Ingester(
-            src,
-            url,
-            router=router_from_settings(settings),
-            config=IngestConfig.from_settings(settings),
-            on_commit=on_commit,
-        )
-        task = asyncio.create_task(ingester.run())
-        while committed < n * K and time.perf_counter() - t0 < 600:  # noqa: ASYNC110  (polls a counter)
-            await asyncio.sleep(0.02)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        rate, ingester = await timed_drain(src, url, settings, n * K)
         acks = ingester.metrics.registry.get_sample_value("vitalab_ingest_commit_acks_total") or 0.0
     await asyncio.to_thread(forget_session, target, settings.ingest_client_id)
-    print(f"  {mode:5s}: {committed / (last - t0):>9,.0f} samples/s  ({acks:,.0f} ack messages published)")
-    return committed / (last - t0)
+    print(f"  {mode:5s}: {rate:>9,.0f} samples/s  ({acks:,.0f} ack messages published)")
+    return rate
 
 
 def forget_session(target: MqttTarget, client_id: str) -> None:

@@ -32,6 +32,7 @@ import paho.mqtt.client as paho
 import psutil
 import psycopg
 from broker import start_mosquitto
+from common import timed_drain
 from paho.mqtt.enums import CallbackAPIVersion
 from psycopg import conninfo
 
@@ -303,29 +304,9 @@ async def ingest_drain(target: MqttTarget, url: str, n: int, k: int) -> float:
     async with source():
         await asyncio.sleep(0.3)  # the persistent session now holds the subscription
     await asyncio.to_thread(prefill, target, n, k)
-    committed = 0
-    last = 0.0
-
-    def on_commit(batch: Batch, result: WriteResult) -> None:
-        nonlocal committed, last
-        committed += result.samples_inserted
-        last = time.perf_counter()
-
     async with source() as src:
-        t0 = time.perf_counter()
-        ingester = Ingester(
-            src,
-            url,
-            router=router_from_settings(settings),
-            config=IngestConfig.from_settings(settings),
-            on_commit=on_commit,
-        )
-        task = asyncio.create_task(ingester.run())
-        while committed < n * k and time.perf_counter() - t0 < 600:  # noqa: ASYNC110  (polls a counter)
-            await asyncio.sleep(0.02)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    return committed / (last - t0)
+        rate, _ = await timed_drain(src, url, settings, n * k)
+    return rate
 
 
 def pct(values: list[float], p: float) -> float:
