@@ -26,7 +26,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,12 +35,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import nats
-import paho.mqtt.client as paho
 import psycopg
 from bench_ingest import DEVICES, payloads, pct
 from broker import start_mosquitto
+from common import bare_mqtt_drain
 from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
-from paho.mqtt.enums import CallbackAPIVersion
 from psycopg import conninfo
 
 from ingest.batch import Batch
@@ -151,39 +149,7 @@ def prefill(bus: Bus, n: int, count: int) -> float:
 def bare_mqtt(bus: Bus, n: int, count: int) -> tuple[float, float]:
     """msg/s a bare paho QoS 1 subscriber (persistent session) takes from a backlog of ``n`` messages; and
     the publishers' msg/s making it."""
-    got = 0
-    done = threading.Event()
-
-    def on_message(c: paho.Client, u: object, m: paho.MQTTMessage) -> None:
-        nonlocal got
-        got += 1
-        if got >= n:
-            done.set()
-
-    def client() -> paho.Client:
-        c = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id="bench-bare", protocol=paho.MQTTv311, clean_session=False
-        )
-        c.on_message = on_message
-        return c
-
-    sub = client()
-    sub.connect(bus.targets[0].host, bus.targets[0].port)
-    sub.subscribe("vitalab/v1/+/dev/+/telemetry", qos=1)
-    sub.loop_start()
-    time.sleep(0.5)
-    sub.disconnect()
-    sub.loop_stop()
-    pub_rate = prefill(bus, n, count)
-    sub = client()
-    t0 = time.perf_counter()
-    sub.connect(bus.targets[0].host, bus.targets[0].port)
-    sub.loop_start()
-    done.wait(300)
-    elapsed = time.perf_counter() - t0
-    sub.disconnect()
-    sub.loop_stop()
-    return got / elapsed, pub_rate
+    return bare_mqtt_drain(bus.targets[0], n, "bench-bare", lambda: prefill(bus, n, count), settle_s=0.5)
 
 
 async def bare_nats(bus: Bus, n: int, count: int) -> tuple[float, float]:

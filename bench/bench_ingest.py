@@ -32,7 +32,7 @@ import paho.mqtt.client as paho
 import psutil
 import psycopg
 from broker import start_mosquitto
-from common import timed_drain
+from common import bare_mqtt_drain, timed_drain
 from paho.mqtt.enums import CallbackAPIVersion
 from psycopg import conninfo
 
@@ -246,41 +246,8 @@ def prefill(target: MqttTarget, n: int, k: int) -> None:
 
 def bare_drain(target: MqttTarget, n: int, k: int) -> float:
     """Broker limit without the publisher: a bare paho QoS 1 subscriber empties a queue of n messages."""
-    got = 0
-    done = threading.Event()
-
-    def on_message(c: paho.Client, u: object, m: paho.MQTTMessage) -> None:
-        nonlocal got
-        got += 1
-        if got >= n:
-            done.set()
-
-    def client() -> paho.Client:
-        c = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id="bench-drain", protocol=paho.MQTTv311, clean_session=False
-        )
-        c.on_message = on_message
-        return c
-
-    sub = client()
-    sub.connect(target.host, target.port)
-    sub.subscribe("vitalab/v1/+/dev/+/telemetry", qos=1)
-    sub.loop_start()
-    time.sleep(0.3)
-    sub.disconnect()
-    sub.loop_stop()
-    prefill(target, n, k)
-    got = 0
-    done.clear()
-    sub = client()
-    t0 = time.perf_counter()
-    sub.connect(target.host, target.port)
-    sub.loop_start()
-    done.wait(300)
-    elapsed = time.perf_counter() - t0
-    sub.disconnect()
-    sub.loop_stop()
-    return got / elapsed
+    rate, _ = bare_mqtt_drain(target, n, "bench-drain", lambda: prefill(target, n, k), settle_s=0.3)
+    return rate
 
 
 async def ingest_drain(target: MqttTarget, url: str, n: int, k: int) -> float:

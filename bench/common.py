@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 
 from ingest.batch import Batch
 from ingest.service import IngestConfig, Ingester, router_from_settings
 from ingest.source import Source
 from ingest.writer import WriteResult
-from vitalab.settings import Settings
+from vitalab.settings import MqttTarget, Settings
+
+T = TypeVar("T")
 
 
 async def timed_drain(src: Source, url: str, settings: Settings, total: int) -> tuple[float, Ingester]:
@@ -36,3 +44,46 @@ async def timed_drain(src: Source, url: str, settings: Settings, total: int) -> 
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     return committed / (last - t0), ingester
+
+
+def bare_mqtt_drain(
+    target: MqttTarget, n: int, client_id: str, fill: Callable[[], T], *, settle_s: float
+) -> tuple[float, T]:
+    """Broker limit without a publisher running: a bare paho QoS 1 subscriber (persistent session, no
+    decoding, no database) first subscribes and leaves (``settle_s`` connected), then ``fill`` puts the
+    backlog of ``n`` messages in its session; the msg/s it takes them at, and what ``fill`` returned."""
+    got = 0
+    done = threading.Event()
+
+    def on_message(c: paho.Client, u: object, m: paho.MQTTMessage) -> None:
+        nonlocal got
+        got += 1
+        if got >= n:
+            done.set()
+
+    def client() -> paho.Client:
+        c = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311, clean_session=False
+        )
+        c.on_message = on_message
+        return c
+
+    sub = client()
+    sub.connect(target.host, target.port)
+    sub.subscribe("vitalab/v1/+/dev/+/telemetry", qos=1)
+    sub.loop_start()
+    time.sleep(settle_s)
+    sub.disconnect()
+    sub.loop_stop()
+    filled = fill()
+    got = 0
+    done.clear()
+    sub = client()
+    t0 = time.perf_counter()
+    sub.connect(target.host, target.port)
+    sub.loop_start()
+    done.wait(300)
+    elapsed = time.perf_counter() - t0
+    sub.disconnect()
+    sub.loop_stop()
+    return got / elapsed, filled
