@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from common import child_figures
 from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -160,12 +160,7 @@ def child(url: str, fmt: str) -> dict[str, Any]:
             finally:
                 shutil.rmtree(out, ignore_errors=True)
             rows = result.files[0].rows or 0
-    seconds = time.perf_counter() - started
-    return {
-        "rows": rows,
-        "seconds": seconds,
-        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+    return child_figures(rows, started)
 
 
 def measure(url: str, formats: tuple[str, ...] = FORMATS) -> dict[str, dict[str, Any]]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import resource
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -87,3 +88,14 @@ def bare_mqtt_drain(
     sub.disconnect()
     sub.loop_stop()
     return got / elapsed, filled
+
+
+def child_figures(rows: int, started: float) -> dict[str, Any]:
+    """What one measurement in a child process reports: its rows, the seconds since ``started`` (a
+    ``time.perf_counter()``), and the process's peak RSS in MB."""
+    seconds = time.perf_counter() - started
+    return {
+        "rows": rows,
+        "seconds": seconds,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
