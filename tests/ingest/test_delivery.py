@@ -15,7 +15,6 @@ import functools
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,29 +30,9 @@ from ingest.source import Inbound
 from simulators.loadgen import LoadPublisher
 from tests.conftest import Mosquitto, free_port
 from tests.support.helpers import count, ingester_task, make_settings, metric, running_ingester, wait_until
+from tests.support.processes import quiet_ingest_process
 from tests.support.workload import Workload, publish_paced, stored
 from vitalab.db import migrate
-
-
-def _ingest_process(
-    database_url: str, mqtt_url: str, client_id: str, metrics_port: int
-) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VITALAB_")}
-    env.update(
-        VITALAB_DATABASE_URL=database_url,
-        VITALAB_MQTT_URL=mqtt_url,
-        VITALAB_INGEST_CLIENT_ID=client_id,
-        VITALAB_INGEST_BATCH_ROWS="300",
-        VITALAB_INGEST_BATCH_AGE_MS="50",
-        VITALAB_INGEST_METRICS_PORT=str(metrics_port),
-        VITALAB_TIMESCALE="off",
-    )
-    return subprocess.Popen(
-        [sys.executable, "-m", "vitalab", "ingest", "--log-level", "warning"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 async def _probe(publisher: LoadPublisher, database_url: str) -> None:
@@ -104,7 +83,7 @@ async def test_kill_9_and_restart_loses_nothing_and_absorbs_the_redeliveries(
 ) -> None:
     work = Workload.build("kill", devices=20, seconds=400, per_message=5)  # 1,600 messages, 8,000 samples
     ports = [free_port() for _ in range(3)]
-    killed_ingesters.append(_ingest_process(database_url, mosquitto.url, "ingest-kill", ports[0]))
+    killed_ingesters.append(quiet_ingest_process(database_url, mosquitto.url, "ingest-kill", ports[0]))
     seen: list[dict[str, float]] = []  # the metrics of each ingester process, read just before its end
     with LoadPublisher(mosquitto.target, "pub-kill") as pub:
         await _probe(pub, database_url)
@@ -116,7 +95,9 @@ async def test_kill_9_and_restart_loses_nothing_and_absorbs_the_redeliveries(
             seen.append(await _scrape(ports[i]))
             killed_ingesters[-1].send_signal(signal.SIGKILL)  # mid-stream: a batch is always in hand
             killed_ingesters[-1].wait()
-            killed_ingesters.append(_ingest_process(database_url, mosquitto.url, "ingest-kill", ports[i + 1]))
+            killed_ingesters.append(
+                quiet_ingest_process(database_url, mosquitto.url, "ingest-kill", ports[i + 1])
+            )
         await asyncio.to_thread(sender.join)
         await asyncio.to_thread(pub.wait_acked)
         await wait_until(

@@ -8,10 +8,8 @@ and ``clean_start=false`` is told whether a session was present (MQTT CONNACK fl
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 
@@ -26,28 +24,9 @@ from simulators.loadgen import LoadPublisher
 from tests.conftest import Mosquitto, free_port
 from tests.ingest.test_delivery import _scrape
 from tests.support.helpers import count, ingester_task, make_settings, metric, running_ingester, wait_until
+from tests.support.processes import quiet_ingest_process
 from tests.support.workload import Workload, publish_paced, stored
 from vitalab.settings import MqttTarget
-
-
-def _ingest_process(database_url: str, mqtt_url: str, client_id: str, port: int) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VITALAB_")}
-    env.update(
-        VITALAB_DATABASE_URL=database_url,
-        VITALAB_MQTT_URL=mqtt_url,
-        VITALAB_INGEST_CLIENT_ID=client_id,
-        VITALAB_INGEST_SHARE_GROUP="ingest",
-        VITALAB_INGEST_BATCH_ROWS="300",
-        VITALAB_INGEST_BATCH_AGE_MS="50",
-        VITALAB_INGEST_METRICS_PORT=str(port),
-        VITALAB_TIMESCALE="off",
-    )
-    return subprocess.Popen(
-        [sys.executable, "-m", "vitalab", "ingest", "--log-level", "warning"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 @pytest.fixture
@@ -120,21 +99,7 @@ async def test_sigterm_on_one_of_two_ingesters_drains_it_and_ends_its_session(
 ) -> None:
     work = Workload.build("drain", devices=20, seconds=500, per_message=5)  # 2,000 messages, 10,000 samples
     later = Workload.build("drain", devices=20, seconds=50, per_message=5, prefix="later")  # 200 messages
-    port_a, port_b = free_port(), free_port()
-    processes.append(_ingest_process(database_url, mosquitto.url, "ingest-a", port_a))
-    processes.append(_ingest_process(database_url, mosquitto.url, "ingest-b", port_b))
-    a = processes[0]
-    # both subscribed: a probe (the same row every time) sent again until each of them has taken one
-    probe = Workload.build("drain", 1, 1, 1, prefix="probe")
-    with LoadPublisher(mosquitto.target, "pub-probe") as prober:
-
-        async def both_subscribed() -> bool:
-            prober.publish(*probe.messages[0])
-            await asyncio.sleep(0.1)
-            return await _both_took(port_a, port_b, 1)
-
-        await wait_until(both_subscribed, timeout_s=30, what="both ingesters subscribed")
-        await asyncio.to_thread(prober.wait_acked)
+    a, port_a, port_b, probe = await _two_ingesters(mosquitto, database_url, processes, "drain")
     # no retries: every publish must find the group's subscribers (one of them is always there)
     with LoadPublisher(mosquitto.target, "pub-drain", retry_unrouted_s=None) as pub:
         sender = publish_paced(pub, work.messages, rate_per_s=400)
@@ -160,6 +125,32 @@ async def test_sigterm_on_one_of_two_ingesters_drains_it_and_ends_its_session(
     # nothing ingest-a had was given to ingest-b again: it had acknowledged everything it was sent
     assert seen_b["vitalab_ingest_redelivered_total"] == 0
     assert seen_b["vitalab_ingest_samples_duplicate_total"] == duplicates_before
+
+
+async def _two_ingesters(
+    mosquitto: Mosquitto, database_url: str, processes: list[subprocess.Popen[bytes]], workload: str
+) -> tuple[subprocess.Popen[bytes], int, int, Workload]:
+    """Start ingest-a and ingest-b in share group "ingest" and wait until both are subscribed: a probe (the
+    same row every time) sent again until each of them has taken one. ingest-a, both metrics ports, the
+    probe."""
+    port_a, port_b = free_port(), free_port()
+    processes.append(
+        quiet_ingest_process(database_url, mosquitto.url, "ingest-a", port_a, share_group="ingest")
+    )
+    processes.append(
+        quiet_ingest_process(database_url, mosquitto.url, "ingest-b", port_b, share_group="ingest")
+    )
+    probe = Workload.build(workload, 1, 1, 1, prefix="probe")
+    with LoadPublisher(mosquitto.target, "pub-probe") as prober:
+
+        async def both_subscribed() -> bool:
+            prober.publish(*probe.messages[0])
+            await asyncio.sleep(0.1)
+            return await _both_took(port_a, port_b, 1)
+
+        await wait_until(both_subscribed, timeout_s=30, what="both ingesters subscribed")
+        await asyncio.to_thread(prober.wait_acked)
+    return processes[0], port_a, port_b, probe
 
 
 async def _both_took(port_a: int, port_b: int, n: int) -> bool:
@@ -228,20 +219,7 @@ async def test_a_drained_stop_acknowledges_every_commit_to_the_senders_before_it
     scaled down mid-stream. Every message must be stored once and covered by a commit ack that reached its
     sender (none left to be resent), including those the stopping ingester committed while draining."""
     work = Workload.build("dack", devices=20, seconds=500, per_message=5, ack=True)  # 2,000 messages
-    port_a, port_b = free_port(), free_port()
-    processes.append(_ingest_process(database_url, mosquitto.url, "ingest-a", port_a))
-    processes.append(_ingest_process(database_url, mosquitto.url, "ingest-b", port_b))
-    a = processes[0]
-    probe = Workload.build("dack", 1, 1, 1, prefix="probe")
-    with LoadPublisher(mosquitto.target, "pub-probe") as prober:
-
-        async def both_subscribed() -> bool:
-            prober.publish(*probe.messages[0])
-            await asyncio.sleep(0.1)
-            return await _both_took(port_a, port_b, 1)
-
-        await wait_until(both_subscribed, timeout_s=30, what="both ingesters subscribed")
-        await asyncio.to_thread(prober.wait_acked)
+    a, port_a, port_b, probe = await _two_ingesters(mosquitto, database_url, processes, "dack")
     # a device that keeps each message until a commit ack names it; it would resend only after 10 minutes,
     # so any resend (or a wait for one) means a message was left unacknowledged
     with LoadPublisher(

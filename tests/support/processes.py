@@ -64,3 +64,28 @@ class IngestProcess:
                 self.proc.kill()
                 self.proc.wait()
             self.proc = None
+
+
+def quiet_ingest_process(
+    database_url: str, mqtt_url: str, client_id: str, metrics_port: int, *, share_group: str | None = None
+) -> subprocess.Popen[bytes]:
+    """A `vitalab ingest` process with small batches (300 rows or 50 ms), its metrics on ``metrics_port``, in
+    ``share_group`` if given, and its output discarded: for tests that read it through its metrics."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VITALAB_")}
+    env.update(
+        VITALAB_DATABASE_URL=database_url,
+        VITALAB_MQTT_URL=mqtt_url,
+        VITALAB_INGEST_CLIENT_ID=client_id,
+        VITALAB_INGEST_BATCH_ROWS="300",
+        VITALAB_INGEST_BATCH_AGE_MS="50",
+        VITALAB_INGEST_METRICS_PORT=str(metrics_port),
+        VITALAB_TIMESCALE="off",
+    )
+    if share_group is not None:
+        env["VITALAB_INGEST_SHARE_GROUP"] = share_group
+    return subprocess.Popen(
+        [sys.executable, "-m", "vitalab", "ingest", "--log-level", "warning"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
