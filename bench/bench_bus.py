@@ -38,9 +38,8 @@ import nats
 import psycopg
 from bench_ingest import DEVICES, payloads, pct
 from broker import start_mosquitto
-from common import bare_mqtt_drain
+from common import bare_mqtt_drain, create_database, drop_database
 from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
-from psycopg import conninfo
 
 from ingest.batch import Batch
 from ingest.nats import DEFAULT_FILTER, MQTT_STREAM, MQTT_SUBJECT_PREFIX
@@ -407,12 +406,7 @@ def main() -> None:
     ap.add_argument("--latency-rate", type=float, default=500, help="msg/s offered for the latency run")
     args = ap.parse_args()
     server = os.environ.get("VITALAB_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    name = f"vitalab_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    params = conninfo.conninfo_to_dict(server)
-    params["dbname"] = name
-    url = conninfo.make_conninfo(**params)  # type: ignore[arg-type]
+    name, url = create_database(server)
     work = Path(tempfile.mkdtemp(prefix="vitalab-bench-bus-"))
     n, pubs = args.messages, args.publishers
     try:
@@ -454,8 +448,7 @@ def main() -> None:
                 f"{r3[1] / r1[1]:.0%}, 1 ingester {r3[2] / r1[2]:.0%}, 2 ingesters {r3[3] / r1[3]:.0%}"
             )
     finally:
-        with psycopg.connect(server, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(server, name)
         shutil.rmtree(work, ignore_errors=True)
 
 

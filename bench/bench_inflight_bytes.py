@@ -29,8 +29,8 @@ import httpx
 import psutil
 import psycopg
 from broker import free_port, start_mosquitto
+from common import create_database, drop_database
 from prometheus_client.parser import text_string_to_metric_families
-from psycopg import conninfo
 
 from simulators.loadgen import LoadPublisher
 from tests.support.relay import Relay
@@ -189,18 +189,12 @@ def main() -> None:
     )
     try:
         for bound in (args.bound_mib * MIB, 16 * 1024 * MIB):
-            name = f"vitalab_bench_{uuid.uuid4().hex[:8]}"
-            with psycopg.connect(server, autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{name}"')
-            params = conninfo.conninfo_to_dict(server)
-            params["dbname"] = name
-            url = conninfo.make_conninfo(**params)  # type: ignore[arg-type]
+            name, url = create_database(server)
             try:
                 migrate(url, timescale="off")
                 asyncio.run(run(target, url, work, samples, bound))
             finally:
-                with psycopg.connect(server, autocommit=True) as conn:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                drop_database(server, name)
     finally:
         broker.terminate()
         broker.wait()

@@ -32,9 +32,8 @@ import paho.mqtt.client as paho
 import psutil
 import psycopg
 from broker import start_mosquitto
-from common import bare_mqtt_drain, timed_drain
+from common import bare_mqtt_drain, create_database, drop_database, timed_drain
 from paho.mqtt.enums import CallbackAPIVersion
-from psycopg import conninfo
 
 from ingest.batch import SAMPLE_COLUMNS, Batch
 from ingest.mqtt import MqttSource
@@ -286,12 +285,7 @@ def main() -> None:
     ap.add_argument("--soak", type=float, default=0, help="seconds of steady load to watch memory")
     args = ap.parse_args()
     server = os.environ.get("VITALAB_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    name = f"vitalab_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    params = conninfo.conninfo_to_dict(server)
-    params["dbname"] = name
-    url = conninfo.make_conninfo(**params)  # type: ignore[arg-type]
+    name, url = create_database(server)
     work = Path(tempfile.mkdtemp(prefix="vitalab-bench-"))
     broker, target = start_mosquitto(work)
     try:
@@ -350,8 +344,7 @@ def main() -> None:
     finally:
         broker.terminate()
         broker.wait()
-        with psycopg.connect(server, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(server, name)
         shutil.rmtree(work, ignore_errors=True)
 
 

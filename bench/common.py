@@ -6,11 +6,14 @@ import asyncio
 import resource
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import paho.mqtt.client as paho
+import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
+from psycopg import conninfo
 
 from ingest.batch import Batch
 from ingest.service import IngestConfig, Ingester, router_from_settings
@@ -99,3 +102,18 @@ def child_figures(rows: int, started: float) -> dict[str, Any]:
         "seconds": seconds,
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def create_database(server: str) -> tuple[str, str]:
+    """A new, empty database on ``server`` (a server URL): its name and its URL."""
+    name = f"vitalab_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    params = conninfo.conninfo_to_dict(server)
+    params["dbname"] = name
+    return name, conninfo.make_conninfo(**params)  # type: ignore[arg-type]
+
+
+def drop_database(server: str, name: str) -> None:
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
