@@ -14,7 +14,7 @@ from ingest.mqtt import MqttSource
 from ingest.service import IngestConfig, Ingester, router_from_settings, subscriptions
 from simulators.loadgen import LoadPublisher
 from tests.conftest import Mosquitto
-from tests.support.helpers import count, make_settings, metric, wait_until
+from tests.support.helpers import count, make_settings, metric, wait_until, watched_ingester
 from tests.support.relay import relay_to
 from tests.support.workload import Workload, stored
 
@@ -40,41 +40,21 @@ async def test_held_bytes_stay_within_the_bound_while_the_database_is_down(
         MqttSource(
             mosquitto.target, client_id="ingest-bytes", filters=subscriptions(None), max_inflight_bytes=bound
         ) as source,
+        watched_ingester(source, db.url, settings) as (ingester, peaks),
     ):
-        ingester = Ingester(
-            source, db.url, router=router_from_settings(settings), config=IngestConfig(retry_max_s=0.5)
+        await source.wait_subscribed()
+        with LoadPublisher(mosquitto.target, "pub-bytes") as pub:
+            for topic, payload in work.messages:
+                pub.publish(topic, payload)
+            await asyncio.to_thread(pub.wait_acked, 60)  # the broker has all of it
+        await wait_until(lambda: _is(not ingester.db_ok), what="the database found down")
+        # the bound is reached: the ingester takes no more until acknowledgements free bytes
+        await wait_until(lambda: _is(source.inflight_bytes + largest > bound), what="the bound reached")
+        held_while_down = ingester.holding
+        await db.up()
+        await wait_until(
+            lambda: _stored(database_url, len(work.expected)), timeout_s=120, what="every sample"
         )
-        task = asyncio.create_task(ingester.run())
-        peaks = {"gauge": 0.0, "holding": 0}
-        stop_watch = asyncio.Event()
-
-        async def watch() -> None:  # what /metrics says, and how many messages the ingester holds
-            while not stop_watch.is_set():
-                peaks["gauge"] = max(peaks["gauge"], metric(ingester, "vitalab_ingest_inflight_bytes"))
-                peaks["holding"] = max(peaks["holding"], ingester.holding)
-                await asyncio.sleep(0.005)
-
-        watcher = asyncio.create_task(watch())
-        try:
-            await source.wait_subscribed()
-            with LoadPublisher(mosquitto.target, "pub-bytes") as pub:
-                for topic, payload in work.messages:
-                    pub.publish(topic, payload)
-                await asyncio.to_thread(pub.wait_acked, 60)  # the broker has all of it
-            await wait_until(lambda: _is(not ingester.db_ok), what="the database found down")
-            # the bound is reached: the ingester takes no more until acknowledgements free bytes
-            await wait_until(lambda: _is(source.inflight_bytes + largest > bound), what="the bound reached")
-            held_while_down = ingester.holding
-            await db.up()
-            await wait_until(
-                lambda: _stored(database_url, len(work.expected)), timeout_s=120, what="every sample"
-            )
-        finally:
-            stop_watch.set()
-            await watcher
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
     assert held_while_down < len(work.messages)  # the broker kept the rest
     assert source.inflight_bytes_peak <= max(bound, largest)  # never more than the bound, or one message
     assert peaks["gauge"] <= max(bound, largest)

@@ -24,9 +24,17 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from ingest.errors import PublishFailed
 from ingest.nats import MQTT_STREAM, NatsSource, subject_to_topic, topic_to_subject
-from ingest.service import IngestConfig, Ingester, open_source, router_from_settings
+from ingest.service import open_source
 from simulators.loadgen import LoadPublisher
-from tests.support.helpers import count, make_settings, metric, running_ingester, scalar, wait_until
+from tests.support.helpers import (
+    count,
+    make_settings,
+    metric,
+    running_ingester,
+    scalar,
+    wait_until,
+    watched_ingester,
+)
 from tests.support.nats_cluster import NatsCluster, nats_cluster
 from tests.support.relay import relay_to
 from tests.support.workload import Workload, publish_paced, stored
@@ -397,21 +405,7 @@ async def test_held_bytes_stay_within_the_bound_plus_one_message_while_the_datab
     settings = nats_settings(cluster, ingest_max_inflight_bytes=bound)
     async with relay_to(database_url) as db, open_source(settings, None) as source:
         assert isinstance(source, NatsSource)
-        ingester = Ingester(
-            source, db.url, router=router_from_settings(settings), config=IngestConfig(retry_max_s=0.5)
-        )
-        task = asyncio.create_task(ingester.run())
-        peaks = {"gauge": 0.0, "holding": 0}
-        stop_watch = asyncio.Event()
-
-        async def watch() -> None:  # what /metrics says, and how many messages the ingester holds
-            while not stop_watch.is_set():
-                peaks["gauge"] = max(peaks["gauge"], metric(ingester, "vitalab_ingest_inflight_bytes"))
-                peaks["holding"] = max(peaks["holding"], ingester.holding)
-                await asyncio.sleep(0.005)
-
-        watcher = asyncio.create_task(watch())
-        try:
+        async with watched_ingester(source, db.url, settings) as (ingester, peaks):
             with LoadPublisher(
                 cluster.mqtt_target(cluster.nodes[0]), "nats-pub-bytes", protocol="3.1.1"
             ) as pub:
@@ -426,12 +420,6 @@ async def test_held_bytes_stay_within_the_bound_plus_one_message_while_the_datab
             await wait_until(
                 lambda: _at_least(database_url, "samples", len(work.expected)), timeout_s=120, what="samples"
             )
-        finally:
-            stop_watch.set()
-            await watcher
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
     assert held_while_down < len(work.messages)  # the stream kept the rest
     assert source.inflight_bytes_peak < bound + largest  # below the bound, then one message more at most
     assert 0 < peaks["gauge"] < bound + largest

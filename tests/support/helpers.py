@@ -11,7 +11,8 @@ import psycopg
 
 from api import keys
 from api.security import Role, Scope
-from ingest.service import Ingester, open_ingester
+from ingest.service import IngestConfig, Ingester, open_ingester, router_from_settings
+from ingest.source import Source
 from vitalab.settings import MqttTarget, Settings, load_settings
 
 KEYS_MADE_AT = datetime(2026, 1, 1, tzinfo=UTC)
@@ -142,3 +143,34 @@ async def running_api(
     finally:
         server.should_exit = True
         await task
+
+
+@contextlib.asynccontextmanager
+async def watched_ingester(
+    source: Source, database_url: str, settings: Settings
+) -> AsyncIterator[tuple[Ingester, dict[str, float]]]:
+    """An ingester running on ``source`` (retries at most 0.5 s apart), and the peaks of what /metrics says it
+    holds in flight ("gauge", bytes) and of how many messages it holds ("holding"), watched every 5 ms until
+    the block ends; then the watch stops and the ingester is cancelled."""
+    ingester = Ingester(
+        source, database_url, router=router_from_settings(settings), config=IngestConfig(retry_max_s=0.5)
+    )
+    task = asyncio.create_task(ingester.run())
+    peaks = {"gauge": 0.0, "holding": 0}
+    stop_watch = asyncio.Event()
+
+    async def watch() -> None:
+        while not stop_watch.is_set():
+            peaks["gauge"] = max(peaks["gauge"], metric(ingester, "vitalab_ingest_inflight_bytes"))
+            peaks["holding"] = max(peaks["holding"], ingester.holding)
+            await asyncio.sleep(0.005)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield ingester, peaks
+    finally:
+        stop_watch.set()
+        await watcher
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
