@@ -38,12 +38,12 @@ import nats
 import psycopg
 from bench_ingest import DEVICES, payloads, pct
 from broker import start_mosquitto
-from common import bare_mqtt_drain, create_database, drop_database
+from common import bare_mqtt_drain, bench_ingester, create_database, drop_database
 from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
 from ingest.batch import Batch
 from ingest.nats import DEFAULT_FILTER, MQTT_STREAM, MQTT_SUBJECT_PREFIX
-from ingest.service import IngestConfig, Ingester, open_source, router_from_settings
+from ingest.service import open_source
 from ingest.writer import WriteResult
 from simulators.loadgen import LoadPublisher
 from tests.support.nats_cluster import NatsCluster
@@ -300,13 +300,7 @@ async def latency(bus: Bus, url: str, n: int, rate: float) -> list[float]:
             commit_at.setdefault((row[0], row[3]), now)
 
     async with open_source(settings, bus.targets[0] if bus.kind == "mqtt" else None) as source:
-        ingester = Ingester(
-            source,
-            url,
-            router=router_from_settings(settings),
-            config=IngestConfig.from_settings(settings),
-            on_commit=on_commit,
-        )
+        ingester = bench_ingester(source, url, settings, on_commit)
         task = asyncio.create_task(ingester.run())
         await source.wait_subscribed()
         await asyncio.sleep(0.5)

@@ -32,12 +32,12 @@ import paho.mqtt.client as paho
 import psutil
 import psycopg
 from broker import start_mosquitto
-from common import bare_mqtt_drain, create_database, drop_database, timed_drain
+from common import bare_mqtt_drain, bench_ingester, create_database, drop_database, timed_drain
 from paho.mqtt.enums import CallbackAPIVersion
 
 from ingest.batch import SAMPLE_COLUMNS, Batch
 from ingest.mqtt import MqttSource
-from ingest.service import IngestConfig, Ingester, router_from_settings, subscriptions
+from ingest.service import subscriptions
 from ingest.writer import WriteResult
 from simulators.loadgen import LoadPublisher
 from vitalab.db import migrate
@@ -198,13 +198,7 @@ async def run_ingester(
         filters=subscriptions(None),
         receive_maximum=settings.ingest_receive_maximum,
     ) as source:
-        ingester = Ingester(
-            source,
-            url,
-            router=router_from_settings(settings),
-            config=IngestConfig.from_settings(settings),
-            on_commit=on_commit,
-        )
+        ingester = bench_ingester(source, url, settings, on_commit)
         task = asyncio.create_task(ingester.run())
         proc, go, times = start_publisher(target, n, k, rate)
         await asyncio.sleep(2 + n / 50_000)  # the publisher encodes its messages first

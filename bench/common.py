@@ -24,6 +24,20 @@ from vitalab.settings import MqttTarget, Settings
 T = TypeVar("T")
 
 
+def bench_ingester(
+    src: Source, url: str, settings: Settings, on_commit: Callable[[Batch, WriteResult], None]
+) -> Ingester:
+    """An ingester configured from ``settings`` (as ``vitalab ingest`` is) that tells ``on_commit`` of each
+    commit."""
+    return Ingester(
+        src,
+        url,
+        router=router_from_settings(settings),
+        config=IngestConfig.from_settings(settings),
+        on_commit=on_commit,
+    )
+
+
 async def timed_drain(src: Source, url: str, settings: Settings, total: int) -> tuple[float, Ingester]:
     """Run an ingester on ``src`` until it has committed ``total`` samples (600 s at the most); its committed
     samples/s from its start to its last commit, and the ingester (for its metrics)."""
@@ -35,13 +49,7 @@ async def timed_drain(src: Source, url: str, settings: Settings, total: int) -> 
         last = time.perf_counter()
 
     t0 = time.perf_counter()
-    ingester = Ingester(
-        src,
-        url,
-        router=router_from_settings(settings),
-        config=IngestConfig.from_settings(settings),
-        on_commit=on_commit,
-    )
+    ingester = bench_ingester(src, url, settings, on_commit)
     task = asyncio.create_task(ingester.run())
     while committed < total and time.perf_counter() - t0 < 600:  # noqa: ASYNC110  (polls a counter)
         await asyncio.sleep(0.02)
