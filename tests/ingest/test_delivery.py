@@ -30,7 +30,7 @@ from ingest.source import Inbound
 from simulators.loadgen import LoadPublisher
 from tests.conftest import Mosquitto, free_port
 from tests.support.helpers import count, ingester_task, make_settings, metric, running_ingester, wait_until
-from tests.support.processes import quiet_ingest_process
+from tests.support.processes import quiet_ingest_process, reaped_processes
 from tests.support.workload import Workload, publish_paced, stored
 from vitalab.db import migrate
 
@@ -49,12 +49,8 @@ async def _probe(publisher: LoadPublisher, database_url: str) -> None:
 
 @pytest.fixture
 def killed_ingesters() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.wait()
+    with reaped_processes() as procs:
+        yield procs
 
 
 async def _scrape(port: int) -> dict[str, float]:

@@ -24,19 +24,15 @@ from simulators.loadgen import LoadPublisher
 from tests.conftest import Mosquitto, free_port
 from tests.ingest.test_delivery import _scrape
 from tests.support.helpers import count, ingester_task, make_settings, metric, running_ingester, wait_until
-from tests.support.processes import quiet_ingest_process
+from tests.support.processes import quiet_ingest_process, reaped_processes
 from tests.support.workload import Workload, publish_paced, stored
 from vitalab.settings import MqttTarget
 
 
 @pytest.fixture
 def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.wait()
+    with reaped_processes() as procs:
+        yield procs
 
 
 def session_present(target: MqttTarget, client_id: str, protocol: str = "5") -> bool:

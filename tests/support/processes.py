@@ -3,10 +3,12 @@ clean stop) or SIGKILL (a crash), never mocked."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,3 +91,15 @@ def quiet_ingest_process(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+@contextlib.contextmanager
+def reaped_processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """A list to put started processes in; on the way out each one still running is killed, and all are
+    waited for."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
