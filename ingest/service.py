@@ -1,10 +1,16 @@
 """The ingest loop: take messages, batch them, write each batch in one transaction, then acknowledge.
 
 At-least-once from the broker (QoS 1, persistent session, PUBACK only after commit) plus idempotent writes
-gives exactly one row per (device, t). Database errors are classified by SQLSTATE class
-(:mod:`ingest.dberrors`): while the database is down (transient) the loop retries the same batch with
-backoff and takes nothing new, and the broker holds the rest (bounded by the in-flight window); a batch
-the database refuses for its content is split until the message(s) responsible are found, which are
+gives exactly one row per (device, t). Batches are pipelined: the next batch is collected and decoded while
+earlier ones are written, on up to ``writers`` database connections at once, each batch in one
+transaction. A batch's messages are acknowledged after its own commit and after the batch before it, so the
+broker sees PUBACKs in the order it sent the messages. The ingester's CPU and the database's thus overlap,
+and several batches share the database's cores and its waits for the disk.
+
+Database errors are classified by SQLSTATE class (:mod:`ingest.dberrors`): while the database is down
+(transient) each write retries its batch with backoff, no more batches are taken than writers plus the one
+being collected, and the broker holds the rest (bounded by the in-flight window, in messages and bytes); a
+batch the database refuses for its content is split until the message(s) responsible are found, which are
 dead-lettered with the database's reason while the rest is stored; any other error (a schema mismatch,
 missing privileges) stops the ingester with :class:`~ingest.dberrors.DatabaseRejected`.
 
@@ -84,6 +90,8 @@ class IngestConfig:
     drain_timeout_s: float | None = None
     """Set: a stopping ingester drains and ends its session within this time (instead of
     ``shutdown_timeout_s``); None: it keeps its session, for the same client id to resume."""
+    writers: int = 2
+    """Batches written at once, each on its own database connection."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IngestConfig:
@@ -95,6 +103,7 @@ class IngestConfig:
             batch_age_s=settings.ingest_batch_age_ms / 1000,
             commit_acks=settings.ingest_commit_acks,
             drain_timeout_s=drain or None,
+            writers=settings.ingest_writers,
         )
 
 
@@ -138,12 +147,17 @@ class Ingester:
         self._router = router
         self._config = config
         self.metrics = metrics or IngestMetrics()
-        self._conn: psycopg.AsyncConnection | None = None
+        self._conns: list[psycopg.AsyncConnection | None] = [None] * max(config.writers, 1)
+        """One connection per writer slot (each with its staging tables); slot 0 also reads the registry."""
+        self._next_slot = 0
         self._known: set[str] | None = None
         self._sites: dict[str, str] = {}
         """device id -> its site: the identity rule (ingest.batch)."""
         self._known_at: float | None = None
         self._current = Batch()
+        """The batch being collected."""
+        self._writing: list[Batch] = []
+        """The batches being written, until their messages are acknowledged."""
         self.committed_batches = 0
         self._on_commit = on_commit
         self._acking: list[asyncio.Task[None]] = []
@@ -167,8 +181,10 @@ class Ingester:
 
     @property
     def holding(self) -> int:
-        """Messages received and not yet committed: the batch being collected or written, and the backlog."""
-        return self._current.messages + self._source.backlog
+        """Messages received and not yet acknowledged: the batch being collected, the ones being written,
+        and the backlog."""
+        writing = sum(b.messages for b in self._writing)
+        return self._current.messages + writing + self._source.backlog
 
     async def wait_subscribed(self, timeout_s: float = 10.0) -> None:
         """Until the broker has acknowledged this ingester's subscriptions."""
@@ -181,28 +197,45 @@ class Ingester:
         On cancellation, what the ingester holds (the batch being collected or written, and the messages
         received but not yet batched) is committed and acknowledged before the cancellation goes on; messages
         that arrive after that point are not taken, so the broker keeps them for the next session. A batch
-        being written is never interrupted."""
-        commit: asyncio.Task[WriteResult | None] | None = None
+        being written is never interrupted by a stop.
+
+        Pipelined: batches are collected while up to ``writers`` earlier ones are written (tasks, each on its
+        own connection); a batch's messages are acknowledged after its commit and after the batch before it
+        (:meth:`_flush`). The registry of devices is reread only while nothing is being written."""
+        writes: list[asyncio.Task[WriteResult | None]] = []
         try:
             while True:
+                if writes and self._registry_due():
+                    await self._finish(writes, len(writes))
                 self._current = batch = Batch()
                 await self._collect(batch)
-                commit = asyncio.create_task(self._flush(batch))
-                await asyncio.shield(commit)
-                commit = None
-                self._current = Batch()
+                await self._finish(writes, len(writes) - len(self._conns) + 1)
+                writes.append(asyncio.create_task(self._flush(batch, writes[-1] if writes else None)))
         except asyncio.CancelledError:
-            await self._stop(self._current, commit)
+            await self._stop(self._current, writes)
             raise
         finally:
+            for w in writes:  # stopped by an error: what was not acknowledged is sent again by the bus
+                w.cancel()
+            await asyncio.gather(*writes, return_exceptions=True)
             self._current = Batch()
+            self._writing = []
             if self._acking:  # stopped by an error, or acks still unconfirmed after the stop
                 for t in self._acking:
                     t.cancel()
                 await asyncio.gather(*self._acking, return_exceptions=True)
                 self._acking = []
-            if self._conn is not None:
-                await self._conn.close()
+            for conn in self._conns:
+                if conn is not None:
+                    await conn.close()
+
+    @staticmethod
+    async def _finish(writes: list[asyncio.Task[WriteResult | None]], count: int) -> None:
+        """Until the oldest ``count`` writes are done (in order), taken off ``writes``; a write that failed
+        raises here (never cancelled from here: a stop lets a write finish)."""
+        for _ in range(max(count, 0)):
+            await asyncio.shield(writes[0])
+            writes.pop(0)
 
     async def _collect(self, batch: Batch) -> None:
         src, cfg = self._source, self._config
@@ -225,7 +258,7 @@ class Ingester:
             msg = nxt
         self.metrics.queue_depth.set(src.backlog)
 
-    async def _stop(self, batch: Batch, commit: asyncio.Task[WriteResult | None] | None) -> None:
+    async def _stop(self, batch: Batch, writes: list[asyncio.Task[WriteResult | None]]) -> None:
         """Commit and ack what is held, then drain and end the session if configured, within the time."""
         drain = self._config.drain_timeout_s
         if drain is None:
@@ -234,12 +267,8 @@ class Ingester:
         async def finish() -> None:
             if drain is not None:
                 await self._source.drain()  # unsubscribes at once; what it had routed here is taken below
-            if commit is not None:
-                await commit  # the batch being written
-                self._current = Batch()
-                await self._flush_buffered(Batch())
-            else:
-                await self._flush_buffered(batch)  # the batch being collected
+            await self._finish(writes, len(writes))  # the batches being written
+            await self._flush_buffered(batch)  # the batch being collected, and the backlog
             if drain is None:
                 return
             while not await self._source.drain():
@@ -278,30 +307,34 @@ class Ingester:
         """Commit ``rest`` and everything received and not yet taken, in batches."""
         while True:
             while rest.size < self._config.batch_rows and (msg := self._source.get_nowait()) is not None:
-                self._router.add(rest, msg, known_devices=self._known)
+                self._router.add(rest, msg, known_devices=self._quarantine_known(), device_sites=self._sites)
             if not rest:
                 return
-            self._current = rest
             await self._flush(rest)
-            self._current = rest = Batch()
+            rest = Batch()
 
-    async def _connection(self) -> psycopg.AsyncConnection:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=False)
-            await prepare(self._conn)
-        return self._conn
+    async def _connection(self, slot: int) -> psycopg.AsyncConnection:
+        conn = self._conns[slot]
+        if conn is None or conn.closed or conn.broken:
+            conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=False)
+            await prepare(conn)
+            self._conns[slot] = conn
+        return conn
 
     def _quarantine_known(self) -> set[str] | None:
         return self._known if self._router.unknown_devices == "quarantine" else None
 
+    def _registry_due(self) -> bool:
+        return self._known_at is None or time.monotonic() - self._known_at > KNOWN_DEVICES_REFRESH_S
+
     async def _known_devices(self) -> set[str] | None:
         """The devices the quarantine policy takes (None under ``register``); rereads the devices' sites too,
-        every :data:`KNOWN_DEVICES_REFRESH_S`."""
-        now = time.monotonic()
-        if self._known_at is None or now - self._known_at > KNOWN_DEVICES_REFRESH_S:
+        every :data:`KNOWN_DEVICES_REFRESH_S` (never while a batch is being written: see :meth:`run`)."""
+        if self._registry_due():
+            now = time.monotonic()
             delay = self._config.retry_initial_s
             while True:
-                conn = await self._write_connection()
+                conn = await self._write_connection(0)
                 try:
                     cur = await conn.execute(_REGISTRY)
                     rows = await cur.fetchall()
@@ -310,7 +343,7 @@ class Ingester:
                 except psycopg.Error as exc:
                     if classify(exc) is not Severity.TRANSIENT:
                         raise DatabaseRejected.from_error(exc) from exc
-                    delay = await self._backoff(exc, delay, "reading the registered devices failed")
+                    delay = await self._backoff(exc, delay, "reading the registered devices failed", 0)
             self._sites = {str(d): str(site) for d, site, _ in rows}
             self._known = {str(d) for d, _, taken in rows if taken}
             self._known_at = now
@@ -325,33 +358,34 @@ class Ingester:
             self._router.add(again, msg, known_devices=self._quarantine_known(), device_sites=self._sites)
         return again
 
-    async def _backoff(self, exc: BaseException, delay: float, what: str) -> float:
+    async def _backoff(self, exc: BaseException, delay: float, what: str, slot: int) -> float:
         self.db_ok = False
         self.metrics.db_errors.inc()
         logger.warning("%s (%s); retrying in %.1f s", what, describe(exc), delay)
-        if self._conn is not None:
+        conn = self._conns[slot]
+        if conn is not None:
             with contextlib.suppress(psycopg.Error):
-                await self._conn.close()
+                await conn.close()
         await asyncio.sleep(delay)
         return min(delay * 2, self._config.retry_max_s)
 
-    async def _write_connection(self) -> psycopg.AsyncConnection:
+    async def _write_connection(self, slot: int) -> psycopg.AsyncConnection:
         delay = self._config.retry_initial_s
         while True:
             try:
-                return await self._connection()
+                return await self._connection(slot)
             except psycopg.Error as exc:
                 if classify(exc) is not Severity.TRANSIENT:
                     raise DatabaseRejected.from_error(exc) from exc
-                delay = await self._backoff(exc, delay, "database unavailable")
+                delay = await self._backoff(exc, delay, "database unavailable", slot)
 
-    async def _try_write(self, batch: Batch) -> tuple[WriteResult | BaseException, Batch]:
+    async def _try_write(self, batch: Batch, slot: int) -> tuple[WriteResult | BaseException, Batch]:
         """Write ``batch``, retrying transient errors and routing it again when another ingester bound one of
         its devices to another site meanwhile; what was written (or the error if the database refused its
         content) and the batch as written."""
         delay = self._config.retry_initial_s
         while True:
-            conn = await self._write_connection()
+            conn = await self._write_connection(slot)
             try:
                 result = await write_batch(conn, batch)
                 self._sites.update(batch.claims)
@@ -365,12 +399,12 @@ class Ingester:
                     return exc, batch
                 if severity is Severity.FATAL:
                     raise DatabaseRejected.from_error(exc) from exc
-                delay = await self._backoff(exc, delay, "batch write failed")
+                delay = await self._backoff(exc, delay, "batch write failed", slot)
 
-    async def _write(self, batch: Batch) -> tuple[WriteResult, list[Batch]]:
+    async def _write(self, batch: Batch, slot: int) -> tuple[WriteResult, list[Batch]]:
         """Write ``batch``; if the database refuses its content, split it until the messages responsible are
         found and dead-letter those. Returns what was written and the batches it was written as."""
-        got, batch = await self._try_write(batch)
+        got, batch = await self._try_write(batch, slot)
         if isinstance(got, WriteResult):
             return got, [batch]
         logger.warning(
@@ -378,7 +412,7 @@ class Ingester:
             batch.messages,
             describe(got),
         )
-        return await self._split(batch.acks, got)
+        return await self._split(batch.acks, got, slot)
 
     def _rebatch(self, messages: list[Inbound]) -> Batch:
         batch = Batch()
@@ -386,13 +420,15 @@ class Ingester:
             self._router.add(batch, msg, known_devices=self._quarantine_known(), device_sites=self._sites)
         return batch
 
-    async def _split(self, messages: list[Inbound], error: BaseException) -> tuple[WriteResult, list[Batch]]:
+    async def _split(
+        self, messages: list[Inbound], error: BaseException, slot: int
+    ) -> tuple[WriteResult, list[Batch]]:
         if len(messages) == 1:
             (msg,) = messages
             rejected = Batch()
             self._router.reject(rejected, msg, DATABASE_REJECTED, describe(error))
             logger.warning("dead-lettered a message on %r: %s", rejected.dead[0].topic, describe(error))
-            got, rejected = await self._try_write(rejected)
+            got, rejected = await self._try_write(rejected, slot)
             if not isinstance(got, WriteResult):  # not even its dead letter can be stored
                 raise DatabaseRejected.from_error(got) from got
             return got, [rejected]
@@ -401,26 +437,38 @@ class Ingester:
         half = len(messages) // 2
         for part in (messages[:half], messages[half:]):
             batch = self._rebatch(part)
-            got, batch = await self._try_write(batch)
+            got, batch = await self._try_write(batch, slot)
             if isinstance(got, WriteResult):
                 results.append(got)
                 written.append(batch)
             else:
-                result, batches = await self._split(part, got)
+                result, batches = await self._split(part, got, slot)
                 results.append(result)
                 written.extend(batches)
         return _total(results), written
 
-    async def _flush(self, batch: Batch) -> WriteResult | None:
+    async def _flush(
+        self, batch: Batch, after: asyncio.Task[WriteResult | None] | None = None
+    ) -> WriteResult | None:
+        """Write ``batch`` on the next writer's connection, then, once ``after`` (the write of the batch
+        before it) is done too, acknowledge its messages: in the order the bus sent them, as MQTT asks. If
+        ``after`` failed, this batch is still committed and acknowledged (the ingester stops on that
+        failure)."""
         if not batch:
             return None
+        if self._current is batch:
+            self._current = Batch()
+        slot = self._next_slot
+        self._next_slot = (slot + 1) % len(self._conns)
+        self._writing.append(batch)
         t0 = time.perf_counter()
-        result, written = await self._write(batch)
+        result, written = await self._write(batch, slot)
         elapsed = time.perf_counter() - t0
         self.db_ok = True
         self.last_commit_at = time.time()
-        if self._current is batch:  # committed: no longer held (the acks below let new messages in)
-            self._current = Batch()
+        if after is not None:
+            await asyncio.wait({after})
+        self._writing.remove(batch)  # committed: no longer held (the acks below let new messages in)
         for msg in batch.acks:
             self._source.ack(msg)
         self.committed_batches += 1

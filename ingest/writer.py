@@ -157,12 +157,6 @@ async def write_batch(conn: AsyncConnection, batch: Batch) -> WriteResult:
                     "detail": msgspec.json.encode(meta).decode(),
                 },
             )
-        if batch.seen:
-            # sorted: concurrent ingesters then take row locks in the same order and cannot deadlock
-            seen = sorted(batch.seen.items())
-            await cur.execute(
-                _UPSERT_SEEN, ([d for d, _ in seen], [s for _, (s, _) in seen], [t for _, (_, t) in seen])
-            )
         for site, state in sorted(batch.states, key=lambda x: (x[1].device, x[1].t)):
             detail = state_detail(state).decode()
             kind = "state" if state.online else "offline"
@@ -171,14 +165,6 @@ async def write_batch(conn: AsyncConnection, batch: Batch) -> WriteResult:
                 _STATE_APPLY,
                 (state.device, site, state.online, state.training, state.errors, state.battery_pct, state.t),
             )
-        if batch.claims:
-            # devices this batch met for the first time: bound to the site of their first message, unless
-            # another writer bound them to another site meanwhile (their rows exist now, whoever made them)
-            await cur.execute(_DEVICE_SITES, (sorted(batch.claims),))
-            stored = {str(d): str(s) for d, s in await cur.fetchall()}
-            conflicts = {d: s for d, s in stored.items() if batch.claims[d] != s}
-            if conflicts:
-                raise SiteConflict(conflicts)  # rolls the transaction back
         for gw, (site, status, received) in sorted(batch.gateways.items()):
             await cur.execute(_UPSERT_GATEWAY, (gw, site, status.online, status.t or received))
         if batch.samples:
@@ -192,4 +178,20 @@ async def write_batch(conn: AsyncConnection, batch: Batch) -> WriteResult:
             rr_inserted = max(cur.rowcount, 0)
         if batch.dead:
             await _copy(cur, _COPY_DEAD, _DL_TYPES, [dl.row() for dl in batch.dead])
+        # last: the devices' rows are locked from here to the commit, and concurrent writers (of this
+        # ingester or others) meet on them; their samples are written meanwhile
+        if batch.seen:
+            # sorted: concurrent writers then take row locks in the same order and cannot deadlock
+            seen = sorted(batch.seen.items())
+            await cur.execute(
+                _UPSERT_SEEN, ([d for d, _ in seen], [s for _, (s, _) in seen], [t for _, (_, t) in seen])
+            )
+        if batch.claims:
+            # devices this batch met for the first time: bound to the site of their first message, unless
+            # another writer bound them to another site meanwhile (their rows exist now, whoever made them)
+            await cur.execute(_DEVICE_SITES, (sorted(batch.claims),))
+            stored = {str(d): str(s) for d, s in await cur.fetchall()}
+            conflicts = {d: s for d, s in stored.items() if batch.claims[d] != s}
+            if conflicts:
+                raise SiteConflict(conflicts)  # rolls the transaction back
     return WriteResult(inserted, dup, rr_inserted, len(batch.dead))

@@ -187,6 +187,12 @@ class Settings(BaseSettings):
     )
     ingest_batch_rows: int = Field(default=5000, ge=1)
     ingest_batch_age_ms: int = Field(default=200, ge=1)
+    ingest_writers: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="database connections writing batches at once (commits acknowledged in order)",
+    )
     ingest_unknown_devices: Literal["register", "quarantine"] = "register"
     ingest_receive_maximum: int = Field(
         default=5000, ge=1, le=65535, description="un-acked messages in flight (MQTT 5 receive maximum)"
