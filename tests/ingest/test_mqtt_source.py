@@ -54,7 +54,7 @@ async def test_get_within_returns_none_after_its_timeout_and_a_message_before() 
 
 # --- the lean PUBLISH path (ingest.mqtt.decode_publish_v5), against paho's own decoding ------------------
 
-_TEXT = st.characters(exclude_characters="\x00", exclude_categories=("Cs",))
+_TEXT = st.characters(exclude_characters="\x00", exclude_categories=["Cs"])
 """What MQTT allows in a UTF-8 string (paho refuses U+0000 in properties; the lean path skips them)."""
 _PROPERTIES = st.fixed_dictionaries(
     {},
