@@ -60,6 +60,10 @@ KNOWN_DEVICES_REFRESH_S = 30.0
 _REGISTRY = "SELECT device_id, site_id, NOT quarantined AND retired_at IS NULL FROM devices"
 DATABASE_REJECTED = "database_rejected"
 """Dead-letter reason of a message whose rows the database refused (its SQLSTATE is in the detail)."""
+_YIELD_EVERY = 32
+"""Messages routed in a row before the collecting loop lets the event loop run: with a backlog, routing a
+whole batch takes tens of milliseconds, and each of the writers' round trips to the database would wait
+that long to be read or answered."""
 # what a write can raise because of a batch's content or the database's state; anything else is a bug
 _WRITE_ERRORS = (psycopg.Error, ValueError, OverflowError, msgspec.EncodeError)
 
@@ -243,10 +247,14 @@ class Ingester:
         msg = await src.get()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.batch_age_s
+        taken = 0
         while True:
             self._router.add(batch, msg, known_devices=known, device_sites=self._sites)
             if batch.size >= cfg.batch_rows:
                 break
+            taken += 1
+            if taken % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # the writers' round trips to the database go on meanwhile
             nxt = src.get_nowait()
             if nxt is None:
                 remaining = deadline - loop.time()

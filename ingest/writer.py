@@ -75,9 +75,12 @@ _MERGE_RR = sql.SQL(
 ).format(c=_cols(RR_COLUMNS))
 
 _UPSERT_SITES = "INSERT INTO sites (site_id) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING"
+# Each device's newest sample, from the staged rows (no per-device parameters to send). A device's rows in
+# one batch all come under one site (the router dead-letters the others); sorted: concurrent writers take the
+# devices' row locks in the same order and cannot deadlock on them.
 _UPSERT_SEEN = """
 INSERT INTO devices AS d (device_id, site_id, last_seen)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[])
+SELECT device_id, min(site_id), max(t) FROM stage_samples GROUP BY device_id ORDER BY device_id
 ON CONFLICT (device_id) DO UPDATE SET last_seen = GREATEST(d.last_seen, EXCLUDED.last_seen)
 """
 _UPSERT_META = """
@@ -180,12 +183,8 @@ async def write_batch(conn: AsyncConnection, batch: Batch) -> WriteResult:
             await _copy(cur, _COPY_DEAD, _DL_TYPES, [dl.row() for dl in batch.dead])
         # last: the devices' rows are locked from here to the commit, and concurrent writers (of this
         # ingester or others) meet on them; their samples are written meanwhile
-        if batch.seen:
-            # sorted: concurrent writers then take row locks in the same order and cannot deadlock
-            seen = sorted(batch.seen.items())
-            await cur.execute(
-                _UPSERT_SEEN, ([d for d, _ in seen], [s for _, (s, _) in seen], [t for _, (_, t) in seen])
-            )
+        if batch.samples:
+            await cur.execute(_UPSERT_SEEN)
         if batch.claims:
             # devices this batch met for the first time: bound to the site of their first message, unless
             # another writer bound them to another site meanwhile (their rows exist now, whoever made them)
