@@ -11,7 +11,8 @@ to another node acknowledges there what it took before.
 
 Interest retention drops a message that no consumer wants when it arrives, so the consumer must exist before
 devices publish: at start the source creates the stream (if the listener has not yet, with ``replicas``) and
-the consumer, waiting up to ``startup_timeout_s`` for JetStream (a meta leader, stream and consumer leaders).
+the consumer, waiting up to ``startup_timeout_s`` for JetStream (a meta leader, stream and consumer
+leaders, and as many nodes up as the stream has replicas).
 
 Memory stays bounded twice: no more than ``max_buffered`` messages wait to be taken, and the source fetches
 only while the payloads it holds (fetched, not yet acknowledged or given back) are below
@@ -58,6 +59,17 @@ INGESTED_KINDS = frozenset(
 """What the ingester takes; the consumer filter (one subject: nats-server 2.9 has no list of filters) also
 matches other topics of the tree (commit acknowledgements), which are acknowledged at once, unread."""
 _RETRY_S = 0.25
+
+
+_NO_PEERS = frozenset({10005, 10023})
+"""JetStream error codes of a stream that cannot be placed on enough nodes now: "no suitable peers for
+placement" and "insufficient resources" (a node is down, e.g. when the cluster first starts)."""
+
+
+def _awaiting_peers(exc: BaseException) -> bool:
+    """Whether JetStream refused to create the stream or consumer only because too few nodes are up: the
+    ingester waits for them (within its start-up time) instead of stopping."""
+    return isinstance(exc, nats.js.errors.APIError) and exc.err_code in _NO_PEERS
 
 
 def topic_to_subject(topic: str) -> str:
@@ -227,10 +239,12 @@ class NatsSource:
 
     async def _prepare(self, deadline: float) -> None:
         """The stream (created with ``replicas`` unless the listener made it) and the durable consumer, then
-        a pull subscription bound to it; retried while JetStream has no leader for them yet."""
+        a pull subscription bound to it; retried while JetStream has no leader for them yet, or too few nodes
+        for the stream's replicas (a node down when the cluster first starts: it waits for the node)."""
         assert self._js is not None
         js, cons = self._js, self._consumer
         loop = asyncio.get_running_loop()
+        warned = False
         while True:
             try:
                 try:
@@ -259,13 +273,24 @@ class NatsSource:
                 logger.info("pulling from consumer %s of %s", cons.name, MQTT_STREAM)
                 return
             except (nats.errors.Error, TimeoutError) as exc:
-                if isinstance(exc, nats.js.errors.BadRequestError):
+                waiting = _awaiting_peers(exc)
+                if isinstance(exc, nats.js.errors.BadRequestError) and not waiting:
                     raise  # a consumer of that name with another filter, or another refusal: not transient
                 if loop.time() >= deadline:
                     raise BrokerUnavailable(
                         _safe(self._servers), f"JetStream not ready within {self._startup_timeout} s: {exc!r}"
                     ) from exc
-                logger.info("JetStream not ready (%r); retrying", exc)
+                if waiting and not warned:
+                    warned = True
+                    logger.warning(
+                        "the stream %s needs %d nodes for its replicas and JetStream has fewer up (%s); "
+                        "waiting for them",
+                        MQTT_STREAM,
+                        cons.replicas,
+                        getattr(exc, "description", exc),
+                    )
+                elif not waiting:
+                    logger.info("JetStream not ready (%r); retrying", exc)
                 await asyncio.sleep(_RETRY_S)
 
     async def __aexit__(

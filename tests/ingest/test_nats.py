@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from ingest.errors import PublishFailed
 from ingest.nats import MQTT_STREAM, NatsSource, subject_to_topic, topic_to_subject
-from ingest.service import open_source
+from ingest.service import Ingester, open_source
 from simulators.loadgen import LoadPublisher
 from tests.support.helpers import (
     count,
@@ -35,7 +36,7 @@ from tests.support.helpers import (
     wait_until,
     watched_ingester,
 )
-from tests.support.nats_cluster import NatsCluster, nats_cluster
+from tests.support.nats_cluster import NatsCluster, NatsNode, nats_cluster, nats_server_binary
 from tests.support.relay import relay_to
 from tests.support.workload import Workload, publish_paced, stored
 from vitalab.settings import Settings
@@ -225,6 +226,77 @@ async def _consumer_done(cluster: NatsCluster) -> bool:
     finally:
         await nc.close()
     return (info.num_pending, info.num_ack_pending) == (0, 0)
+
+
+@pytest.mark.asyncio
+async def test_a_node_down_as_the_cluster_first_starts_holds_ingest_back_until_it_returns(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One of the three nodes is down as the cluster first starts, before anything has made the streams: a
+    3-replica stream cannot be placed. The ingester waits for the node (within its start-up time) instead of
+    stopping; once the node is up it makes the stream, devices connect, and every message is stored once."""
+    binary = nats_server_binary()
+    assert binary is not None, "nats-server is not installed (apt-get install nats-server)"
+    cluster = NatsCluster(binary, tmp_path / "nats")
+    victim = cluster.nodes[2]
+    for node in cluster.nodes[:2]:
+        cluster.start(node)
+    try:
+        await _first_start_without(cluster, victim, database_url, caplog)
+    finally:
+        cluster.stop_all()
+
+
+async def _first_start_without(
+    cluster: NatsCluster, victim: NatsNode, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="ingest.nats")
+    work = Workload.build(SITE, devices=3, seconds=200, per_message=10)  # 60 messages, 600 samples
+    stop = asyncio.Event()
+    started: list[Ingester] = []
+
+    async def ingest() -> None:
+        async with running_ingester(nats_settings(cluster), None, database_url) as ingester:
+            started.append(ingester)
+            await stop.wait()
+
+    async def waiting_for_peers() -> bool:
+        return "needs 3 nodes for its replicas" in caplog.text
+
+    async def pulling() -> bool:
+        if task.done():
+            task.result()  # it stopped: say why
+        return bool(started)
+
+    task = asyncio.create_task(ingest())
+    try:
+        await wait_until(waiting_for_peers, timeout_s=30, what="the ingester waiting for the third node")
+        assert not started
+        assert not task.done()  # waiting, not stopped
+        cluster.start(victim)
+        await wait_until(pulling, timeout_s=60, what="the ingester pulling")
+        await cluster.wait_ready()
+        with LoadPublisher(
+            cluster.mqtt_target(cluster.nodes[0]), "nats-pub-startup", protocol="3.1.1", retry_unrouted_s=None
+        ) as pub:
+            for topic, payload in work.messages:
+                pub.publish(topic, payload)
+            await asyncio.to_thread(pub.wait_acked, 60.0)
+        await wait_until(
+            lambda: _at_least(database_url, "samples", len(work.expected)), timeout_s=60, what="every sample"
+        )
+    finally:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+    task.result()
+    assert await asyncio.to_thread(stored, database_url) == work.expected
+    assert await count(database_url, "samples") == len(work.expected)
+    nc = await cluster.connect()
+    try:
+        info = await nc.jetstream().stream_info(MQTT_STREAM)
+    finally:
+        await nc.close()
+    assert info.config.num_replicas == 3
 
 
 @pytest.mark.asyncio
