@@ -212,7 +212,7 @@ class Ingester:
                 if writes and self._registry_due():
                     await self._finish(writes, len(writes))
                 self._current = batch = Batch()
-                await self._collect(batch)
+                await self._collect_while_writing(batch, writes)
                 await self._finish(writes, len(writes) - len(self._conns) + 1)
                 writes.append(asyncio.create_task(self._flush(batch, writes[-1] if writes else None)))
         except asyncio.CancelledError:
@@ -240,6 +240,26 @@ class Ingester:
         for _ in range(max(count, 0)):
             await asyncio.shield(writes[0])
             writes.pop(0)
+
+    async def _collect_while_writing(
+        self, batch: Batch, writes: list[asyncio.Task[WriteResult | None]]
+    ) -> None:
+        """:meth:`_collect`, unless a write fails first: its error (a database that refuses the ingester)
+        then stops the ingester at once, not when the next batch is complete (which, with no more traffic,
+        could be never)."""
+        collect = asyncio.ensure_future(self._collect(batch))
+        try:
+            while not collect.done():
+                for w in writes:
+                    if w.done() and not w.cancelled() and w.exception() is not None:
+                        w.result()  # raises
+                pending = {w for w in writes if not w.done()}
+                await asyncio.wait({collect, *pending}, return_when=asyncio.FIRST_COMPLETED)
+            collect.result()
+        finally:
+            if not collect.done():  # a stop (cancellation) or a failed write: the batch stays as it is
+                collect.cancel()
+                await asyncio.gather(collect, return_exceptions=True)
 
     async def _collect(self, batch: Batch) -> None:
         src, cfg = self._source, self._config
