@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -20,11 +19,14 @@ from ingest.source import Inbound
 from simulators.loadgen import LoadPublisher
 from tests.conftest import Mosquitto
 from tests.support.helpers import count, make_settings, wait_until
-from vitalab.wire import Sample, TelemetryMessage, TopicKind, device_topic, encode
+from tests.support.workload import Workload
+from vitalab.wire import parse_topic
 
 pytestmark = pytest.mark.asyncio
 
 SITE = "gym-writers"
+A, B = "a-000", "b-000"
+"""The devices of batch 1 and of batch 2 (Workload's names for prefixes a and b)."""
 
 
 class RecordingAcks(MqttSource):
@@ -35,28 +37,8 @@ class RecordingAcks(MqttSource):
         self.acked: list[str] = []
 
     def ack(self, msg: Inbound) -> bool:
-        self.acked.append(msg.topic.split("/")[4])  # vitalab/v1/{site}/dev/{device}/telemetry
+        self.acked.append(parse_topic(msg.topic).source)
         return super().ack(msg)
-
-
-def _messages(device: str, n: int) -> list[tuple[str, bytes]]:
-    """``n`` messages of 5 samples, an hour old (the contract takes samples within 400 days of receipt)."""
-    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
-    topic = device_topic(SITE, device, TopicKind.TELEMETRY)
-    return [
-        (
-            topic,
-            encode(
-                TelemetryMessage(
-                    v=1,
-                    device=device,
-                    seq=seq,
-                    samples=[Sample(t=start + timedelta(seconds=seq * 5 + i), hr_bpm=120) for i in range(5)],
-                )
-            ),
-        )
-        for seq in range(n)
-    ]
 
 
 async def _stored(url: str, device: str) -> int:
@@ -70,13 +52,16 @@ async def test_a_held_batch_does_not_hold_the_next_writer_and_acks_stay_in_order
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("INSERT INTO sites (site_id) VALUES (%s)", (SITE,))
         conn.execute(
-            "INSERT INTO devices (device_id, site_id) VALUES ('dev-a', %(s)s), ('dev-b', %(s)s)", {"s": SITE}
+            "INSERT INTO devices (device_id, site_id) VALUES (%(a)s, %(s)s), (%(b)s, %(s)s)",
+            {"a": A, "b": B, "s": SITE},
         )
     settings = make_settings(ingest_client_id=f"ingest-writers-{writers}", ingest_share_group=None)
     config = IngestConfig(batch_rows=10_000, batch_age_s=0.05, writers=writers)
-    a, b = _messages("dev-a", 20), _messages("dev-b", 20)
+    # 20 messages of 5 samples each
+    a = Workload.build(SITE, devices=1, seconds=100, per_message=5, prefix="a").messages
+    b = Workload.build(SITE, devices=1, seconds=100, per_message=5, prefix="b").messages
     with psycopg.connect(database_url) as lock:
-        lock.execute("SELECT 1 FROM devices WHERE device_id = 'dev-a' FOR UPDATE")  # held until the commit
+        lock.execute("SELECT 1 FROM devices WHERE device_id = %s FOR UPDATE", (A,))  # held until the commit
         async with RecordingAcks(
             mosquitto.target, client_id=settings.ingest_client_id, filters=subscriptions(None)
         ) as source:
@@ -93,24 +78,22 @@ async def test_a_held_batch_does_not_hold_the_next_writer_and_acks_stay_in_order
                         pub.publish(t, p)
                     await asyncio.to_thread(pub.wait_acked)
                 if writers == 2:
-                    await wait_until(
-                        lambda: _is(_stored(database_url, "dev-b"), 100), what="batch 2 committed"
-                    )
+                    await wait_until(lambda: _is(_stored(database_url, B), 100), what="batch 2 committed")
                     assert ingester.holding == len(a) + len(b)  # nothing acknowledged: batch 1 comes first
                 else:
                     await asyncio.sleep(1.0)
-                    assert await _stored(database_url, "dev-b") == 0  # one writer: batch 2 waits
+                    assert await _stored(database_url, B) == 0  # one writer: batch 2 waits
                 assert source.acked == []
-                assert await _stored(database_url, "dev-a") == 0
+                assert await _stored(database_url, A) == 0
                 lock.commit()  # batch 1 goes on
-                await wait_until(lambda: _is(_stored(database_url, "dev-a"), 100), what="batch 1 committed")
-                await wait_until(lambda: _is(_stored(database_url, "dev-b"), 100), what="batch 2 committed")
+                await wait_until(lambda: _is(_stored(database_url, A), 100), what="batch 1 committed")
+                await wait_until(lambda: _is(_stored(database_url, B), 100), what="batch 2 committed")
                 await wait_until(lambda: _is(_len(source.acked), 40), what="40 acknowledgements")
             finally:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-    assert source.acked == ["dev-a"] * len(a) + ["dev-b"] * len(b)
+    assert source.acked == [A] * len(a) + [B] * len(b)
     assert ingester.holding == 0
 
 
